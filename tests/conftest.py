@@ -1,0 +1,53 @@
+"""Shared test fixtures: real services, or a skip (by hand) / a failure (under CI=true)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+POSTGRES_DSN = os.environ.get("TOKEN_GUARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TOKEN_GUARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_missing(reason: str) -> None:
+    """Skip the test when run by hand; fail it under CI, so a missing service never passes."""
+    if UNDER_CI:
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """The DSN of the real PostgreSQL on 127.0.0.1:5432 (database ``test``)."""
+    if not _port_open("127.0.0.1", 5432):
+        service_missing("PostgreSQL is not answering on 127.0.0.1:5432")
+    return POSTGRES_DSN
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The URL of the real Redis on 127.0.0.1:6379."""
+    if not _port_open("127.0.0.1", 6379):
+        service_missing("Redis is not answering on 127.0.0.1:6379")
+    return REDIS_URL
+
+
+@pytest.fixture
+def free_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    yield port
