@@ -13,9 +13,9 @@ DIALECT_DEPTH: dict[str, int] = {
     "bigquery": 3,  # project.dataset.table
     "snowflake": 3,  # database.schema.table
     "databricks": 3,  # catalog.schema.table
-    "postgres": 2,  # schema.table
-    "redshift": 2,  # schema.table
-    "duckdb": 2,  # schema.table
+    "postgres": 3,  # database.schema.table, as CARTO names them
+    "redshift": 3,  # database.schema.table
+    "duckdb": 3,  # catalog.schema.table
     "sqlite": 1,  # table
 }
 
