@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Start PostgreSQL (127.0.0.1:5432, database "test") and Redis (127.0.0.1:6379) when they
+# are not answering, and wait until they do.
+set -euo pipefail
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+
+if ! pg_up; then
+  echo "== starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+fi
+if ! redis_up; then
+  echo "== starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+    --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+fi
+for _ in $(seq 1 30); do
+  if pg_up && redis_up; then break; fi
+  sleep 1
+done
+pg_up || { echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
+redis_up || { echo "Redis did not start on 127.0.0.1:6379" >&2; exit 1; }
+psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='test'" \
+  | grep -q 1 || psql -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE test" >/dev/null

@@ -1,0 +1,192 @@
+"""Policy: compile a token, decide requests (pure, no I/O)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from token_guard.decision import Denial
+from token_guard.facts import RequestFacts, Source
+from token_guard.policy import CompiledToken, Policy
+from token_guard.records import TokenRecord
+from token_guard.spec import parse_token_spec
+
+NOW = time.time()
+POLICY = Policy({"carto_dw": "bigquery", "sf": "snowflake", "pg": "postgres"})
+
+BODY: dict[str, Any] = {
+    "name": "storefront map",
+    "grants": [
+        {"connection_name": "carto_dw", "source": "carto-demo-data.demo_tables.retail_stores"},
+        {"connection_name": "carto_dw", "source": "carto-demo-data.shared.*"},
+        {
+            "connection_name": "carto_dw",
+            "source": "SELECT * FROM `carto-demo-data`.demo_tables.stores WHERE city = @city",
+        },
+        {"connection_name": "sf", "source": "*"},
+    ],
+    "referers": [],
+    "allowed_apis": ["maps", "sql"],
+}
+
+
+def compiled(body: dict[str, Any] | None = None) -> CompiledToken:
+    spec = parse_token_spec(body or BODY)
+    record = TokenRecord(id="tok_test", spec=spec, created_at=datetime.now(UTC))
+    return POLICY.compile(record)
+
+
+def facts(
+    api: str = "maps",
+    connection: str | None = "carto_dw",
+    *sources: Source,
+    origin: str | None = None,
+    referer: str | None = None,
+) -> RequestFacts:
+    return RequestFacts(api, connection, tuple(sources), origin, referer)
+
+
+def table(name: str) -> Source:
+    return Source("table", name)
+
+
+def query(text: str) -> Source:
+    return Source("query", text)
+
+
+TOKEN = compiled()
+
+CASES = [
+    pytest.param(facts("maps", "carto_dw", table("carto-demo-data.demo_tables.retail_stores")),
+                 None, id="granted-table"),
+    pytest.param(facts("maps", "carto_dw", table("`carto-demo-data.demo_tables.retail_stores`")),
+                 None, id="granted-table-backtick-path"),
+    pytest.param(facts("maps", "carto_dw", table("carto-demo-data.shared.anything")),
+                 None, id="wildcard-child"),
+    pytest.param(facts("maps", "carto_dw", table("carto-demo-data.demo_tables.other")),
+                 "source_not_granted", id="table-not-granted"),
+    pytest.param(facts("maps", "carto_dw", table("carto-demo-data.shared")),
+                 "source_not_granted", id="wildcard-parent-itself"),
+    pytest.param(facts("maps", "carto_dw", table("carto-demo-data.sharedx.t")),
+                 "source_not_granted", id="wildcard-lookalike-dataset"),
+    pytest.param(facts("maps", "carto_dw", table("retail_stores")),
+                 "source_not_granted", id="unqualified-name"),
+    pytest.param(facts("lds", None), "api_not_allowed", id="api-not-allowed"),
+    pytest.param(facts("maps", "other_conn", table("a.b.c")), "unknown_connection",
+                 id="unknown-connection"),
+    pytest.param(facts("maps", "pg", table("db.public.t")), "connection_not_granted",
+                 id="connection-not-granted"),
+    pytest.param(facts("sql", "sf", table("DB.SCHEMA.ANY")), None, id="star-grant"),
+    pytest.param(facts("sql", "sf", query("select * from db.information_schema.tables")),
+                 "source_not_granted", id="star-does-not-cover-information-schema"),
+    pytest.param(
+        facts("sql", "carto_dw", query(
+            "SELECT s.* FROM `carto-demo-data.demo_tables.retail_stores` s "
+            "JOIN `carto-demo-data.shared.cities` c ON s.city = c.name")),
+        None, id="query-over-granted-tables"),
+    pytest.param(
+        facts("sql", "carto_dw", query(
+            "SELECT * FROM `carto-demo-data.demo_tables.retail_stores` "
+            "UNION ALL SELECT * FROM `carto-demo-data.private.salaries`")),
+        "source_not_granted", id="union-reads-ungranted"),
+    pytest.param(
+        facts("maps", "carto_dw", query(
+            "select *   from `carto-demo-data`.demo_tables.stores  where city = @city")),
+        None, id="granted-query-normalised"),
+    pytest.param(
+        facts("maps", "carto_dw", query(
+            "SELECT * FROM `carto-demo-data`.demo_tables.stores WHERE city = 'Paris'")),
+        "source_not_granted", id="granted-query-different-literal"),
+    pytest.param(
+        facts("sql", "carto_dw", query("DELETE FROM `carto-demo-data.demo_tables.retail_stores`")),
+        "query_not_allowed", id="write-refused"),
+    pytest.param(
+        facts("sql", "carto_dw", query(
+            "SELECT 1; DROP TABLE `carto-demo-data.demo_tables.retail_stores`")),
+        "query_not_allowed", id="two-statements"),
+]
+
+
+@pytest.mark.parametrize(("request_facts", "code"), CASES)
+def test_decide(request_facts: RequestFacts, code: str | None) -> None:
+    denial = POLICY.decide(TOKEN, request_facts, NOW)
+    assert (denial.code if denial else None) == code
+    if denial is not None:
+        assert denial.message and denial.hint
+
+
+def test_expired_token_is_refused_with_401() -> None:
+    body = dict(BODY, expiration_date=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
+    token = compiled(body)
+    assert POLICY.decide(token, facts("lds", None), NOW) is not None  # lds not allowed
+    ok = facts("maps", "carto_dw", table("carto-demo-data.shared.t"))
+    assert POLICY.decide(token, ok, NOW) is None
+    late = POLICY.decide(token, ok, NOW + 7200)
+    assert isinstance(late, Denial) and (late.status, late.code) == (401, "expired_token")
+
+
+def test_origin_checked_when_referers_set() -> None:
+    token = compiled(dict(BODY, referers=["https://*.example.com"]))
+    ok = facts("maps", "carto_dw", table("carto-demo-data.shared.t"),
+               origin="https://app.example.com")
+    assert POLICY.decide(token, ok, NOW) is None
+    for origin in (None, "null", "https://example.com.evil.com", "https://example.com"):
+        bad = facts("maps", "carto_dw", table("carto-demo-data.shared.t"), origin=origin)
+        denial = POLICY.decide(token, bad, NOW)
+        assert denial is not None and denial.code == "origin_not_allowed", origin
+
+
+def test_denials_never_contain_query_parameters_or_secrets() -> None:
+    denial = POLICY.decide(TOKEN, facts("maps", "carto_dw", table("a.b.c")), NOW)
+    assert denial is not None
+    assert "tgk_" not in denial.message + denial.hint
+
+
+def test_grant_for_unconfigured_connection_grants_nothing() -> None:
+    token = compiled({"grants": [{"connection_name": "nowhere", "source": "*"}],
+                      "allowed_apis": ["sql"]})
+    denial = POLICY.decide(token, facts("sql", "nowhere", table("a.b.c")), NOW)
+    assert denial is not None and denial.code == "unknown_connection"
+
+
+def test_decision_cost_does_not_depend_on_grant_count() -> None:
+    grants = [{"connection_name": "carto_dw", "source": f"p.d{i}.t{i}"} for i in range(5000)]
+    grants += [{"connection_name": "carto_dw", "source": f"p.w{i}.*"} for i in range(5000)]
+    token = compiled({"grants": grants, "allowed_apis": ["maps"]})
+    assert token.grants["carto_dw"].prefix_lengths == (2,)
+    assert POLICY.decide(token, facts("maps", "carto_dw", table("p.w4999.x")), NOW) is None
+    assert POLICY.decide(token, facts("maps", "carto_dw", table("p.d7.t7")), NOW) is None
+    assert POLICY.decide(token, facts("maps", "carto_dw", table("p.d7.t8")), NOW) is not None
+
+
+segment = st.text(alphabet="abcxyz_", min_size=1, max_size=4)
+
+
+@given(
+    granted=st.lists(st.tuples(segment, segment, segment | st.just("*")), max_size=6),
+    asked=st.tuples(segment, segment, segment),
+)
+def test_wildcard_and_table_grants_match_oracle(
+    granted: list[tuple[str, str, str]], asked: tuple[str, str, str]
+) -> None:
+    body = {
+        "grants": [{"connection_name": "pg", "source": ".".join(g)} for g in granted],
+        "allowed_apis": ["sql"],
+    }
+    token = compiled(body)
+
+    def oracle() -> bool:
+        for p, d, t in granted:
+            if (p, d) == asked[:2] and t in ("*", asked[2]):
+                return True
+        return False
+
+    denial = POLICY.decide(token, facts("sql", "pg", table(".".join(asked))), NOW)
+    expected_code = None if oracle() else ("connection_not_granted" if not granted
+                                           else "source_not_granted")
+    assert (denial.code if denial else None) == expected_code

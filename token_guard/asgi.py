@@ -1,0 +1,241 @@
+"""TokenGuard: the pure-ASGI middleware for Starlette and FastAPI.
+
+Security choices, stated once:
+- Inside the protected prefix (``/v3/`` by default) every request needs a token and a route
+  the guard can classify; anything else is refused. Outside the prefix nothing is touched.
+- A CORS preflight (``OPTIONS`` with ``Access-Control-Request-Method``) carries no token and
+  passes through untouched to the app's CORS layer. Put ``CORSMiddleware`` *outside*
+  TokenGuard (added after it, so it wraps it) so browsers can read the guard's 401/403.
+- The token comes from ``Authorization: Bearer`` (scheme case-insensitive). The
+  ``access_token`` query parameter is refused unless ``allow_query_token=True``; two
+  different tokens in one request are refused (400).
+- The token is never logged, and ``access_token`` is redacted from every URL the guard logs.
+- A JSON body is read only when the route's source may travel in it, up to
+  ``max_body_bytes`` (413 above), and replayed intact to the app.
+- When the store cannot answer and nothing cached can decide, the answer is 503, never a pass.
+- A refused websocket is closed with 1008 (policy violation) before ``accept``.
+
+Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_guard.token"]``
+(``token_guard.get_token(request.scope)``; FastAPI: ``Depends(token_guard.fastapi.api_token)``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from token_guard.connections import Connection
+from token_guard.decision import Denial
+from token_guard.guard import (
+    CONFLICTING_HEADERS,
+    PASS,
+    DecisionEvent,
+    DenyResponder,
+    Guard,
+    Pending,
+    body_too_large,
+)
+from token_guard.records import TokenRecord
+from token_guard.resolver import CacheSettings
+from token_guard.routes import Route
+from token_guard.stores.base import TokenStore
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SCOPE_KEY = "token_guard.token"
+"""The scope key under which handlers find the resolved ``TokenRecord``."""
+
+
+def get_token(scope: Mapping[str, Any]) -> TokenRecord | None:
+    """The token record TokenGuard resolved for this request (pass ``request.scope``)."""
+    value = scope.get(SCOPE_KEY)
+    return value if isinstance(value, TokenRecord) else None
+
+
+class TokenGuard:
+    """Guards an ASGI app with API access tokens (options: see ``token_guard.guard.Guard``)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: TokenStore,
+        connections: Mapping[str, str | Connection],
+        routes: Sequence[Route] = (),
+        prefix: str = "/v3/",
+        include_default_routes: bool = True,
+        allow_query_token: bool = False,
+        max_body_bytes: int = 1024 * 1024,
+        max_query_bytes: int = 64 * 1024,
+        cache: CacheSettings | None = None,
+        on_decision: Callable[[DecisionEvent], None] | None = None,
+        deny_response: DenyResponder | None = None,
+    ) -> None:
+        self.app = app
+        self.guard = Guard(
+            store=store,
+            connections=connections,
+            routes=routes,
+            prefix=prefix,
+            include_default_routes=include_default_routes,
+            allow_query_token=allow_query_token,
+            max_body_bytes=max_body_bytes,
+            max_query_bytes=max_query_bytes,
+            cache=cache,
+            on_decision=on_decision,
+            deny_response=deny_response,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            await self._guarded(scope, receive, send)
+        elif kind == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        resolver = self.guard.resolver
+
+        async def wrapped() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                await resolver.close()
+            return message
+
+        return wrapped
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.guard
+        authorization: bytes | None = None
+        origin: str | None = None
+        referer: str | None = None
+        preflight = False
+        conflict = False
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                conflict = conflict or (authorization is not None and authorization != value)
+                authorization = value
+            elif name == b"origin":
+                text = value.decode("latin-1")
+                origin = text if origin in (None, text) else CONFLICTING_HEADERS
+            elif name == b"referer":
+                text = value.decode("latin-1")
+                referer = text if referer in (None, text) else CONFLICTING_HEADERS
+            elif name == b"access-control-request-method":
+                preflight = True
+        method: str = scope.get("method", "GET")
+        query_string: bytes = scope.get("query_string", b"")
+        pending = guard.begin(
+            method,
+            scope.get("raw_path") or scope["path"].encode("utf-8"),
+            query_string,
+            authorization,
+            origin,
+            referer,
+            preflight=preflight,
+            conflicting_authorization=conflict,
+        )
+        if pending is PASS:
+            await self.app(scope, receive, send)
+            return
+        if isinstance(pending, Denial):
+            await self._deny(scope, send, pending, None)
+            return
+        assert isinstance(pending, Pending)
+
+        body = None
+        if pending.needs_body and kind_is_http(scope):
+            raw = await self._read_body(receive)
+            if isinstance(raw, Denial):
+                await self._deny(scope, send, raw, None)
+                return
+            receive = _replay(raw, receive)
+            parsed = guard.parse_body(raw)
+            if isinstance(parsed, Denial):
+                await self._deny(scope, send, parsed, None)
+                return
+            body = parsed
+
+        facts = guard.facts(pending, body)
+        if isinstance(facts, Denial):
+            await self._deny(scope, send, facts, None)
+            return
+        resolver = guard.resolver
+        compiled = resolver.lookup(pending.token)
+        if compiled is None:
+            compiled = await resolver.resolve(pending.token)
+        if isinstance(compiled, Denial):
+            await self._deny(scope, send, compiled, None, facts)
+            return
+        outcome = guard.finish(compiled, facts, time.time())
+        if isinstance(outcome, Denial):
+            await self._deny(scope, send, outcome, compiled.record.id, facts)
+            return
+        scope[SCOPE_KEY] = outcome
+        if guard.on_decision is not None:
+            guard.observe(method, scope.get("path", ""), query_string, facts, outcome)
+        await self.app(scope, receive, send)
+
+    async def _read_body(self, receive: Receive) -> bytes | Denial:
+        limit = self.guard.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return Denial(400, "malformed_request", "The client went away.", "Retry.")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return body_too_large(limit)
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        return b"".join(chunks)
+
+    async def _deny(
+        self,
+        scope: Scope,
+        send: Send,
+        denial: Denial,
+        token_id: str | None,
+        facts: Any = None,
+    ) -> None:
+        guard = self.guard
+        method = scope.get("method", "WEBSOCKET")
+        guard.observe(method, scope.get("path", ""), scope.get("query_string", b""),
+                      facts, denial, token_id)
+        if scope["type"] == "websocket":
+            # Closing before accept makes the server refuse the handshake (HTTP 403).
+            await send(
+                {"type": "websocket.close", "code": 1008, "reason": denial.message[:120]}
+            )
+            return
+        status, headers, body = guard.deny_response(denial)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def kind_is_http(scope: Scope) -> bool:
+    """True for HTTP scopes (a websocket handshake has no body to read)."""
+    return bool(scope["type"] == "http")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

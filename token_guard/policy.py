@@ -1,0 +1,244 @@
+"""The decision: may this compiled token make this request? Pure: no I/O, no framework.
+
+A token is compiled once per cache fill (``Policy.compile``): grants become per-connection
+sets of normalised table keys, wildcard prefixes and query fingerprints, so a decision is a
+handful of set lookups however many grants a token has. ``Policy.decide`` then checks, in
+order: expiry, API, website, connection, and every data source the request reads.
+
+Security choices (fail closed):
+- a request naming a connection the guard was not configured with is refused: without a
+  dialect, names cannot be compared;
+- a wildcard ``proj.ds.*`` covers the tables directly in ``proj.ds``, nothing deeper;
+- catalog views (INFORMATION_SCHEMA) need an exact grant: neither a wildcard nor ``*``
+  covers them;
+- a grant the guard cannot parse for its connection grants nothing (and is logged);
+- a query that matches a granted query must still pass the SQL safety checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from token_guard import decision as codes
+from token_guard.connections import Connection, normalize_connections
+from token_guard.decision import Denial
+from token_guard.facts import RequestFacts, Source
+from token_guard.origins import OriginMatcher
+from token_guard.records import TokenRecord
+from token_guard.sql import SqlAnalyzer, SqlRefusal, is_system_table
+
+log = logging.getLogger("token_guard.policy")
+
+_EXPIRED = Denial(
+    401,
+    codes.EXPIRED_TOKEN,
+    "The API access token has expired.",
+    "Create a new token (an expiration date is set only at creation) and use it instead.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionGrants:
+    """A token's grants on one connection, compiled for set lookups."""
+
+    connection: Connection
+    everything: bool
+    tables: frozenset[tuple[str, ...]]
+    prefixes: frozenset[tuple[str, ...]]
+    prefix_lengths: tuple[int, ...]
+    queries: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledToken:
+    """A token record compiled against the guard's connections; what the cache holds."""
+
+    record: TokenRecord
+    apis: frozenset[str]
+    expires_at: float | None
+    origins: OriginMatcher | None
+    grants: Mapping[str, ConnectionGrants]
+
+
+class Policy:
+    """Compiles tokens and decides requests against the configured connections."""
+
+    def __init__(
+        self,
+        connections: Mapping[str, str | Connection],
+        *,
+        sql: SqlAnalyzer | None = None,
+    ) -> None:
+        self.connections = normalize_connections(connections)
+        self.sql = sql if sql is not None else SqlAnalyzer()
+
+    # -- compile (once per cache fill) -------------------------------------------------
+    def compile(self, record: TokenRecord) -> CompiledToken:
+        """Precompute everything a decision needs from a token record."""
+        spec = record.spec
+        per_conn: dict[str, tuple[bool, set[tuple[str, ...]], set[tuple[str, ...]], set[str]]] = {}
+        for grant in spec.grants:
+            conn = self.connections.get(grant.connection_name)
+            entry = per_conn.setdefault(grant.connection_name, (False, set(), set(), set()))
+            everything, tables, prefixes, queries = entry
+            if conn is None:
+                # Kept so the denial can say "unknown connection" rather than "not granted".
+                continue
+            if grant.kind == "all":
+                per_conn[grant.connection_name] = (True, tables, prefixes, queries)
+                continue
+            if grant.kind == "table":
+                key = self.sql.table_key(grant.source, conn)
+                if isinstance(key, SqlRefusal):
+                    log.warning(
+                        "token %s: table grant on %r ignored: %s",
+                        record.id, grant.connection_name, key.reason,
+                    )
+                else:
+                    tables.add(key)
+            elif grant.kind == "wildcard":
+                prefix = self.sql.wildcard_prefix(grant.source, conn)
+                if isinstance(prefix, SqlRefusal):
+                    log.warning(
+                        "token %s: wildcard grant on %r ignored: %s",
+                        record.id, grant.connection_name, prefix.reason,
+                    )
+                else:
+                    prefixes.add(prefix)
+            else:
+                fingerprint = self.sql.fingerprint(grant.source, conn)
+                if isinstance(fingerprint, SqlRefusal):
+                    log.warning(
+                        "token %s: query grant on %r ignored: %s",
+                        record.id, grant.connection_name, fingerprint.reason,
+                    )
+                else:
+                    queries.add(fingerprint)
+        grants: dict[str, ConnectionGrants] = {}
+        for name, (everything, tables, prefixes, queries) in per_conn.items():
+            conn = self.connections.get(name)
+            if conn is None:
+                continue
+            grants[name] = ConnectionGrants(
+                connection=conn,
+                everything=everything,
+                tables=frozenset(tables),
+                prefixes=frozenset(prefixes),
+                prefix_lengths=tuple(sorted({len(p) for p in prefixes})),
+                queries=frozenset(queries),
+            )
+        exp = spec.expiration_date
+        return CompiledToken(
+            record=record,
+            apis=frozenset(spec.allowed_apis),
+            expires_at=exp.timestamp() if exp is not None else None,
+            origins=OriginMatcher(spec.referers) if spec.referers else None,
+            grants=grants,
+        )
+
+    # -- decide (every request) --------------------------------------------------------
+    def decide(self, token: CompiledToken, facts: RequestFacts, now: float) -> Denial | None:
+        """None to allow; otherwise the Denial saying what is wrong and how to fix it."""
+        if token.expires_at is not None and now >= token.expires_at:
+            return _EXPIRED
+        if facts.api not in token.apis:
+            return _api_denial(token, facts.api)
+        if token.origins is not None:
+            reason = token.origins.check(facts.origin, facts.referer)
+            if reason is not None:
+                return Denial(
+                    403,
+                    codes.ORIGIN_NOT_ALLOWED,
+                    reason,
+                    "Add the website's origin to the token's referers, or call from a "
+                    "website the token lists.",
+                )
+        name = facts.connection
+        if name is None:
+            return None
+        grants = token.grants.get(name)
+        if grants is None:
+            return self._connection_denial(name)
+        for source in facts.sources:
+            denial = self._check_source(grants, name, source)
+            if denial is not None:
+                return denial
+        return None
+
+    def _check_source(
+        self, grants: ConnectionGrants, name: str, source: Source
+    ) -> Denial | None:
+        sql = self.sql
+        if source.kind != "query":
+            key = sql.table_key(source.value, grants.connection)
+            if isinstance(key, SqlRefusal):
+                return Denial(403, codes.SOURCE_NOT_GRANTED, key.reason, key.hint)
+            if _granted(grants, key):
+                return None
+            return _table_denial(name, key)
+        analysis = sql.analyze(source.value, grants.connection)
+        if isinstance(analysis, SqlRefusal):
+            return Denial(403, codes.QUERY_NOT_ALLOWED, analysis.reason, analysis.hint)
+        if analysis.fingerprint in grants.queries:
+            return None
+        for key in analysis.tables:
+            if not _granted(grants, key):
+                return _table_denial(name, key)
+        return None
+
+    def _connection_denial(self, name: str) -> Denial:
+        if name not in self.connections:
+            return Denial(
+                403,
+                codes.UNKNOWN_CONNECTION,
+                f"Connection '{name}' is not known to this API.",
+                "Check the connection name in the URL; the guard's operator declares "
+                "connections in TokenGuard(connections=...).",
+            )
+        return Denial(
+            403,
+            codes.CONNECTION_NOT_GRANTED,
+            f"The token has no grants on connection '{name}'.",
+            f"Add a grant with connection_name '{name}' to the token, or use a token "
+            "that has one.",
+        )
+
+
+def _granted(grants: ConnectionGrants, key: tuple[str, ...]) -> bool:
+    if key in grants.tables:
+        return True
+    if is_system_table(key):
+        return False
+    if grants.everything:
+        return True
+    n = len(key)
+    for length in grants.prefix_lengths:
+        if n == length + 1 and key[:length] in grants.prefixes:
+            return True
+    return False
+
+
+def _table_denial(connection: str, key: tuple[str, ...]) -> Denial:
+    table = ".".join(key)
+    parent = ".".join(key[:-1])
+    wildcard = f" or a wildcard '{parent}.*'" if len(key) >= 3 else ""
+    return Denial(
+        403,
+        codes.SOURCE_NOT_GRANTED,
+        f"The token may not read '{table}' on connection '{connection}'.",
+        f"Add a grant {{connection_name: '{connection}', source: '{table}'}}{wildcard} "
+        "to the token, or use a token that has one.",
+    )
+
+
+def _api_denial(token: CompiledToken, api: str) -> Denial:
+    allowed = ", ".join(sorted(token.apis))
+    return Denial(
+        403,
+        codes.API_NOT_ALLOWED,
+        f"The token may not call the {api} API (it allows: {allowed}).",
+        f"Use a token whose allowed_apis include '{api}'."
+        + (" Tokens for 'imports' cannot include other APIs." if api == "imports" else ""),
+    )
