@@ -1,0 +1,898 @@
+"""PostgresStore: tokens in PostgreSQL, shared by many app instances, with a change feed.
+
+Install with ``pip install token_guard[postgres]`` (psycopg 3 and psycopg_pool).
+
+Storage. Everything lives in one PostgreSQL schema (``token_guard`` by default), created
+and migrated on open under an advisory lock, so instances starting together do not race.
+The schema version is kept in ``<schema>.meta``. Only SHA-256 hashes of secrets are stored;
+the lookup by secret hash is one query on a unique index.
+
+Change feed. ``create``, ``update`` and ``revoke`` call ``pg_notify`` in the same
+transaction as the write, so a notification is sent exactly when the change commits. Every
+instance keeps one dedicated connection (not from the pool) that LISTENs on the schema's
+channel and passes each notification to the subscribers (the resolver's cache) at once.
+Changes made through this instance are also passed to its subscribers directly after
+commit, so this process never waits on the feed for its own writes.
+
+When the feed breaks, and why what follows is safe:
+
+- PostgreSQL does not queue notifications for a session that is gone: whatever was sent
+  while the listener was away is lost. So the listener reconnects by itself (with backoff)
+  and, once it LISTENs again, emits ``ChangeEvent("reset")``: every cache drops everything
+  and the next request for each token re-reads it from the store. A reset therefore never
+  lets a revoked token through; its cost is a burst of lookups (one per distinct token,
+  as the resolver coalesces concurrent ones). Revalidating each cached entry instead would
+  cost as many queries and keep more code on the recovery path.
+- The moment the listener is lost, the store does NOT emit ``reset``: if the network to
+  PostgreSQL is down, dropping the cache would turn every request into a 503 when the
+  resolver could still serve known tokens for its bounded stale window. Instead
+  ``feed_healthy`` turns False. A resolver must then stop trusting cached entries as
+  fresh — revocations made elsewhere are not reaching it — and re-read each token from the
+  store, serving a cached entry only while the store itself cannot answer (its stale
+  window). So a token revoked on another instance is refused as soon as this instance can
+  reach PostgreSQL, whether or not the feed is back.
+- A stall (the server or the path hangs without closing the connection) is found by a
+  heartbeat: when no notification arrived for ``feed_heartbeat`` seconds the listener
+  runs ``SELECT 1`` bounded by ``timeout``; no answer means the feed is lost.
+
+Failures. Every operation is bounded by ``timeout`` seconds, waiting for a pool
+connection included; a slow or unreachable server raises ``StoreUnavailable`` and never
+blocks the event loop. A query abandoned at its deadline is cancelled in the background
+(psycopg then cancels it on the server or closes the connection), without delaying the
+caller. A stored row that no longer validates (e.g. unparsable grants JSON) is logged as an
+error and treated as not found, so a request using it is denied, never allowed.
+
+One store belongs to one event loop (its pool and listener run there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool import AsyncConnectionPool
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "PostgresStore needs psycopg 3 with its pool; install token_guard[postgres]"
+    ) from exc
+
+from token_guard.errors import ConfigurationError, NotFound, StoreError, StoreUnavailable
+from token_guard.records import (
+    AuditEntry,
+    ChangeEvent,
+    IssuedToken,
+    OAuthClient,
+    TokenRecord,
+)
+from token_guard.secret import hash_secret, new_secret, new_token_id
+from token_guard.spec import apply_update, parse_token_spec
+from token_guard.stores.base import ChangeListener
+from token_guard.stores.memory import (
+    AUDIT_CREATE,
+    AUDIT_REVOKE,
+    AUDIT_UPDATE,
+    Listeners,
+    check_limit,
+)
+from token_guard.stores.schema import (
+    Migration,
+    format_timestamp,
+    spec_from_columns,
+    spec_to_columns,
+)
+
+__all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+ENV_VAR: Final = "TOKEN_GUARD_STORE"
+# Channel names are identifiers (63 bytes at most): keep room for the "token_guard." prefix.
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
+_BACKOFF_MIN: Final = 0.05
+_BACKOFF_MAX: Final = 2.0
+_CHANGE_KINDS: Final = frozenset({"created", "updated", "revoked"})
+_RECORD_COLUMNS: Final = (
+    "id, name, grants, referers, allowed_apis, expiration_date, created_at, revoked_at, "
+    "last_used_at"
+)
+# The network or server failing, as opposed to a bug or bad data: the store "cannot answer".
+_UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
+
+# Version numbers follow SQLITE_MIGRATIONS step for step, so "schema version N" means the
+# same tables in both stores; a step that PostgreSQL does natively is left out here (v2's
+# ``changes`` table: LISTEN/NOTIFY is the feed). Never edit a released step; add one.
+POSTGRES_MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        1,
+        "tokens, OAuth clients and the audit log",
+        (
+            """CREATE TABLE {s}.tokens (
+                id text PRIMARY KEY,
+                secret_hash text NOT NULL,          -- SHA-256 hex; the secret is never stored
+                name text NOT NULL,
+                grants text NOT NULL,               -- JSON list of connection_name + source objects
+                referers text NOT NULL,             -- JSON list of origin patterns
+                allowed_apis text NOT NULL,         -- JSON list of API names
+                expiration_date timestamptz,
+                created_at timestamptz NOT NULL,
+                revoked_at timestamptz,
+                last_used_at timestamptz
+            )""",
+            "CREATE UNIQUE INDEX tokens_secret_hash ON {s}.tokens (secret_hash)",
+            """CREATE TABLE {s}.oauth_clients (
+                client_id text PRIMARY KEY,
+                secret_hash text NOT NULL,
+                name text NOT NULL,
+                scopes text NOT NULL,               -- JSON list of scope strings
+                created_at timestamptz NOT NULL,
+                revoked_at timestamptz
+            )""",
+            """CREATE TABLE {s}.audit (
+                id bigserial PRIMARY KEY,
+                at timestamptz NOT NULL,
+                actor text NOT NULL,
+                action text NOT NULL,
+                token_id text,
+                detail text NOT NULL                -- JSON object; never a secret
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "audit by token (the change feed is LISTEN/NOTIFY, not a table)",
+        ("CREATE INDEX audit_token_id ON {s}.audit (token_id)",),
+    ),
+)
+SCHEMA_VERSION: Final = POSTGRES_MIGRATIONS[-1].version
+
+
+class PostgresStore:
+    """A ``TokenStore`` on PostgreSQL with a LISTEN/NOTIFY change feed across instances."""
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        schema: str = "token_guard",
+        pool_min: int = 1,
+        pool_max: int = 10,
+        connect_timeout: float = 2.0,
+        statement_timeout: float = 2.0,
+        timeout: float = 2.0,
+        feed_heartbeat: float = 5.0,
+    ) -> None:
+        if dsn is None:
+            dsn = os.environ.get(ENV_VAR)
+        if not dsn:
+            raise ConfigurationError(
+                f"PostgresStore needs a DSN: pass one, or set {ENV_VAR}="
+                "postgresql://user@host:5432/dbname"
+            )
+        scheme = dsn.split("://", 1)[0].lower() if "://" in dsn else None
+        if scheme is not None and scheme not in ("postgresql", "postgres"):
+            raise ConfigurationError(
+                f"PostgresStore got a {scheme}:// URL; give a postgresql:// DSN "
+                "(use open_store() to pick the store from the URL)"
+            )
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(
+                f"PostgresStore DSN is not valid ({exc}); write it as "
+                "postgresql://user@host:5432/dbname"
+            ) from None
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise ConfigurationError(
+                f"schema {schema!r} is not a plain identifier; use letters, digits and '_' "
+                "(at most 50 characters, not starting with a digit)"
+            )
+        if not 1 <= pool_min <= pool_max:
+            raise ConfigurationError(
+                f"pool_min={pool_min}, pool_max={pool_max}: need 1 <= pool_min <= pool_max"
+            )
+        for label, value in (
+            ("connect_timeout", connect_timeout),
+            ("statement_timeout", statement_timeout),
+            ("timeout", timeout),
+            ("feed_heartbeat", feed_heartbeat),
+        ):
+            if not value > 0:
+                raise ConfigurationError(f"{label}={value!r}: give a number of seconds above 0")
+        self._dsn = dsn
+        # For messages: never the DSN itself, which may carry a password.
+        self._where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
+        self._schema = schema
+        self._channel = f"token_guard.{schema}"
+        self._pool_min = pool_min
+        self._pool_max = pool_max
+        self._timeout = timeout
+        self._feed_heartbeat = feed_heartbeat
+        options = str(params.get("options") or "")
+        options += f" -c statement_timeout={max(1, round(statement_timeout * 1000))}"
+        self._conn_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            # libpq counts whole seconds and treats anything below 2 as 2.
+            "connect_timeout": max(2, round(connect_timeout)),
+            "options": options.strip(),
+            "application_name": str(params.get("application_name") or "token_guard"),
+        }
+        self._connect_deadline = max(2, round(connect_timeout)) + 1.0
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._open_lock = asyncio.Lock()
+        self._listener_task: asyncio.Task[None] | None = None
+        self._listeners = Listeners()
+        self._feed_healthy = False
+        self._feed_ready = asyncio.Event()
+        # Queries abandoned at their deadline, still being cancelled by psycopg.
+        self._abandoned: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding this store's tables."""
+        return self._schema
+
+    @property
+    def feed_healthy(self) -> bool:
+        """True while the change feed is listening; False means remote changes may be missed."""
+        return self._feed_healthy
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema and start the change feed (idempotent)."""
+        if self._pool is not None:
+            return
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+                self._dsn,
+                min_size=self._pool_min,
+                max_size=self._pool_max,
+                kwargs=self._conn_kwargs,
+                open=False,
+                timeout=self._timeout,
+                # A connection cut while idle is found and replaced here, not by a caller.
+                check=AsyncConnectionPool.check_connection,
+                name=f"token_guard.{self._schema}",
+            )
+            await pool.open(wait=False)
+            try:
+                await self._bounded(
+                    self._migrate(pool), "the schema migration", max(self._timeout, 10.0)
+                )
+            except BaseException:
+                await pool.close(timeout=1.0)
+                raise
+            self._pool = pool
+            self._listener_task = asyncio.create_task(
+                self._listen_forever(), name=f"token_guard feed {self._schema}"
+            )
+
+    async def close(self) -> None:
+        """Stop the change feed and close every connection."""
+        task, self._listener_task = self._listener_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._feed_healthy = False
+        for abandoned in list(self._abandoned):
+            abandoned.cancel()
+        if self._abandoned:
+            await asyncio.wait(list(self._abandoned), timeout=2.0)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close(timeout=2.0)
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def wait_feed_ready(self, within: float) -> bool:
+        """Wait until the change feed is listening (True) or ``within`` seconds pass."""
+        await self.open()
+        try:
+            async with asyncio.timeout(within):
+                await self._feed_ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _migrate(self, pool: AsyncConnectionPool[Conn]) -> None:
+        async with pool.connection() as conn, conn.transaction():
+            s = sql.Identifier(self._schema)
+            # Serialise instances migrating the same schema; released at commit.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"token_guard:{self._schema}",)
+            )
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.meta (key text PRIMARY KEY, value text NOT NULL)"
+                ).format(s)
+            )
+            cur = await conn.execute(
+                sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'").format(s)
+            )
+            row = await cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"schema {self._schema!r} is at version {version}, newer than this "
+                    f"token_guard knows ({SCHEMA_VERSION}); upgrade token_guard"
+                )
+            for step in POSTGRES_MIGRATIONS:
+                if step.version <= version:
+                    continue
+                for statement in step.statements:
+                    await conn.execute(self._q(statement))
+                await conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.meta (key, value) VALUES ('schema_version', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                    ).format(s),
+                    (str(step.version),),
+                )
+
+    # -- bounded execution ---------------------------------------------------------------
+    async def _bounded(
+        self, coro: Coroutine[Any, Any, T], what: str, limit: float | None = None
+    ) -> T:
+        """Run ``coro`` with a deadline; past it, raise StoreUnavailable without waiting.
+
+        psycopg answers a cancelled query by cancelling it on the server, which can take
+        seconds more when the server hangs; that cleanup runs in the background so the
+        caller gets its answer at the deadline.
+        """
+        if limit is None:
+            limit = self._timeout
+        task = asyncio.ensure_future(coro)
+        try:
+            done, _ = await asyncio.wait((task,), timeout=limit)
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
+        if not done:
+            self._abandon(task)
+            raise StoreUnavailable(
+                f"PostgreSQL at {self._where} did not answer {what} within {limit:g} s; "
+                "check that the server is up and reachable, or raise timeout="
+            )
+        try:
+            return task.result()
+        except StoreError:
+            raise
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL at {self._where} could not answer {what} "
+                f"({type(exc).__name__}: {_first_line(exc)}); check that the server is up "
+                "and reachable"
+            ) from exc
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"PostgreSQL at {self._where} refused {what} "
+                f"({type(exc).__name__}: {_first_line(exc)})"
+            ) from exc
+
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(_discard_result(self._abandoned))
+
+    async def _run(self, what: str, op: Callable[[Conn], Awaitable[T]]) -> T:
+        """Open on first use, then run ``op`` on a pooled connection within the deadline."""
+        await self.open()
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable(f"the store was closed while {what} was starting; open it")
+
+        async def with_connection() -> T:
+            async with pool.connection() as conn:
+                return await op(conn)
+
+        return await self._bounded(with_connection(), what)
+
+    def _q(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(s=sql.Identifier(self._schema))
+
+    # -- tokens --------------------------------------------------------------------------
+    async def create_token(self, body: Mapping[str, Any], *, actor: str = "api") -> IssuedToken:
+        """Validate ``body`` (Tokens API JSON), store it, return the record and secret."""
+        spec = parse_token_spec(body)
+        secret = new_secret()
+        token_id = new_token_id()
+        columns = spec_to_columns(spec)
+
+        async def op(conn: Conn) -> datetime:
+            async with conn.transaction():
+                cur = await conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.tokens (id, secret_hash, name, grants, referers, "
+                        "allowed_apis, expiration_date, created_at) "
+                        "VALUES (%(id)s, %(hash)s, %(name)s, %(grants)s, %(referers)s, "
+                        "%(allowed_apis)s, %(expiration_date)s::timestamptz, now()) "
+                        "RETURNING created_at"
+                    ),
+                    {"id": token_id, "hash": hash_secret(secret), **columns},
+                )
+                row = await cur.fetchone()
+                assert row is not None  # INSERT ... RETURNING returns its row
+                await self._audit(conn, actor, AUDIT_CREATE, token_id, {"name": spec.name})
+                await self._notify(conn, "created", token_id)
+                return _utc(row[0])
+
+        created_at = await self._run("creating a token", op)
+        self._emit(ChangeEvent("created", token_id))
+        return IssuedToken(TokenRecord(token_id, spec, created_at), secret)
+
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        """The token whose secret hashes to ``secret_hash`` (revoked ones included)."""
+
+        async def op(conn: Conn) -> tuple[Any, ...] | None:
+            cur = await conn.execute(
+                self._q(f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens WHERE secret_hash = %s"),
+                (secret_hash,),
+            )
+            return await cur.fetchone()
+
+        row = await self._run("a token lookup", op)
+        return None if row is None else _record(row)
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        """The token with public id ``token_id``, or None."""
+
+        async def op(conn: Conn) -> tuple[Any, ...] | None:
+            cur = await conn.execute(
+                self._q(f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens WHERE id = %s"), (token_id,)
+            )
+            return await cur.fetchone()
+
+        row = await self._run("reading a token", op)
+        return None if row is None else _record(row)
+
+    async def list_tokens(
+        self, *, limit: int = 100, after: str | None = None
+    ) -> Sequence[TokenRecord]:
+        """Tokens ordered by id, ``limit`` at most, starting after id ``after``."""
+        check_limit(limit)
+
+        async def op(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(
+                self._q(
+                    f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens "
+                    "WHERE (%s::text IS NULL OR id > %s) ORDER BY id LIMIT %s"
+                ),
+                (after, after, limit),
+            )
+            return await cur.fetchall()
+
+        rows = await self._run("listing tokens", op)
+        return [rec for rec in map(_record, rows) if rec is not None]
+
+    async def update_token(
+        self, token_id: str, changes: Mapping[str, Any], *, actor: str = "api"
+    ) -> TokenRecord:
+        """Apply a PATCH body (name, grants, referers, allowed_apis) and notify."""
+
+        async def op(conn: Conn) -> TokenRecord:
+            async with conn.transaction():
+                current = await self._locked_token(conn, token_id)
+                spec = apply_update(current.spec, changes)
+                await conn.execute(
+                    self._q(
+                        "UPDATE {s}.tokens SET name = %(name)s, grants = %(grants)s, "
+                        "referers = %(referers)s, allowed_apis = %(allowed_apis)s "
+                        "WHERE id = %(id)s"
+                    ),
+                    {"id": token_id, **spec_to_columns(spec)},
+                )
+                await self._audit(
+                    conn, actor, AUDIT_UPDATE, token_id, {"fields": sorted(map(str, changes))}
+                )
+                await self._notify(conn, "updated", token_id)
+                return TokenRecord(
+                    current.id, spec, current.created_at, current.revoked_at, current.last_used_at
+                )
+
+        record = await self._run("updating a token", op)
+        self._emit(ChangeEvent("updated", token_id))
+        return record
+
+    async def revoke_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Revoke (idempotent) and notify; later requests with the token get 401."""
+
+        async def op(conn: Conn) -> TokenRecord:
+            async with conn.transaction():
+                # Read the raw row, not a record: a row too broken to read is still revoked.
+                cur = await conn.execute(
+                    self._q("SELECT revoked_at FROM {s}.tokens WHERE id = %s FOR UPDATE"),
+                    (token_id,),
+                )
+                old = await cur.fetchone()
+                if old is None:
+                    raise NotFound(f"no token has id {token_id!r}; list tokens to find its id")
+                already = old[0] is not None
+                cur = await conn.execute(
+                    self._q(
+                        "UPDATE {s}.tokens SET revoked_at = coalesce(revoked_at, now()) "
+                        f"WHERE id = %s RETURNING {_RECORD_COLUMNS}"
+                    ),
+                    (token_id,),
+                )
+                row = await cur.fetchone()
+                assert row is not None  # locked above in this transaction
+                await self._audit(
+                    conn, actor, AUDIT_REVOKE, token_id, {"already_revoked": already}
+                )
+                # Notify even when already revoked: a cache that missed the first one learns.
+                await self._notify(conn, "revoked", token_id)
+            record = _record(row)
+            if record is None:
+                raise StoreError(
+                    f"token {token_id!r} is revoked, but its stored body does not validate; "
+                    "see the error logged above"
+                )
+            return record
+
+        try:
+            return await self._run("revoking a token", op)
+        finally:
+            # Also on failure: the revocation may have committed before the answer was lost.
+            self._emit(ChangeEvent("revoked", token_id))
+
+    async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
+        """Batch-write ``last_used_at`` per token id (called by the resolver, not per request)."""
+        if not last_used:
+            return
+        ids = list(last_used)
+        # Naive means UTC, as in every store; a list must not mix naive and aware values.
+        stamps = [_as_utc(last_used[i]) for i in ids]
+
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                self._q(
+                    "UPDATE {s}.tokens AS t SET last_used_at = "
+                    "greatest(t.last_used_at, u.at) "
+                    "FROM unnest(%s::text[], %s::timestamptz[]) AS u(id, at) WHERE t.id = u.id"
+                ),
+                (ids, stamps),
+            )
+
+        await self._run("recording token usage", op)
+
+    async def _locked_token(self, conn: Conn, token_id: str) -> TokenRecord:
+        cur = await conn.execute(
+            self._q(f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens WHERE id = %s FOR UPDATE"),
+            (token_id,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no token has id {token_id!r}; list tokens to find its id")
+        record = _record(row)
+        if record is None:
+            raise StoreError(
+                f"token {token_id!r} has unreadable data in schema {self._schema!r}; revoke "
+                "it and create a new one"
+            )
+        return record
+
+    async def _notify(self, conn: Conn, kind: str, token_id: str) -> None:
+        # Inside the write's transaction: PostgreSQL delivers it exactly when it commits.
+        await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, f"{kind}:{token_id}"))
+
+    # -- change feed ---------------------------------------------------------------------
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener`` on every change, this instance's and every other instance's.
+
+        Returns a function that unsubscribes. Listeners run on the event loop and must not
+        block.
+        """
+        return self._listeners.add(listener)
+
+    def _emit(self, event: ChangeEvent) -> None:
+        # Listeners.emit logs a failing subscriber and goes on: the feed never stops for one.
+        self._listeners.emit(event)
+
+    def _on_notify(self, payload: str) -> None:
+        kind, _, token_id = payload.partition(":")
+        if kind in _CHANGE_KINDS and token_id:
+            self._emit(ChangeEvent(kind, token_id))  # type: ignore[arg-type]
+        else:
+            # Unknown payload (a newer version, or noise): fail safe and drop all caches.
+            _log.warning("unknown change notification on %s; resetting caches", self._channel)
+            self._emit(ChangeEvent("reset"))
+
+    async def _listen_forever(self) -> None:
+        delay = _BACKOFF_MIN
+        while True:
+            conn: Conn | None = None
+            try:
+                async with asyncio.timeout(self._connect_deadline):
+                    conn = await psycopg.AsyncConnection.connect(self._dsn, **self._conn_kwargs)
+                await self._bounded(
+                    _execute_or_close(
+                        conn, sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
+                    ),
+                    "LISTEN",
+                )
+                self._feed_healthy = True
+                self._feed_ready.set()
+                delay = _BACKOFF_MIN
+                # Whatever was notified before LISTEN took effect is lost: drop all caches.
+                self._emit(ChangeEvent("reset"))
+                await self._receive(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                level = logging.WARNING if self._feed_healthy else logging.DEBUG
+                _log.log(
+                    level,
+                    "change feed on %s lost (%s: %s); reconnecting",
+                    self._where,
+                    type(exc).__name__,
+                    _first_line(exc),
+                )
+            finally:
+                self._feed_healthy = False
+                self._feed_ready.clear()
+                if conn is not None and not self._is_busy(conn):
+                    await conn.close()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def _receive(self, conn: Conn) -> None:
+        """Pass notifications on until the connection fails or stops answering."""
+        while True:
+            async for note in conn.notifies(timeout=self._feed_heartbeat):
+                if note.channel == self._channel:
+                    self._on_notify(note.payload)
+            # Quiet for a heartbeat: prove the connection still answers.
+            await self._bounded(_execute_or_close(conn, sql.SQL("SELECT 1")), "a feed heartbeat")
+
+    @staticmethod
+    def _is_busy(conn: Conn) -> bool:
+        # A heartbeat abandoned at its deadline still owns the connection and closes it.
+        return conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
+
+    # -- OAuth clients and audit ---------------------------------------------------------
+    async def create_client(
+        self, client_id: str, secret_hash: str, name: str, scopes: Sequence[str]
+    ) -> OAuthClient:
+        """Store a new OAuth client."""
+
+        async def op(conn: Conn) -> OAuthClient:
+            cur = await conn.execute(
+                self._q(
+                    "INSERT INTO {s}.oauth_clients (client_id, secret_hash, name, scopes, "
+                    "created_at) VALUES (%s, %s, %s, %s, now()) "
+                    "ON CONFLICT (client_id) DO NOTHING RETURNING created_at"
+                ),
+                (client_id, secret_hash, name, json.dumps(list(scopes))),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise StoreError(
+                    f"an OAuth client with id {client_id!r} already exists; choose another id"
+                )
+            return OAuthClient(client_id, name, tuple(scopes), _utc(row[0]))
+
+        return await self._run("creating an OAuth client", op)
+
+    async def get_client(self, client_id: str) -> tuple[OAuthClient, str] | None:
+        """The client and its secret hash, or None."""
+
+        async def op(conn: Conn) -> tuple[Any, ...] | None:
+            cur = await conn.execute(
+                self._q(
+                    "SELECT client_id, name, scopes, created_at, revoked_at, secret_hash "
+                    "FROM {s}.oauth_clients WHERE client_id = %s"
+                ),
+                (client_id,),
+            )
+            return await cur.fetchone()
+
+        row = await self._run("reading an OAuth client", op)
+        if row is None:
+            return None
+        client = _client(row)
+        return None if client is None else (client, str(row[5]))
+
+    async def list_clients(self) -> Sequence[OAuthClient]:
+        """All OAuth clients, revoked ones included."""
+
+        async def op(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(
+                self._q(
+                    "SELECT client_id, name, scopes, created_at, revoked_at "
+                    "FROM {s}.oauth_clients ORDER BY client_id"
+                )
+            )
+            return await cur.fetchall()
+
+        rows = await self._run("listing OAuth clients", op)
+        return [c for c in map(_client, rows) if c is not None]
+
+    async def revoke_client(self, client_id: str) -> OAuthClient:
+        """Revoke an OAuth client (idempotent)."""
+
+        async def op(conn: Conn) -> tuple[Any, ...] | None:
+            cur = await conn.execute(
+                self._q(
+                    "UPDATE {s}.oauth_clients SET revoked_at = coalesce(revoked_at, now()) "
+                    "WHERE client_id = %s "
+                    "RETURNING client_id, name, scopes, created_at, revoked_at"
+                ),
+                (client_id,),
+            )
+            return await cur.fetchone()
+
+        row = await self._run("revoking an OAuth client", op)
+        if row is None:
+            raise NotFound(f"no OAuth client has id {client_id!r}; list clients to find it")
+        client = _client(row)
+        if client is None:
+            raise StoreError(
+                f"OAuth client {client_id!r} is revoked, but its stored scopes do not parse"
+            )
+        return client
+
+    async def add_audit(
+        self, actor: str, action: str, token_id: str | None, detail: Mapping[str, Any]
+    ) -> None:
+        """Append an audit entry. Never pass a secret in ``detail``."""
+
+        async def op(conn: Conn) -> None:
+            await self._audit(conn, actor, action, token_id, detail)
+
+        await self._run("writing an audit entry", op)
+
+    async def list_audit(
+        self, *, limit: int = 100, before: int | None = None
+    ) -> Sequence[AuditEntry]:
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+        check_limit(limit)
+
+        async def op(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(
+                self._q(
+                    "SELECT id, at, actor, action, token_id, detail FROM {s}.audit "
+                    "WHERE (%s::bigint IS NULL OR id < %s) ORDER BY id DESC LIMIT %s"
+                ),
+                (before, before, limit),
+            )
+            return await cur.fetchall()
+
+        rows = await self._run("listing audit entries", op)
+        return [_audit_entry(row) for row in rows]
+
+    async def _audit(
+        self,
+        conn: Conn,
+        actor: str,
+        action: str,
+        token_id: str | None,
+        detail: Mapping[str, Any],
+    ) -> None:
+        await conn.execute(
+            self._q(
+                "INSERT INTO {s}.audit (at, actor, action, token_id, detail) "
+                "VALUES (now(), %s, %s, %s, %s)"
+            ),
+            (actor, action, token_id, json.dumps(dict(detail), default=str)),
+        )
+
+
+# -- rows <-> values -------------------------------------------------------------------
+def _record(row: tuple[Any, ...]) -> TokenRecord | None:
+    """Rebuild a token from its row, re-validating it; None (and a logged error) if bad."""
+    token_id, name, grants, referers, apis, expiration, created, revoked, last_used = row
+    try:
+        spec = spec_from_columns(
+            name,
+            grants,
+            referers,
+            apis,
+            None if expiration is None else format_timestamp(expiration),
+        )
+    except (ValueError, TypeError) as exc:
+        # Fail closed: a token we cannot read is a token we do not know.
+        _log.error(
+            "token %s has a stored body that does not validate (%s); treating it as not found",
+            token_id,
+            exc,
+        )
+        return None
+    return TokenRecord(
+        id=str(token_id),
+        spec=spec,
+        created_at=_utc(created),
+        revoked_at=None if revoked is None else _utc(revoked),
+        last_used_at=None if last_used is None else _utc(last_used),
+    )
+
+
+def _client(row: tuple[Any, ...]) -> OAuthClient | None:
+    client_id, name, scopes, created, revoked = row[:5]
+    try:
+        parsed = json.loads(scopes)
+        if not isinstance(parsed, list) or not all(isinstance(s, str) for s in parsed):
+            raise ValueError("scopes must be a JSON list of strings")
+    except ValueError as exc:
+        _log.error(
+            "OAuth client %s has unreadable scopes (%s); treating it as unknown", client_id, exc
+        )
+        return None
+    return OAuthClient(
+        client_id=str(client_id),
+        name=str(name),
+        scopes=tuple(parsed),
+        created_at=_utc(created),
+        revoked_at=None if revoked is None else _utc(revoked),
+    )
+
+
+def _audit_entry(row: tuple[Any, ...]) -> AuditEntry:
+    entry_id, at, actor, action, token_id, detail = row
+    try:
+        parsed = json.loads(detail)
+    except ValueError:
+        parsed = {"unreadable": True}
+    if not isinstance(parsed, dict):
+        parsed = {"value": parsed}
+    return AuditEntry(int(entry_id), _utc(at), str(actor), str(action), token_id, parsed)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def _discard_result(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            # Retrieve it so asyncio does not log "exception was never retrieved".
+            task.exception()
+
+    return done
+
+
+async def _execute_or_close(conn: Conn, statement: sql.SQL | sql.Composed) -> None:
+    """Run ``statement``; if it fails or is abandoned, close the connection it leaves unusable."""
+    try:
+        await conn.execute(statement)
+    except BaseException:
+        await conn.close()
+        raise
