@@ -376,7 +376,7 @@ def _split(text: str, *, pattern: bool) -> tuple[str, str, int | None, bool, str
 def _normalise_host(text: str, *, wildcard: bool) -> str:
     """Lowercase ASCII host (IDNA), ``*.`` kept if allowed, IPv6 in brackets, or ValueError."""
     if not text:
-        raise ValueError("has no host; write e.g. 'https://example.com'")
+        raise ValueError("has no host, e.g. 'example.com' in 'https://example.com'")
     if text.startswith("["):
         inner = text[1:-1]
         if "%" in inner:
