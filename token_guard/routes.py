@@ -1,0 +1,687 @@
+"""Route classification: which API, connection and data sources a request names.
+
+``RouteMap.match(method, raw_path)`` classifies the *raw* request path (ASGI
+``scope["raw_path"]``: the bytes as received, before any decoding); ``RouteMap.facts``
+then reads the source parameters from the query string and, for POST/PUT/PATCH, the JSON
+body, and returns ``RequestFacts`` or a ``Denial``. Both are pure and precompiled.
+
+Security choices (fail closed):
+
+- Inside the protected prefix (``/v3/`` by default) classification is deny-by-default: a
+  path no ``Route`` declares is refused (403 ``unknown_route``), and so is a declared path
+  with an undeclared method. ``HEAD`` is treated as ``GET`` unless a route declares it.
+- "Inside" is decided generously: a path counts as inside when its raw form, its
+  percent-decoded form (decoded repeatedly) or a normalised form (backslashes as slashes,
+  matrix parameters, control characters, empty and dot segments removed) starts with the
+  prefix, compared case-insensitively, or equals the prefix without its trailing slash. So
+  ``/x/../v3/...``, ``//v3/...``, ``/v3;a/...``, ``/V3/...`` and ``/v3%2F...`` are all
+  judged here, not passed through. Only a path that no such reading places inside returns
+  ``None`` (pass through untouched), e.g. ``/v3x/...``, ``/static/..``.
+- Inside the prefix the path must be clean, else 400 ``malformed_request``: it starts with
+  ``/``; no empty segment (``//``, trailing ``/``); no ``.``/``..`` segment, plain or
+  encoded; no ``;`` (matrix parameters), ``\\``, ``?``, ``#``, space or control character,
+  raw or encoded; no encoded ``/``, ``%`` (double encoding) or invalid ``%``-escape;
+  valid UTF-8; at most ``MAX_PATH_BYTES`` bytes.
+- Segments are compared after percent-decoding (``/v3/maps/c/%74able`` is ``.../table``,
+  as the application's router sees it), case-sensitively: CARTO paths are lowercase, so
+  ``/v3/Maps/...`` is an unknown route. Where two routes could match, the one with a
+  literal segment further left wins (``/v3/x/special`` over ``/v3/x/{connection}``).
+- A connection name (path segment or parameter) must look like one: letters, digits,
+  ``_``, ``-``, ``.``, at most 128 characters, not starting with ``.`` or ``-``.
+- Source parameters: given twice in the query string (even with equal values, even with
+  an encoded key), or in both query string and body with different values, is 400
+  ``ambiguous_request``; missing, empty, not a JSON string in the body, or the body not
+  a JSON object, is 400 ``malformed_request`` naming the parameter. The query string is
+  parsed strictly (``+`` is a space; an invalid ``%``-escape anywhere, or a key or source
+  value that is not UTF-8, is 400). Other parameters (``v``, ``client``, ``format``,
+  ``queryParameters`` — bound values —, ``filters``, ...) do not take part.
+- Denial messages name routes and parameters, never request values: a token sent as
+  ``access_token=`` (or pasted into a path) is never echoed.
+
+Default routes (``DEFAULT_ROUTES``; ``{connection}`` is the connection segment):
+
+=========  ==================================================  ===============================
+api        method and path                                     source
+=========  ==================================================  ===============================
+maps       GET/POST ``/v3/maps/{connection}/table``            ``name`` (table)
+maps       GET/POST ``/v3/maps/{connection}/tileset``          ``name`` (tileset)
+maps       GET/POST ``/v3/maps/{connection}/query``            ``q`` (query)
+maps       GET/POST ``/v3/maps/{connection}/raster``           ``name`` (table) *ours*
+maps       GET ``/v3/maps/{connection}/{type}/{z}/{x}/{y}``    as the instantiation above
+maps       GET/POST ``/v3/stats/{connection}/{source}/{attr}`` path ``{source}`` (table)
+maps       GET/POST ``/v3/stats/{connection}/{attribute}``     ``q`` (query)
+sql        GET/POST ``/v3/sql/{connection}/query``             ``q`` (query)
+sql        POST ``/v3/sql/{connection}/job``                   ``query`` (query)
+sql        GET/DELETE ``/v3/sql/{connection}/job/{job}``       none (connection only)
+sql        GET/POST ``/v3/sql/{connection}/model/{model}``     ``source``; ``type`` = table|query
+lds        GET/POST ``/v3/lds/geocoding/{geocode,reverse,batch}``, ``/v3/lds/isolines``,
+           ``/v3/lds/routing``, ``/v3/lds/quotas``          none (API check only)
+imports    POST ``/v3/imports``                                ``destination`` (table) on the
+                                                               connection ``connection``
+imports    GET ``/v3/imports/{id}``                            none (API check only)
+=========  ==================================================  ===============================
+
+The data URL a map instantiation returns is the same path with ``format=tilejson`` (and
+``cache=``) in the query string, so it classifies as the instantiation; its TileJSON
+``tiles`` templates are ``.../{table,tileset,query,raster}/{z}/{x}/{y}`` with the same
+parameters. ``/v3/maps/public/{id}`` (public maps), ``/v3/tokens`` and boundary sources are
+not data routes here: declare a ``Route`` if your application serves them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, get_args
+from urllib.parse import unquote_to_bytes
+
+from token_guard import decision as codes
+from token_guard.decision import Denial
+from token_guard.errors import ConfigurationError
+from token_guard.facts import API_NAMES, RequestFacts, Source, SourceKind
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_ROUTES",
+    "MAX_PATH_BYTES",
+    "Route",
+    "RouteMap",
+    "RouteMatch",
+]
+
+DEFAULT_PREFIX = "/v3/"
+MAX_PATH_BYTES = 4096
+MAX_CONNECTION_LENGTH = 128
+
+_KINDS: frozenset[str] = frozenset(get_args(SourceKind))
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_ANY_METHODS = frozenset({"GET", "POST"})
+# RFC 3986 pchar minus ";" (matrix parameters) and "%" (escapes go the slow way).
+_FAST_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,=:@/"
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# Characters no path segment may carry, raw or decoded: separators other servers honour
+# (``\``, ``;``), URL delimiters, a second escape level, and control characters.
+_FORBIDDEN_DECODED = frozenset("/\\;?#%" + "".join(map(chr, range(32))) + "\x7f")
+_FORBIDDEN_RAW_BYTES = bytes(range(33)) + b"\\;?#\x7f"
+_CONTROL_AND_SPACE = bytes(range(33)) + b"\x7f"
+_CONNECTION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LITERAL_CHARS = frozenset(_FAST_SAFE.decode("ascii")) - {"/", "{", "}"}
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One endpoint: its API, path template, methods and where its data source is named.
+
+    ``path`` is a template under the prefix: ``{connection}`` is the connection segment,
+    ``{source}`` a path-borne source (of ``source_kind``), any other ``{name}`` matches one
+    segment. ``source_param`` names the query-string / JSON-body parameter holding the
+    source; ``kind_param`` (with ``source_param``) names a parameter whose value, one of
+    ``kind_choices``, is the source's kind (the SQL model API's ``type``);
+    ``connection_param`` names the parameter holding the connection when the path has
+    none (the Imports API). ``source_in_body`` lets POST/PUT/PATCH carry these parameters
+    in a JSON object body.
+    """
+
+    api: str
+    path: str
+    methods: frozenset[str] = _ANY_METHODS
+    source_param: str | None = None
+    source_kind: SourceKind = "table"
+    kind_param: str | None = None
+    kind_choices: frozenset[str] = frozenset({"table", "query"})
+    connection_param: str | None = None
+    source_in_body: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """A classified path: the route, its decoded path parameters, whether to read the body."""
+
+    route: Route
+    params: Mapping[str, str]
+    needs_body: bool
+
+
+def _maps_routes() -> list[Route]:
+    out: list[Route] = []
+    endpoints: tuple[tuple[str, str, SourceKind], ...] = (
+        ("table", "name", "table"),
+        ("tileset", "name", "tileset"),
+        ("query", "q", "query"),
+        ("raster", "name", "table"),
+    )
+    for endpoint, param, kind in endpoints:
+        out.append(Route("maps", f"/v3/maps/{{connection}}/{endpoint}", _ANY_METHODS, param, kind))
+        out.append(
+            Route(
+                "maps",
+                f"/v3/maps/{{connection}}/{endpoint}/{{z}}/{{x}}/{{y}}",
+                frozenset({"GET"}),
+                param,
+                kind,
+            )
+        )
+    return out
+
+
+DEFAULT_ROUTES: tuple[Route, ...] = (
+    *_maps_routes(),
+    Route("maps", "/v3/stats/{connection}/{source}/{attribute}"),
+    Route("maps", "/v3/stats/{connection}/{attribute}", source_param="q", source_kind="query"),
+    Route("sql", "/v3/sql/{connection}/query", source_param="q", source_kind="query"),
+    Route(
+        "sql",
+        "/v3/sql/{connection}/job",
+        frozenset({"POST"}),
+        source_param="query",
+        source_kind="query",
+    ),
+    Route("sql", "/v3/sql/{connection}/job/{job}", frozenset({"GET", "DELETE"})),
+    Route("sql", "/v3/sql/{connection}/model/{model}", source_param="source", kind_param="type"),
+    Route("lds", "/v3/lds/geocoding/geocode"),
+    Route("lds", "/v3/lds/geocoding/reverse"),
+    Route("lds", "/v3/lds/geocoding/batch"),
+    Route("lds", "/v3/lds/isolines"),
+    Route("lds", "/v3/lds/routing"),
+    Route("lds", "/v3/lds/quotas", frozenset({"GET"})),
+    Route(
+        "imports",
+        "/v3/imports",
+        frozenset({"POST"}),
+        source_param="destination",
+        connection_param="connection",
+    ),
+    Route("imports", "/v3/imports/{id}", frozenset({"GET"})),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What one (path shape, method) resolves to, precomputed."""
+
+    route: Route
+    names: tuple[tuple[str, int], ...]
+    needs_body: bool
+
+
+# One group per "mask" (which positions are literal) of a segment count:
+# (key getter over the request's segments, {literal key: {method: target}}).
+_Group = tuple[Callable[[list[str]], object], dict[object, dict[str, _Target]]]
+
+
+def _denial(status: int, code: str, message: str, hint: str) -> Denial:
+    return Denial(status, code, message, hint)
+
+
+def _malformed(message: str, hint: str) -> Denial:
+    return Denial(400, codes.MALFORMED_REQUEST, message, hint)
+
+
+_BAD_PATH_HINT = (
+    "Send the path as a client library builds it: no empty, '.' or '..' segments, no "
+    "encoded '/', '\\' or control characters, no ';' parameters, valid %-escapes of UTF-8."
+)
+_PATH_DENIALS = {
+    "start": _malformed("The request path does not start with '/'.", _BAD_PATH_HINT),
+    "long": _malformed(
+        f"The request path is longer than {MAX_PATH_BYTES} bytes.",
+        "Send long parameters in the query string or a JSON body, not in the path.",
+    ),
+    "empty": _malformed(
+        "The request path has an empty segment ('//' or a trailing '/').", _BAD_PATH_HINT
+    ),
+    "dot": _malformed("The request path has a '.' or '..' segment.", _BAD_PATH_HINT),
+    "char": _malformed(
+        "The request path has a character token_guard refuses in a path (';', '\\', '?', "
+        "'#', a space, a control character, or a second level of %-encoding).",
+        _BAD_PATH_HINT,
+    ),
+    "escape": _malformed("The request path has an invalid %-escape.", _BAD_PATH_HINT),
+    "utf8": _malformed("The request path is not valid UTF-8.", _BAD_PATH_HINT),
+}
+_BAD_QUERY = _malformed(
+    "The query string has an invalid %-escape or a parameter name that is not UTF-8.",
+    "Encode the query string as URLSearchParams does: '%' followed by two hex digits.",
+)
+_BAD_CONNECTION = _malformed(
+    "The connection name is not a valid connection name.",
+    f"Use the connection's name: letters, digits, '_', '-' and '.', at most "
+    f"{MAX_CONNECTION_LENGTH} characters.",
+)
+_BODY_NOT_OBJECT = _malformed(
+    "The request body is not a JSON object.",
+    'Send the parameters as a JSON object, e.g. {"name": "project.dataset.table"}.',
+)
+
+
+def _unknown_route(prefix: str) -> Denial:
+    return _denial(
+        403,
+        codes.UNKNOWN_ROUTE,
+        f"The request path under {prefix} matches no route token_guard knows, so it is refused.",
+        "If your application serves this endpoint, declare it: RouteMap(routes=[Route("
+        "api='maps', path='/v3/custom/{connection}/things', source_param='name')]).",
+    )
+
+
+class RouteMap:
+    """Classifies requests under a prefix into ``RequestFacts``; precompiled at start-up.
+
+    Not mutated after ``__init__``, so one instance may serve any number of threads and
+    event loops.
+    """
+
+    __slots__ = (
+        "_groups",
+        "_prefix",
+        "_prefix_bytes",
+        "_prefix_lower",
+        "_prefix_segments",
+        "_root_lower",
+        "_unknown",
+        "routes",
+    )
+
+    def __init__(
+        self,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        routes: Sequence[Route] = (),
+        include_defaults: bool = True,
+    ) -> None:
+        self._prefix = _check_prefix(prefix)
+        self._prefix_bytes = prefix.encode("ascii")
+        self._prefix_lower = self._prefix_bytes.lower()
+        self._root_lower = self._prefix_lower[:-1]
+        self._prefix_segments = len(prefix.strip("/").split("/")) if prefix != "/" else 0
+        self._unknown = _unknown_route(prefix)
+        all_routes = (*DEFAULT_ROUTES, *routes) if include_defaults else tuple(routes)
+        self.routes: tuple[Route, ...] = all_routes
+        self._groups = self._compile(all_routes)
+
+    # -- start-up ---------------------------------------------------------------------
+    def _compile(self, routes: Iterable[Route]) -> dict[int, tuple[_Group, ...]]:
+        shapes: dict[tuple[int, tuple[int, ...]], dict[object, dict[str, _Target]]] = {}
+        getters: dict[tuple[int, tuple[int, ...]], Callable[[list[str]], object]] = {}
+        owners: dict[tuple[int, tuple[int, ...], object, str], Route] = {}
+        for route in routes:
+            segments = _check_route(route, self._prefix)
+            literal_at = tuple(i for i, s in enumerate(segments) if not s.startswith("{"))
+            names = tuple((s[1:-1], i) for i, s in enumerate(segments) if s.startswith("{"))
+            shape = (len(segments), literal_at)
+            if shape not in getters:
+                getters[shape] = _key_getter(literal_at)
+                shapes[shape] = {}
+            key = getters[shape](segments)
+            by_method = shapes[shape].setdefault(key, {})
+            param_borne = route.source_param is not None or route.connection_param is not None
+            for method in route.methods:
+                other = owners.get((*shape, key, method))
+                if other is not None:
+                    raise ConfigurationError(
+                        f"routes: {_describe(route)} duplicates {_describe(other)} for "
+                        f"{method}; remove one, or pass include_defaults=False and a "
+                        "filtered DEFAULT_ROUTES"
+                    )
+                owners[(*shape, key, method)] = route
+                by_method[method] = _Target(
+                    route, names, route.source_in_body and param_borne and method in _BODY_METHODS
+                )
+        groups: dict[int, list[tuple[tuple[int, ...], _Group]]] = {}
+        for (count, literal_at), table in shapes.items():
+            # Sort so a literal further left is tried first: most specific wins.
+            order = tuple(0 if i in literal_at else 1 for i in range(count))
+            groups.setdefault(count, []).append((order, (getters[(count, literal_at)], table)))
+        return {n: tuple(g for _, g in sorted(gs, key=lambda x: x[0])) for n, gs in groups.items()}
+
+    # -- per request ------------------------------------------------------------------
+    def match(self, method: str, raw_path: bytes) -> RouteMatch | Denial | None:
+        """Classify a raw path; ``None``: outside the prefix (pass through untouched)."""
+        # Fast path: an ordinary ASCII path with no escapes, dots or doubled slashes.
+        if (
+            raw_path.startswith(self._prefix_bytes)
+            and not raw_path.translate(None, _FAST_SAFE)
+            and b"//" not in raw_path
+            and b"/." not in raw_path
+            and len(raw_path) <= MAX_PATH_BYTES
+        ):
+            rest = raw_path[len(self._prefix_bytes) :]
+            if not rest:
+                return self._unknown
+            if rest[-1] == 47:  # a trailing "/" is an empty last segment
+                return _PATH_DENIALS["empty"]
+            segments = rest.decode("ascii").split("/")
+        else:
+            found = self._slow_segments(raw_path)
+            if not isinstance(found, list):
+                return found
+            segments = found
+        return self._lookup(method, segments)
+
+    def _lookup(self, method: str, segments: list[str]) -> RouteMatch | Denial:
+        groups = self._groups.get(len(segments))
+        if groups is None:
+            return self._unknown
+        declared: dict[str, _Target] | None = None
+        for getter, table in groups:
+            by_method = table.get(getter(segments))
+            if by_method is None:
+                continue
+            target = by_method.get(method)
+            if target is None and method == "HEAD":
+                target = by_method.get("GET")
+            if target is not None:
+                return RouteMatch(
+                    target.route, {n: segments[i] for n, i in target.names}, target.needs_body
+                )
+            if declared is None:
+                declared = by_method
+        if declared is None:
+            return self._unknown
+        route = next(iter(declared.values())).route
+        shown = method if len(method) <= 16 and _METHOD_CHARS.issuperset(method) else "this method"
+        return _denial(
+            403,
+            codes.UNKNOWN_ROUTE,
+            f"{shown} is not declared for {route.path}; declared methods: "
+            f"{', '.join(sorted(declared))}.",
+            "Use a declared method, or declare a Route with this method if your application "
+            "serves it.",
+        )
+
+    def _slow_segments(self, raw_path: bytes) -> list[str] | Denial | None:
+        if not raw_path.startswith(b"/"):
+            # Not origin-form (absolute-form, "*", empty): cannot be proven outside.
+            return _PATH_DENIALS["start"]
+        if not self._inside(raw_path):
+            return None
+        if len(raw_path) > MAX_PATH_BYTES:
+            return _PATH_DENIALS["long"]
+        if b"%" in raw_path and _BAD_ESCAPE.search(raw_path):
+            return _PATH_DENIALS["escape"]
+        decoded: list[str] = []
+        for raw in raw_path[1:].split(b"/"):
+            if not raw:
+                return _PATH_DENIALS["empty"]
+            if raw != raw.translate(None, _FORBIDDEN_RAW_BYTES):
+                return _PATH_DENIALS["char"]
+            try:
+                text = unquote_to_bytes(raw).decode("utf-8") if b"%" in raw else raw.decode()
+            except UnicodeDecodeError:
+                return _PATH_DENIALS["utf8"]
+            if text in (".", ".."):
+                return _PATH_DENIALS["dot"]
+            if not _FORBIDDEN_DECODED.isdisjoint(text):
+                return _PATH_DENIALS["char"]
+            decoded.append(text)
+        head = self._prefix.strip("/").split("/") if self._prefix_segments else []
+        if decoded[: self._prefix_segments] != head:
+            return self._unknown
+        return decoded[self._prefix_segments :]
+
+    def _inside(self, raw_path: bytes) -> bool:
+        """Could any reading of this path (decoded, normalised, any case) be under the prefix?"""
+        if self._under(raw_path.lower()):
+            return True
+        text = raw_path
+        for _ in range(4):  # undo several levels of %-encoding
+            if b"%" not in text:
+                break
+            text = unquote_to_bytes(text)
+            if self._under(text.lower()):
+                return True
+        parts: list[bytes] = []
+        for segment in text.replace(b"\\", b"/").split(b"/"):
+            segment = segment.split(b";", 1)[0].translate(None, _CONTROL_AND_SPACE)
+            if segment in (b"", b"."):
+                continue
+            if segment == b"..":
+                if parts:
+                    parts.pop()
+                continue
+            parts.append(segment)
+        return self._under(b"/" + b"/".join(parts).lower())
+
+    def _under(self, lower_path: bytes) -> bool:
+        return lower_path.startswith(self._prefix_lower) or lower_path == self._root_lower
+
+    def facts(
+        self,
+        match: RouteMatch,
+        query_string: bytes,
+        body: Mapping[str, Any] | None,
+        origin: str | None,
+        referer: str | None,
+    ) -> RequestFacts | Denial:
+        """The request's facts from a match, its query string and (if read) its JSON body."""
+        route = match.route
+        params = match.params
+        if body is not None and not isinstance(body, Mapping):
+            return _BODY_NOT_OBJECT
+        wanted = (route.source_param, route.kind_param, route.connection_param)
+        found = _parse_query(query_string, wanted)
+        if isinstance(found, Denial):
+            return found
+
+        connection = params.get("connection")
+        if route.connection_param is not None:
+            named = _param(route.connection_param, found, body)
+            if isinstance(named, Denial):
+                return named
+            connection = named
+        if connection is not None and not _is_connection_name(connection):
+            return _BAD_CONNECTION
+
+        sources: tuple[Source, ...] = ()
+        if route.source_param is not None:
+            value = _param(route.source_param, found, body)
+            if isinstance(value, Denial):
+                return value
+            kind: Any = route.source_kind
+            if route.kind_param is not None:
+                kind = _param(route.kind_param, found, body)
+                if isinstance(kind, Denial):
+                    return kind
+                if kind not in route.kind_choices:
+                    return _malformed(
+                        f"Parameter '{route.kind_param}' must be one of "
+                        f"{', '.join(repr(k) for k in sorted(route.kind_choices))}.",
+                        f"Set '{route.kind_param}' to the kind of '{route.source_param}'.",
+                    )
+            sources = (Source(kind, value),)
+        elif "source" in params:
+            sources = (Source(route.source_kind, params["source"]),)
+        return RequestFacts(route.api, connection, sources, origin, referer)
+
+
+def _parse_query(
+    query: bytes, wanted: tuple[str | None, str | None, str | None]
+) -> dict[str, str] | Denial:
+    """The wanted parameters' values; a duplicate or a bad escape is a denial."""
+    found: dict[str, str] = {}
+    if not query:
+        return found
+    if b"%" in query and _BAD_ESCAPE.search(query):
+        return _BAD_QUERY
+    for piece in query.split(b"&"):
+        if not piece:
+            continue  # "a=1&&b=2" and a trailing "&" hide nothing
+        raw_key, _, raw_value = piece.partition(b"=")
+        try:
+            key = _decode(raw_key)
+        except UnicodeDecodeError:
+            return _BAD_QUERY
+        if key not in wanted:
+            continue
+        if key in found:
+            return _denial(
+                400,
+                codes.AMBIGUOUS_REQUEST,
+                f"Parameter '{key}' is given more than once in the query string.",
+                f"Send '{key}' once.",
+            )
+        try:
+            found[key] = _decode(raw_value)
+        except UnicodeDecodeError:
+            return _malformed(f"Parameter '{key}' is not valid UTF-8.", f"Encode '{key}' as UTF-8.")
+    return found
+
+
+def _decode(raw: bytes) -> str:
+    if b"%" in raw or b"+" in raw:
+        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    return raw.decode("utf-8")
+
+
+def _param(name: str, found: Mapping[str, str], body: Mapping[str, Any] | None) -> str | Denial:
+    """One required parameter from the query string or the body, which must agree."""
+    value = found.get(name)
+    if body is not None and name in body:
+        in_body = body[name]
+        if not isinstance(in_body, str):
+            return _malformed(
+                f"Parameter '{name}' in the JSON body is not a string.",
+                f"Send '{name}' as a JSON string.",
+            )
+        if value is None:
+            value = in_body
+        elif value != in_body:
+            return _denial(
+                400,
+                codes.AMBIGUOUS_REQUEST,
+                f"Parameter '{name}' has different values in the query string and the body.",
+                f"Send '{name}' in one place only.",
+            )
+    if value is None:
+        return _malformed(
+            f"This endpoint needs parameter '{name}' and the request has none.",
+            f"Send '{name}' in the query string (or, on POST, in a JSON object body).",
+        )
+    if not value.strip():
+        return _malformed(f"Parameter '{name}' is empty.", f"Give '{name}' a value.")
+    return value
+
+
+def _is_connection_name(name: str) -> bool:
+    return (
+        0 < len(name) <= MAX_CONNECTION_LENGTH
+        and name[0] not in ".-"
+        and _CONNECTION_CHARS.issuperset(name)
+    )
+
+
+def _key_getter(literal_at: tuple[int, ...]) -> Callable[[list[str]], object]:
+    if not literal_at:
+        return lambda _segments: ()
+    getter: Callable[[list[str]], object] = itemgetter(*literal_at)
+    return getter
+
+
+def _describe(route: Route) -> str:
+    return f"Route(api={route.api!r}, path={route.path!r})"
+
+
+def _check_prefix(prefix: object) -> str:
+    if (
+        not isinstance(prefix, str)
+        or not prefix.startswith("/")
+        or not prefix.endswith("/")
+        or not prefix.isascii()
+    ):
+        raise ConfigurationError(
+            f"prefix {prefix!r} must be an ASCII path that starts and ends with '/', e.g. '/v3/'"
+        )
+    if prefix != "/":
+        for segment in prefix[1:-1].split("/"):
+            if not _is_literal(segment):
+                raise ConfigurationError(
+                    f"prefix {prefix!r} has segment {segment!r}; use plain, non-empty "
+                    "segments without '.', '..', '%', ';' or braces, e.g. '/v3/'"
+                )
+    return prefix
+
+
+def _is_literal(segment: str) -> bool:
+    return bool(segment) and segment not in (".", "..") and _LITERAL_CHARS.issuperset(segment)
+
+
+def _check_route(route: Route, prefix: str) -> list[str]:
+    """Validate one route; return its template segments after the prefix."""
+    where = f"routes: {_describe(route)}"
+    if not isinstance(route, Route):
+        raise ConfigurationError(f"routes: {route!r} is not a token_guard Route")
+    if route.api not in API_NAMES:
+        raise ConfigurationError(
+            f"{where}: api {route.api!r} is unknown; use one of {', '.join(sorted(API_NAMES))}"
+        )
+    if not isinstance(route.path, str) or not route.path.startswith(prefix):
+        raise ConfigurationError(f"{where}: the path must start with the prefix {prefix!r}")
+    if not isinstance(route.methods, frozenset) or not route.methods:
+        raise ConfigurationError(
+            f"{where}: methods must be a non-empty frozenset, e.g. frozenset({{'GET', 'POST'}})"
+        )
+    for method in route.methods:
+        if not isinstance(method, str) or not method or not _METHOD_CHARS.issuperset(method):
+            raise ConfigurationError(
+                f"{where}: method {method!r} must be an upper-case HTTP method, e.g. 'GET'"
+            )
+    if route.source_kind not in _KINDS:
+        raise ConfigurationError(
+            f"{where}: source_kind {route.source_kind!r} must be one of {', '.join(sorted(_KINDS))}"
+        )
+    if not route.kind_choices or not _KINDS.issuperset(route.kind_choices):
+        raise ConfigurationError(
+            f"{where}: kind_choices must be a non-empty subset of {', '.join(sorted(_KINDS))}"
+        )
+    rest = route.path[len(prefix) :]
+    segments = rest.split("/")
+    names: set[str] = set()
+    for segment in segments:
+        if not segment:
+            raise ConfigurationError(
+                f"{where}: the path has an empty segment; remove doubled or trailing '/'"
+            )
+        if segment.startswith("{") or segment.endswith("}") or "{" in segment or "}" in segment:
+            name = segment[1:-1]
+            if not (segment.startswith("{") and segment.endswith("}")) or not _NAME_RE.fullmatch(
+                name
+            ):
+                raise ConfigurationError(
+                    f"{where}: segment {segment!r} must be a whole placeholder like "
+                    "'{connection}' or '{name}' (a Python identifier)"
+                )
+            if name in names:
+                raise ConfigurationError(f"{where}: placeholder {name!r} appears twice")
+            names.add(name)
+        elif not _is_literal(segment):
+            raise ConfigurationError(
+                f"{where}: segment {segment!r} is not a plain literal; use letters, digits and "
+                "'-._~' (no '.', '..', '%', ';')"
+            )
+    params = [p for p in (route.source_param, route.kind_param, route.connection_param) if p]
+    for param in (route.source_param, route.kind_param, route.connection_param):
+        if param is not None and (not isinstance(param, str) or not param):
+            raise ConfigurationError(f"{where}: parameter names must be non-empty strings")
+    if "access_token" in params:
+        raise ConfigurationError(
+            f"{where}: 'access_token' carries the token, not a source; name another parameter"
+        )
+    if len(set(params)) != len(params):
+        raise ConfigurationError(
+            f"{where}: source_param, kind_param and connection_param must differ; got {params!r}"
+        )
+    if "source" in names and route.source_param is not None:
+        raise ConfigurationError(
+            f"{where}: has both a '{{source}}' segment and source_param; keep one"
+        )
+    if "connection" in names and route.connection_param is not None:
+        raise ConfigurationError(
+            f"{where}: has both a '{{connection}}' segment and connection_param; keep one"
+        )
+    if route.kind_param is not None and route.source_param is None:
+        raise ConfigurationError(f"{where}: kind_param needs a source_param to give a kind to")
+    return segments
