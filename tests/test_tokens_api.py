@@ -1,0 +1,392 @@
+"""The Tokens REST API and /oauth/token: main flows over real HTTP (uvicorn), the rest via ASGI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from token_guard.management import (
+    READ_SCOPE,
+    WRITE_SCOPE,
+    SigningKeys,
+    create_client,
+    create_management_app,
+)
+from token_guard.stores import MemoryStore, SQLiteStore
+
+ISSUER = "https://tokens.test"
+AUDIENCE = "token-guard-api"
+BODY: dict[str, Any] = {
+    "name": "storefront map",
+    "grants": [
+        {"connection_name": "carto_dw", "source": "carto-demo-data.demo_tables.retail_stores"},
+        {"connection_name": "carto_dw", "source": "carto-demo-data.shared.*"},
+    ],
+    "referers": ["https://*.example.com"],
+    "allowed_apis": ["maps", "sql"],
+}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextmanager
+def serving(app: Starlette, port: int) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn on 127.0.0.1:``port`` for the duration."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def _new_client(db: Path, scopes: list[str]) -> tuple[str, str]:
+    """Create an OAuth client in the SQLite file the way an operator would (own process)."""
+
+    async def go() -> tuple[str, str]:
+        store = SQLiteStore(str(db))
+        try:
+            client, secret = await create_client(store, "test client", scopes, actor="cli:test")
+            return client.client_id, secret
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _token(http: httpx.Client, client_id: str, secret: str, **form: str) -> str:
+    r = http.post(
+        "/oauth/token", auth=(client_id, secret), data={"grant_type": "client_credentials", **form}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
+    return str(r.json()["access_token"])
+
+
+# -- real HTTP -------------------------------------------------------------------------------
+
+
+def test_token_lifecycle_over_http(tmp_path: Path, free_port: int) -> None:
+    db = tmp_path / "tokens.db"
+    client_id, secret = _new_client(db, [READ_SCOPE, WRITE_SCOPE])
+    store = SQLiteStore(str(db))
+    app = create_management_app(
+        store, issuer=ISSUER, audience=AUDIENCE, keys=SigningKeys.open(tmp_path / "t.keys")
+    )
+    with serving(app, free_port) as base, httpx.Client(base_url=base, timeout=10) as http:
+        # Client credentials in the form body this time (Basic is used by _token).
+        r = http.post("/oauth/token", data={
+            "grant_type": "client_credentials", "client_id": client_id,
+            "client_secret": secret, "audience": AUDIENCE,
+        })
+        assert r.status_code == 200
+        body = r.json()
+        assert (body["token_type"], body["expires_in"]) == ("Bearer", 86_400)
+        assert body["scope"] == "read:tokens write:tokens"
+        auth = {"Authorization": f"Bearer {body['access_token']}"}
+
+        created = http.post("/v3/tokens", json=BODY, headers=auth)
+        assert created.status_code == 201, created.text
+        assert created.headers["cache-control"] == "no-store"
+        tok = created.json()
+        api_secret, token_id = tok["token"], tok["id"]
+        assert api_secret.startswith("tgk_") and tok["state"] == "active"
+        assert created.headers["location"] == f"/v3/tokens/{token_id}"
+
+        listed = http.get("/v3/tokens", headers=auth)
+        shown = http.get(f"/v3/tokens/{token_id}", headers=auth)
+        assert listed.status_code == shown.status_code == 200
+        assert [t["id"] for t in listed.json()["tokens"]] == [token_id]
+        assert shown.json()["grants"] == BODY["grants"]
+        for r in (listed, shown):
+            assert api_secret not in r.text and "token" not in r.json()
+
+        patched = http.patch(
+            f"/v3/tokens/{token_id}", json={"name": "renamed", "referers": []}, headers=auth
+        )
+        assert patched.status_code == 200
+        assert (patched.json()["name"], patched.json()["referers"]) == ("renamed", [])
+        refused = http.patch(
+            f"/v3/tokens/{token_id}", json={"expiration_date": "2999-01-01T00:00:00Z"},
+            headers=auth,
+        )
+        assert refused.status_code == 400
+        assert refused.json()["field"] == "expiration_date"
+        assert "only at creation" in refused.json()["error"]
+
+        revoked = http.delete(f"/v3/tokens/{token_id}", headers=auth)
+        assert revoked.status_code == 200 and revoked.json()["state"] == "revoked"
+
+        audit = http.get("/v3/audit", headers=auth)
+        assert audit.status_code == 200
+        entries = audit.json()["entries"]
+        mine = [(e["action"], e["token_id"]) for e in entries if e["actor"] == client_id]
+        assert ("token.create", token_id) in mine
+        assert ("token.update", token_id) in mine
+        assert ("token.revoke", token_id) in mine
+        assert api_secret not in audit.text and secret not in audit.text
+
+        jwks = http.get("/.well-known/jwks.json").json()
+        assert [k["kid"] for k in jwks["keys"]] == [
+            jwt.get_unverified_header(auth["Authorization"][7:])["kid"]
+        ]
+    asyncio.run(store.close())
+
+
+def test_pagination_over_http(tmp_path: Path, free_port: int) -> None:
+    db = tmp_path / "tokens.db"
+    client_id, secret = _new_client(db, [READ_SCOPE, WRITE_SCOPE])
+    store = SQLiteStore(str(db))
+    app = create_management_app(store, issuer=ISSUER, audience=AUDIENCE)
+    with serving(app, free_port) as base, httpx.Client(base_url=base, timeout=10) as http:
+        auth = {"Authorization": f"Bearer {_token(http, client_id, secret)}"}
+        made = {http.post("/v3/tokens", json=BODY, headers=auth).json()["id"] for _ in range(5)}
+        seen: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            params: dict[str, str | int] = {"limit": 2}
+            if cursor:
+                params["after"] = cursor
+            page = http.get("/v3/tokens", params=params, headers=auth).json()
+            pages += 1
+            seen += [t["id"] for t in page["tokens"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert pages == 3 and seen == sorted(made)
+        last = http.get("/v3/tokens", params={"limit": 5}, headers=auth).json()
+        assert last["next"] is None and len(last["tokens"]) == 5
+    asyncio.run(store.close())
+
+
+# -- ASGI ------------------------------------------------------------------------------------
+
+
+class _Api:
+    def __init__(self, http: httpx.AsyncClient, store: MemoryStore) -> None:
+        self.http = http
+        self.store = store
+
+    async def token_for(self, scopes: list[str]) -> tuple[str, str]:
+        client, secret = await create_client(self.store, "c", scopes, actor="t")
+        r = await self.http.post("/oauth/token", auth=(client.client_id, secret),
+                                 data={"grant_type": "client_credentials"})
+        assert r.status_code == 200
+        return str(r.json()["access_token"]), client.client_id
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[_Api]:
+    store = MemoryStore()
+    app = create_management_app(store, issuer=ISSUER, audience=AUDIENCE)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tg") as http:
+        yield _Api(http, store)
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.anyio
+async def test_api_access_token_can_never_call_the_tokens_api(api: _Api) -> None:
+    issued = await api.store.create_token(BODY)
+    for method, path in [("GET", "/v3/tokens"), ("POST", "/v3/tokens"),
+                         ("DELETE", f"/v3/tokens/{issued.id}")]:
+        r = await api.http.request(method, path, headers=_bearer(issued.token), json=BODY)
+        assert r.status_code == 401
+        assert "API access token cannot call the Tokens API" in r.json()["error"]
+        assert "OAuth access token" in r.json()["hint"]
+        assert r.headers["www-authenticate"].startswith('Bearer realm="token-guard"')
+        assert issued.token not in r.text
+    assert (await api.store.get_token(issued.id)).revoked_at is None  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_missing_token_is_a_bare_bearer_challenge(api: _Api) -> None:
+    r = await api.http.get("/v3/tokens")
+    assert r.status_code == 401 and r.json()["code"] == "missing_token"
+    assert r.headers["www-authenticate"] == 'Bearer realm="token-guard"'
+    r = await api.http.get("/v3/tokens", headers={"Authorization": "Basic eDp5"})
+    assert r.status_code == 401 and r.json()["code"] == "invalid_token"
+
+
+@pytest.mark.anyio
+async def test_read_only_token_cannot_change_anything(api: _Api) -> None:
+    issued = await api.store.create_token(BODY)
+    token, _ = await api.token_for([READ_SCOPE])
+    before = (await api.http.get("/v3/tokens", headers=_bearer(token))).json()
+    attempts = [
+        ("POST", "/v3/tokens", BODY),
+        ("PATCH", f"/v3/tokens/{issued.id}", {"name": "pwned"}),
+        ("DELETE", f"/v3/tokens/{issued.id}", None),
+    ]
+    for method, path, body in attempts:
+        r = await api.http.request(method, path, headers=_bearer(token), json=body)
+        assert r.status_code == 403, (method, r.text)
+        assert r.json()["code"] == "insufficient_scope"
+        challenge = r.headers["www-authenticate"]
+        assert 'error="insufficient_scope"' in challenge and 'scope="write:tokens"' in challenge
+    after = (await api.http.get("/v3/tokens", headers=_bearer(token))).json()
+    assert after == before
+
+
+@pytest.mark.anyio
+async def test_write_only_token_cannot_read(api: _Api) -> None:
+    token, _ = await api.token_for([WRITE_SCOPE])
+    r = await api.http.get("/v3/tokens", headers=_bearer(token))
+    assert r.status_code == 403 and 'scope="read:tokens"' in r.headers["www-authenticate"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        pytest.param({**BODY, "allowed_apis": ["maps", "ftp"]}, "allowed_apis", id="unknown-api"),
+        pytest.param({**BODY, "grants": [{"connection_name": "c", "source": "proj.*"}]},
+                     "grants[0].source", id="short-wildcard"),
+        pytest.param({**BODY, "colour": "red"}, "colour", id="unknown-field"),
+        pytest.param({"name": "x"}, "allowed_apis", id="no-apis"),
+        pytest.param({**BODY, "expiration_date": "2000-01-01T00:00:00Z"}, "expiration_date",
+                     id="past-expiration"),
+        pytest.param({**BODY, "referers": ["not a url"]}, "referers[0]", id="bad-referer"),
+        pytest.param([1, 2], "body", id="not-an-object"),
+    ],
+)
+async def test_validation_errors_name_the_field(api: _Api, body: Any, field: str) -> None:
+    token, _ = await api.token_for([READ_SCOPE, WRITE_SCOPE])
+    r = await api.http.post("/v3/tokens", json=body, headers=_bearer(token))
+    assert r.status_code == 400, r.text
+    out = r.json()
+    assert out["field"] == field and out["error"] and out["hint"] and out["code"]
+
+
+@pytest.mark.anyio
+async def test_invalid_json_and_bad_page_parameters_are_400(api: _Api) -> None:
+    token, _ = await api.token_for([READ_SCOPE, WRITE_SCOPE])
+    r = await api.http.post("/v3/tokens", content=b"{nope", headers=_bearer(token))
+    assert r.status_code == 400 and r.json()["field"] == "body"
+    for query in ("limit=0", "limit=501", "limit=abc", "limit=1&limit=2"):
+        r = await api.http.get(f"/v3/tokens?{query}", headers=_bearer(token))
+        assert r.status_code == 400 and r.json()["field"] == "limit", query
+    r = await api.http.get("/v3/audit?before=-1", headers=_bearer(token))
+    assert r.status_code == 400 and r.json()["field"] == "before"
+
+
+@pytest.mark.anyio
+async def test_unknown_id_is_404(api: _Api) -> None:
+    token, _ = await api.token_for([READ_SCOPE, WRITE_SCOPE])
+    for method, body in (("GET", None), ("PATCH", {"name": "x"}), ("DELETE", None)):
+        r = await api.http.request(
+            method, "/v3/tokens/tok_missing", json=body, headers=_bearer(token)
+        )
+        assert r.status_code == 404 and r.json()["code"] == "not_found", method
+
+
+@pytest.mark.anyio
+async def test_creation_returns_warnings_and_audit_names_the_client(api: _Api) -> None:
+    token, client_id = await api.token_for([READ_SCOPE, WRITE_SCOPE])
+    body = {"allowed_apis": ["sql"], "grants": [{"connection_name": "c", "source": "*"}]}
+    r = await api.http.post("/v3/tokens", json=body, headers=_bearer(token))
+    assert r.status_code == 201
+    assert any("'*'" in w for w in r.json()["warnings"])
+    audit = (await api.http.get("/v3/audit?limit=1", headers=_bearer(token))).json()
+    entry = audit["entries"][0]
+    assert (entry["actor"], entry["action"], entry["token_id"]) == (
+        client_id, "token.create", r.json()["id"]
+    )
+    assert audit["next"] is not None  # the oauth.token entries are older
+
+
+@pytest.mark.anyio
+async def test_oauth_endpoint_errors_are_rfc6749(api: _Api) -> None:
+    client, secret = await create_client(api.store, "c", [READ_SCOPE], actor="t")
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"auth": (client.client_id, "wrong"), "data": {"grant_type": "client_credentials"}},
+         401, "invalid_client"),
+        ({"data": {"grant_type": "client_credentials"}}, 401, "invalid_client"),
+        ({"auth": (client.client_id, secret), "data": {"grant_type": "authorization_code"}},
+         400, "unsupported_grant_type"),
+        ({"auth": (client.client_id, secret),
+          "data": {"grant_type": "client_credentials", "scope": "write:tokens"}},
+         400, "invalid_scope"),
+        ({"auth": (client.client_id, secret), "json": {"grant_type": "client_credentials"}},
+         400, "invalid_request"),
+        ({"auth": (client.client_id, secret),
+          "content": b"grant_type=client_credentials&grant_type=client_credentials",
+          "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+         400, "invalid_request"),
+    ]
+    for kwargs, status, error in cases:
+        r = await api.http.post("/oauth/token", **kwargs)
+        assert (r.status_code, r.json()["error"]) == (status, error), kwargs
+        assert r.json()["error_description"]
+        assert r.headers["cache-control"] == "no-store"
+        assert secret not in r.text
+        if status == 401:
+            assert r.headers["www-authenticate"] == 'Basic realm="token-guard"'
+
+
+@pytest.mark.anyio
+async def test_basic_auth_credentials_are_url_decoded(api: _Api) -> None:
+    client, secret = await create_client(api.store, "c", [READ_SCOPE], actor="t")
+    raw = base64.b64encode(f"{client.client_id}:{secret}".replace("-", "%2D").encode()).decode()
+    r = await api.http.post(
+        "/oauth/token", data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {raw}"},
+    )
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.anyio
+async def test_expired_access_token_is_refused_by_the_api() -> None:
+    store = MemoryStore()
+    keys = SigningKeys.ephemeral()
+    app = create_management_app(store, issuer=ISSUER, audience=AUDIENCE, keys=keys)
+    client, _ = await create_client(store, "c", [READ_SCOPE], actor="t")
+    now = datetime.now(UTC)
+    token = jwt.encode(
+        {"iss": ISSUER, "aud": AUDIENCE, "client_id": client.client_id, "scope": READ_SCOPE,
+         "iat": int((now - timedelta(hours=2)).timestamp()),
+         "exp": int((now - timedelta(hours=1)).timestamp())},
+        keys.active.private_key, "EdDSA", {"kid": keys.active.kid, "typ": "at+jwt"},
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as h:
+        r = await h.get("/v3/tokens", headers=_bearer(token))
+    assert r.status_code == 401 and "expired" in r.json()["error"]
+    assert 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+@pytest.mark.anyio
+async def test_openapi_schema_is_served(api: _Api) -> None:
+    r = await api.http.get("/openapi.json")
+    schema = json.loads(r.text)
+    assert schema["openapi"].startswith("3.1")
+    assert set(schema["paths"]) >= {"/v3/tokens", "/v3/tokens/{token_id}", "/oauth/token"}
