@@ -1,0 +1,331 @@
+"""The TokenStore contract as a reusable test class: every store must pass it unchanged.
+
+Use it from a store's test module::
+
+    from tests.store_contract import StoreContract
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture
+        async def store(self, tmp_path) -> AsyncIterator[TokenStore]:
+            s = MyStore(...)
+            yield s
+            await s.close()
+
+        async def stored_bytes(self, store: TokenStore) -> bytes | None:
+            return ...  # everything the store persisted, to prove the secret is not there
+
+Events may arrive asynchronously (PostgreSQL LISTEN/NOTIFY), so the event tests wait for
+them with a generous bound instead of asserting on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from token_guard.errors import InvalidTokenSpec, NotFound, StoreError, StoreUnavailable
+from token_guard.records import ChangeEvent
+from token_guard.secret import hash_secret, is_well_formed
+from token_guard.stores.base import TokenStore
+
+BODY: dict[str, Any] = {
+    "name": "storefront map",
+    "grants": [
+        {"connection_name": "carto_dw", "source": "carto-demo-data.demo_tables.retail_stores"},
+        {"connection_name": "carto_dw", "source": "carto-demo-data.shared.*"},
+        {
+            "connection_name": "carto_dw",
+            "source": "SELECT * FROM `carto-demo-data`.demo_tables.stores WHERE city = @city",
+        },
+    ],
+    "referers": ["https://*.example.com", "http://localhost:*"],
+    "allowed_apis": ["maps", "sql"],
+    "expiration_date": "2099-01-01T00:00:00Z",
+}
+
+EVENT_WAIT = 10.0  # seconds; a bound for slow machines, not a performance claim
+
+
+def body(**changes: Any) -> dict[str, Any]:
+    """The example body with some fields replaced (a field set to ... is removed)."""
+    out = {**BODY, **changes}
+    return {k: v for k, v in out.items() if v is not ...}
+
+
+async def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Wait until ``condition()`` holds, failing after EVENT_WAIT seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EVENT_WAIT
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+INVALID_BODIES = [
+    pytest.param(body(allowed_apis=...), "allowed_apis", id="apis-missing"),
+    pytest.param(body(allowed_apis=["maps", "ftp"]), "allowed_apis", id="api-unknown"),
+    pytest.param(body(allowed_apis=["imports", "sql"]), "allowed_apis", id="imports-combined"),
+    pytest.param(
+        body(grants=[{"connection_name": "c", "source": "proj.*"}]),
+        "grants[0].source",
+        id="wildcard-one-segment",
+    ),
+    pytest.param(
+        body(grants=[{"connection_name": "", "source": "a.b.c"}]),
+        "grants[0].connection_name",
+        id="connection-empty",
+    ),
+    pytest.param(body(referers="https://example.com"), "referers", id="referers-not-list"),
+    pytest.param(body(expiration_date="2001-01-01T00:00:00Z"), "expiration_date", id="expired"),
+    pytest.param(body(colour="blue"), "colour", id="unknown-field"),
+    pytest.param(body(name=42), "name", id="name-not-string"),
+]
+
+
+@pytest.mark.anyio
+class StoreContract:
+    """Behaviour every ``TokenStore`` shares. Subclasses provide the ``store`` fixture."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        """Run on asyncio (the stores use asyncio tasks and executors)."""
+        return "asyncio"
+
+    async def stored_bytes(self, store: TokenStore) -> bytes | None:
+        """Everything the store persisted, or None when it cannot be read raw."""
+        return None
+
+    # -- create / get -------------------------------------------------------------------
+    async def test_store_opens_lazily_and_open_is_idempotent(self, store: TokenStore) -> None:
+        issued = await store.create_token(body())
+        await store.open()
+        await store.open()
+        assert await store.get_token(issued.id) == issued.record
+
+    async def test_create_returns_secret_once_and_record_without_it(
+        self, store: TokenStore
+    ) -> None:
+        issued = await store.create_token(body())
+        assert is_well_formed(issued.token)
+        assert issued.id == issued.record.id and issued.id.startswith("tok_")
+        assert issued.token not in repr(issued)
+        assert issued.token not in repr(issued.record.as_json())
+        assert issued.record.name == "storefront map"
+        assert issued.record.allowed_apis == ("maps", "sql")
+        assert issued.record.expiration_date == datetime(2099, 1, 1, tzinfo=UTC)
+        assert issued.record.revoked_at is None
+
+    async def test_lookup_by_secret_hash_finds_the_token(self, store: TokenStore) -> None:
+        issued = await store.create_token(body())
+        found = await store.get_by_secret_hash(hash_secret(issued.token))
+        assert found == issued.record
+        assert await store.get_by_secret_hash(hash_secret(issued.token + "x")) is None
+        # The hash is the key: the secret itself finds nothing.
+        assert await store.get_by_secret_hash(issued.token) is None
+
+    async def test_get_unknown_token_is_none(self, store: TokenStore) -> None:
+        assert await store.get_token("tok_doesnotexist") is None
+
+    async def test_records_round_trip_exactly(self, store: TokenStore) -> None:
+        issued = await store.create_token(body(expiration_date=...))
+        got = await store.get_token(issued.id)
+        assert got == issued.record
+        assert got is not None and got.expiration_date is None
+        assert [g.kind for g in got.grants] == ["table", "wildcard", "query"]
+
+    @pytest.mark.parametrize(("bad", "field"), INVALID_BODIES)
+    async def test_invalid_body_raises_naming_the_field(
+        self, store: TokenStore, bad: dict[str, Any], field: str
+    ) -> None:
+        with pytest.raises(InvalidTokenSpec) as info:
+            await store.create_token(bad)
+        assert info.value.field == field
+        assert field in str(info.value)
+        assert list(await store.list_tokens()) == []
+
+    async def test_the_secret_is_never_stored(self, store: TokenStore) -> None:
+        issued = await store.create_token(body())
+        await store.update_token(issued.id, {"name": "renamed"})
+        await store.revoke_token(issued.id)
+        raw = await self.stored_bytes(store)
+        if raw is None:
+            pytest.skip("this store cannot show its raw bytes")
+        assert issued.token.encode() not in raw
+        assert issued.token[4:].encode() not in raw  # not even without the prefix
+        assert hash_secret(issued.token).encode() in raw  # the hash is what is kept
+
+    # -- list -------------------------------------------------------------------------------
+    async def test_list_pages_through_every_token_in_id_order(self, store: TokenStore) -> None:
+        ids = sorted([(await store.create_token(body(name=f"t{i}"))).id for i in range(7)])
+        pages: list[list[str]] = []
+        after: str | None = None
+        while True:
+            page = [r.id for r in await store.list_tokens(limit=3, after=after)]
+            if not page:
+                break
+            pages.append(page)
+            after = page[-1]
+        assert [len(p) for p in pages] == [3, 3, 1]
+        assert [i for p in pages for i in p] == ids
+
+    @pytest.mark.parametrize("limit", [0, -1, 1001])
+    async def test_list_refuses_a_silly_limit(self, store: TokenStore, limit: int) -> None:
+        with pytest.raises(ValueError, match="limit"):
+            await store.list_tokens(limit=limit)
+
+    # -- update / revoke ------------------------------------------------------------------
+    async def test_update_changes_only_the_given_fields(self, store: TokenStore) -> None:
+        issued = await store.create_token(body())
+        updated = await store.update_token(
+            issued.id, {"name": "new", "referers": [], "allowed_apis": ["lds"]}, actor="cli:ana"
+        )
+        assert (updated.name, updated.referers, updated.allowed_apis) == ("new", (), ("lds",))
+        assert updated.grants == issued.record.grants
+        assert updated.expiration_date == issued.record.expiration_date
+        assert await store.get_token(issued.id) == updated
+        assert await store.get_by_secret_hash(hash_secret(issued.token)) == updated
+
+    @pytest.mark.parametrize(
+        ("changes", "field"),
+        [
+            pytest.param({"expiration_date": "2100-01-01T00:00:00Z"}, "expiration_date",
+                         id="expiry-fixed"),
+            pytest.param({"allowed_apis": []}, "allowed_apis", id="apis-empty"),
+            pytest.param({"grants": [{"source": "a.b"}]}, "grants[0].connection_name",
+                         id="grant-no-connection"),
+            pytest.param({"secret": "x"}, "secret", id="unknown-field"),
+        ],
+    )
+    async def test_invalid_update_names_the_field_and_changes_nothing(
+        self, store: TokenStore, changes: dict[str, Any], field: str
+    ) -> None:
+        issued = await store.create_token(body())
+        with pytest.raises(InvalidTokenSpec) as info:
+            await store.update_token(issued.id, changes)
+        assert info.value.field == field
+        assert await store.get_token(issued.id) == issued.record
+
+    async def test_update_or_revoke_unknown_id_raises_not_found(self, store: TokenStore) -> None:
+        with pytest.raises(NotFound):
+            await store.update_token("tok_nope", {"name": "x"})
+        with pytest.raises(NotFound):
+            await store.revoke_token("tok_nope")
+
+    async def test_revoke_is_idempotent_and_keeps_the_first_time(
+        self, store: TokenStore
+    ) -> None:
+        issued = await store.create_token(body())
+        first = await store.revoke_token(issued.id)
+        again = await store.revoke_token(issued.id)
+        assert first.revoked_at is not None
+        assert again.revoked_at == first.revoked_at
+        found = await store.get_by_secret_hash(hash_secret(issued.token))
+        assert found is not None and found.revoked_at == first.revoked_at
+        assert found.state(datetime.now(UTC)) == "revoked"
+
+    # -- change events and audit ------------------------------------------------------------
+    async def test_every_change_notifies_subscribers(self, store: TokenStore) -> None:
+        events: list[ChangeEvent] = []
+        unsubscribe = store.subscribe(events.append)
+        await store.open()
+        issued = await store.create_token(body())
+        await store.update_token(issued.id, {"name": "b"})
+        await store.revoke_token(issued.id)
+        expected = [
+            ChangeEvent("created", issued.id),
+            ChangeEvent("updated", issued.id),
+            ChangeEvent("revoked", issued.id),
+        ]
+        await wait_for(lambda: events[:3] == expected, f"events {expected}")
+        unsubscribe()
+        unsubscribe()  # twice is harmless
+        await store.revoke_token(issued.id)
+        await asyncio.sleep(0.05)
+        assert events == expected
+
+    async def test_a_failing_listener_does_not_stop_the_others(self, store: TokenStore) -> None:
+        def broken(event: ChangeEvent) -> None:
+            raise RuntimeError("listener bug")
+
+        seen: list[ChangeEvent] = []
+        store.subscribe(broken)
+        store.subscribe(seen.append)
+        await store.open()
+        issued = await store.create_token(body())
+        await wait_for(lambda: ChangeEvent("created", issued.id) in seen, "the created event")
+
+    async def test_audit_records_who_did_what_without_secrets(self, store: TokenStore) -> None:
+        issued = await store.create_token(body(), actor="cli:ana")
+        await store.update_token(issued.id, {"name": "b"}, actor="client-1")
+        await store.revoke_token(issued.id, actor="client-2")
+        entries = list(await store.list_audit())
+        assert [(e.actor, e.token_id) for e in entries] == [
+            ("client-2", issued.id),
+            ("client-1", issued.id),
+            ("cli:ana", issued.id),
+        ]
+        for entry, verb in zip(entries, ["revoke", "update", "create"], strict=True):
+            assert verb in entry.action
+        ids = [e.id for e in entries]
+        assert ids == sorted(ids, reverse=True)
+        assert issued.token not in repr(entries)
+        assert hash_secret(issued.token) not in repr(entries)
+
+    async def test_audit_pages_newest_first(self, store: TokenStore) -> None:
+        for i in range(5):
+            await store.add_audit("cli:bo", "note", None, {"n": i})
+        first = list(await store.list_audit(limit=2))
+        rest = list(await store.list_audit(limit=10, before=first[-1].id))
+        assert [e.detail["n"] for e in first + rest] == [4, 3, 2, 1, 0]
+        assert all(e.at.tzinfo is not None for e in first + rest)
+
+    # -- usage ------------------------------------------------------------------------------
+    async def test_usage_is_recorded_in_batches_and_never_goes_back(
+        self, store: TokenStore
+    ) -> None:
+        a = await store.create_token(body(name="a"))
+        b = await store.create_token(body(name="b"))
+        t1 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+        t2 = t1 + timedelta(minutes=5)
+        await store.record_usage({a.id: t2, b.id: t1, "tok_unknown": t1})
+        await store.record_usage({a.id: t1})  # older: ignored
+        await store.record_usage({})
+        got_a, got_b = await store.get_token(a.id), await store.get_token(b.id)
+        assert got_a is not None and got_a.last_used_at == t2
+        assert got_b is not None and got_b.last_used_at == t1
+
+    # -- OAuth clients ----------------------------------------------------------------------
+    async def test_clients_create_get_list_revoke(self, store: TokenStore) -> None:
+        client = await store.create_client("m2m-1", "h" * 64, "deploy bot", ["read:tokens"])
+        await store.create_client("m2m-0", "g" * 64, "reader", ["read:tokens", "write:tokens"])
+        got = await store.get_client("m2m-1")
+        assert got == (client, "h" * 64)
+        assert await store.get_client("nobody") is None
+        assert [c.client_id for c in await store.list_clients()] == ["m2m-0", "m2m-1"]
+        revoked = await store.revoke_client("m2m-1")
+        assert revoked.revoked_at is not None
+        assert (await store.revoke_client("m2m-1")).revoked_at == revoked.revoked_at
+        with pytest.raises(NotFound):
+            await store.revoke_client("nobody")
+
+    async def test_duplicate_client_id_is_refused(self, store: TokenStore) -> None:
+        await store.create_client("m2m-1", "h" * 64, "bot", [])
+        with pytest.raises(StoreError) as info:
+            await store.create_client("m2m-1", "i" * 64, "bot 2", [])
+        assert not isinstance(info.value, StoreUnavailable)
+        assert re.search("m2m-1", str(info.value))
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def test_a_closed_store_is_unavailable_until_reopened(self, store: TokenStore) -> None:
+        issued = await store.create_token(body())
+        await store.close()
+        with pytest.raises(StoreUnavailable):
+            await store.get_by_secret_hash(hash_secret(issued.token))
+        await store.open()
+        assert await store.get_token(issued.id) == issued.record

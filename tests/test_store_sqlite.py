@@ -1,0 +1,315 @@
+"""SQLiteStore: the shared contract on real files, plus what only a file store has:
+schema versions and migration, WAL and locking between writers, bad rows, and the
+cross-process change feed (with a second OS process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from store_contract import EVENT_WAIT, StoreContract, body, wait_for
+
+from token_guard.errors import ConfigurationError, StoreError, StoreUnavailable
+from token_guard.records import ChangeEvent
+from token_guard.secret import hash_secret, new_secret
+from token_guard.stores import SQLiteStore
+from token_guard.stores.base import TokenStore
+from token_guard.stores.schema import (
+    LATEST_SQLITE_VERSION,
+    SQLITE_MIGRATIONS,
+    migrate_sqlite,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run async tests on asyncio."""
+    return "asyncio"
+
+
+def file_bytes(path: Path) -> bytes:
+    """The database file and its WAL and shared-memory files, concatenated."""
+    out = b""
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        if p.exists():
+            out += p.read_bytes()
+    return out
+
+
+class TestSQLiteStore(StoreContract):
+    """The contract on a real SQLite file under tmp_path."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[TokenStore]:
+        """A fresh SQLiteStore on its own file."""
+        s = SQLiteStore(tmp_path / "tokens.db", poll_interval=0.05)
+        yield s
+        await s.close()
+
+    async def stored_bytes(self, store: TokenStore) -> bytes | None:
+        """The raw bytes of the database, WAL included."""
+        assert isinstance(store, SQLiteStore)
+        return file_bytes(Path(store.path))
+
+
+def test_sqlite_store_satisfies_the_protocol(tmp_path: Path) -> None:
+    assert isinstance(SQLiteStore(tmp_path / "x.db"), TokenStore)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        pytest.param({"poll_interval": 0}, "poll_interval", id="poll-zero"),
+        pytest.param({"busy_timeout": -1}, "busy_timeout", id="busy-negative"),
+        pytest.param({"change_retention": True}, "change_retention", id="retention-bool"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_setting(
+    tmp_path: Path, kwargs: dict[str, float], name: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        SQLiteStore(tmp_path / "x.db", **kwargs)
+
+
+# -- schema ------------------------------------------------------------------------------
+async def test_open_creates_the_schema_in_wal_mode_at_the_latest_version(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_SQLITE_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM tokens WHERE secret_hash = ?", ("x",)
+        ).fetchall()
+    assert "USING INDEX" in " ".join(str(row) for row in plan)
+
+
+async def test_an_older_schema_is_migrated_on_open_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    secret = new_secret()
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate_sqlite(conn, SQLITE_MIGRATIONS[:1]) == 1
+    conn.execute(
+        "INSERT INTO tokens (id, secret_hash, name, grants, referers, allowed_apis,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            "tok_old", hash_secret(secret), "from v1",
+            json.dumps([{"connection_name": "dw", "source": "p.d.t"}]), "[]", '["sql"]',
+            "2024-01-02T03:04:05.000000Z",
+        ),
+    )
+    conn.close()
+
+    store = SQLiteStore(path)
+    record = await store.get_by_secret_hash(hash_secret(secret))
+    assert record is not None and record.id == "tok_old" and record.name == "from v1"
+    events: list[ChangeEvent] = []
+    store.subscribe(events.append)
+    await store.revoke_token("tok_old")  # the v2 change feed works on the migrated file
+    await store.close()
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == LATEST_SQLITE_VERSION
+        assert check.execute("SELECT COUNT(*) FROM changes").fetchone()[0] == 1
+    assert events == [ChangeEvent("revoked", "tok_old")]
+
+    again = SQLiteStore(path)  # reopening an up-to-date file changes nothing
+    assert (await again.get_token("tok_old")) is not None
+    await again.close()
+
+
+async def test_a_newer_schema_than_known_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {LATEST_SQLITE_VERSION + 1}")
+    store = SQLiteStore(path)
+    with pytest.raises(StoreError, match="upgrade token_guard"):
+        await store.open()
+    await store.close()
+
+
+async def test_a_file_that_is_not_a_database_makes_the_store_unavailable(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(os.urandom(8192))
+    store = SQLiteStore(path)
+    with pytest.raises(StoreUnavailable, match="garbage.db"):
+        await store.get_by_secret_hash(hash_secret(new_secret()))
+    await store.close()
+
+
+# -- several writers -------------------------------------------------------------------------
+async def test_two_stores_on_one_file_write_concurrently(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    a, b = SQLiteStore(path), SQLiteStore(path)
+    issued = await asyncio.gather(
+        *(s.create_token(body(name=f"n{i}")) for i in range(15) for s in (a, b))
+    )
+    listed = await a.list_tokens(limit=100)
+    assert sorted(r.id for r in listed) == sorted(i.id for i in issued)
+    await a.close()
+    await b.close()
+
+
+async def test_a_write_lock_held_past_busy_timeout_is_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    store = SQLiteStore(path, busy_timeout=0.2)
+    issued = await store.create_token(body())
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's long write
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.revoke_token(issued.id)
+        # Readers are not blocked by a writer in WAL mode.
+        assert await store.get_token(issued.id) == issued.record
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    revoked = await store.revoke_token(issued.id)
+    assert revoked.revoked_at is not None
+    await store.close()
+
+
+# -- bad data ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        pytest.param("grants", "not json", id="grants-unparseable"),
+        pytest.param("grants", '[{"connection_name": "dw", "source": "p.*"}]', id="grant-invalid"),
+        pytest.param("allowed_apis", '["root"]', id="api-unknown"),
+        pytest.param("referers", '"https://x.com"', id="referers-not-list"),
+        pytest.param("created_at", "yesterday", id="timestamp-garbage"),
+    ],
+)
+async def test_a_row_with_bad_data_is_refused_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, column: str, value: str
+) -> None:
+    path = tmp_path / "bad.db"
+    store = SQLiteStore(path)
+    issued = await store.create_token(body())
+    good = await store.create_token(body(name="good"))
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"UPDATE tokens SET {column} = ? WHERE id = ?", (value, issued.id))
+    with caplog.at_level(logging.ERROR, logger="token_guard.stores"):
+        assert await store.get_by_secret_hash(hash_secret(issued.token)) is None
+        assert await store.get_token(issued.id) is None
+        assert [r.id for r in await store.list_tokens()] == [good.id]
+    assert issued.id in caplog.text
+    assert issued.token not in caplog.text
+    with pytest.raises(StoreError, match=issued.id):
+        await store.update_token(issued.id, {"name": "fixed?"})
+    with pytest.raises(StoreError, match="revoked"):
+        await store.revoke_token(issued.id)  # revoked even so
+    with sqlite3.connect(path) as conn:
+        (revoked_at,) = conn.execute(
+            "SELECT revoked_at FROM tokens WHERE id = ?", (issued.id,)
+        ).fetchone()
+    assert revoked_at is not None
+    await store.close()
+
+
+# -- the change feed ---------------------------------------------------------------------------
+async def test_a_second_store_on_the_file_hears_changes_by_polling(tmp_path: Path) -> None:
+    path = tmp_path / "feed.db"
+    writer = SQLiteStore(path)
+    reader = SQLiteStore(path, poll_interval=0.05)
+    events: list[ChangeEvent] = []
+    reader.subscribe(events.append)
+    await reader.open()
+    issued = await writer.create_token(body())
+    await writer.revoke_token(issued.id)
+    expected = [ChangeEvent("created", issued.id), ChangeEvent("revoked", issued.id)]
+    await wait_for(lambda: events == expected, "the writer's changes")
+    # The writer's own subscribers hear its changes once (at once, not again by polling).
+    own: list[ChangeEvent] = []
+    writer.subscribe(own.append)
+    await writer.update_token(issued.id, {"name": "x"})
+    await wait_for(lambda: ChangeEvent("updated", issued.id) in events, "the update")
+    await asyncio.sleep(0.2)
+    assert own == [ChangeEvent("updated", issued.id)]
+    await writer.close()
+    await reader.close()
+
+
+async def test_old_changes_are_pruned_but_the_newest_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "pruned.db"
+    writer = SQLiteStore(path, change_retention=1e-6)
+    issued = await writer.create_token(body())
+    for _ in range(3):
+        await writer.revoke_token(issued.id)
+    await writer.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT id FROM changes").fetchall() == [(4,)]
+
+
+async def test_a_subscriber_that_missed_pruned_changes_gets_a_reset(tmp_path: Path) -> None:
+    path = tmp_path / "gap.db"
+    writer = SQLiteStore(path)
+    issued = await writer.create_token(body())  # change 1
+    reader = SQLiteStore(path, poll_interval=0.05)
+    events: list[ChangeEvent] = []
+    reader.subscribe(events.append)
+    await reader.open()  # the reader's feed starts after change 1
+    with sqlite3.connect(path) as conn:
+        # Changes 2..4 were pruned before the reader could poll them; 5 remains.
+        conn.execute(
+            "INSERT INTO changes (id, at, token_id, kind, origin)"
+            " VALUES (5, '2030-01-01T00:00:00.000000Z', ?, 'revoked', 'elsewhere')",
+            (issued.id,),
+        )
+    await wait_for(lambda: len(events) >= 2, "the reset and the change")
+    assert events == [ChangeEvent("reset"), ChangeEvent("revoked", issued.id)]
+    await writer.close()
+    await reader.close()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from token_guard.stores import SQLiteStore
+
+    async def main(path, token_id):
+        store = SQLiteStore(path)
+        await store.revoke_token(token_id, actor="other-process")
+        await store.close()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def test_a_revocation_in_another_process_reaches_this_one(tmp_path: Path) -> None:
+    path = tmp_path / "two-processes.db"
+    store = SQLiteStore(path, poll_interval=0.1)
+    events: list[ChangeEvent] = []
+    store.subscribe(events.append)
+    issued = await store.create_token(body())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CHILD, str(path), issued.id, env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(child.communicate(), EVENT_WAIT * 3)
+    assert child.returncode == 0, err.decode()
+    await wait_for(
+        lambda: ChangeEvent("revoked", issued.id) in events, "the other process's revocation"
+    )
+    record = await store.get_token(issued.id)
+    assert record is not None and record.revoked_at is not None
+    assert (await store.list_audit(limit=1))[0].actor == "other-process"
+    await store.close()
