@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sqlite3
-import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -148,7 +147,7 @@ async def test_a_file_that_is_not_a_database_makes_the_store_unavailable(
     path = tmp_path / "garbage.db"
     path.write_bytes(os.urandom(8192))
     store = SQLiteStore(path)
-    with pytest.raises(StoreUnavailable, match="garbage.db"):
+    with pytest.raises(StoreUnavailable, match=r"garbage\.db"):
         await store.get_by_secret_hash(hash_secret(new_secret()))
     await store.close()
 
