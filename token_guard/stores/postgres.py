@@ -54,6 +54,7 @@ import logging
 import os
 import random
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -239,6 +240,10 @@ class PostgresStore:
         self._listeners = Listeners()
         self._feed_healthy = False
         self._feed_ready = asyncio.Event()
+        # Marks this instance's own notifications, which its subscribers already heard.
+        self._origin = secrets.token_hex(8)
+        self._closed = False
+        self._opened_before = False
         # Queries abandoned at their deadline, still being cancelled by psycopg.
         self._abandoned: set[asyncio.Task[Any]] = set()
 
@@ -260,6 +265,7 @@ class PostgresStore:
         async with self._open_lock:
             if self._pool is not None:
                 return
+            self._closed = False
             pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
                 self._dsn,
                 min_size=self._pool_min,
@@ -279,13 +285,28 @@ class PostgresStore:
             except BaseException:
                 await pool.close(timeout=1.0)
                 raise
+            # LISTEN before open() returns: no answer given by this store can predate the
+            # feed, so the first connection needs no reset (a later one, or a reopen, does).
+            first: Conn | None = None
+            try:
+                first = await self._connect_feed()
+            except Exception as exc:
+                _log.warning(
+                    "change feed on %s not started (%s: %s); retrying in the background",
+                    self._where,
+                    type(exc).__name__,
+                    _first_line(exc),
+                )
             self._pool = pool
             self._listener_task = asyncio.create_task(
-                self._listen_forever(), name=f"token_guard feed {self._schema}"
+                self._listen_forever(first, announce=self._opened_before),
+                name=f"token_guard feed {self._schema}",
             )
+            self._opened_before = True
 
     async def close(self) -> None:
-        """Stop the change feed and close every connection."""
+        """Stop the change feed and close every connection; calls fail until ``open``."""
+        self._closed = True
         task, self._listener_task = self._listener_task, None
         if task is not None:
             task.cancel()
@@ -405,6 +426,8 @@ class PostgresStore:
 
     async def _run(self, what: str, op: Callable[[Conn], Awaitable[T]]) -> T:
         """Open on first use, then run ``op`` on a pooled connection within the deadline."""
+        if self._closed:
+            raise StoreUnavailable("the PostgreSQL store is closed; call open() to use it again")
         await self.open()
         pool = self._pool
         if pool is None:
@@ -602,7 +625,9 @@ class PostgresStore:
 
     async def _notify(self, conn: Conn, kind: str, token_id: str) -> None:
         # Inside the write's transaction: PostgreSQL delivers it exactly when it commits.
-        await conn.execute("SELECT pg_notify(%s, %s)", (self._channel, f"{kind}:{token_id}"))
+        await conn.execute(
+            "SELECT pg_notify(%s, %s)", (self._channel, f"{kind}:{self._origin}:{token_id}")
+        )
 
     # -- change feed ---------------------------------------------------------------------
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
@@ -618,32 +643,38 @@ class PostgresStore:
         self._listeners.emit(event)
 
     def _on_notify(self, payload: str) -> None:
-        kind, _, token_id = payload.partition(":")
+        kind, origin, token_id = [*payload.split(":", 2), "", ""][:3]
         if kind in _CHANGE_KINDS and token_id:
-            self._emit(ChangeEvent(kind, token_id))  # type: ignore[arg-type]
+            # This instance's own changes were announced at commit; do not repeat them.
+            if origin != self._origin:
+                self._emit(ChangeEvent(kind, token_id))  # type: ignore[arg-type]
         else:
             # Unknown payload (a newer version, or noise): fail safe and drop all caches.
             _log.warning("unknown change notification on %s; resetting caches", self._channel)
             self._emit(ChangeEvent("reset"))
 
-    async def _listen_forever(self) -> None:
+    async def _connect_feed(self) -> Conn:
+        """A new connection (not from the pool) that LISTENs on this schema's channel."""
+        async with asyncio.timeout(self._connect_deadline):
+            conn = await psycopg.AsyncConnection.connect(self._dsn, **self._conn_kwargs)
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
+        await self._bounded(_execute_or_close(conn, listen), "LISTEN")
+        return conn
+
+    async def _listen_forever(self, conn: Conn | None, *, announce: bool) -> None:
         delay = _BACKOFF_MIN
         while True:
-            conn: Conn | None = None
             try:
-                async with asyncio.timeout(self._connect_deadline):
-                    conn = await psycopg.AsyncConnection.connect(self._dsn, **self._conn_kwargs)
-                await self._bounded(
-                    _execute_or_close(
-                        conn, sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
-                    ),
-                    "LISTEN",
-                )
+                if conn is None:
+                    conn = await self._connect_feed()
+                    announce = True
                 self._feed_healthy = True
                 self._feed_ready.set()
                 delay = _BACKOFF_MIN
-                # Whatever was notified before LISTEN took effect is lost: drop all caches.
-                self._emit(ChangeEvent("reset"))
+                if announce:
+                    # Whatever was notified while no LISTEN was active is lost: drop all
+                    # caches; the next request for each token re-reads it.
+                    self._emit(ChangeEvent("reset"))
                 await self._receive(conn)
             except asyncio.CancelledError:
                 raise
@@ -661,6 +692,7 @@ class PostgresStore:
                 self._feed_ready.clear()
                 if conn is not None and not self._is_busy(conn):
                     await conn.close()
+                conn = None
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, _BACKOFF_MAX)
 
