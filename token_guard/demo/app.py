@@ -136,14 +136,14 @@ def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None,
     return sqlite3.SQLITE_OK if action in _ALLOWED_ACTIONS else sqlite3.SQLITE_DENY
 
 
-def open_read_only(db_path: Path) -> sqlite3.Connection:
-    """A read-only connection to ``db_path`` that also refuses anything but reads."""
+def open_read_only(db_path: Path, time_limit_s: float = QUERY_TIME_LIMIT_S) -> sqlite3.Connection:
+    """A read-only connection to ``db_path`` that refuses anything but reads, for a while."""
     db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True,
                          check_same_thread=False)
     db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
     db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
     db.set_authorizer(_authorize)
-    deadline = time.monotonic() + QUERY_TIME_LIMIT_S
+    deadline = time.monotonic() + time_limit_s
     db.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     return db
 
@@ -158,10 +158,10 @@ def _bind(params: QueryParameters | None) -> dict[str, Scalar] | list[Scalar]:
 
 
 def run_query(db_path: Path, sql: str, params: QueryParameters | None,
-              max_rows: int = MAX_ROWS) -> QueryResult:
+              max_rows: int = MAX_ROWS, time_limit_s: float = QUERY_TIME_LIMIT_S) -> QueryResult:
     """Run one read-only statement; raise ApiError (400/403) for what the database refused."""
     try:
-        with contextlib.closing(open_read_only(db_path)) as db:
+        with contextlib.closing(open_read_only(db_path, time_limit_s)) as db:
             try:
                 cursor = db.execute(sql, _bind(params))
             except sqlite3.ProgrammingError:
@@ -172,20 +172,20 @@ def run_query(db_path: Path, sql: str, params: QueryParameters | None,
             columns = tuple(d[0] for d in cursor.description or ())
             rows = cursor.fetchmany(max_rows + 1)
     except sqlite3.DatabaseError as exc:
-        raise _database_error(exc) from exc
+        raise _database_error(exc, time_limit_s) from exc
     if len(rows) > max_rows:
         raise ApiError(400, f"the query returned more than {max_rows} rows; add a LIMIT "
                             "or a WHERE clause")
     return QueryResult(columns, rows)
 
 
-def _database_error(exc: sqlite3.Error) -> ApiError:
+def _database_error(exc: sqlite3.Error, time_limit_s: float) -> ApiError:
     text = str(exc)
-    if "not authorized" in text or "readonly" in text:
+    if "not authorized" in text or "authorization denied" in text or "readonly" in text:
         return ApiError(403, "the demo database is read-only: only a single SELECT statement "
                              f"is allowed ({text})")
     if "interrupted" in text:
-        return ApiError(400, f"the query ran longer than {QUERY_TIME_LIMIT_S:g} s and was "
+        return ApiError(400, f"the query ran longer than {time_limit_s:g} s and was "
                              "stopped; make it cheaper or add a LIMIT")
     return ApiError(400, f"the query failed: {text}")
 
@@ -368,7 +368,9 @@ def lonlat_to_world(lon: float, lat: float) -> tuple[float, float]:
     x = (lon + 180.0) / 360.0
     sin_lat = math.sin(math.radians(lat))
     y = 0.5 - math.log((1 + sin_lat) / (1 - sin_lat)) / (4 * math.pi)
-    return x, y
+    # Rounding at the edges (lon 180, lat ±85.05) must not push a point out of every tile.
+    top = math.nextafter(1.0, 0.0)
+    return min(max(x, 0.0), top), min(max(y, 0.0), top)
 
 
 def _varint(value: int) -> bytes:
