@@ -1,0 +1,431 @@
+"""TokenGuardWSGI: the WSGI adapter (Flask, any WSGI app), making TokenGuard's decisions.
+
+Usage::
+
+    app = flask.Flask(__name__)
+    app.wsgi_app = TokenGuardWSGI(app.wsgi_app, store=SQLiteStore("tokens.db"),
+                                  connections={"carto_dw": "bigquery"})
+
+Views find the resolved ``TokenRecord`` (never the secret) at ``environ["token_guard.token"]``:
+``token_guard.wsgi.current_token()`` reads it from ``flask.request`` (401 if the guard did not
+run), ``token_guard.wsgi.get_token(environ)`` from any WSGI environ.
+
+It makes exactly the decisions of the ASGI ``TokenGuard`` (same ``Guard`` steps, same status
+codes, JSON bodies and headers); its security choices are stated there. What is WSGI's own:
+
+- **The raw path.** WSGI has only ``PATH_INFO``, already percent-decoded: ``%2F`` and
+  ``%2e%2e`` are invisible in it. The guard classifies the raw request target that the server
+  passes as ``REQUEST_URI`` (waitress, werkzeug's dev server, uWSGI, mod_wsgi) or ``RAW_URI``
+  (gunicorn, werkzeug), after checking that it decodes to ``SCRIPT_NAME + PATH_INFO``. If it
+  does not (a server that collapses ``//``, a middleware that rewrote ``PATH_INFO``) or no
+  raw URI is given (``wsgiref``), the guard classifies ``PATH_INFO`` itself, re-quoted, which
+  is the path the app routes on: a ``%``, ``;``, ``\\``, space, control character, dot or
+  empty segment in it is refused inside the prefix, as an encoded one would be. Put the guard
+  innermost (around ``app.wsgi_app``), so nothing rewrites the path after it decided.
+- **Duplicated headers.** WSGI servers join a repeated header with ``,``: two different
+  ``Authorization: Bearer`` headers are 400 ``ambiguous_request``, two different ``Origin`` or
+  ``Referer`` headers count as conflicting (refused where websites are restricted), as in ASGI.
+- **Bodies.** A body the decision reads is buffered (``CONTENT_LENGTH``, or to EOF when
+  ``wsgi.input_terminated`` says the server dechunked it), refused with 413 above
+  ``max_body_bytes`` before it is read, and replayed intact to the app as a new
+  ``wsgi.input`` with ``CONTENT_LENGTH`` set.
+- **Threads.** A cache hit is decided synchronously in the request thread (the resolver's
+  cache is guarded by a lock). A miss is resolved on one long-lived event loop in a daemon
+  thread (``asyncio.run_coroutine_threadsafe``), so concurrent misses for a token share one
+  store lookup and no request creates an event loop. The store is used only on that loop:
+  reach it with ``guard.call(lambda: store.create_token(body))``. The loop starts on the
+  first miss in each process, so a pre-forking server (gunicorn ``--preload``) is fine.
+- **Shutdown.** ``close()`` (also run at interpreter exit) flushes usage, closes the store
+  and stops the loop thread. Requests after it get 503.
+- **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so browsers could not
+  read the guard's 401/403. Answer CORS in a WSGI middleware *around* the guard (see
+  ``examples/flask_app.py``); a preflight passes through the guard untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, unquote_to_bytes
+
+from token_guard import decision as codes
+from token_guard.asgi import SCOPE_KEY, get_token
+from token_guard.connections import Connection
+from token_guard.decision import Denial
+from token_guard.guard import (
+    CONFLICTING_HEADERS,
+    PASS,
+    DecisionEvent,
+    DenyResponder,
+    Guard,
+    Pending,
+    body_too_large,
+)
+from token_guard.policy import CompiledToken
+from token_guard.records import TokenRecord
+from token_guard.resolver import UNAVAILABLE, CacheSettings
+from token_guard.routes import Route
+from token_guard.stores.base import TokenStore
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["ENVIRON_KEY", "TokenGuardWSGI", "current_token", "get_token"]
+
+T = TypeVar("T")
+
+ENVIRON_KEY = SCOPE_KEY
+"""The environ key under which views find the resolved ``TokenRecord``."""
+
+CLIENT_GONE = Denial(400, codes.MALFORMED_REQUEST, "The client went away.", "Retry.")
+BAD_LENGTH = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "The Content-Length header is not a number of bytes.",
+    "Send a valid Content-Length, or let the HTTP client set it.",
+)
+
+# RFC 3986 pchar minus ";" and "%": anything else in PATH_INFO is re-quoted, so the route
+# classifier refuses it inside the prefix exactly as it refuses the encoded form.
+_PCHAR_SAFE = "/!$&'()*+,=:@~"
+# A comma followed by a URL scheme: where a server joined two Referer headers.
+_JOINED_URLS = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_READ_CHUNK = 64 * 1024
+
+
+def current_token() -> TokenRecord:
+    """The token record the guard resolved for the current Flask request (401 if none)."""
+    from flask import request
+    from werkzeug.exceptions import Unauthorized
+
+    record = get_token(request.environ)
+    if record is None:
+        # The guard did not run for this request: a misconfiguration, never an anonymous pass.
+        raise Unauthorized(
+            "No API access token was checked for this request: wrap app.wsgi_app with "
+            "TokenGuardWSGI and serve this view under its protected prefix."
+        )
+    return record
+
+
+class TokenGuardWSGI:
+    """Guards a WSGI app with API access tokens (options: see ``token_guard.guard.Guard``)."""
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        store: TokenStore,
+        connections: Mapping[str, str | Connection],
+        routes: Sequence[Route] = (),
+        prefix: str = "/v3/",
+        include_default_routes: bool = True,
+        allow_query_token: bool = False,
+        max_body_bytes: int = 1024 * 1024,
+        max_query_bytes: int = 64 * 1024,
+        cache: CacheSettings | None = None,
+        on_decision: Callable[[DecisionEvent], None] | None = None,
+        deny_response: DenyResponder | None = None,
+    ) -> None:
+        self.app = app
+        self.guard = Guard(
+            store=store,
+            connections=connections,
+            routes=routes,
+            prefix=prefix,
+            include_default_routes=include_default_routes,
+            allow_query_token=allow_query_token,
+            max_body_bytes=max_body_bytes,
+            max_query_bytes=max_query_bytes,
+            cache=cache,
+            on_decision=on_decision,
+            deny_response=deny_response,
+        )
+        # The resolver bounds the store lookup itself; this margin only covers scheduling.
+        self._resolve_wait = (cache or CacheSettings()).lookup_timeout + 5.0
+        self._loop = _LoopThread(self.guard.resolver.start)
+        # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
+        self._finalizer = weakref.finalize(
+            self, self._loop.stop, self.guard.resolver.close, store.close
+        )
+
+    def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
+        """Run a coroutine on the guard's event loop, where the store lives, and return its
+        result (e.g. ``guard.call(lambda: store.create_token(body))``)."""
+        return self._loop.call(factory, timeout)
+
+    def close(self) -> None:
+        """Flush usage, close the resolver and the store, and stop the loop thread."""
+        self._finalizer()
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        guard = self.guard
+        method: str = environ.get("REQUEST_METHOD", "GET")
+        query_string: bytes = environ.get("QUERY_STRING", "").encode("latin-1")
+        raw_path = _raw_path(environ)
+        authorization, conflict = _authorization(environ.get("HTTP_AUTHORIZATION"))
+        pending = guard.begin(
+            method,
+            raw_path,
+            query_string,
+            authorization,
+            _one_origin(environ.get("HTTP_ORIGIN")),
+            _one_referer(environ.get("HTTP_REFERER")),
+            preflight="HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ,
+            conflicting_authorization=conflict,
+        )
+        if pending is PASS:
+            return self.app(environ, start_response)
+        if isinstance(pending, Denial):
+            return self._deny(environ, start_response, pending, None)
+        assert isinstance(pending, Pending)
+
+        body = None
+        if pending.needs_body:
+            raw = self._read_body(environ)
+            if isinstance(raw, Denial):
+                return self._deny(environ, start_response, raw, None)
+            environ["wsgi.input"] = io.BytesIO(raw)
+            environ["CONTENT_LENGTH"] = str(len(raw))
+            environ["wsgi.input_terminated"] = True
+            parsed = guard.parse_body(raw)
+            if isinstance(parsed, Denial):
+                return self._deny(environ, start_response, parsed, None)
+            body = parsed
+
+        facts = guard.facts(pending, body)
+        if isinstance(facts, Denial):
+            return self._deny(environ, start_response, facts, None)
+        compiled = guard.resolver.lookup(pending.token)
+        if compiled is None:
+            compiled = self._resolve(pending.token)
+        if isinstance(compiled, Denial):
+            return self._deny(environ, start_response, compiled, None, facts)
+        outcome = guard.finish(compiled, facts, time.time())
+        if isinstance(outcome, Denial):
+            return self._deny(environ, start_response, outcome, compiled.record.id, facts)
+        environ[ENVIRON_KEY] = outcome
+        if guard.on_decision is not None:
+            guard.observe(method, _path(environ), query_string, facts, outcome)
+        return self.app(environ, start_response)
+
+    def _resolve(self, token: str) -> CompiledToken | Denial:
+        """A cache miss: the resolver's single-flight lookup, on the loop thread."""
+        try:
+            loop = self._loop.loop()
+        except RuntimeError:
+            return UNAVAILABLE  # closed
+        future = asyncio.run_coroutine_threadsafe(self.guard.resolver.resolve(token), loop)
+        try:
+            return future.result(self._resolve_wait)
+        except FutureTimeout:
+            future.cancel()
+            return UNAVAILABLE
+
+    def _read_body(self, environ: WSGIEnvironment) -> bytes | Denial:
+        limit = self.guard.max_body_bytes
+        stream = environ.get("wsgi.input") or io.BytesIO()
+        length_text = environ.get("CONTENT_LENGTH", "")
+        if length_text:
+            if not length_text.isdigit():
+                return BAD_LENGTH
+            length = int(length_text)
+            if length > limit:
+                return body_too_large(limit)
+        elif environ.get("wsgi.input_terminated"):
+            length = limit + 1  # read to EOF, one byte past the limit tells "too large"
+        else:
+            return b""  # WSGI: no length and no terminated stream means no readable body
+        chunks: list[bytes] = []
+        size = 0
+        while size < length:
+            chunk = stream.read(min(_READ_CHUNK, length - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            return body_too_large(limit)
+        if length_text and size < length:
+            return CLIENT_GONE
+        return b"".join(chunks)
+
+    def _deny(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        denial: Denial,
+        token_id: str | None,
+        facts: Any = None,
+    ) -> Iterable[bytes]:
+        guard = self.guard
+        guard.observe(
+            environ.get("REQUEST_METHOD", "GET"),
+            _path(environ),
+            environ.get("QUERY_STRING", "").encode("latin-1"),
+            facts,
+            denial,
+            token_id,
+        )
+        status, headers, body = guard.deny_response(denial)
+        start_response(
+            _status_line(status),
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
+        )
+        return [body]
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, started on first use (again in a forked child)."""
+
+    def __init__(self, on_start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._on_start = on_start
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._closed = False
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop (started now if needed); RuntimeError once stopped."""
+        loop = self._loop
+        if loop is not None and self._pid == os.getpid():
+            return loop
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the token guard was closed")
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="token_guard-wsgi", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+                # Subscribes to store changes and starts the usage flusher on this loop.
+                asyncio.run_coroutine_threadsafe(self._on_start(), loop).result(30)
+            assert self._loop is not None
+            return self._loop
+
+    def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+        """Run ``factory()`` on the loop and wait for its result."""
+
+        async def run() -> T:
+            return await factory()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop()).result(timeout)
+
+    def stop(self, *closers: Callable[[], Awaitable[None]]) -> None:
+        """Await ``closers`` in order on the loop, cancel what is left, stop the thread."""
+        with self._lock:
+            self._closed = True
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None or self._pid != os.getpid() or loop.is_closed():
+            return
+
+        async def shutdown() -> None:
+            try:
+                for close in closers:
+                    await close()
+            finally:
+                current = asyncio.current_task()
+                rest = [t for t in asyncio.all_tasks() if t is not current]
+                for task in rest:
+                    task.cancel()
+                await asyncio.gather(*rest, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(30)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(30)
+            if not thread.is_alive():
+                loop.close()
+
+
+def _raw_path(environ: WSGIEnvironment) -> bytes:
+    """The raw path relative to SCRIPT_NAME, or PATH_INFO re-quoted when it cannot be had."""
+    script: str = environ.get("SCRIPT_NAME", "")
+    path_info: str = environ.get("PATH_INFO", "")
+    uri: str | None = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if uri and uri.startswith("/"):
+        raw = uri.partition("?")[0]
+        if not script:
+            if raw == path_info or (
+                "%" in raw and unquote_to_bytes(raw).decode("latin-1") == path_info
+            ):
+                return raw.encode("latin-1")
+        else:
+            relative = _strip_script(raw, script)
+            if relative is not None and unquote_to_bytes(relative).decode("latin-1") == path_info:
+                return relative.encode("latin-1") or b"/"
+    return quote(path_info.encode("latin-1"), safe=_PCHAR_SAFE).encode("ascii") or b"/"
+
+
+def _strip_script(raw: str, script: str) -> str | None:
+    """``raw`` without the leading segments that decode to ``script``, or None."""
+    end = 0
+    while True:
+        end = raw.find("/", end + 1)
+        head = raw if end < 0 else raw[:end]
+        if unquote_to_bytes(head).decode("latin-1") == script:
+            return "" if end < 0 else raw[end:]
+        if end < 0:
+            return None
+
+
+def _authorization(value: str | None) -> tuple[bytes | None, bool]:
+    """The Authorization header as bytes, and whether it held two different credentials."""
+    if value is None:
+        return None, False
+    raw = value.encode("latin-1")
+    if b"," not in raw:
+        return raw, False
+    parts = [p.strip() for p in raw.split(b",")]
+    # Only a join of whole credentials ("Bearer a,Bearer b") is a repeated header; anything
+    # else stays one (malformed) header, as ASGI would see it.
+    if any(b" " not in p for p in parts):
+        return raw, False
+    first = parts[0]
+    return first, any(p != first for p in parts)
+
+
+def _one_origin(value: str | None) -> str | None:
+    """One Origin value; a server-joined pair of different ones is a conflict."""
+    if value is None or "," not in value:
+        return value
+    parts = {p.strip() for p in value.split(",")}
+    return parts.pop() if len(parts) == 1 else CONFLICTING_HEADERS
+
+
+def _one_referer(value: str | None) -> str | None:
+    """One Referer value; a server-joined pair of different URLs is a conflict."""
+    if value is None or "," not in value:
+        return value
+    parts = _JOINED_URLS.split(value)
+    if len(parts) == 1:
+        return value  # one URL with a comma in it
+    distinct = {p.strip() for p in parts}
+    return distinct.pop() if len(distinct) == 1 else CONFLICTING_HEADERS
+
+
+def _path(environ: WSGIEnvironment) -> str:
+    return str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Denied"
