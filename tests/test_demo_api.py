@@ -10,7 +10,6 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +18,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from starlette.types import ASGIApp
 
+from tests.servers import serve
 from token_guard.demo import DemoOptions, parse_args
 from token_guard.demo.app import (
     ApiError,
@@ -35,27 +33,7 @@ from token_guard.demo.app import (
 )
 from token_guard.demo.data import DATABASE_FILE, STORE_COUNT, ensure_database
 
-# --- helpers: a server in a thread, and an independent MVT reader ---------------------------
-
-
-@contextlib.contextmanager
-def serving(app: ASGIApp) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free 127.0.0.1 port; yield its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+# --- helpers: an independent MVT reader ---------------------------
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -155,8 +133,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def base_url(data_dir: Path) -> Iterator[str]:
     """The unguarded demo API, served on a free loopback port."""
-    with serving(build_app(data_dir)) as url:
-        yield url
+    with serve(build_app(data_dir)) as server:
+        yield server.url
 
 
 @pytest.fixture
