@@ -375,6 +375,11 @@ def test_matcher_refuses_hand_built_pattern_not_in_canonical_form(
         OriginMatcher([pattern])
 
 
+def test_matcher_refuses_one_string_instead_of_a_list() -> None:
+    with pytest.raises(TypeError, match="pass a list"):
+        OriginMatcher("https://example.com")
+
+
 def test_matcher_refuses_invalid_pattern_text() -> None:
     with pytest.raises(ValueError, match="has no scheme"):
         OriginMatcher(["example.com"])

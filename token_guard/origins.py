@@ -151,6 +151,9 @@ class OriginMatcher:
     __slots__ = ("_any_port", "_exact", "_memo", "_paths", "_patterns", "_wild")
 
     def __init__(self, patterns: Sequence[str | OriginPattern]) -> None:
+        if isinstance(patterns, str):
+            # A str is a Sequence too; parsing it character by character helps nobody.
+            raise TypeError(f"pass a list of origin patterns, e.g. [{patterns!r}]")
         compiled: list[OriginPattern] = []
         for item in patterns:
             if isinstance(item, OriginPattern):
