@@ -1,0 +1,512 @@
+"""The resolver: cache, single-flight lookups, negative entries, eviction on change, stale
+serving while the store fails, timeouts, usage batching and memory bounds.
+
+The stores here are real (MemoryStore, SQLiteStore on files); where a test needs to count
+or slow down lookups it subclasses a real store, it does not mock one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import string
+import sys
+import zlib
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from store_contract import EVENT_WAIT, body, wait_for
+
+from token_guard.decision import (
+    INVALID_TOKEN,
+    MALFORMED_TOKEN,
+    REVOKED_TOKEN,
+    STORE_UNAVAILABLE,
+    Denial,
+)
+from token_guard.errors import ConfigurationError
+from token_guard.records import ChangeEvent, TokenRecord
+from token_guard.resolver import CacheSettings, Resolver
+from token_guard.secret import is_well_formed, new_secret
+from token_guard.stores import MemoryStore, SQLiteStore
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run async tests on asyncio."""
+    return "asyncio"
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingStore(MemoryStore):
+    """A real MemoryStore that counts lookups and can hold them at a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups: list[str] = []
+        self.usage_batches: list[dict[str, datetime]] = []
+        self.gate: asyncio.Event | None = None
+
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        self.lookups.append(secret_hash)
+        if self.gate is not None:
+            await self.gate.wait()
+        else:
+            await asyncio.sleep(0)  # a real store yields to the loop while it looks
+        return await super().get_by_secret_hash(secret_hash)
+
+    async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
+        self.usage_batches.append(dict(last_used))
+        await super().record_usage(last_used)
+
+
+def identity(record: TokenRecord) -> TokenRecord:
+    """The 'compiled' token the tests use: the record itself."""
+    return record
+
+
+def make(
+    store: MemoryStore | SQLiteStore, clock: Clock | None = None, **settings: Any
+) -> Resolver[TokenRecord]:
+    """A resolver over ``store`` with the given cache settings."""
+    return Resolver(
+        store, identity, settings=CacheSettings(**settings), clock=clock or Clock()
+    )
+
+
+def is_denial(result: object, code: str) -> bool:
+    """True if ``result`` is a Denial with ``code``."""
+    return isinstance(result, Denial) and result.code == code
+
+
+# -- settings ---------------------
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("ttl", 0, id="ttl-zero"),
+        pytest.param("negative_ttl", -1.0, id="negative-ttl-negative"),
+        pytest.param("max_entries", 0, id="max-entries-zero"),
+        pytest.param("max_negative", 2.5, id="max-negative-fraction"),
+        pytest.param("stale_window", -0.1, id="stale-negative"),
+        pytest.param("lookup_timeout", float("nan"), id="timeout-nan"),
+        pytest.param("usage_flush_interval", float("inf"), id="flush-infinite"),
+        pytest.param("ttl", True, id="ttl-bool"),
+    ],
+)
+def test_bad_cache_settings_are_refused_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=field):
+        CacheSettings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_zero_stale_window_is_allowed() -> None:
+    assert CacheSettings(stale_window=0).stale_window == 0
+
+
+# -- the happy path ---------------------
+async def test_a_valid_token_is_looked_up_once_then_served_from_cache() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    assert resolver.lookup(issued.token) is None  # not cached yet: the caller must resolve
+    assert await resolver.resolve(issued.token) == issued.record
+    assert resolver.lookup(issued.token) == issued.record
+    assert await resolver.resolve(issued.token) == issued.record
+    stats = resolver.stats()
+    assert (stats["store_lookups"], stats["misses"], stats["hits"]) == (1, 1, 2)
+    await resolver.close()
+
+
+async def test_ten_thousand_concurrent_resolves_make_one_store_lookup() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    results = await asyncio.gather(*(resolver.resolve(issued.token) for _ in range(10_000)))
+    assert len(store.lookups) == 1
+    assert all(r == issued.record for r in results)
+    assert resolver.stats()["store_lookups"] == 1
+    assert resolver.stats()["inflight"] == 0
+    await resolver.close()
+
+
+async def test_a_caller_giving_up_does_not_cancel_the_others_lookup() -> None:
+    store = CountingStore()
+    store.gate = asyncio.Event()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    first = asyncio.ensure_future(resolver.resolve(issued.token))
+    second = asyncio.ensure_future(resolver.resolve(issued.token))
+    await wait_for(lambda: len(store.lookups) == 1, "the lookup to start")
+    first.cancel()
+    store.gate.set()
+    assert await second == issued.record
+    assert len(store.lookups) == 1
+    await resolver.close()
+
+
+# -- denials ---------------------
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("hello", id="word"),
+        pytest.param("tgk_" + "A" * 38, id="bad-checksum"),
+        pytest.param(new_secret()[:-1], id="truncated"),
+        pytest.param(new_secret() + "x", id="extended"),
+        pytest.param("ghp_" + new_secret()[4:], id="other-prefix"),
+        pytest.param("x" * 100_000, id="huge"),
+    ],
+)
+async def test_a_malformed_token_is_denied_without_a_lookup_and_not_cached(token: str) -> None:
+    store = CountingStore()
+    resolver = make(store)
+    assert is_denial(resolver.lookup(token), MALFORMED_TOKEN)
+    result = await resolver.resolve(token)
+    assert is_denial(result, MALFORMED_TOKEN)
+    assert isinstance(result, Denial) and result.status == 401
+    assert len(token) < 8 or token not in result.message + result.hint
+    assert store.lookups == []
+    stats = resolver.stats()
+    assert stats["negative_entries"] == stats["positive_entries"] == 0
+
+
+async def test_an_unknown_token_is_denied_and_cached_negatively() -> None:
+    store = CountingStore()
+    clock = Clock()
+    resolver = make(store, clock, negative_ttl=5.0)
+    token = new_secret()
+    result = await resolver.resolve(token)
+    assert is_denial(result, INVALID_TOKEN)
+    assert isinstance(result, Denial) and result.status == 401
+    assert is_denial(resolver.lookup(token), INVALID_TOKEN)
+    assert is_denial(await resolver.resolve(token), INVALID_TOKEN)
+    assert len(store.lookups) == 1 and resolver.stats()["negative_hits"] == 2
+    clock.now += 5.0
+    assert resolver.lookup(token) is None  # the negative entry ran out
+    assert is_denial(await resolver.resolve(token), INVALID_TOKEN)
+    assert len(store.lookups) == 2
+    await resolver.close()
+
+
+async def test_a_revoked_token_is_denied_as_revoked() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    await store.revoke_token(issued.id)
+    resolver = make(store)
+    assert is_denial(await resolver.resolve(issued.token), REVOKED_TOKEN)
+    assert is_denial(resolver.lookup(issued.token), REVOKED_TOKEN)
+    assert len(store.lookups) == 1
+    await resolver.close()
+
+
+async def test_a_record_that_does_not_compile_is_denied_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+
+    def broken(record: TokenRecord) -> TokenRecord:
+        raise ValueError("grant cannot be compiled")
+
+    resolver: Resolver[TokenRecord] = Resolver(store, broken, clock=Clock())
+    with caplog.at_level(logging.ERROR, logger="token_guard.resolver"):
+        assert is_denial(await resolver.resolve(issued.token), INVALID_TOKEN)
+    assert issued.id in caplog.text and issued.token not in caplog.text
+    assert resolver.stats()["compile_errors"] == 1
+    await resolver.close()
+
+
+# -- change events ---------------------
+async def test_revocation_evicts_the_cached_token_at_once() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    await resolver.resolve(issued.token)
+    assert resolver.lookup(issued.token) == issued.record
+    await store.revoke_token(issued.id)
+    assert resolver.lookup(issued.token) is None
+    assert is_denial(await resolver.resolve(issued.token), REVOKED_TOKEN)
+    assert resolver.stats()["evictions"] == 1
+    await resolver.close()
+
+
+async def test_an_update_evicts_and_the_next_resolve_sees_it() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    await resolver.resolve(issued.token)
+    await store.update_token(issued.id, {"allowed_apis": ["lds"]})
+    result = await resolver.resolve(issued.token)
+    assert isinstance(result, TokenRecord) and result.allowed_apis == ("lds",)
+    await resolver.close()
+
+
+async def test_a_reset_event_clears_everything() -> None:
+    store = CountingStore()
+    tokens = [await store.create_token(body(name=str(i))) for i in range(3)]
+    resolver = make(store)
+    await resolver.start()
+    for issued in tokens:
+        await resolver.resolve(issued.token)
+    await resolver.resolve(new_secret())
+    store._listeners.emit(ChangeEvent("reset"))  # what a store sends after losing its feed
+    assert all(resolver.lookup(i.token) is None for i in tokens)
+    stats = resolver.stats()
+    assert stats["positive_entries"] == stats["negative_entries"] == stats["indexed_ids"] == 0
+    await resolver.close()
+
+
+async def test_a_lookup_racing_a_revocation_is_not_cached() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    await resolver.start()
+    store.gate = asyncio.Event()
+    pending = asyncio.ensure_future(resolver.resolve(issued.token))
+    await wait_for(lambda: len(store.lookups) == 1, "the lookup to start")
+    await store.revoke_token(issued.id)
+    # A caller arriving after the revocation does not join the older lookup.
+    later = asyncio.ensure_future(resolver.resolve(issued.token))
+    await wait_for(lambda: len(store.lookups) == 2, "a second, fresh lookup")
+    store.gate.set()
+    await pending  # answered with what the store said when it was asked
+    assert is_denial(await later, REVOKED_TOKEN)
+    assert is_denial(await resolver.resolve(issued.token), REVOKED_TOKEN)
+    await resolver.close()
+
+
+# -- the store failing ---------------------
+async def test_a_failing_store_serves_cached_tokens_within_the_stale_window_only() -> None:
+    store = CountingStore()
+    cached = await store.create_token(body(name="cached"))
+    uncached = await store.create_token(body(name="uncached"))
+    clock = Clock()
+    resolver = make(store, clock, ttl=60.0, stale_window=300.0)
+    await resolver.resolve(cached.token)
+    await store.close()  # the store is down from here on
+
+    clock.now += 30.0  # still fresh: no lookup needed at all
+    assert await resolver.resolve(cached.token) == cached.record
+    clock.now += 100.0  # past ttl, inside the stale window
+    assert await resolver.resolve(cached.token) == cached.record
+    assert resolver.stats()["stale_served"] == 1
+    unavailable = await resolver.resolve(uncached.token)
+    assert is_denial(unavailable, STORE_UNAVAILABLE)
+    assert isinstance(unavailable, Denial) and unavailable.status == 503
+    assert "retry in a few seconds" in unavailable.hint
+    clock.now += 300.0  # past ttl + stale_window
+    assert is_denial(await resolver.resolve(cached.token), STORE_UNAVAILABLE)
+
+    await store.open()  # back: fresh answers again
+    assert await resolver.resolve(cached.token) == cached.record
+    await resolver.close()
+
+
+async def test_an_unreadable_sqlite_file_gives_503_for_uncached_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "broken.db"
+    path.write_bytes(os.urandom(4096))
+    resolver = make(SQLiteStore(path))
+    assert is_denial(await resolver.resolve(new_secret()), STORE_UNAVAILABLE)
+    await resolver.close()
+
+
+class HangingStore(MemoryStore):
+    """A real MemoryStore whose lookups never finish (a store stuck on the network)."""
+
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_lookup_timeout_gives_503_and_does_not_block_the_loop() -> None:
+    store = HangingStore()
+    issued = await store.create_token(body())
+    resolver = make(store, lookup_timeout=0.2)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.ensure_future(ticker())
+    result = await resolver.resolve(issued.token)
+    ticking.cancel()
+    assert is_denial(result, STORE_UNAVAILABLE)
+    assert ticks > 0  # other work ran while the lookup was pending
+    assert resolver.stats()["inflight"] == 0
+    await resolver.close()
+
+
+# -- bounds ---------------------
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+
+def well_formed_garbage(rng: random.Random) -> str:
+    """A token of the right shape and checksum that no store issued (fast to make)."""
+    head = "tgk_" + "".join(rng.choices(BASE62, k=32))
+    crc = zlib.crc32(head.encode())
+    digits = ""
+    for _ in range(6):
+        crc, rem = divmod(crc, 62)
+        digits = BASE62[rem] + digits
+    return head + digits
+
+
+def garbage_tokens(n: int, rng: random.Random) -> list[str]:
+    """``n`` tokens: half well-formed but unknown, half malformed in assorted ways."""
+    alphabet = BASE62 + "_-."
+    out = []
+    for i in range(n):
+        if i % 2:
+            out.append(well_formed_garbage(rng))
+        else:
+            out.append("".join(rng.choices(alphabet, k=rng.randint(0, 60))))
+    return out
+
+
+async def test_fifty_thousand_random_invalid_tokens_stay_within_bounds() -> None:
+    store = CountingStore()
+    valid = await store.create_token(body())
+    resolver = make(store, max_negative=1000, max_entries=100)
+    await resolver.resolve(valid.token)
+    tokens = garbage_tokens(50_000, random.Random(7))
+    well_formed = {t for t in tokens if is_well_formed(t)}
+    assert len(well_formed) == 25_000  # the generator makes what the guard accepts
+    for token in tokens:
+        result = await resolver.resolve(token)
+        assert isinstance(result, Denial) and result.status == 401
+    assert len(store.lookups) == len(well_formed) + 1
+    stats = resolver.stats()
+    assert stats["negative_entries"] <= 1000
+    assert stats["positive_entries"] == 1
+    assert stats["indexed_ids"] == 1
+    assert stats["inflight"] == 0
+    assert resolver.lookup(valid.token) == valid.record  # the real token was not pushed out
+    await resolver.close()
+
+
+async def test_the_id_index_shrinks_with_the_cache() -> None:
+    store = CountingStore()
+    tokens = [await store.create_token(body(name=str(i))) for i in range(50)]
+    clock = Clock()
+    resolver = make(store, clock, max_entries=10, ttl=1.0, stale_window=1.0)
+    for issued in tokens:
+        await resolver.resolve(issued.token)
+    assert resolver.stats()["positive_entries"] <= 10
+    assert resolver.stats()["indexed_ids"] <= 10
+    assert resolver.stats()["capacity_evictions"] == 40
+    clock.now += 5.0
+    await resolver.resolve(new_secret())  # any write lets the cache drop expired entries
+    assert resolver.stats()["indexed_ids"] == 0
+    await resolver.close()
+
+
+async def test_a_token_is_not_kept_fresh_past_its_expiry() -> None:
+    store = CountingStore()
+    soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    issued = await store.create_token(body(expiration_date=soon))
+    clock = Clock()
+    resolver = make(store, clock, ttl=600.0)
+    await resolver.resolve(issued.token)
+    clock.now += 10.0
+    assert resolver.lookup(issued.token) == issued.record
+    clock.now += 50.0  # past the expiry, well inside ttl
+    assert resolver.lookup(issued.token) is None
+    await resolver.close()
+
+
+# -- usage ---------------------
+async def test_uses_are_written_in_one_batch_not_per_request() -> None:
+    store = CountingStore()
+    a = await store.create_token(body(name="a"))
+    b = await store.create_token(body(name="b"))
+    resolver = make(store)
+    await resolver.start()
+    for _ in range(500):
+        resolver.note_used(a.id)
+        resolver.note_used(b.id)
+    await resolver.close()
+    assert len(store.usage_batches) == 1
+    assert set(store.usage_batches[0]) == {a.id, b.id}
+    got = await store.get_token(a.id)
+    assert got is not None and got.last_used_at is not None
+
+
+async def test_usage_that_failed_to_write_is_kept_for_the_next_flush() -> None:
+    store = CountingStore()
+    a = await store.create_token(body(name="a"))
+    resolver = make(store)
+    resolver.note_used(a.id)
+    await store.close()
+    await resolver.flush_usage()
+    assert resolver.stats()["usage_flush_errors"] == 1
+    assert resolver.stats()["pending_usage"] == 1
+    await store.open()
+    await resolver.close()
+    got = await store.get_token(a.id)
+    assert got is not None and got.last_used_at is not None
+
+
+async def test_start_and_close_are_idempotent_and_close_unsubscribes() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    await resolver.start()
+    await resolver.start()
+    assert len(store._listeners) == 1
+    await resolver.close()
+    await resolver.close()
+    assert len(store._listeners) == 0
+    await resolver.resolve(issued.token)  # lazily starts again
+    assert len(store._listeners) == 1
+    await resolver.close()
+
+
+# -- across processes ---------------------
+_REVOKER = """
+import asyncio, sys
+from token_guard.stores import SQLiteStore
+
+async def main(path, token_id):
+    store = SQLiteStore(path)
+    await store.revoke_token(token_id, actor="other-process")
+    await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_a_revocation_in_another_process_evicts_this_process_cache(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    store = SQLiteStore(path, poll_interval=0.1)
+    issued = await store.create_token(body())
+    resolver = make(store)
+    assert await resolver.resolve(issued.token) == issued.record
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _REVOKER, str(path), issued.id,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(child.communicate(), EVENT_WAIT * 3)
+    assert child.returncode == 0, err.decode()
+    await wait_for(lambda: resolver.lookup(issued.token) is None, "the eviction")
+    assert is_denial(await resolver.resolve(issued.token), REVOKED_TOKEN)
+    await resolver.close()
+    await store.close()
