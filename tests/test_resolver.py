@@ -13,6 +13,7 @@ import os
 import random
 import string
 import sys
+import threading
 import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -510,3 +511,40 @@ async def test_a_revocation_in_another_process_evicts_this_process_cache(tmp_pat
     assert is_denial(await resolver.resolve(issued.token), REVOKED_TOKEN)
     await resolver.close()
     await store.close()
+
+
+async def test_lookups_from_other_threads_during_resolves_and_evictions_stay_consistent() -> None:
+    store = CountingStore()
+    tokens = [await store.create_token(body(name=str(i))) for i in range(200)]
+    resolver = make(store, max_entries=50, max_negative=50)
+    await resolver.start()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        rng = random.Random()
+        try:
+            while not stop.is_set():
+                result = resolver.lookup(rng.choice(tokens).token)
+                assert result is None or isinstance(result, TokenRecord | Denial)
+                resolver.note_used(tokens[0].id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for round_ in range(3):
+            for issued in tokens:
+                await resolver.resolve(issued.token)
+            await store.revoke_token(tokens[round_].id)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    stats = resolver.stats()
+    assert stats["positive_entries"] <= 50 and stats["negative_entries"] <= 50
+    assert is_denial(await resolver.resolve(tokens[0].token), REVOKED_TOKEN)
+    await resolver.close()

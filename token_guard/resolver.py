@@ -20,8 +20,12 @@ Security and availability choices, stated once:
 * Expiry is the policy's job (it checks ``expiration_date`` on every decision); the
   resolver only avoids keeping an entry fresh past that date.
 
-Not thread-safe: use one resolver per event loop. Nothing awaits between a cache read and
-write, so no lock is needed inside one loop.
+Threads: ``resolve``, ``start`` and ``close`` belong to one event loop. ``lookup``,
+``note_used`` and ``stats`` may also be called from other threads (the WSGI adapter decides
+cache hits in its request threads): every cache read and write holds one ``threading.Lock``
+for a few dictionary operations and never across an ``await``. Uncontended, it costs well
+under a microsecond; without it, LRU bookkeeping racing between threads could corrupt the
+cache.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -179,6 +184,7 @@ class Resolver(Generic[T]):
             settings.max_negative, settings.negative_ttl, clock, self._dropped
         )
         self._by_id: dict[str, set[str]] = {}  # token id -> cached token strings
+        self._lock = threading.Lock()  # see the module docstring: held for dict work only
         self._inflight: dict[str, asyncio.Task[T | Denial]] = {}
         self._epoch = 0  # bumped by every change event; see _fetch
         self._usage: dict[str, datetime] = {}
@@ -194,16 +200,17 @@ class Resolver(Generic[T]):
     def lookup(self, token: str) -> T | Denial | None:
         """Sync fast path: a fresh cached answer (compiled token or the cached Denial for
         unknown/revoked/malformed), or None when the caller must await ``resolve()``."""
-        entry: _Positive[T] | None = self._positive.get(token)
-        if entry is not None:
-            if self._clock() < entry.fresh_until:
-                self._counts["hits"] += 1
-                return entry.value
-            return None
-        negative: _Negative | None = self._negative.get(token)
-        if negative is not None:
-            self._counts["negative_hits"] += 1
-            return negative.denial
+        with self._lock:
+            entry: _Positive[T] | None = self._positive.get(token)
+            if entry is not None:
+                if self._clock() < entry.fresh_until:
+                    self._counts["hits"] += 1
+                    return entry.value
+                return None
+            negative: _Negative | None = self._negative.get(token)
+            if negative is not None:
+                self._counts["negative_hits"] += 1
+                return negative.denial
         if not is_well_formed(token):
             self._counts["malformed"] += 1
             return MALFORMED
@@ -217,7 +224,8 @@ class Resolver(Generic[T]):
             return cached
         if self._unsubscribe is None:
             self._start()
-        self._counts["misses"] += 1
+        with self._lock:
+            self._counts["misses"] += 1
         task = self._inflight.get(token)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._fetch(token))
@@ -228,11 +236,14 @@ class Resolver(Generic[T]):
     def note_used(self, token_id: str) -> None:
         """Record a use; written to the store in batches (``store.record_usage``), never per
         request."""
-        self._usage[token_id] = datetime.now(UTC)
+        now = datetime.now(UTC)
+        with self._lock:
+            self._usage[token_id] = now
 
     async def _fetch(self, token: str) -> T | Denial:
-        epoch = self._epoch
-        self._counts["store_lookups"] += 1
+        with self._lock:
+            epoch = self._epoch
+            self._counts["store_lookups"] += 1
         try:
             # asyncio.timeout rather than wait_for: no extra task per lookup.
             async with asyncio.timeout(self._settings.lookup_timeout):
@@ -247,14 +258,11 @@ class Resolver(Generic[T]):
             # A change event may have replaced this task with a newer one; leave that be.
             if self._inflight.get(token) is asyncio.current_task():
                 del self._inflight[token]
-        cacheable = epoch == self._epoch
         if record is None:
-            if cacheable:
-                self._put_negative(token, UNKNOWN, None)
+            self._put_negative(token, UNKNOWN, None, epoch)
             return UNKNOWN
         if record.revoked_at is not None:
-            if cacheable:
-                self._put_negative(token, REVOKED, record.id)
+            self._put_negative(token, REVOKED, record.id, epoch)
             return REVOKED
         try:
             value = self._compile(record)
@@ -262,27 +270,26 @@ class Resolver(Generic[T]):
             logger.exception(
                 "token %s could not be compiled (bad stored data?); refusing it", record.id
             )
-            self._counts["compile_errors"] += 1
-            if cacheable:
-                self._put_negative(token, UNKNOWN, record.id)
+            with self._lock:
+                self._counts["compile_errors"] += 1
+            self._put_negative(token, UNKNOWN, record.id, epoch)
             return UNKNOWN
-        if cacheable:
-            self._put_positive(token, record, value)
+        self._put_positive(token, record, value, epoch)
         return value
 
     def _fallback(self, token: str, exc: BaseException) -> T | Denial:
-        self._counts["store_errors"] += 1
-        entry: _Positive[T] | None = self._positive.get(token)
-        if entry is not None and self._clock() < entry.stale_until:
-            self._counts["stale_served"] += 1
-            return entry.value
+        with self._lock:
+            self._counts["store_errors"] += 1
+            entry: _Positive[T] | None = self._positive.get(token)
+            if entry is not None and self._clock() < entry.stale_until:
+                self._counts["stale_served"] += 1
+                return entry.value
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
         logger.warning("token store cannot answer (%s); answering 503", reason)
         return UNAVAILABLE
 
-    def _put_positive(self, token: str, record: TokenRecord, value: T) -> None:
+    def _put_positive(self, token: str, record: TokenRecord, value: T, epoch: int) -> None:
         settings = self._settings
-        now = self._clock()
         fresh_for = settings.ttl
         expiry = record.expiration_date
         if expiry is not None:
@@ -290,17 +297,26 @@ class Resolver(Generic[T]):
             # Expired tokens are kept briefly so the policy can say "expired" without a
             # store lookup per request; live ones are not kept fresh past their expiry.
             fresh_for = settings.negative_ttl if left <= 0 else min(fresh_for, left)
-        self._negative.pop(token, None)
-        self._positive[token] = _Positive(
-            value, record.id, now + fresh_for, now + fresh_for + settings.stale_window
-        )
-        self._by_id.setdefault(record.id, set()).add(token)
+        with self._lock:
+            if epoch != self._epoch:
+                return  # a change event arrived during the lookup: the answer may be old
+            now = self._clock()
+            self._negative.pop(token, None)
+            self._positive[token] = _Positive(
+                value, record.id, now + fresh_for, now + fresh_for + settings.stale_window
+            )
+            self._by_id.setdefault(record.id, set()).add(token)
 
-    def _put_negative(self, token: str, denial: Denial, token_id: str | None) -> None:
-        self._positive.pop(token, None)
-        self._negative[token] = _Negative(denial, token_id)
-        if token_id is not None:
-            self._by_id.setdefault(token_id, set()).add(token)
+    def _put_negative(
+        self, token: str, denial: Denial, token_id: str | None, epoch: int
+    ) -> None:
+        with self._lock:
+            if epoch != self._epoch:
+                return
+            self._positive.pop(token, None)
+            self._negative[token] = _Negative(denial, token_id)
+            if token_id is not None:
+                self._by_id.setdefault(token_id, set()).add(token)
 
     def _dropped(self, token: str, value: Any) -> None:
         token_id = value.token_id
@@ -314,10 +330,14 @@ class Resolver(Generic[T]):
 
     # -- change feed ------------------------------------------------------------------------
     def _on_change(self, event: ChangeEvent) -> None:
-        self._epoch += 1
         # Callers arriving from now on must not join a lookup that started before the
         # change; the running lookups still answer the callers already waiting on them.
         self._inflight.clear()
+        with self._lock:
+            self._evict(event)
+
+    def _evict(self, event: ChangeEvent) -> None:
+        self._epoch += 1
         if event.kind == "reset":
             self._counts["evictions"] += len(self._positive) + len(self._negative)
             self._positive.clear()
@@ -364,31 +384,34 @@ class Resolver(Generic[T]):
 
     async def flush_usage(self) -> None:
         """Write the uses noted since the last flush in one ``record_usage`` call now."""
-        batch, self._usage = self._usage, {}
+        with self._lock:
+            batch, self._usage = self._usage, {}
         if not batch:
             return
         try:
             await self._store.record_usage(batch)
         except Exception as exc:
-            self._counts["usage_flush_errors"] += 1
             logger.warning("could not record token usage (%s); will retry", exc)
             # Keep the newest time per token for the next attempt; the dict is bounded by
             # the number of tokens that exist.
-            for token_id, at in batch.items():
-                newer = self._usage.get(token_id)
-                if newer is None or newer < at:
-                    self._usage[token_id] = at
+            with self._lock:
+                self._counts["usage_flush_errors"] += 1
+                for token_id, at in batch.items():
+                    newer = self._usage.get(token_id)
+                    if newer is None or newer < at:
+                        self._usage[token_id] = at
 
     def stats(self) -> dict[str, int]:
         """Counters and sizes: hits, misses, store_lookups, negative_hits, stale_served,
         evictions, and the current sizes of each structure."""
-        out = dict(self._counts)
-        out["capacity_evictions"] = (
-            self._positive.dropped_for_space + self._negative.dropped_for_space
-        )
-        out["positive_entries"] = len(self._positive)
-        out["negative_entries"] = len(self._negative)
-        out["indexed_ids"] = len(self._by_id)
-        out["inflight"] = len(self._inflight)
-        out["pending_usage"] = len(self._usage)
+        with self._lock:
+            out = dict(self._counts)
+            out["capacity_evictions"] = (
+                self._positive.dropped_for_space + self._negative.dropped_for_space
+            )
+            out["positive_entries"] = len(self._positive)
+            out["negative_entries"] = len(self._negative)
+            out["indexed_ids"] = len(self._by_id)
+            out["inflight"] = len(self._inflight)
+            out["pending_usage"] = len(self._usage)
         return out
