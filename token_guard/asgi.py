@@ -22,7 +22,7 @@ Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from token_guard.connections import Connection
@@ -41,8 +41,8 @@ from token_guard.resolver import CacheSettings
 from token_guard.routes import Route
 from token_guard.stores.base import TokenStore
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
