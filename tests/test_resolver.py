@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_contract import EVENT_WAIT, body, wait_for
 
+from tests.store_contract import EVENT_WAIT, body, wait_for
 from token_guard.decision import (
     INVALID_TOKEN,
     MALFORMED_TOKEN,

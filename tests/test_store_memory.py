@@ -6,8 +6,8 @@ import pickle
 from collections.abc import AsyncIterator
 
 import pytest
-from store_contract import StoreContract
 
+from tests.store_contract import StoreContract
 from token_guard.stores import MemoryStore
 from token_guard.stores.base import TokenStore
 

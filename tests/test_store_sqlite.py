@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from store_contract import EVENT_WAIT, StoreContract, body, wait_for
 
+from tests.store_contract import EVENT_WAIT, StoreContract, body, wait_for
 from token_guard.errors import ConfigurationError, StoreError, StoreUnavailable
 from token_guard.records import ChangeEvent
 from token_guard.secret import hash_secret, new_secret
