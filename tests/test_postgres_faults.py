@@ -24,9 +24,9 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from store_contract import EVENT_WAIT, body, wait_for
-from tcp_proxy import TcpProxy
 
+from tests.store_contract import EVENT_WAIT, body, wait_for
+from tests.tcp_proxy import TcpProxy
 from token_guard.decision import Denial
 from token_guard.errors import StoreUnavailable
 from token_guard.records import ChangeEvent, TokenRecord

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from store_contract import EVENT_WAIT, StoreContract, body, wait_for
 
+from tests.store_contract import EVENT_WAIT, StoreContract, body, wait_for
 from token_guard.errors import ConfigurationError, StoreError, StoreUnavailable
 from token_guard.records import ChangeEvent
 from token_guard.secret import hash_secret
