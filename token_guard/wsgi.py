@@ -153,6 +153,7 @@ class TokenGuardWSGI:
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = (cache or CacheSettings()).lookup_timeout + 5.0
         self._loop = _LoopThread(self.guard.resolver.start)
+        self._closed = False
         # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
         self._finalizer = weakref.finalize(
             self, self._loop.stop, self.guard.resolver.close, store.close
@@ -165,6 +166,7 @@ class TokenGuardWSGI:
 
     def close(self) -> None:
         """Flush usage, close the resolver and the store, and stop the loop thread."""
+        self._closed = True
         self._finalizer()
 
     def __call__(
@@ -207,7 +209,8 @@ class TokenGuardWSGI:
         facts = guard.facts(pending, body)
         if isinstance(facts, Denial):
             return self._deny(environ, start_response, facts, None)
-        compiled = guard.resolver.lookup(pending.token)
+        # After close() no change events arrive, so a cached answer could be stale: refuse.
+        compiled = UNAVAILABLE if self._closed else guard.resolver.lookup(pending.token)
         if compiled is None:
             compiled = self._resolve(pending.token)
         if isinstance(compiled, Denial):
