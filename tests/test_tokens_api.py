@@ -390,3 +390,81 @@ async def test_openapi_schema_is_served(api: _Api) -> None:
     schema = json.loads(r.text)
     assert schema["openapi"].startswith("3.1")
     assert set(schema["paths"]) >= {"/v3/tokens", "/v3/tokens/{token_id}", "/oauth/token"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "header_claims",
+    [
+        pytest.param({"iss": "https://evil\r\nSet-Cookie: x=1"}, id="crlf-issuer"),
+        pytest.param({"iss": "https://☃.test"}, id="unicode-issuer"),
+        pytest.param({"kid": "ké\"y\\"}, id="odd-kid"),
+        pytest.param({"alg": "HS256\r\n"}, id="odd-alg"),
+    ],
+)
+async def test_hostile_jwt_fields_get_a_clean_401(
+    api: _Api, header_claims: dict[str, str]
+) -> None:
+    def b64(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    header = {"alg": "EdDSA", "typ": "at+jwt", "kid": "k"}
+    claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "exp": 4_000_000_000}
+    for key, value in header_claims.items():
+        (claims if key == "iss" else header)[key] = value
+    token = f"{b64(header)}.{b64(claims)}.c2ln"
+    r = await api.http.get("/v3/tokens", headers=_bearer(token))
+    assert r.status_code == 401, r.text
+    challenge = r.headers["www-authenticate"]
+    assert challenge.isascii() and "\r" not in challenge and "\n" not in challenge
+
+
+def test_external_issuer_token_manages_tokens_over_http(
+    tmp_path: Path, free_port: int
+) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from token_guard.management import ExternalIssuer
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwks = json.dumps({"keys": [{**jwk, "kid": "idp-1", "alg": "ES256"}]}).encode()
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(jwks)))
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    idp = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=idp.serve_forever, daemon=True).start()
+    idp_url = f"http://127.0.0.1:{idp.server_address[1]}/.well-known/jwks.json"
+    store = SQLiteStore(str(tmp_path / "tokens.db"))
+    app = create_management_app(
+        store, issuer=ISSUER, audience=AUDIENCE,
+        external_issuers=[ExternalIssuer(idp_url, "https://idp.test/", "tokens-api")],
+    )
+    now = int(time.time())
+    claims = {"iss": "https://idp.test/", "aud": "tokens-api", "azp": "deploy-bot",
+              "scp": ["read:tokens", "write:tokens"], "iat": now, "exp": now + 300}
+    good = jwt.encode(claims, key, "ES256", {"kid": "idp-1"})
+    wrong_aud = jwt.encode({**claims, "aud": AUDIENCE}, key, "ES256", {"kid": "idp-1"})
+    try:
+        with serving(app, free_port) as base, httpx.Client(base_url=base, timeout=10) as http:
+            r = http.post("/v3/tokens", json=BODY, headers=_bearer(good))
+            assert r.status_code == 201, r.text
+            audit = http.get("/v3/audit", headers=_bearer(good)).json()["entries"]
+            assert (audit[0]["actor"], audit[0]["action"]) == ("deploy-bot", "token.create")
+            refused = http.get("/v3/tokens", headers=_bearer(wrong_aud))
+            assert refused.status_code == 401 and "not meant" in refused.json()["error"]
+    finally:
+        idp.shutdown()
+        idp.server_close()
+        asyncio.run(store.close())

@@ -226,6 +226,10 @@ class _ManagementApi:
                 self.store, self.keys, params, basic, issuer=self.issuer,
                 audience=self.audience, lifetime=self.token_lifetime,
             )
+            # Inside the try: no audit entry, no token (a store failure answers 503).
+            await self.store.add_audit(
+                client.client_id, "oauth.token", None, {"scope": " ".join(issued.scope)}
+            )
         except OAuthError as exc:
             headers = dict(_NO_STORE)
             if exc.status == 401:
@@ -237,9 +241,6 @@ class _ManagementApi:
                  "error_description": "the client store cannot answer now; retry shortly"},
                 status_code=503, headers=_NO_STORE,
             )
-        await self.store.add_audit(
-            client.client_id, "oauth.token", None, {"scope": " ".join(issued.scope)}
-        )
         return JSONResponse(issued.as_json(), headers=_NO_STORE)
 
     async def jwks(self, request: Request) -> Response:

@@ -60,15 +60,15 @@ WRITE_SCOPE = "write:tokens"
 SCOPES: tuple[str, ...] = (READ_SCOPE, WRITE_SCOPE)
 DEFAULT_TOKEN_LIFETIME = 86_400  # seconds; the ``expires_in`` of an access token
 SIGNING_ALGORITHM = "EdDSA"
-ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a JWT "typ", not a secret)
+ACCESS_TOKEN_TYPE = "at+jwt"
 # Asymmetric only: accepting an HMAC algorithm would let anyone holding the *public* key
 # (published in the JWKS) forge tokens.
 EXTERNAL_ALGORITHMS: tuple[str, ...] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 )
 CLIENT_ID_PREFIX = "tgc_"
-CLIENT_SECRET_PREFIX = "tgcs_"  # noqa: S105 (a prefix, not a secret)
-API_TOKEN_PREFIX = "tgk_"  # noqa: S105 (a prefix, not a secret)
+CLIENT_SECRET_PREFIX = "tgcs_"
+API_TOKEN_PREFIX = "tgk_"
 _KEY_FILE_VERSION = 1
 
 
@@ -115,7 +115,11 @@ class AccessDenied(TokenGuardError):
         """The RFC 6750 ``WWW-Authenticate: Bearer`` challenge for this refusal."""
         if self.code == "missing_token":
             return f'Bearer realm="{realm}"'
-        desc = self.message.replace("\\", "").replace('"', "'")
+        # The message may quote attacker-chosen claims (iss, kid): keep the header to
+        # printable ASCII without quotes, so it can be neither broken nor unencodable.
+        desc = "".join(
+            ch if " " <= ch <= "~" and ch not in '"\\' else "?" for ch in self.message
+        )
         out = f'Bearer realm="{realm}", error="{self.code}", error_description="{desc}"'
         if self.scope:
             out += f', scope="{self.scope}"'
