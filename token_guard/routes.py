@@ -101,6 +101,7 @@ _ANY_METHODS = frozenset({"GET", "POST"})
 # RFC 3986 pchar minus ";" (matrix parameters) and "%" (escapes go the slow way).
 _FAST_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,=:@/"
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_BAD_ESCAPE_TEXT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Characters no path segment may carry, raw or decoded: separators other servers honour
 # (``\``, ``;``), URL delimiters, a second escape level, and control characters.
 _FORBIDDEN_DECODED = frozenset("/\\;?#%" + "".join(map(chr, range(32))) + "\x7f")
@@ -208,6 +209,21 @@ class _Target:
     needs_body: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How ``facts`` reads one route's parameters, precomputed."""
+
+    route: Route
+    # the parameters this route reads from the query string or body
+    names: frozenset[str]
+
+    @classmethod
+    def of(cls, route: Route) -> _Plan:
+        """The plan for ``route``."""
+        names = {p for p in (route.source_param, route.kind_param, route.connection_param) if p}
+        return cls(route, frozenset(names))
+
+
 # One group per "mask" (which positions are literal) of a segment count:
 # (key getter over the request's segments, {literal key: {method: target}}).
 _Group = tuple[Callable[[list[str]], object], dict[object, dict[str, _Target]]]
@@ -277,6 +293,8 @@ class RouteMap:
 
     __slots__ = (
         "_groups",
+        "_head",
+        "_plans",
         "_prefix",
         "_prefix_bytes",
         "_prefix_lower",
@@ -302,6 +320,9 @@ class RouteMap:
         all_routes = (*DEFAULT_ROUTES, *routes) if include_defaults else tuple(routes)
         self.routes: tuple[Route, ...] = all_routes
         self._groups = self._compile(all_routes)
+        # Keyed by id(): hashing a Route per request costs more than the whole lookup.
+        self._plans = {id(route): _Plan.of(route) for route in all_routes}
+        self._head = prefix.strip("/").split("/") if self._prefix_segments else []
 
     # -- start-up ---------------------------------------------------------------------
     def _compile(self, routes: Iterable[Route]) -> dict[int, tuple[_Group, ...]]:
@@ -342,27 +363,27 @@ class RouteMap:
     def match(self, method: str, raw_path: bytes) -> RouteMatch | Denial | None:
         """Classify a raw path; ``None``: outside the prefix (pass through untouched)."""
         # Fast path: an ordinary ASCII path with no escapes, dots or doubled slashes.
-        if (
-            raw_path.startswith(self._prefix_bytes)
-            and not raw_path.translate(None, _FAST_SAFE)
-            and b"//" not in raw_path
-            and b"/." not in raw_path
-            and len(raw_path) <= MAX_PATH_BYTES
-        ):
-            rest = raw_path[len(self._prefix_bytes) :]
+        # (Substring tests run on str: ``bytes in bytes`` costs several times more.)
+        path = ""
+        if len(raw_path) <= MAX_PATH_BYTES and not raw_path.translate(None, _FAST_SAFE):
+            path = raw_path.decode("ascii")
+            if "//" in path or "/." in path or path[:1] != "/":
+                path = ""
+            elif not path.startswith(self._prefix):
+                # Clean, so no decoding or normalising can move it: only case can.
+                return self._unknown if self._under(raw_path.lower()) else None
+        if path:
+            rest = path[len(self._prefix) :]
             if not rest:
                 return self._unknown
-            if rest[-1] == 47:  # a trailing "/" is an empty last segment
+            if rest[-1] == "/":  # a trailing "/" is an empty last segment
                 return _PATH_DENIALS["empty"]
-            segments = rest.decode("ascii").split("/")
+            segments = rest.split("/")
         else:
             found = self._slow_segments(raw_path)
             if not isinstance(found, list):
                 return found
             segments = found
-        return self._lookup(method, segments)
-
-    def _lookup(self, method: str, segments: list[str]) -> RouteMatch | Denial:
         groups = self._groups.get(len(segments))
         if groups is None:
             return self._unknown
@@ -375,11 +396,18 @@ class RouteMap:
             if target is None and method == "HEAD":
                 target = by_method.get("GET")
             if target is not None:
-                return RouteMatch(
-                    target.route, {n: segments[i] for n, i in target.names}, target.needs_body
-                )
+                names = target.names
+                if len(names) == 1:
+                    name, at = names[0]
+                    params = {name: segments[at]}
+                else:
+                    params = {name: segments[at] for name, at in names}
+                return RouteMatch(target.route, params, target.needs_body)
             if declared is None:
                 declared = by_method
+        return self._wrong_method(method, declared)
+
+    def _wrong_method(self, method: str, declared: dict[str, _Target] | None) -> Denial:
         if declared is None:
             return self._unknown
         route = next(iter(declared.values())).route
@@ -418,8 +446,7 @@ class RouteMap:
             if not _FORBIDDEN_DECODED.isdisjoint(text):
                 return _PATH_DENIALS["char"]
             decoded.append(text)
-        head = self._prefix.strip("/").split("/") if self._prefix_segments else []
-        if decoded[: self._prefix_segments] != head:
+        if decoded[: self._prefix_segments] != self._head:
             return self._unknown
         return decoded[self._prefix_segments :]
 
@@ -462,8 +489,10 @@ class RouteMap:
         params = match.params
         if body is not None and not isinstance(body, Mapping):
             return _BODY_NOT_OBJECT
-        wanted = (route.source_param, route.kind_param, route.connection_param)
-        found = _parse_query(query_string, wanted)
+        plan = self._plans.get(id(route))
+        if plan is None or plan.route is not route:
+            plan = _Plan.of(route)  # a RouteMatch built by hand, not by match()
+        found = _parse_query(query_string, plan.names)
         if isinstance(found, Denial):
             return found
 
@@ -498,25 +527,31 @@ class RouteMap:
         return RequestFacts(route.api, connection, sources, origin, referer)
 
 
-def _parse_query(
-    query: bytes, wanted: tuple[str | None, str | None, str | None]
-) -> dict[str, str] | Denial:
-    """The wanted parameters' values; a duplicate or a bad escape is a denial."""
+def _parse_query(query: bytes, names: frozenset[str]) -> dict[str, str] | Denial:
+    """The wanted parameters' values; a duplicate or a bad escape is a denial.
+
+    Only keys that may be wanted and the wanted values are decoded; every other parameter
+    is checked for valid %-escapes only ("a=1&&b=2" and a trailing "&" hide nothing).
+    """
     found: dict[str, str] = {}
     if not query:
         return found
-    if b"%" in query and _BAD_ESCAPE.search(query):
+    # latin-1 maps bytes 1:1 to code points: str operations at str speed, and _decode
+    # turns a piece back into its exact bytes before UTF-8 decoding.
+    text = query.decode("latin-1")
+    if "%" in text and _BAD_ESCAPE_TEXT.search(text):
         return _BAD_QUERY
-    for piece in query.split(b"&"):
-        if not piece:
-            continue  # "a=1&&b=2" and a trailing "&" hide nothing
-        raw_key, _, raw_value = piece.partition(b"=")
-        try:
-            key = _decode(raw_key)
-        except UnicodeDecodeError:
-            return _BAD_QUERY
-        if key not in wanted:
-            continue
+    for piece in text.split("&"):
+        key, _, raw_value = piece.partition("=")
+        if key not in names:
+            if "%" not in key and "+" not in key and key.isascii():
+                continue
+            try:
+                key = _decode(key)
+            except UnicodeDecodeError:
+                return _BAD_QUERY
+            if key not in names:
+                continue
         if key in found:
             return _denial(
                 400,
@@ -531,10 +566,13 @@ def _parse_query(
     return found
 
 
-def _decode(raw: bytes) -> str:
-    if b"%" in raw or b"+" in raw:
-        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
-    return raw.decode("utf-8")
+def _decode(latin1: str) -> str:
+    """Decode one query-string key or value (given as latin-1 text of its bytes)."""
+    if "%" in latin1 or "+" in latin1:
+        return unquote_to_bytes(latin1.replace("+", " ").encode("latin-1")).decode("utf-8")
+    if latin1.isascii():
+        return latin1
+    return latin1.encode("latin-1").decode("utf-8")
 
 
 def _param(name: str, found: Mapping[str, str], body: Mapping[str, Any] | None) -> str | Denial:
