@@ -122,7 +122,8 @@ def parse_origin_pattern(text: str) -> OriginPattern:
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
-    """A pattern compiled for matching; ``suffix`` is ".example.com" for ``*.example.com``."""
+    """A wildcard or path pattern compiled for matching; ``suffix`` is ".example.com" for
+    ``*.example.com`` and ``segments`` the decoded path prefix (() for none)."""
 
     scheme: str
     host: str
@@ -173,24 +174,21 @@ class OriginMatcher:
         self._patterns: tuple[OriginPattern, ...] = tuple(compiled)
         exact: set[tuple[str, str, int]] = set()
         any_port: set[tuple[str, str]] = set()
-        wild: list[tuple[str, str, int | None]] = []
+        wild: list[_Rule] = []
         paths: list[_Rule] = []
         for p in compiled:
             eport = None if p.any_port else (p.port or _DEFAULT_PORTS[p.scheme])
             is_wild = p.host.startswith("*.")
-            if p.path_prefix:
-                paths.append(
-                    _Rule(
-                        p.scheme,
-                        p.host,
-                        p.host[1:] if is_wild else None,
-                        eport,
-                        tuple(unquote(s) for s in p.path_prefix[1:].split("/")),
-                        str(p),
-                    )
+            if p.path_prefix or is_wild:
+                segments = (
+                    tuple(unquote(s) for s in p.path_prefix[1:].split("/"))
+                    if p.path_prefix
+                    else ()
                 )
-            elif is_wild:
-                wild.append((p.scheme, p.host[1:], eport))
+                rule = _Rule(
+                    p.scheme, p.host, p.host[1:] if is_wild else None, eport, segments, str(p)
+                )
+                (paths if p.path_prefix else wild).append(rule)
             elif eport is None:
                 any_port.add((p.scheme, p.host))
             else:
@@ -275,12 +273,8 @@ class OriginMatcher:
         scheme, host, port = site
         if site in self._exact or (scheme, host) in self._any_port:
             return True
-        for w_scheme, suffix, w_port in self._wild:
-            if (
-                w_scheme == scheme
-                and (w_port is None or w_port == port)
-                and host.endswith(suffix)
-            ):
+        for rule in self._wild:
+            if rule.matches_site(scheme, host, port):
                 return True
         if path is None or not self._paths:
             return False
