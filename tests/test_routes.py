@@ -191,6 +191,13 @@ DEFAULT_CASES = [
         "GET", b"/v3/lds/geocoding/reverse?lat=1&lng=2", None, facts("lds", None), id="lds-reverse"
     ),
     pytest.param("POST", b"/v3/lds/geocoding/batch", None, facts("lds", None), id="lds-batch"),
+    pytest.param(
+        "GET",
+        b"/v3/sql/dw/query?q=SELECT+1%3B",
+        None,
+        facts("sql", "dw", ("query", "SELECT 1;")),
+        id="encoded-semicolon-in-query-value",
+    ),
     pytest.param("GET", b"/v3/lds/isolines", None, facts("lds", None), id="lds-isolines"),
     pytest.param("GET", b"/v3/lds/routing", None, facts("lds", None), id="lds-routing"),
     pytest.param("GET", b"/v3/lds/quotas", None, facts("lds", None), id="lds-quotas"),
@@ -450,6 +457,12 @@ ATTACKS = [
         id="model-duplicate-type",
     ),
     pytest.param("GET", b"/v3/stats/c/attr", codes.MALFORMED_REQUEST, id="stats-query-missing"),
+    pytest.param(
+        "GET",
+        b"/v3/maps/c/table?name=a.b.c&x=1;name=x.y.z",
+        codes.MALFORMED_REQUEST,
+        id="semicolon-separator-smuggling",
+    ),
 ]
 
 BODY_ATTACKS = [

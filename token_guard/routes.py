@@ -32,8 +32,9 @@ Security choices (fail closed):
   an encoded key), or in both query string and body with different values, is 400
   ``ambiguous_request``; missing, empty, not a JSON string in the body, or the body not
   a JSON object, is 400 ``malformed_request`` naming the parameter. The query string is
-  parsed strictly (``+`` is a space; an invalid ``%``-escape anywhere, or a key or source
-  value that is not UTF-8, is 400). Other parameters (``v``, ``client``, ``format``,
+  parsed strictly (``+`` is a space; an invalid ``%``-escape anywhere, a raw ``;`` — a
+  separator to some servers, so ``x=1;name=b`` could smuggle a second ``name`` —, or a
+  key or source value that is not UTF-8, is 400). Other parameters (``v``, ``client``, ``format``,
   ``queryParameters`` — bound values —, ``filters``, ...) do not take part.
 - Denial messages name routes and parameters, never request values: a token sent as
   ``access_token=`` (or pasted into a path) is never echoed.
@@ -262,6 +263,10 @@ _PATH_DENIALS = {
 _BAD_QUERY = _malformed(
     "The query string has an invalid %-escape or a parameter name that is not UTF-8.",
     "Encode the query string as URLSearchParams does: '%' followed by two hex digits.",
+)
+_SEMICOLON_IN_QUERY = _malformed(
+    "The query string has a raw ';', which some servers read as a parameter separator.",
+    "Percent-encode ';' as %3B (URLSearchParams does), so every server sees the same parameters.",
 )
 _BAD_CONNECTION = _malformed(
     "The connection name is not a valid connection name.",
@@ -541,6 +546,8 @@ def _parse_query(query: bytes, names: frozenset[str]) -> dict[str, str] | Denial
     text = query.decode("latin-1")
     if "%" in text and _BAD_ESCAPE_TEXT.search(text):
         return _BAD_QUERY
+    if ";" in text:
+        return _SEMICOLON_IN_QUERY
     for piece in text.split("&"):
         key, _, raw_value = piece.partition("=")
         if key not in names:
