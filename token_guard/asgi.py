@@ -151,7 +151,7 @@ class TokenGuard:
         assert isinstance(pending, Pending)
 
         body = None
-        if pending.needs_body and kind_is_http(scope):
+        if pending.known is None and pending.needs_body and kind_is_http(scope):
             raw = await self._read_body(receive)
             if isinstance(raw, Denial):
                 await self._deny(scope, send, raw, None)
