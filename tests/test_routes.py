@@ -833,3 +833,23 @@ def test_arbitrary_query_strings_never_raise(query: bytes) -> None:
     assert isinstance(found, RouteMatch)
     got = ROUTES.facts(found, query, None, None, None)
     assert isinstance(got, (Denial, RequestFacts))
+
+
+def test_a_hand_built_match_is_read_like_a_matched_one() -> None:
+    route = Route(api="maps", path="/v3/x/{connection}", source_param="name")
+    found = RouteMatch(route, {"connection": "dw"}, needs_body=False)
+    assert ROUTES.facts(found, b"name=a.b.c", None, None, None) == facts(
+        "maps", "dw", ("table", "a.b.c")
+    )
+
+
+def test_a_declared_head_route_wins_over_get() -> None:
+    routes = RouteMap(
+        routes=[
+            Route(api="maps", path="/v3/a/{connection}", methods=frozenset({"GET"})),
+            Route(api="lds", path="/v3/a/{connection}", methods=frozenset({"HEAD"})),
+        ],
+        include_defaults=False,
+    )
+    got = classify("HEAD", b"/v3/a/dw", routes=routes)
+    assert isinstance(got, RequestFacts) and got.api == "lds"

@@ -32,12 +32,17 @@ Security choices (fail closed):
   an encoded key), or in both query string and body with different values, is 400
   ``ambiguous_request``; missing, empty, not a JSON string in the body, or the body not
   a JSON object, is 400 ``malformed_request`` naming the parameter. The query string is
-  parsed strictly (``+`` is a space; an invalid ``%``-escape anywhere, a raw ``;`` — a
-  separator to some servers, so ``x=1;name=b`` could smuggle a second ``name`` —, or a
-  key or source value that is not UTF-8, is 400). Other parameters (``v``, ``client``, ``format``,
-  ``queryParameters`` — bound values —, ``filters``, ...) do not take part.
+  parsed strictly: ``+`` is a space; an invalid ``%``-escape anywhere is 400, and so is a
+  raw ``;`` (a separator to some servers: ``x=1;name=b`` could smuggle a second
+  ``name``) and a wanted key or value that is not UTF-8. Other parameters (``v``,
+  ``client``, ``format``, ``queryParameters`` (bound values), ``filters``, ...) take no
+  part in authorisation.
 - Denial messages name routes and parameters, never request values: a token sent as
   ``access_token=`` (or pasted into a path) is never echoed.
+
+Contract with the transports: pass the path without its query string (a ``?`` in the
+path is refused); pass the body only when ``RouteMatch.needs_body``, parsed as JSON with
+duplicate keys refused (Python's ``json`` keeps the last one silently).
 
 Default routes (``DEFAULT_ROUTES``; ``{connection}`` is the connection segment):
 
