@@ -332,3 +332,13 @@ def test_fastapi_style_middleware_stack_order() -> None:
                       headers={"Origin": "https://x.example"})
         assert r.status_code == 401
         assert r.headers["access-control-allow-origin"] == "*"
+
+
+def test_two_different_origin_headers_are_ambiguous(env: Env) -> None:
+    issued = env.create(dict(FULL, referers=["https://app.example.com"]))
+    r = env.client.get(
+        "/v3/maps/carto_dw/table?name=proj.ds.stores",
+        headers=[("Authorization", f"Bearer {issued.token}"),
+                 ("Origin", "https://app.example.com"), ("Origin", "https://evil.example")],
+    )
+    assert_denied(r, 400, "ambiguous_request", issued.token)

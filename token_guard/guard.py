@@ -98,10 +98,16 @@ BAD_JSON = Denial(
     "The request body is not a JSON object.",
     "Send the parameters as a JSON object with 'Content-Type: application/json'.",
 )
+TWO_ORIGINS = Denial(
+    400,
+    codes.AMBIGUOUS_REQUEST,
+    "The request has two different Origin or Referer headers.",
+    "Send each header once; browsers never send two.",
+)
 _MEMO_SIZE = 4096
 _MEMO_MAX_KEY = 2048
 CONFLICTING_HEADERS = "\x00conflict"
-"""Stands for a header sent twice with different values: no origin parser accepts it."""
+"""What adapters pass for an Origin/Referer header sent twice with different values."""
 
 
 def body_too_large(limit: int) -> Denial:
@@ -223,6 +229,8 @@ class Guard:
                 self._routed[key] = routed
         if routed is PASS or isinstance(routed, Denial):
             return routed
+        if origin == CONFLICTING_HEADERS or referer == CONFLICTING_HEADERS:
+            return TWO_ORIGINS
         match: RouteMatch
         known: RequestFacts | None
         match, known = routed  # type: ignore[misc]
