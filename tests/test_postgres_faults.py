@@ -205,6 +205,19 @@ async def test_a_stalled_store_answers_503_at_the_timeout_without_blocking_the_l
         await resolver.close()
 
 
+async def test_connections_cut_while_idle_are_replaced_before_a_caller_sees_them(
+    postgres_dsn: str, schema: str, proxy: TcpProxy
+) -> None:
+    async with proxied_store(postgres_dsn, proxy, schema) as store:
+        issued = await store.create_token(body())
+        await asyncio.gather(*(store.get_token(issued.id) for _ in range(4)))  # fill the pool
+        await proxy.cut()
+        await proxy.restore()
+        # Every pooled connection died while idle; not one lookup may fail for it.
+        for _ in range(8):
+            assert await store.get_by_secret_hash(hash_secret(issued.token)) == issued.record
+
+
 async def test_a_store_that_starts_while_the_server_is_unreachable_comes_up_later(
     postgres_dsn: str, schema: str, proxy: TcpProxy
 ) -> None:

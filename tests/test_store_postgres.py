@@ -281,3 +281,8 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(
             await wait_for(
                 lambda: ChangeEvent("created", issued.id) in seen, "events after reconnecting"
             )
+
+
+def test_repr_names_host_and_schema_but_never_the_password() -> None:
+    store = PostgresStore("postgresql://u:hunter2secret@db.internal:6432/x", schema="tg")
+    assert repr(store) == "PostgresStore('db.internal:6432', schema='tg')"
