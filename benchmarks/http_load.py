@@ -1,0 +1,193 @@
+"""Section 2: the same Starlette app under uvicorn (httptools), unguarded and guarded, loaded
+by wrk from another process over loopback. Requests/second, p99 and their ratios.
+
+Both servers run at once (each its own process, idle while the other is loaded); the wrk
+runs alternate between them, so drift hits both alike. The guarded server reads its token
+from an SQLite file (the embedded default store) this process wrote before starting it.
+wrk comes from Debian: installed with apt-get when missing and running as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks.inprocess import CONNECTIONS, ORIGIN, TABLE_PATH, TABLE_QUERY, TOKEN_BODY, inner_app
+from benchmarks.report import Budget, Row, Threshold
+from benchmarks.timing import median
+from token_guard.asgi import ASGIApp, TokenGuard
+from token_guard.stores.sqlite import SQLiteStore
+
+SECTION = "2. HTTP, uvicorn (httptools) loaded by wrk over loopback"
+ROOT = Path(__file__).resolve().parents[1]
+CONNECTIONS_PER_RUN = 16
+_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("TG_RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(99), e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+_RESULT = re.compile(r"^TG_RESULT (\d+) (\d+) (\d+) (\d+) (\d+)$", re.MULTILINE)
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_wrk() -> str | None:
+    """The path of wrk, installing Debian's package as root if needed; None if unavailable."""
+    found = shutil.which("wrk")
+    if found is not None or os.geteuid() != 0:
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    if subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, **quiet).returncode:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, **quiet)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, **quiet)
+    return shutil.which("wrk")
+
+
+def serve(kind: str, port: int, db: str) -> None:
+    """Run one server: the benchmark app, bare or behind TokenGuard over ``db``."""
+    import uvicorn
+
+    app: ASGIApp = inner_app()
+    if kind == "guarded":
+        app = TokenGuard(app, store=SQLiteStore(db), connections=CONNECTIONS)
+    uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
+                access_log=False)
+
+
+async def _create_token(db: str) -> str:
+    store = SQLiteStore(db)
+    try:
+        return (await store.create_token(TOKEN_BODY)).token
+    finally:
+        await store.close()
+
+
+def _start(kind: str, port: int, db: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.http_load", "--serve", kind, str(port), db],
+        cwd=ROOT, env=env,
+    )
+
+
+def _get(url: str, token: str) -> int:
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {token}", "Origin": ORIGIN}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback URL)
+        return int(response.status)
+
+
+def _wait_up(url: str, token: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            status = _get(url, token)
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server for {url} did not start") from None
+            time.sleep(0.1)
+            continue
+        if status != 200:
+            raise RuntimeError(f"{url} answered {status}, not 200")
+        return
+
+
+def _wrk(wrk: str, lua: str, url: str, token: str, seconds: int) -> tuple[float, float]:
+    """One wrk run: requests/second and p99 in ms; raises if any request failed."""
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{CONNECTIONS_PER_RUN}", f"-d{seconds}s", "-s", lua,
+         "-H", f"Authorization: Bearer {token}", "-H", f"Origin: {ORIGIN}", url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    found = _RESULT.search(out)
+    if found is None:
+        raise RuntimeError(f"wrk printed no result line:\n{out}")
+    requests, duration_us, p99_us, non_2xx, errors = map(int, found.groups())
+    if non_2xx or errors:
+        raise RuntimeError(f"{url}: {non_2xx} non-2xx answers and {errors} socket errors")
+    return requests / (duration_us / 1e6), p99_us / 1000
+
+
+def run(budget: Budget) -> tuple[list[Row], list[Threshold]]:
+    """Load both servers alternately; rows, the throughput target and its guardrail."""
+    names = ["unguarded: requests/s", "guarded: requests/s", "unguarded: p99",
+             "guarded: p99", "ratio: guarded / unguarded throughput",
+             "ratio: guarded / unguarded p99"]
+    wrk = ensure_wrk()
+    if wrk is None:
+        reason = "wrk is not installed (apt-get install wrk, as root)"
+        return ([Row(SECTION, n, None, "", reason) for n in names],
+                [Threshold("guarded / unguarded HTTP throughput", None, 0.97, False, "x"),
+                 Threshold("HTTP throughput ratio < 0.5", None, 0.5, False, "x", gross=True)])
+    with tempfile.TemporaryDirectory(prefix="tg-bench-http-") as tmp:
+        db = str(Path(tmp) / "tokens.db")
+        token = asyncio.run(_create_token(db))
+        lua = str(Path(tmp) / "result.lua")
+        Path(lua).write_text(_LUA)
+        ports = {"unguarded": free_port(), "guarded": free_port()}
+        servers = {kind: _start(kind if kind == "guarded" else "bare", port, db)
+                   for kind, port in ports.items()}
+        try:
+            urls = {k: f"http://127.0.0.1:{p}{TABLE_PATH}?{TABLE_QUERY.decode()}"
+                    for k, p in ports.items()}
+            for kind, url in urls.items():
+                _wait_up(url, token, servers[kind])
+                _wrk(wrk, lua, url, token, 1)  # warm-up: JIT-free, but caches and pools
+            rps: dict[str, list[float]] = {k: [] for k in urls}
+            p99: dict[str, list[float]] = {k: [] for k in urls}
+            for r in range(budget.http_rounds):
+                for kind in list(urls) if r % 2 == 0 else list(reversed(urls)):
+                    rate, tail = _wrk(wrk, lua, urls[kind], token, budget.http_seconds)
+                    rps[kind].append(rate)
+                    p99[kind].append(tail)
+        finally:
+            for server in servers.values():
+                server.terminate()
+            for server in servers.values():
+                server.wait(10)
+    through = median(rps["guarded"]) / median(rps["unguarded"])
+    detail = (f"wrk -t1 -c{CONNECTIONS_PER_RUN}, {budget.http_rounds} x {budget.http_seconds} s"
+              " each, medians")
+    rows = [
+        Row(SECTION, names[0], median(rps["unguarded"]), "req/s", detail),
+        Row(SECTION, names[1], median(rps["guarded"]), "req/s", "TokenGuard over SQLiteStore"),
+        Row(SECTION, names[2], median(p99["unguarded"]), "ms"),
+        Row(SECTION, names[3], median(p99["guarded"]), "ms"),
+        Row(SECTION, names[4], through, "x"),
+        Row(SECTION, names[5], median(p99["guarded"]) / median(p99["unguarded"]), "x"),
+    ]
+    return rows, [
+        Threshold("guarded / unguarded HTTP throughput", through, 0.97, False, "x"),
+        Threshold("HTTP throughput ratio < 0.5", through, 0.5, False, "x", gross=True),
+    ]
+
+
+def main() -> None:
+    """``--serve bare|guarded PORT DB``: run one server (the benchmark starts these)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "DB"), required=True)
+    kind, port, db = parser.parse_args().serve
+    serve(kind, int(port), db)
+
+
+if __name__ == "__main__":
+    main()
