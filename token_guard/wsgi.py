@@ -87,6 +87,13 @@ ENVIRON_KEY = SCOPE_KEY
 """The environ key under which views find the resolved ``TokenRecord``."""
 
 CLIENT_GONE = Denial(400, codes.MALFORMED_REQUEST, "The client went away.", "Retry.")
+PATH_MISMATCH = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "The request path does not match the path the application would route (PATH_INFO).",
+    "Send the path as a client library builds it; if a middleware rewrites PATH_INFO, "
+    "put TokenGuardWSGI inside it, around app.wsgi_app.",
+)
 BAD_LENGTH = Denial(
     400,
     codes.MALFORMED_REQUEST,
@@ -175,7 +182,12 @@ class TokenGuardWSGI:
         guard = self.guard
         method: str = environ.get("REQUEST_METHOD", "GET")
         query_string: bytes = environ.get("QUERY_STRING", "").encode("latin-1")
-        raw_path = _raw_path(environ)
+        raw_path, app_path = _raw_path(environ)
+        if app_path is not None:
+            checked = self._reconcile(method, raw_path, app_path)
+            if isinstance(checked, Denial):
+                return self._deny(environ, start_response, checked, None)
+            raw_path = checked
         authorization, conflict = _authorization(environ.get("HTTP_AUTHORIZATION"))
         pending = guard.begin(
             method,
@@ -222,6 +234,18 @@ class TokenGuardWSGI:
         if guard.on_decision is not None:
             guard.observe(method, _path(environ), query_string, facts, outcome)
         return self.app(environ, start_response)
+
+    def _reconcile(self, method: str, raw: bytes, app_path: bytes) -> bytes | Denial:
+        """The raw URI disagrees with PATH_INFO (the server normalised it, or a middleware
+        rewrote it): decide on the raw target as ASGI would, but only where that cannot
+        let through a path the app would route inside the prefix."""
+        routes = self.guard.routes
+        raw_match = routes.match(method, raw)
+        if isinstance(raw_match, Denial):
+            return raw
+        if raw_match is None and routes.match(method, app_path) is None:
+            return raw
+        return PATH_MISMATCH
 
     def _resolve(self, token: str) -> CompiledToken | Denial:
         """A cache miss: the resolver's single-flight lookup, on the loop thread."""
@@ -357,23 +381,33 @@ class _LoopThread:
                 loop.close()
 
 
-def _raw_path(environ: WSGIEnvironment) -> bytes:
-    """The raw path relative to SCRIPT_NAME, or PATH_INFO re-quoted when it cannot be had."""
-    script: str = environ.get("SCRIPT_NAME", "")
+def _raw_path(environ: WSGIEnvironment) -> tuple[bytes, bytes | None]:
+    """The raw path the app's PATH_INFO came from, and None; or, when the raw URI decodes
+    to something else, the raw path and PATH_INFO re-quoted; or, with no raw URI, PATH_INFO
+    re-quoted and None."""
     path_info: str = environ.get("PATH_INFO", "")
     uri: str | None = environ.get("REQUEST_URI") or environ.get("RAW_URI")
     if uri and uri.startswith("/"):
         raw = uri.partition("?")[0]
-        if not script:
-            if raw == path_info or (
-                "%" in raw and unquote_to_bytes(raw).decode("latin-1") == path_info
-            ):
-                return raw.encode("latin-1")
-        else:
-            relative = _strip_script(raw, script)
-            if relative is not None and unquote_to_bytes(relative).decode("latin-1") == path_info:
-                return relative.encode("latin-1") or b"/"
-    return quote(path_info.encode("latin-1"), safe=_PCHAR_SAFE).encode("ascii") or b"/"
+        if _decodes_to(raw, path_info):
+            return raw.encode("latin-1"), None
+        script: str = environ.get("SCRIPT_NAME", "")
+        relative = _strip_script(raw, script) if script else None
+        if relative is not None and _decodes_to(relative, path_info):
+            return relative.encode("latin-1") or b"/", None
+        return raw.encode("latin-1"), _quoted(path_info)
+    return _quoted(path_info), None
+
+
+def _decodes_to(raw: str, wsgi_path: str) -> bool:
+    """True if the raw path, percent-decoded, is ``wsgi_path`` (a WSGI latin-1 string)."""
+    if raw == wsgi_path:
+        return True
+    return "%" in raw and unquote_to_bytes(raw).decode("latin-1") == wsgi_path
+
+
+def _quoted(wsgi_path: str) -> bytes:
+    return quote(wsgi_path.encode("latin-1"), safe=_PCHAR_SAFE).encode("ascii") or b"/"
 
 
 def _strip_script(raw: str, script: str) -> str | None:
@@ -382,7 +416,7 @@ def _strip_script(raw: str, script: str) -> str | None:
     while True:
         end = raw.find("/", end + 1)
         head = raw if end < 0 else raw[:end]
-        if unquote_to_bytes(head).decode("latin-1") == script:
+        if _decodes_to(head, script):
             return "" if end < 0 else raw[end:]
         if end < 0:
             return None
