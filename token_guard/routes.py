@@ -553,10 +553,12 @@ def _parse_query(query: bytes, names: frozenset[str]) -> dict[str, str] | Denial
         return _BAD_QUERY
     if ";" in text:
         return _SEMICOLON_IN_QUERY
+    # Plain ASCII with no escapes (the usual case): keys and values are final as they are.
+    plain = "%" not in text and "+" not in text and text.isascii()
     for piece in text.split("&"):
         key, _, raw_value = piece.partition("=")
         if key not in names:
-            if "%" not in key and "+" not in key and key.isascii():
+            if plain or ("%" not in key and "+" not in key and key.isascii()):
                 continue
             try:
                 key = _decode(key)
@@ -571,6 +573,9 @@ def _parse_query(query: bytes, names: frozenset[str]) -> dict[str, str] | Denial
                 f"Parameter '{key}' is given more than once in the query string.",
                 f"Send '{key}' once.",
             )
+        if plain:
+            found[key] = raw_value
+            continue
         try:
             found[key] = _decode(raw_value)
         except UnicodeDecodeError:
