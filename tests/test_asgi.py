@@ -342,3 +342,20 @@ def test_two_different_origin_headers_are_ambiguous(env: Env) -> None:
                  ("Origin", "https://app.example.com"), ("Origin", "https://evil.example")],
     )
     assert_denied(r, 400, "ambiguous_request", issued.token)
+
+
+def test_duplicate_json_keys_are_refused(env: Env) -> None:
+    issued = env.create(FULL)
+    raw = b'{"q": "SELECT * FROM proj.shared.x", "q": "SELECT * FROM proj.ds.secret"}'
+    r = env.client.post("/v3/sql/carto_dw/query", content=raw, headers={
+        "Authorization": f"Bearer {issued.token}", "Content-Type": "application/json"})
+    assert_denied(r, 400, "malformed_request", issued.token)
+
+
+def test_deeply_nested_json_is_refused_not_crashed() -> None:
+    from token_guard.guard import Guard
+
+    guard = Guard(store=MemoryStore(), connections=CONNECTIONS)
+    raw = b'{"q": "SELECT 1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    refused = guard.parse_body(raw)
+    assert isinstance(refused, tg.Denial) and refused.code == "malformed_request"

@@ -279,8 +279,8 @@ class Guard:
         if not raw.strip():
             return None
         try:
-            parsed = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            parsed = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return BAD_JSON
         if not isinstance(parsed, dict):
             return BAD_JSON
@@ -340,6 +340,15 @@ class Guard:
         if len(set(values)) > 1 or (header_token is not None and header_token != values[0]):
             return TWO_TOKENS
         return values[0]
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys; the app's parser may keep the first,
+    # so {"q": granted, "q": secret} could be checked as one query and run as another.
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key in JSON object")
+    return out
 
 
 def _bearer(value: bytes) -> str | Denial:
