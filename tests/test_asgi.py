@@ -359,3 +359,23 @@ def test_deeply_nested_json_is_refused_not_crashed() -> None:
     raw = b'{"q": "SELECT 1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     refused = guard.parse_body(raw)
     assert isinstance(refused, tg.Denial) and refused.code == "malformed_request"
+
+
+@pytest.mark.parametrize(
+    ("expression", "status"),
+    [
+        pytest.param("count(*)", 200, id="plain-aggregate"),
+        pytest.param("avg(revenue) AS r, max(size) AS s", 200, id="several"),
+        pytest.param("(SELECT max(salary) FROM proj.ds.secret)", 403, id="subquery-ungranted"),
+        pytest.param("(SELECT count(*) FROM proj.shared.cities)", 200, id="subquery-granted"),
+        pytest.param("1; DROP TABLE proj.ds.stores", 403, id="statement-break"),
+        pytest.param("1 FROM proj.ds.secret --", 403, id="from-smuggling"),
+    ],
+)
+def test_aggregation_expression_is_checked_as_sql(env: Env, expression: str,
+                                                  status: int) -> None:
+    issued = env.create(FULL)
+    r = env.client.get("/v3/maps/carto_dw/table",
+                       params={"name": "proj.ds.stores", "aggregationExp": expression},
+                       headers={"Authorization": f"Bearer {issued.token}"})
+    assert r.status_code == status, r.text

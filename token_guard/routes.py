@@ -130,7 +130,10 @@ class Route:
     ``kind_choices``, is the source's kind (the SQL model API's ``type``);
     ``connection_param`` names the parameter holding the connection when the path has
     none (the Imports API). ``source_in_body`` lets POST/PUT/PATCH carry these parameters
-    in a JSON object body.
+    in a JSON object body. ``expression_params`` name optional parameters holding a SQL
+    expression the backend evaluates (CARTO's ``aggregationExp``): each present one is
+    checked as the query ``SELECT <expression>``, so a subquery inside it must read only
+    granted tables and a statement break or escape is refused.
     """
 
     api: str
@@ -142,6 +145,7 @@ class Route:
     kind_choices: frozenset[str] = frozenset({"table", "query"})
     connection_param: str | None = None
     source_in_body: bool = True
+    expression_params: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,10 @@ class RouteMatch:
     needs_body: bool
 
 
+# CARTO's Maps API evaluates aggregationExp as SQL in the backend (tile aggregation).
+_EXPRESSIONS = frozenset({"aggregationExp"})
+
+
 def _maps_routes() -> list[Route]:
     out: list[Route] = []
     endpoints: tuple[tuple[str, str, SourceKind], ...] = (
@@ -162,7 +170,16 @@ def _maps_routes() -> list[Route]:
         ("raster", "name", "table"),
     )
     for endpoint, param, kind in endpoints:
-        out.append(Route("maps", f"/v3/maps/{{connection}}/{endpoint}", _ANY_METHODS, param, kind))
+        out.append(
+            Route(
+                "maps",
+                f"/v3/maps/{{connection}}/{endpoint}",
+                _ANY_METHODS,
+                param,
+                kind,
+                expression_params=_EXPRESSIONS,
+            )
+        )
         out.append(
             Route(
                 "maps",
@@ -170,6 +187,7 @@ def _maps_routes() -> list[Route]:
                 frozenset({"GET"}),
                 param,
                 kind,
+                expression_params=_EXPRESSIONS,
             )
         )
     return out
@@ -227,7 +245,7 @@ class _Plan:
     def of(cls, route: Route) -> _Plan:
         """The plan for ``route``."""
         names = {p for p in (route.source_param, route.kind_param, route.connection_param) if p}
-        return cls(route, frozenset(names))
+        return cls(route, frozenset(names | route.expression_params))
 
 
 # One group per "mask" (which positions are literal) of a segment count:
@@ -349,7 +367,11 @@ class RouteMap:
                 shapes[shape] = {}
             key = getters[shape](segments)
             by_method = shapes[shape].setdefault(key, {})
-            param_borne = route.source_param is not None or route.connection_param is not None
+            param_borne = (
+                route.source_param is not None
+                or route.connection_param is not None
+                or bool(route.expression_params)
+            )
             for method in route.methods:
                 other = owners.get((*shape, key, method))
                 if other is not None:
@@ -534,6 +556,13 @@ class RouteMap:
             sources = (Source(kind, value),)
         elif "source" in params:
             sources = (Source(route.source_kind, params["source"]),)
+        for name in route.expression_params:
+            if name not in found and (body is None or name not in body):
+                continue
+            expression = _param(name, found, body)
+            if isinstance(expression, Denial):
+                return expression
+            sources = (*sources, Source("query", f"SELECT {expression}"))
         return RequestFacts(route.api, connection, sources, origin, referer)
 
 
