@@ -19,10 +19,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 import token_guard as tg
+from tests.servers import ServerThread, serve
 from token_guard.asgi import TokenGuard, get_token
 from token_guard.guard import DecisionEvent
 from token_guard.stores.memory import MemoryStore
-from tests.servers import ServerThread, serve
 
 CONNECTIONS = {"carto_dw": "bigquery"}
 FULL = {

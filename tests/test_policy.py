@@ -181,10 +181,7 @@ def test_wildcard_and_table_grants_match_oracle(
     token = compiled(body)
 
     def oracle() -> bool:
-        for p, d, t in granted:
-            if (p, d) == asked[:2] and t in ("*", asked[2]):
-                return True
-        return False
+        return any((p, d) == asked[:2] and t in ("*", asked[2]) for p, d, t in granted)
 
     denial = POLICY.decide(token, facts("sql", "pg", table(".".join(asked))), NOW)
     expected_code = None if oracle() else ("connection_not_granted" if not granted

@@ -274,7 +274,7 @@ class Guard:
             return facts
         return match, facts
 
-    def parse_body(self, raw: bytes) -> Mapping[str, Any] | None | Denial:
+    def parse_body(self, raw: bytes) -> Mapping[str, Any] | Denial | None:
         """The JSON object of a buffered body (None if empty), or a 400 refusal."""
         if not raw.strip():
             return None
