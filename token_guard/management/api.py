@@ -6,6 +6,11 @@ Routes:
 * ``GET /.well-known/jwks.json`` — the public signing keys (retired ones until they expire).
 * ``GET /openapi.json`` — the OpenAPI 3.1 schema of everything here.
 * ``GET|POST /v3/tokens``, ``GET|PATCH|DELETE /v3/tokens/{id}``, ``GET /v3/audit``.
+* ``GET /developers`` — the Developers page (HTML, CSS and JS from ``token_guard/web/``): sign in
+  with an OAuth client, then list, inspect, create and revoke tokens through the routes above.
+  It is static; every action is a Tokens API call made by the browser with the access token it
+  keeps in memory. Served with a strict CSP (this origin only, no inline script or style),
+  ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``.
 
 The ``/v3`` routes accept only OAuth access tokens (ours, or a configured external
 issuer's); an API access token (``tgk_...``) gets 401 saying so. ``read:tokens`` reads,
@@ -17,14 +22,16 @@ response only. Errors are ``{"error", "hint", "code"}`` (+ ``field`` on a 400).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from token_guard.errors import InvalidTokenSpec, NotFound, StoreUnavailable
@@ -53,6 +60,31 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _REALM = "token-guard"
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+#: Where the management app serves the Developers page.
+DEVELOPERS_PATH = "/developers"
+# No inline script or style anywhere on the page: injected markup can neither run nor restyle.
+# form-action 'none': the page's forms are handled by script; a form that escaped it goes nowhere.
+_PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": _PAGE_CSP,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+# Files of the page, by the name they are served under: a fixed table, so no request path
+# ever reaches the file system.
+_PAGE_ASSETS = {
+    "developers.css": "text/css; charset=utf-8",
+    "developers.js": "text/javascript; charset=utf-8",
+}
 
 
 class _BadRequest(Exception):
@@ -158,6 +190,56 @@ def _audit_json(entry: AuditEntry) -> dict[str, Any]:
         "token_id": entry.token_id,
         "detail": entry.detail,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class _PageFile:
+    body: bytes
+    media_type: str
+
+
+def _load_page_files() -> Mapping[str, _PageFile]:
+    """Read the Developers page's files once, from the installed package."""
+    web = files("token_guard").joinpath("web")
+    out = {"": _PageFile(web.joinpath("developers.html").read_bytes(), "text/html; charset=utf-8")}
+    for name, media_type in _PAGE_ASSETS.items():
+        out[name] = _PageFile(web.joinpath(name).read_bytes(), media_type)
+    return out
+
+
+class _DevelopersPage:
+    """``GET /developers`` and its CSS and JS, with the page's security headers."""
+
+    def __init__(self) -> None:
+        self.files = _load_page_files()
+
+    async def page(self, request: Request) -> Response:
+        """``GET /developers``."""
+        # no-store: the page holds a live access token in memory, so it must not be
+        # restored from the back/forward cache after the person signed out and left.
+        return self._answer(self.files[""], "no-store")
+
+    async def slash(self, request: Request) -> Response:
+        """``GET /developers/``: the page's relative URLs assume no trailing slash."""
+        root = str(request.scope.get("root_path", ""))
+        return RedirectResponse(root + DEVELOPERS_PATH, 308, headers=_PAGE_HEADERS)
+
+    async def asset(self, request: Request) -> Response:
+        """``GET /developers/static/{name}``: only the page's own files."""
+        name = str(request.path_params["name"])
+        found = self.files.get(name) if name in _PAGE_ASSETS else None
+        if found is None:
+            return Response(
+                "not found", status_code=404, media_type="text/plain; charset=utf-8",
+                headers=_PAGE_HEADERS,
+            )
+        return self._answer(found, "no-cache")
+
+    def _answer(self, file: _PageFile, cache: str) -> Response:
+        return Response(
+            file.body, media_type=file.media_type,
+            headers={**_PAGE_HEADERS, "Cache-Control": cache},
+        )
 
 
 class _ManagementApi:
@@ -323,10 +405,11 @@ class _ManagementApi:
 def create_management_app(
     store: TokenStore, *, issuer: str, audience: str, keys: SigningKeys | None = None,
     external_issuers: Sequence[ExternalIssuer] = (),
-    token_lifetime: int = DEFAULT_TOKEN_LIFETIME,
+    token_lifetime: int = DEFAULT_TOKEN_LIFETIME, developers_page: bool = True,
 ) -> Starlette:
-    """The Tokens API + ``/oauth/token`` + JWKS + OpenAPI as one Starlette app.
+    """The Tokens API + ``/oauth/token`` + JWKS + OpenAPI (+ ``/developers``) as one Starlette app.
 
+    ``developers_page=False`` leaves out the Developers page (an API-only deployment).
     ``keys`` defaults to an in-memory key ring (access tokens die with the process); pass
     ``SigningKeys.open(path)`` to keep them in a key file. ``issuer`` goes in ``iss`` and
     ``audience`` in ``aud`` of the tokens issued here, and both are checked on the way in.
@@ -349,6 +432,13 @@ def create_management_app(
         Route("/v3/tokens/{token_id}", _guarded(api.revoke_token), methods=["DELETE"]),
         Route("/v3/audit", _guarded(api.list_audit), methods=["GET"]),
     ]
+    if developers_page:
+        page = _DevelopersPage()
+        routes += [
+            Route(DEVELOPERS_PATH, page.page, methods=["GET"]),
+            Route(DEVELOPERS_PATH + "/", page.slash, methods=["GET"]),
+            Route(DEVELOPERS_PATH + "/static/{name}", page.asset, methods=["GET"]),
+        ]
     return Starlette(routes=routes)
 
 

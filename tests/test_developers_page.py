@@ -1,0 +1,595 @@
+"""The Developers page (``/developers``) as a person uses it: Debian Chromium driven by Playwright.
+
+One uvicorn serves the management app (page, Tokens API, OAuth) and the demo data API behind
+TokenGuard, over one SQLite store, so a token made in the browser is used against the demo API
+and refused there once the browser revoked it. Screenshots of every page land in
+``test-output/developers/`` for a reviewer to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html.parser
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Dialog,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.conftest import service_missing
+from tests.servers import ServerThread, serve
+from token_guard.asgi import TokenGuard
+from token_guard.demo.app import CONNECTIONS, build_app
+from token_guard.errors import InvalidTokenSpec
+from token_guard.management import READ_SCOPE, WRITE_SCOPE, create_client, create_management_app
+from token_guard.spec import parse_token_spec
+from token_guard.stores import SQLiteStore
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "developers"
+ISSUER = "https://tokens.test"
+AUDIENCE = "token-guard-api"
+# Paths the management app answers; the rest goes to the guarded demo API.
+MANAGEMENT_PATHS = ("/developers", "/v3/tokens", "/v3/audit", "/oauth", "/.well-known",
+                    "/openapi.json")
+DEMO_QUERY = "SELECT storetype, count(*) AS n FROM stores GROUP BY storetype"
+
+
+class Site:
+    """One ASGI app: management paths to the management app, everything else to the guard."""
+
+    def __init__(self, management: ASGIApp, guarded: ASGIApp) -> None:
+        self.management = management
+        self.guarded = guarded
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            # The guard's lifespan closes its resolver; the management app needs none.
+            await self.guarded(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        to_management = any(path == p or path.startswith(p + "/") for p in MANAGEMENT_PATHS)
+        await (self.management if to_management else self.guarded)(scope, receive, send)
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The running site, its store, and an OAuth client that may read and write tokens."""
+
+    server: ServerThread
+    store: SQLiteStore
+    client_id: str
+    client_secret: str
+
+    @property
+    def url(self) -> str:
+        """The site's base URL."""
+        return self.server.url
+
+    def seed(self, body: dict[str, Any], *, revoke: bool = False) -> str:
+        """Create a token directly in the store (on the server's loop); return its id."""
+
+        async def go() -> str:
+            issued = await self.store.create_token(body, actor="test")
+            if revoke:
+                await self.store.revoke_token(issued.id, actor="test")
+            return issued.id
+
+        return self.server.call(go)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's sample database, generated once (tests only read it)."""
+    return tmp_path_factory.mktemp("demo-data")
+
+
+@pytest.fixture
+def site(tmp_path: Path, demo_dir: Path) -> Iterator[Served]:
+    """The composed site under a real uvicorn, over a fresh SQLite store."""
+    store = SQLiteStore(str(tmp_path / "tokens.db"))
+    management = create_management_app(store, issuer=ISSUER, audience=AUDIENCE)
+    inner: Any = build_app(demo_dir)
+    guarded = TokenGuard(inner, store=store, connections=CONNECTIONS)
+    with serve(Site(management, guarded)) as server:
+        client, secret = server.call(
+            lambda: create_client(store, "developers page", [READ_SCOPE, WRITE_SCOPE],
+                                  actor="cli:test")
+        )
+        try:
+            yield Served(server, store, client.client_id, secret)
+        finally:
+            server.call(store.close)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    """Playwright's driver (it never downloads a browser here: Debian's Chromium is used)."""
+    if not os.path.exists(CHROMIUM) and shutil.which("chromium") is None:
+        service_missing(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    """Headless Debian Chromium, shared by the tests of this module (each gets a new context)."""
+    path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    launched = playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+    try:
+        yield launched
+    finally:
+        launched.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Tab:
+    """A browser tab on the site, with the CSP violations and dialogs it reported."""
+
+    page: Page
+    context: BrowserContext
+    csp_errors: list[str]
+    alerts: list[str]
+
+
+def _open_tab(browser: Browser, site: Served, *, width: int = 1280, height: int = 900) -> Tab:
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, locale="en-GB", timezone_id="UTC",
+    )
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.url)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    csp_errors: list[str] = []
+    alerts: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        # Only CSP reports: a 400/401 answer is logged as an error too, and those are expected.
+        if "Content Security Policy" in message.text:
+            csp_errors.append(message.text)
+
+    def on_dialog(dialog: Dialog) -> None:
+        alerts.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("console", on_console)
+    page.on("dialog", on_dialog)
+    return Tab(page, context, csp_errors, alerts)
+
+
+@pytest.fixture
+def tab(browser: Browser, site: Served) -> Iterator[Tab]:
+    """A desktop-width tab."""
+    opened = _open_tab(browser, site)
+    try:
+        yield opened
+    finally:
+        opened.context.close()
+
+
+def _shot(page: Page, name: str, *, full_page: bool = True) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
+
+
+def _sign_in(page: Page, site: Served) -> None:
+    page.goto(f"{site.url}/developers")
+    page.get_by_label("Client id").fill(site.client_id)
+    page.get_by_label("Client secret").fill(site.client_secret)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="API access tokens")).to_be_visible()
+
+
+def _api_message(body: dict[str, Any]) -> str:
+    """The message the Tokens API gives for ``body`` (the same validation code)."""
+    try:
+        parse_token_spec(body)
+    except InvalidTokenSpec as exc:
+        return str(exc)
+    raise AssertionError(f"{body} is valid")
+
+
+def _demo_query(site: Served, token: str, q: str = DEMO_QUERY) -> httpx.Response:
+    return httpx.get(
+        f"{site.url}/v3/sql/demo/query", params={"q": q},
+        headers={"Authorization": f"Bearer {token}"}, timeout=10,
+    )
+
+
+# --- the page as served -----------------------------------------------------------------
+
+
+class _InlineFinder(html.parser.HTMLParser):
+    """Collects what a strict CSP would block: inline scripts, style attributes, on* handlers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = {name for name, _ in attrs}
+        if tag == "script":
+            self._in_script = "src" not in names
+        if tag == "style":
+            self.found.append("<style>")
+        self.found += [f"{tag}[{n}]" for n in names if n == "style" or n.startswith("on")]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.found.append("inline <script>")
+
+
+def test_page_is_served_with_security_headers_and_no_inline_code(site: Served) -> None:
+    with httpx.Client(base_url=site.url, timeout=10) as http:
+        page = http.get("/developers")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "script-src 'self'" in csp
+        assert "'unsafe-inline'" not in csp and "frame-ancestors 'none'" in csp
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["referrer-policy"] == "no-referrer"
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert page.headers["cache-control"] == "no-store"
+        finder = _InlineFinder()
+        finder.feed(page.text)
+        assert finder.found == []
+
+        for name, media in (("developers.js", "text/javascript"), ("developers.css", "text/css")):
+            asset = http.get(f"/developers/static/{name}")
+            assert asset.status_code == 200
+            assert asset.headers["content-type"].startswith(media)
+            assert asset.headers["x-content-type-options"] == "nosniff"
+        assert "localStorage.setItem" not in http.get("/developers/static/developers.js").text
+
+        for path in ("/developers/static/../api.py", "/developers/static/developers.html",
+                     "/developers/static/%2e%2e%2fapi.py", "/developers/static/nope.js"):
+            assert http.get(path).status_code == 404, path
+        slash = http.get("/developers/")
+        assert slash.status_code == 308 and slash.headers["location"] == "/developers"
+
+
+def test_page_can_be_left_out_of_an_api_only_app(tmp_path: Path) -> None:
+    async def go() -> int:
+        store = SQLiteStore(str(tmp_path / "t.db"))
+        app = create_management_app(
+            store, issuer=ISSUER, audience=AUDIENCE, developers_page=False
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            status = (await http.get("/developers")).status_code
+        await store.close()
+        return status
+
+    assert asyncio.run(go()) == 404
+
+
+# --- the main flow ----------------------------------------------------------------------
+
+
+def test_sign_in_create_use_revoke_and_the_demo_api_refuses(tab: Tab, site: Served) -> None:
+    site.seed({"name": "storefront map", "allowed_apis": ["maps", "sql"],
+               "referers": ["https://*.example.com"],
+               "grants": [{"connection_name": "demo", "source": "stores"},
+                          {"connection_name": "demo", "source": "SELECT name FROM cities"}]})
+    site.seed({"name": "old geocoder", "allowed_apis": ["lds"]}, revoke=True)
+    page = tab.page
+
+    response = page.goto(f"{site.url}/developers")
+    assert response is not None and response.ok
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    _shot(page, "01-sign-in")
+
+    # A wrong secret: the OAuth error is shown, and we stay on the sign-in form.
+    page.get_by_label("Client id").fill(site.client_id)
+    page.get_by_label("Client secret").fill("tgc_wrong")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#sign-in-error")).to_contain_text("Sign-in failed")
+    _shot(page, "02-sign-in-failed")
+
+    _sign_in(page, site)
+    rows = page.locator("#token-rows tr")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#session-client")).to_have_text(f"Signed in as {site.client_id}")
+    _shot(page, "03-token-list")
+
+    # Create a token for the SQL API on the demo's stores table.
+    page.get_by_role("link", name="Create token").first.click()
+    expect(page.get_by_role("heading", name="Create an API access token")).to_be_visible()
+    page.get_by_label("Name").fill("browser-made token")
+    page.get_by_label("SQL").check()
+    page.get_by_label("Connection, grant 1").fill("demo")
+    page.get_by_label("Source, grant 1").fill("stores")
+    page.get_by_role("button", name="Add grant").click()
+    page.get_by_label("Connection, grant 2").fill("demo")
+    page.get_by_label("Source, grant 2").fill("cities")
+    _shot(page, "04-create-form")
+    page.get_by_role("button", name="Create token").click()
+
+    expect(page.get_by_role("heading", name="Token created: copy it now")).to_be_visible()
+    expect(page.get_by_text("This is the only time the token is shown.")).to_be_visible()
+    secret = page.locator("#created-secret").input_value()
+    assert secret.startswith("tgk_")
+    page.get_by_role("button", name="Copy").click()
+    expect(page.locator("#copy-status")).to_have_text("Copied to the clipboard.")
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    # Empty referers on a SQL token: the API's warning is shown with the secret.
+    expect(page.locator("#created-warnings")).to_contain_text("referers is empty")
+    _shot(page, "05-created-secret")
+
+    # The token works against the demo API, within its grants only.
+    allowed = _demo_query(site, secret)
+    assert allowed.status_code == 200, allowed.text
+    assert sum(row["n"] for row in allowed.json()["rows"]) > 0
+    assert _demo_query(site, secret, "SELECT email FROM customers").status_code == 403
+
+    page.get_by_role("button", name="I have copied it").click()
+    expect(rows).to_have_count(3)
+    # The secret is gone from the page once the person moved on.
+    assert page.locator("#created-secret").input_value() == ""
+    assert secret not in page.content()
+
+    page.get_by_label("Filter tokens").fill("browser-made")
+    expect(rows).to_have_count(1)
+    row = rows.first
+    expect(row).to_contain_text("SQL")
+    expect(row).to_contain_text("demo: stores; demo: cities")
+    expect(row).to_contain_text("Any website")
+    expect(row).to_contain_text("active")
+    expect(page.locator("#filter-count")).to_have_text("1 of 3 tokens shown")
+    _shot(page, "06-token-list-filtered")
+
+    # Detail: the full grants.
+    row.get_by_role("link", name="browser-made token").click()
+    expect(page.get_by_role("heading", name="Token: browser-made token")).to_be_visible()
+    grants = page.locator("#detail-grants tr")
+    expect(grants).to_have_count(2)
+    expect(grants.nth(0)).to_contain_text("demo")
+    expect(grants.nth(0)).to_contain_text("stores")
+    expect(grants.nth(1)).to_contain_text("cities")
+    _shot(page, "07-token-detail")
+
+    # Revoke, confirming in an accessible dialog.
+    page.get_by_role("button", name="Revoke token").click()
+    dialog = page.get_by_role("dialog", name="Revoke this token?")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("browser-made token")
+    expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    _shot(page, "08-revoke-dialog", full_page=False)
+    dialog.get_by_role("button", name="Revoke token").click()
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#detail-fields")).to_contain_text("revoked")
+    expect(page.get_by_role("button", name="Revoke token")).to_be_hidden()
+    expect(page.locator("#status")).to_contain_text("was revoked")
+    _shot(page, "09-token-revoked")
+
+    # The list updates, and the demo API refuses the token now.
+    page.get_by_role("link", name="All tokens").click()
+    page.get_by_label("Filter tokens").fill("browser-made")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("revoked")
+    refused = _demo_query(site, secret)
+    assert refused.status_code == 401
+    assert refused.json()["code"]
+    assert secret not in refused.text
+
+    assert tab.csp_errors == []
+    assert tab.alerts == []
+
+
+def test_revoke_from_the_list_by_keyboard_and_cancel_with_escape(tab: Tab, site: Served) -> None:
+    site.seed({"name": "keyboard token", "allowed_apis": ["lds"]})
+    page = tab.page
+    _sign_in(page, site)
+    revoke = page.get_by_role("button", name="Revoke keyboard token")
+    revoke.focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#token-rows tr").first).to_contain_text("active")
+
+    revoke.focus()
+    page.keyboard.press("Enter")
+    expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(dialog.get_by_role("button", name="Revoke token")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#token-rows tr").first).to_contain_text("revoked")
+    expect(page.get_by_role("button", name="Revoke keyboard token")).to_have_count(0)
+    assert tab.csp_errors == []
+
+
+# --- the form's field errors ------------------------------------------------------------
+
+
+def _fill_imports_with_sql(page: Page) -> None:
+    page.get_by_label("SQL").check()
+    page.get_by_label("Imports").check()
+
+
+def _fill_second_grant_without_source(page: Page) -> None:
+    page.get_by_label("SQL").check()
+    page.get_by_label("Connection, grant 1").fill("demo")
+    page.get_by_label("Source, grant 1").fill("stores")
+    page.get_by_role("button", name="Add grant").click()
+    page.get_by_label("Connection, grant 2").fill("demo")
+
+
+def _fill_bad_wildcard(page: Page) -> None:
+    page.get_by_label("Maps").check()
+    page.get_by_label("Connection, grant 1").fill("demo")
+    page.get_by_label("Source, grant 1").fill("proj.*")
+
+
+def _fill_bad_second_referer(page: Page) -> None:
+    page.get_by_label("Maps").check()
+    page.get_by_label("Referers (websites)").fill("https://*.example.com\n\nnot a url")
+
+
+def _fill_no_api(page: Page) -> None:
+    page.get_by_label("Name").fill("no api")
+
+
+@pytest.mark.parametrize(
+    ("fill", "body", "invalid", "error", "prefix"),
+    [
+        pytest.param(_fill_imports_with_sql, {"allowed_apis": ["sql", "imports"]},
+                     "#apis input[value=maps]", "#apis-error", "", id="imports-exclusive"),
+        pytest.param(_fill_no_api, {"allowed_apis": []},
+                     "#apis input[value=maps]", "#apis-error", "", id="no-api"),
+        pytest.param(_fill_second_grant_without_source,
+                     {"allowed_apis": ["sql"],
+                      "grants": [{"connection_name": "demo", "source": "stores"},
+                                 {"connection_name": "demo", "source": ""}]},
+                     "#grant-rows li:nth-child(2) .grant-source",
+                     "#grant-rows li:nth-child(2) .grant-error", "", id="second-grant-source"),
+        pytest.param(_fill_bad_wildcard,
+                     {"allowed_apis": ["maps"],
+                      "grants": [{"connection_name": "demo", "source": "proj.*"}]},
+                     "#grant-rows li:nth-child(1) .grant-source",
+                     "#grant-rows li:nth-child(1) .grant-error", "", id="wildcard-segments"),
+        pytest.param(_fill_bad_second_referer,
+                     {"allowed_apis": ["maps"], "referers": ["https://*.example.com", "not a url"]},
+                     "#referers", "#referers-error", "Line 3: ", id="second-referer"),
+    ],
+)
+def test_a_bad_form_shows_the_api_message_beside_the_field(
+    tab: Tab, site: Served, fill: Callable[[Page], None], body: dict[str, Any],
+    invalid: str, error: str, prefix: str, request: pytest.FixtureRequest,
+) -> None:
+    page = tab.page
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#new")
+    expect(page.get_by_role("heading", name="Create an API access token")).to_be_visible()
+    fill(page)
+    page.get_by_role("button", name="Create token").click()
+
+    message = page.locator(error)
+    expect(message).to_be_visible()
+    expect(message).to_have_text(prefix + _api_message(body))
+    field = page.locator(invalid)
+    expect(field).to_have_attribute("aria-invalid", "true")
+    error_id = message.get_attribute("id")
+    assert error_id and error_id in (field.get_attribute("aria-describedby") or "").split()
+    expect(field).to_be_focused()
+    _shot(page, f"10-form-error-{request.node.callspec.id}")
+
+    # Nothing was created; the form stays, with what the person typed.
+    assert site.server.call(lambda: site.store.list_tokens(limit=10)) == []
+    expect(page.locator("#view-new")).to_be_visible()
+    assert tab.csp_errors == []
+
+
+def test_field_error_clears_and_the_corrected_form_creates(tab: Tab, site: Served) -> None:
+    page = tab.page
+    _sign_in(page, site)
+    page.get_by_role("link", name="Create token").first.click()
+    _fill_imports_with_sql(page)
+    page.get_by_role("button", name="Create token").click()
+    expect(page.locator("#apis-error")).to_be_visible()
+    page.get_by_label("Imports").uncheck()
+    page.get_by_label("Connection, grant 1").fill("demo")
+    page.get_by_label("Source, grant 1").fill("stores")
+    page.get_by_role("button", name="Remove grant 1").click()
+    expect(page.locator("#grant-rows li")).to_have_count(0)
+    page.get_by_role("button", name="Create token").click()
+    expect(page.get_by_role("heading", name="Token created: copy it now")).to_be_visible()
+    assert page.locator("#apis input[aria-invalid]").count() == 0
+
+
+# --- session, escaping, phone width -----------------------------------------------------
+
+
+def test_sign_out_forgets_everything_and_nothing_is_stored(tab: Tab, site: Served) -> None:
+    site.seed({"name": "listed token", "allowed_apis": ["lds"]})
+    page = tab.page
+    _sign_in(page, site)
+    expect(page.locator("#token-rows tr")).to_have_count(1)
+    stored = page.evaluate(
+        "[localStorage.length, sessionStorage.length, document.cookie, indexedDB ? 1 : 0]"
+    )
+    assert stored[:3] == [0, 0, ""]
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("#token-rows tr")).to_have_count(0)
+    expect(page.get_by_text("listed token")).to_have_count(0)
+    # Going to the list by URL needs a new sign-in.
+    page.goto(f"{site.url}/developers#tokens")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    # A reload loses the in-memory session as well.
+    _sign_in(page, site)
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert tab.csp_errors == []
+
+
+def test_hostile_token_names_render_as_text(tab: Tab, site: Served) -> None:
+    name = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+    site.seed({"name": name, "allowed_apis": ["maps"],
+               "grants": [{"connection_name": "demo", "source": "SELECT '<b>x</b>' AS s"}]})
+    page = tab.page
+    _sign_in(page, site)
+    expect(page.locator("#token-rows tr").first.locator("a.name")).to_have_text(name)
+    assert page.locator("#token-rows img, #token-rows script, #token-rows b").count() == 0
+    page.locator("#token-rows a.name").click()
+    expect(page.locator("#detail-grants")).to_contain_text("SELECT '<b>x</b>' AS s")
+    assert page.locator("main img, main b").count() == 0
+    assert tab.alerts == []
+
+
+def test_phone_width_has_no_sideways_scroll(browser: Browser, site: Served) -> None:
+    site.seed({"name": "storefront map", "allowed_apis": ["maps", "sql"],
+               "referers": ["https://*.example.com", "http://localhost:*"],
+               "grants": [{"connection_name": "demo", "source": "stores"},
+                          {"connection_name": "demo", "source": "cities"},
+                          {"connection_name": "demo",
+                           "source": "SELECT name, geom FROM stores WHERE city = @city"}]})
+    opened = _open_tab(browser, site, width=390, height=844)
+    page = opened.page
+    try:
+        page.goto(f"{site.url}/developers")
+        _shot(page, "20-phone-sign-in")
+        _sign_in(page, site)
+        width = "document.documentElement.scrollWidth"
+        assert page.evaluate(width) <= 390
+        expect(page.get_by_role("button", name="Revoke storefront map")).to_be_in_viewport()
+        _shot(page, "21-phone-token-list")
+        page.get_by_role("link", name="Create token").first.click()
+        expect(page.get_by_label("Connection, grant 1")).to_be_visible()
+        assert page.evaluate(width) <= 390
+        _shot(page, "22-phone-create-form")
+        page.get_by_role("link", name="All tokens").click()
+        page.locator("#token-rows a.name").click()
+        expect(page.locator("#detail-grants tr")).to_have_count(3)
+        assert page.evaluate(width) <= 390
+        _shot(page, "23-phone-token-detail")
+        assert opened.csp_errors == []
+    finally:
+        opened.context.close()
