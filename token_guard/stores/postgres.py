@@ -280,8 +280,6 @@ class PostgresStore:
                 kwargs=self._conn_kwargs,
                 open=False,
                 timeout=self._timeout,
-                # A connection cut while idle is found and replaced here, not by a caller.
-                check=_check_pooled,
                 name=f"token_guard.{self._schema}",
             )
             await pool.open(wait=False)
@@ -441,8 +439,14 @@ class PostgresStore:
             raise StoreUnavailable(f"the store was closed while {what} was starting; open it")
 
         async def with_connection() -> T:
-            async with pool.connection() as conn:
-                return await op(conn)
+            while True:
+                async with pool.connection() as conn:
+                    if await _usable(conn):
+                        return await op(conn)
+                    # Closed, the pool discards it on return and connects a replacement;
+                    # the loop takes the next one at once. (The pool's own ``check`` would
+                    # sleep about a second after a second dead connection.)
+                    await conn.close()
 
         return await self._bounded(with_connection(), what)
 
@@ -928,18 +932,23 @@ def _discard_result(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any
     return done
 
 
-async def _check_pooled(conn: Conn) -> None:
-    """Before lending a pooled connection: probe it only if its socket has news.
+async def _usable(conn: Conn) -> bool:
+    """Whether a connection just taken from the pool still works; probed only if in doubt.
 
     An idle PostgreSQL connection has nothing to read. Something readable means the peer
     closed it (EOF), reset it or sent a termination error, so the round trip of a real
     probe is paid only then; a healthy connection costs one zero-timeout ``select``.
     """
     if conn.closed or conn.broken:
-        raise psycopg.OperationalError("the pooled connection is closed")
+        return False
     readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    if readable:
-        await AsyncConnectionPool.check_connection(conn)
+    if not readable:
+        return True
+    try:
+        await conn.execute("")
+    except psycopg.Error:
+        return False
+    return True
 
 
 async def _execute_or_close(conn: Conn, statement: sql.SQL | sql.Composed) -> None:
