@@ -451,6 +451,11 @@ def _fill_bad_second_referer(page: Page) -> None:
     page.get_by_label("Referers (websites)").fill("https://*.example.com\n\nnot a url")
 
 
+def _fill_past_expiration(page: Page) -> None:
+    page.get_by_label("LDS").check()
+    page.get_by_label("Expiration (optional)").fill("2020-01-01T00:00")
+
+
 def _fill_no_api(page: Page) -> None:
     page.get_by_label("Name").fill("no api")
 
@@ -476,6 +481,10 @@ def _fill_no_api(page: Page) -> None:
         pytest.param(_fill_bad_second_referer,
                      {"allowed_apis": ["maps"], "referers": ["https://*.example.com", "not a url"]},
                      "#referers", "#referers-error", "Line 3: ", id="second-referer"),
+        # The tab's clock is UTC, so the local date-time is sent as this instant.
+        pytest.param(_fill_past_expiration,
+                     {"allowed_apis": ["lds"], "expiration_date": "2020-01-01T00:00:00.000Z"},
+                     "#expiration", "#expiration-error", "", id="past-expiration"),
     ],
 )
 def test_a_bad_form_shows_the_api_message_beside_the_field(
@@ -517,9 +526,19 @@ def test_field_error_clears_and_the_corrected_form_creates(tab: Tab, site: Serve
     page.get_by_label("Source, grant 1").fill("stores")
     page.get_by_role("button", name="Remove grant 1").click()
     expect(page.locator("#grant-rows li")).to_have_count(0)
+    expect(page.get_by_role("button", name="Add grant")).to_be_focused()
+    page.get_by_label("Expiration (optional)").fill("2031-02-03T04:05")
     page.get_by_role("button", name="Create token").click()
     expect(page.get_by_role("heading", name="Token created: copy it now")).to_be_visible()
     assert page.locator("#apis input[aria-invalid]").count() == 0
+
+    page.get_by_role("link", name="Show the token").click()
+    expect(page.locator("#detail-fields time[datetime='2031-02-03T04:05:00Z']")).to_be_visible()
+    expect(page.locator("#detail-no-grants")).to_be_visible()
+    (record,) = site.server.call(lambda: site.store.list_tokens(limit=10))
+    assert record.allowed_apis == ("sql",) and record.grants == ()
+    assert record.expiration_date is not None
+    assert record.expiration_date.isoformat() == "2031-02-03T04:05:00+00:00"
 
 
 # --- session, escaping, phone width -----------------------------------------------------

@@ -21,7 +21,7 @@
   };
 
   const session = { accessToken: null, clientId: "", expiryTimer: 0 };
-  const state = { tokens: [], loaded: false, created: null, revokeTarget: null };
+  const state = { tokens: [], loaded: false, created: null, revokeTarget: null, view: "" };
 
   // --- small DOM helpers ------------------------------------------------------------------
 
@@ -79,6 +79,10 @@
 
   function referersText(referers) {
     return referers.length ? referers.join(", ") : "Any website";
+  }
+
+  function plural(n, noun) {
+    return `${n} ${noun}${n === 1 ? "" : "s"}`;
   }
 
   function stateBadge(value) {
@@ -191,9 +195,11 @@
       $("session-client").textContent = `Signed in as ${clientId}`;
       $("session").hidden = false;
       $("nav").hidden = false;
+      // Routed here rather than by a hashchange event, so that the announcement below
+      // comes after the view switch (which clears the previous view's message).
+      if (!location.hash || location.hash === "#") history.replaceState(null, "", "#tokens");
+      route();
       announce("Signed in.");
-      if (!location.hash || location.hash === "#sign-in") location.hash = "#tokens";
-      else route();
     } catch (exc) {
       error.textContent = exc.message;
       error.hidden = false;
@@ -232,6 +238,9 @@
   const VIEWS = ["view-sign-in", "view-tokens", "view-detail", "view-new", "view-created"];
 
   function showView(id) {
+    // A message belongs to the view it was said on.
+    if (state.view !== id) $("status").textContent = "";
+    state.view = id;
     for (const view of VIEWS) $(view).hidden = view !== id;
     for (const link of document.querySelectorAll("#nav a")) {
       const current = (id === "view-tokens" && link.id === "nav-tokens")
@@ -345,10 +354,10 @@
     } else if (!shown.length) {
       empty.textContent = "No token matches the filter.";
       empty.hidden = false;
-      count.textContent = `0 of ${state.tokens.length} tokens shown`;
+      count.textContent = `0 of ${plural(state.tokens.length, "token")} shown`;
     } else {
       empty.hidden = true;
-      count.textContent = `${shown.length} of ${state.tokens.length} tokens shown`;
+      count.textContent = `${shown.length} of ${plural(state.tokens.length, "token")} shown`;
     }
     $("token-table").hidden = !shown.length;
   }
@@ -676,7 +685,7 @@
     $("created-done").addEventListener("click", () => { location.hash = "#tokens"; });
     window.addEventListener("hashchange", route);
     // Another tab cannot see our access token, and this one forgets it on leaving.
-    window.addEventListener("pagehide", () => { session.accessToken = null; forgetCreated(); });
+    window.addEventListener("pagehide", () => signOut(""));
     route();
   }
 
