@@ -352,6 +352,35 @@ def test_script_name_mount() -> None:
         guard.close()
 
 
+@pytest.mark.parametrize(
+    ("sent", "rewritten"),
+    [
+        pytest.param("/public/stores", "/v3/maps/carto_dw/table", id="outside-made-inside"),
+        pytest.param("/v3/maps/carto_dw/tileset", "/v3/maps/carto_dw/table", id="other-route"),
+    ],
+)
+def test_path_rewritten_outside_the_guard_is_refused(sent: str, rewritten: str) -> None:
+    """A middleware around the guard that rewrites PATH_INFO: the raw URI no longer says
+    what the app will route, so the guard refuses instead of judging the wrong path."""
+    store = MemoryStore()
+    app = flask_app()
+    guard = TokenGuardWSGI(app.wsgi_app, store=store, connections=CONNECTIONS)
+    app.wsgi_app = guard  # type: ignore[method-assign]
+
+    def rewrite(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        if environ["PATH_INFO"] == sent:
+            environ["PATH_INFO"] = rewritten
+        return app(environ, start_response)
+
+    try:
+        with serve_wsgi(rewrite, "waitress") as server:
+            issued = guard.call(lambda: store.create_token(FULL))
+            r = send(server.port, "GET", sent + "?name=proj.ds.stores", bearer(issued.token))
+            assert_denied(r, 400, "malformed_request")
+    finally:
+        guard.close()
+
+
 def test_body_is_read_for_the_source_and_replayed_intact(env: Env) -> None:
     issued = env.create(FULL)
     payload = {"q": "SELECT name FROM proj.shared.cities", "queryParameters": {"x": 1},

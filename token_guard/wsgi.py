@@ -14,14 +14,19 @@ It makes exactly the decisions of the ASGI ``TokenGuard`` (same ``Guard`` steps,
 codes, JSON bodies and headers); its security choices are stated there. What is WSGI's own:
 
 - **The raw path.** WSGI has only ``PATH_INFO``, already percent-decoded: ``%2F`` and
-  ``%2e%2e`` are invisible in it. The guard classifies the raw request target that the server
+  ``%2e%2e`` are invisible in it. The guard classifies the raw request target the server
   passes as ``REQUEST_URI`` (waitress, werkzeug's dev server, uWSGI, mod_wsgi) or ``RAW_URI``
-  (gunicorn, werkzeug), after checking that it decodes to ``SCRIPT_NAME + PATH_INFO``. If it
-  does not (a server that collapses ``//``, a middleware that rewrote ``PATH_INFO``) or no
-  raw URI is given (``wsgiref``), the guard classifies ``PATH_INFO`` itself, re-quoted, which
-  is the path the app routes on: a ``%``, ``;``, ``\\``, space, control character, dot or
-  empty segment in it is refused inside the prefix, as an encoded one would be. Put the guard
-  innermost (around ``app.wsgi_app``), so nothing rewrites the path after it decided.
+  (gunicorn, werkzeug) when it decodes to ``PATH_INFO`` or ``SCRIPT_NAME + PATH_INFO``: the
+  same bytes, so the same decision, as ASGI's ``raw_path``. When it decodes to something
+  else (waitress collapses a leading ``//``; a middleware rewrote ``PATH_INFO``), the raw
+  target's refusal stands, and a request passes only if both the raw target and
+  ``PATH_INFO`` are outside the prefix; otherwise it is 400. With no raw URI (``wsgiref``)
+  the guard classifies ``PATH_INFO`` re-quoted, the path the app routes on: a ``%``, ``;``,
+  ``\\``, space, control character, dot or empty segment in it is refused inside the
+  prefix, as its encoded form would be; an encoded ``/`` it cannot see is judged as the
+  ``/`` the app routes on. Python's ``http.server`` (werkzeug's dev server) itself rewrites
+  a leading ``//`` to ``/`` before any WSGI code runs. Put the guard innermost (around
+  ``app.wsgi_app``), so nothing rewrites the path after it decided.
 - **Duplicated headers.** WSGI servers join a repeated header with ``,``: two different
   ``Authorization: Bearer`` headers are 400 ``ambiguous_request``, two different ``Origin`` or
   ``Referer`` headers count as conflicting (refused where websites are restricted), as in ASGI.
@@ -29,8 +34,8 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   ``wsgi.input_terminated`` says the server dechunked it), refused with 413 above
   ``max_body_bytes`` before it is read, and replayed intact to the app as a new
   ``wsgi.input`` with ``CONTENT_LENGTH`` set.
-- **Threads.** A cache hit is decided synchronously in the request thread (the resolver's
-  cache is guarded by a lock). A miss is resolved on one long-lived event loop in a daemon
+- **Threads.** A cache hit is decided synchronously in the request thread
+  (``Resolver.lookup`` and ``note_used`` are thread-safe). A miss is resolved on one long-lived event loop in a daemon
   thread (``asyncio.run_coroutine_threadsafe``), so concurrent misses for a token share one
   store lookup and no request creates an event loop. The store is used only on that loop:
   reach it with ``guard.call(lambda: store.create_token(body))``. The loop starts on the
