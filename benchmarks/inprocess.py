@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -244,16 +244,12 @@ def ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
 
 
-def profile_full_check(requests: int = 50_000) -> Awaitable[None]:
+async def profile_full_check(requests: int = 50_000) -> None:
     """The warm full check in a loop, for a profiler (``python -m benchmarks.inprocess``)."""
-
-    async def go() -> None:
-        guard, token = await guarded_app(inner_app())
-        scope = http_scope(TABLE_PATH, TABLE_QUERY, request_headers(token))
-        await _timed(guard, scope, requests)
-        await guard.guard.resolver.close()
-
-    return go()
+    guard, token = await guarded_app(inner_app())
+    scope = http_scope(TABLE_PATH, TABLE_QUERY, request_headers(token))
+    await _timed(guard, scope, requests)
+    await guard.guard.resolver.close()
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ class Budget:
     def quick(cls) -> Budget:
         """CI: every row, smaller tables and fewer rounds; well under three minutes."""
         return cls("quick", 7, 0.08, 3, 2, 300, 500, 500, 100_000, 10_000,
-                   100_000, 10_000, 10)
+                   5_000, 10_000, 10)
 
     @classmethod
     def smoke(cls) -> Budget:
@@ -123,7 +123,7 @@ def format_value(value: float | None, unit: str) -> str:
         return "skipped"
     if math.isnan(value):
         return "n/a"
-    if unit in ("calls", "req/s", "B", "tokens", "requests") or abs(value) >= 1000:
+    if unit in ("calls", "count", "req/s", "B") or abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) >= 100:
         return f"{value:.1f}"

@@ -1,0 +1,86 @@
+"""The benchmarks run end to end with tiny counts and report well-formed rows and JSON.
+
+Not timing: figures at these counts mean nothing; the shape of the output does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import SECTIONS
+from benchmarks.report import Budget, Results, Row, Threshold, format_table
+
+ROOT = Path(__file__).resolve().parents[1]
+UNITS = {"µs", "ms", "x", "req/s", "B", "calls", "count", ""}
+
+
+def check_rows(rows: list[Row], thresholds: list[Threshold]) -> None:
+    assert rows, "a section must report at least one row"
+    for row in rows:
+        assert row.section and row.name and row.unit in UNITS, row
+        if row.value is None:
+            assert row.note, f"skipped row {row.name!r} must say why"
+        else:
+            assert isinstance(row.value, float | int) and not math.isinf(row.value), row
+    for t in thresholds:
+        assert t.limit > 0 and t.name, t
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in SECTIONS])
+def test_section_reports_well_formed_rows(name: str) -> None:
+    module = importlib.import_module(SECTIONS[name])
+    rows, thresholds = module.run(Budget.smoke())
+    check_rows(rows, thresholds)
+    assert not any(r.name == "section failed" for r in rows)
+    results = Results("smoke")
+    results.extend(rows, thresholds)
+    table = format_table(results)
+    assert all(row.name in table for row in rows)
+    assert "== targets" in table and "guardrails" in table
+
+
+def test_skipped_rows_print_with_their_reason() -> None:
+    results = Results("smoke")
+    results.extend([Row("s", "needs a service", None, "", "PostgreSQL not reachable")], [])
+    line = format_table(results).splitlines()[1]
+    assert "skipped" in line and "PostgreSQL not reachable" in line
+
+
+def test_a_tripped_guardrail_is_reported_and_a_missed_target_is_not_a_failure() -> None:
+    results = Results("quick")
+    results.extend([], [
+        Threshold("target", 1.5, 1.0, True, "x"),
+        Threshold("guard", 2.5, 2.0, True, "x", gross=True),
+        Threshold("unmeasured guard", None, 0.5, False, "x", gross=True),
+    ])
+    assert [t.name for t in results.tripped()] == ["guard"]
+    assert "NOT MET" in format_table(results) and "TRIPPED" in format_table(results)
+
+
+def test_command_prints_one_table_and_writes_the_same_figures_as_json(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    chart = tmp_path / "chart.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--only", "inprocess", "wsgi",
+         "--json", str(out), "--chart", str(chart)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert figures["mode"] == "smoke"
+    assert {"rows", "targets", "guardrails", "environment"} <= set(figures)
+    for row in figures["rows"]:
+        assert set(row) == {"section", "name", "value", "unit", "note"}
+        assert row["name"] in done.stdout
+    assert {t["name"] for t in figures["targets"]} >= {
+        "TokenGuard full check / AuthenticationMiddleware (overheads)",
+        "Flask wrapped / bare per request",
+    }
+    assert chart.read_bytes().startswith(b"\x89PNG")
