@@ -36,7 +36,13 @@ from tests.servers import ServerThread, serve
 from token_guard.asgi import TokenGuard
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.errors import InvalidTokenSpec
-from token_guard.management import READ_SCOPE, WRITE_SCOPE, create_client, create_management_app
+from token_guard.management import (
+    READ_SCOPE,
+    WRITE_SCOPE,
+    create_client,
+    create_management_app,
+    revoke_client,
+)
 from token_guard.spec import parse_token_spec
 from token_guard.stores import SQLiteStore
 
@@ -190,10 +196,11 @@ def _shot(page: Page, name: str, *, full_page: bool = True) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
-def _sign_in(page: Page, site: Served) -> None:
+def _sign_in(page: Page, site: Served, client: tuple[str, str] | None = None) -> None:
+    client_id, secret = client or (site.client_id, site.client_secret)
     page.goto(f"{site.url}/developers")
-    page.get_by_label("Client id").fill(site.client_id)
-    page.get_by_label("Client secret").fill(site.client_secret)
+    page.get_by_label("Client id").fill(client_id)
+    page.get_by_label("Client secret").fill(secret)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="API access tokens")).to_be_visible()
 
@@ -567,6 +574,35 @@ def test_sign_out_forgets_everything_and_nothing_is_stored(tab: Tab, site: Serve
     page.reload()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert tab.csp_errors == []
+
+
+def test_a_revoked_client_is_signed_out_with_the_reason(tab: Tab, site: Served) -> None:
+    page = tab.page
+    _sign_in(page, site)
+    site.server.call(lambda: revoke_client(site.store, site.client_id, actor="cli:test"))
+    page.get_by_role("link", name="Create token").first.click()
+    page.get_by_label("LDS").check()
+    page.get_by_role("button", name="Create token").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.locator("#status")).to_contain_text("OAuth client of this access token was revoked")
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+    assert site.server.call(lambda: site.store.list_tokens(limit=10)) == []
+
+
+def test_a_read_only_client_sees_why_it_cannot_create(tab: Tab, site: Served) -> None:
+    reader, secret = site.server.call(
+        lambda: create_client(site.store, "reader", [READ_SCOPE], actor="cli:test")
+    )
+    page = tab.page
+    _sign_in(page, site, (reader.client_id, secret))
+    page.get_by_role("link", name="Create token").first.click()
+    page.get_by_label("LDS").check()
+    page.get_by_role("button", name="Create token").click()
+    box = page.locator("#create-error")
+    expect(box).to_contain_text("The token was not created: this access token lacks the "
+                                "write:tokens scope")
+    expect(box).to_be_focused()
+    _shot(page, "11-read-only-client")
 
 
 def test_hostile_token_names_render_as_text(tab: Tab, site: Served) -> None:

@@ -684,6 +684,11 @@
     $("copy-secret").addEventListener("click", copySecret);
     $("created-done").addEventListener("click", () => { location.hash = "#tokens"; });
     window.addEventListener("hashchange", route);
+    // A link to the view already shown gives no hashchange; it should still refresh it.
+    document.addEventListener("click", (event) => {
+      const link = event.target instanceof Element ? event.target.closest("a[href^='#']") : null;
+      if (link && link.getAttribute("href") === location.hash) route();
+    });
     // Another tab cannot see our access token, and this one forgets it on leaving.
     window.addEventListener("pagehide", () => signOut(""));
     route();
