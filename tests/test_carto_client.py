@@ -19,9 +19,11 @@ import pytest
 
 from tests.conftest import service_missing
 from tests.servers import serve
+from tests.test_demo_main import demo_process
 from token_guard.asgi import TokenGuard
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.demo.data import DATABASE_FILE, STORE_COUNT, ensure_database
+from token_guard.demo.tokens import SECRETS_FILE, read_secrets
 from token_guard.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.node
@@ -183,3 +185,19 @@ def test_an_unknown_token_is_a_401_in_the_client(
     report = run_client(node, url, "not-a-token")
     assert {report[step]["status"] for step in STEPS} == {401}
     assert all(report[step]["serverError"] for step in STEPS)
+
+
+def test_real_client_reads_the_demo_command_with_its_printed_token(
+    node: str, tmp_path: Path
+) -> None:
+    # The whole `token-guard demo` (management beside CORS + TokenGuard), as a user starts it.
+    with demo_process(tmp_path / "data", tmp_path / "logs") as demo:
+        secrets = read_secrets(demo.data_dir / SECRETS_FILE)
+        assert secrets is not None
+        full = secrets.tokens["full"].token
+        assert full in demo.stdout
+        _assert_everything_loads(run_client(node, demo.url, full), demo.data_dir)
+        maps_only = run_client(node, demo.url, secrets.tokens["maps_stores"].token)
+        assert maps_only["query"]["status"] == 403
+        assert maps_only["vectorTableSource"]["ok"]
+        assert demo.interrupt() == 0
