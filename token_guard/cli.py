@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
 
+from token_guard import stores
 from token_guard.errors import (
     ConfigurationError,
     InvalidTokenSpec,
@@ -75,27 +76,10 @@ class Refused(Exception):
 
 def open_store(url: str | None) -> TokenStore:
     """The store named by ``url`` (or ``TOKEN_GUARD_STORE``, else ``sqlite:///tokens.db``)."""
-    # Private equivalent of token_guard.stores.open_store, which did not exist yet.
-    target = url or os.environ.get("TOKEN_GUARD_STORE") or DEFAULT_STORE
-    if target.startswith(("postgresql://", "postgres://")):
-        from token_guard.stores import PostgresStore
-
-        store: TokenStore = PostgresStore(target)
-        return store
-    from token_guard.stores import SQLiteStore
-
-    return SQLiteStore(_sqlite_path(target))
-
-
-def _sqlite_path(target: str) -> str:
-    if target.startswith("sqlite:///"):
-        return target[len("sqlite:///") :]
-    if "://" in target:
-        raise UsageError(
-            f"store URL {target.split('://')[0]}://... is not supported; use "
-            "sqlite:///path/to/tokens.db or postgresql://user@host/db"
-        )
-    return target
+    try:
+        return stores.open_store(url, default=DEFAULT_STORE)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def default_key_path(store_url: str | None) -> Path:
@@ -106,7 +90,8 @@ def default_key_path(store_url: str | None) -> Path:
     target = store_url or os.environ.get("TOKEN_GUARD_STORE") or DEFAULT_STORE
     if target.startswith(("postgresql://", "postgres://")):
         return Path("token-guard.keys")
-    return Path(_sqlite_path(target)).with_suffix(".keys")
+    path = target[len("sqlite:///") :] if target.startswith("sqlite:///") else target
+    return Path(path).with_suffix(".keys")
 
 
 def actor() -> str:

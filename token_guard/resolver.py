@@ -180,6 +180,11 @@ class Resolver(Generic[T]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        # A store with a change feed that can break (PostgreSQL's LISTEN connection) says
+        # so in ``feed_healthy``; while it is False a revocation elsewhere may go unheard,
+        # so cached tokens are re-read from the store (stale ones are served only if the
+        # store itself fails, within stale_window).
+        self._feed: Any = store if hasattr(type(store), "feed_healthy") else None
         self._compile = compile
         self._settings = settings
         self._clock = clock
@@ -211,7 +216,8 @@ class Resolver(Generic[T]):
         unknown/revoked/malformed), or None when the caller must await ``resolve()``."""
         entry = self._hot.get(token)
         if entry is not None:
-            if self._clock() < entry.fresh_until:
+            feed = self._feed
+            if self._clock() < entry.fresh_until and (feed is None or feed.feed_healthy):
                 self._hits += 1
                 return entry.value
             return None
