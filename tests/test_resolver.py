@@ -548,3 +548,25 @@ async def test_lookups_from_other_threads_during_resolves_and_evictions_stay_con
     assert stats["positive_entries"] <= 50 and stats["negative_entries"] <= 50
     assert is_denial(await resolver.resolve(tokens[0].token), REVOKED_TOKEN)
     await resolver.close()
+
+
+class FeedStore(CountingStore):
+    """A store whose change feed can be down while the store itself answers (PostgreSQL)."""
+
+    feed_healthy = True
+
+
+async def test_cached_token_is_reread_while_the_change_feed_is_down() -> None:
+    store = FeedStore()
+    resolver: Resolver[TokenRecord] = Resolver(store, lambda r: r)
+    issued = await store.create_token(body())
+    assert not isinstance(await resolver.resolve(issued.token), Denial)
+    assert resolver.lookup(issued.token) is not None  # a fresh hit
+    store.feed_healthy = False  # revocations elsewhere could go unheard now
+    assert resolver.lookup(issued.token) is None
+    before = len(store.lookups)
+    assert not isinstance(await resolver.resolve(issued.token), Denial)
+    assert len(store.lookups) == before + 1
+    await store.revoke_token(issued.id)
+    assert isinstance(await resolver.resolve(issued.token), Denial)
+    await resolver.close()
