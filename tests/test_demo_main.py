@@ -266,6 +266,23 @@ def test_the_tokens_api_is_served_beside_the_guard_and_wants_oauth(demo: DemoPro
     assert "OAuth" in response.text or "oauth" in response.text
     assert httpx.get(f"{demo.url}/openapi.json").json()["openapi"].startswith("3.")
     assert httpx.get(f"{demo.url}/.well-known/jwks.json").json()["keys"]
+    developers = httpx.get(f"{demo.url}/developers", follow_redirects=True)
+    assert developers.status_code == 200 and "text/html" in developers.headers["content-type"]
+    assert f"{demo.url}/developers" in demo.stdout
+
+
+def test_the_printed_oauth_client_gets_a_token_signed_by_the_demos_key(
+    demo: DemoProcess,
+) -> None:
+    secrets = read_secrets(demo.data_dir / SECRETS_FILE)
+    assert secrets is not None
+    response = httpx.post(f"{demo.url}/oauth/token", data={"grant_type": "client_credentials"},
+                          auth=(secrets.client_id, secrets.client_secret))
+    assert response.status_code == 200, response.text
+    assert set(response.json()["scope"].split()) == {"read:tokens", "write:tokens"}
+    # The key file sits beside tokens.db, where `token-guard serve` on that store looks.
+    keys = demo.data_dir / "tokens.keys"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
 
 
 def _raw_get(port: int, target: str) -> tuple[int, bytes]:
