@@ -79,7 +79,7 @@ class Threshold:
     def describe(self) -> str:
         """``name: figure (limit) -> verdict`` for the table."""
         sign = "<=" if self.at_most else ">="
-        figure = "—" if self.value is None else f"{self.value:.3g} {self.unit}".strip()
+        figure = "—" if self.value is None else f"{format_value(self.value, self.unit)} {self.unit}"
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[self.met]
         if self.gross:
             verdict = {True: "ok", False: "TRIPPED", None: "not measured"}[self.met]
