@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from token_guard import decision as codes
 from token_guard.connections import Connection, normalize_connections
@@ -30,6 +31,14 @@ from token_guard.records import TokenRecord
 from token_guard.sql import SqlAnalyzer, SqlRefusal, is_system_table
 
 log = logging.getLogger("token_guard.policy")
+_T = TypeVar("_T")
+
+_UNCHECKED: Any = object()
+_EMPTY_KEYS: frozenset[tuple[str, ...]] = frozenset()
+_EMPTY_TEXTS: frozenset[str] = frozenset()
+_CHECKED_SIZE = 256  # remembered source answers per token
+_CHECKED_MAX_VALUE = 2048  # longer source values (big queries) are not remembered
+_MATCHERS_SIZE = 10_000  # distinct referer lists whose matcher is shared
 
 _EXPIRED = Denial(
     401,
@@ -53,13 +62,19 @@ class ConnectionGrants:
 
 @dataclass(frozen=True, slots=True)
 class CompiledToken:
-    """A token record compiled against the guard's connections; what the cache holds."""
+    """A token record compiled against the guard's connections; what the cache holds.
+
+    ``checked`` remembers the answer per (connection, kind, source value) for this token:
+    the answer is a pure function of those and of the compiled grants, so a repeated
+    source (a map's tiles, a polled query) costs one dict lookup. Bounded.
+    """
 
     record: TokenRecord
     apis: frozenset[str]
     expires_at: float | None
     origins: OriginMatcher | None
     grants: Mapping[str, ConnectionGrants]
+    checked: dict[tuple[str, str, str], Denial | None] = field(default_factory=dict)
 
 
 class Policy:
@@ -73,6 +88,9 @@ class Policy:
     ) -> None:
         self.connections = normalize_connections(connections)
         self.sql = sql if sql is not None else SqlAnalyzer()
+        # Tokens with the same referers share one matcher (and its memo of header values).
+        self._matchers: dict[tuple[str, ...], OriginMatcher] = {}
+        self._interned: dict[frozenset[Any], frozenset[Any]] = {}
 
     # -- compile (once per cache fill) -------------------------------------------------
     def compile(self, record: TokenRecord) -> CompiledToken:
@@ -124,19 +142,37 @@ class Policy:
             grants[name] = ConnectionGrants(
                 connection=conn,
                 everything=everything,
-                tables=frozenset(tables),
-                prefixes=frozenset(prefixes),
+                tables=self._intern(frozenset(tables)) if tables else _EMPTY_KEYS,
+                prefixes=self._intern(frozenset(prefixes)) if prefixes else _EMPTY_KEYS,
                 prefix_lengths=tuple(sorted({len(p) for p in prefixes})),
-                queries=frozenset(queries),
+                queries=self._intern(frozenset(queries)) if queries else _EMPTY_TEXTS,
             )
         exp = spec.expiration_date
         return CompiledToken(
             record=record,
-            apis=frozenset(spec.allowed_apis),
+            apis=self._intern(frozenset(spec.allowed_apis)),
             expires_at=exp.timestamp() if exp is not None else None,
-            origins=OriginMatcher(spec.referers) if spec.referers else None,
+            origins=self._matcher(spec.referers) if spec.referers else None,
             grants=grants,
         )
+
+    def _intern(self, value: frozenset[_T]) -> frozenset[_T]:
+        # Many tokens share API lists and grant sets: one copy each keeps a cached token
+        # small (a frozenset is 216 bytes even with one member).
+        found = self._interned.get(value)
+        if found is not None:
+            return found
+        if len(self._interned) < _MATCHERS_SIZE:
+            self._interned[value] = value
+        return value
+
+    def _matcher(self, referers: tuple[str, ...]) -> OriginMatcher:
+        matcher = self._matchers.get(referers)
+        if matcher is None:
+            matcher = OriginMatcher(referers)
+            if len(self._matchers) < _MATCHERS_SIZE:
+                self._matchers[referers] = matcher
+        return matcher
 
     # -- decide (every request) --------------------------------------------------------
     def decide(self, token: CompiledToken, facts: RequestFacts, now: float) -> Denial | None:
@@ -161,8 +197,16 @@ class Policy:
         grants = token.grants.get(name)
         if grants is None:
             return self._connection_denial(name)
+        checked = token.checked
         for source in facts.sources:
-            denial = self._check_source(grants, name, source)
+            key = (name, source.kind, source.value)
+            denial: Denial | None = checked.get(key, _UNCHECKED)
+            if denial is _UNCHECKED:
+                denial = self._check_source(grants, name, source)
+                if len(source.value) <= _CHECKED_MAX_VALUE:
+                    if len(checked) >= _CHECKED_SIZE:
+                        checked.clear()
+                    checked[key] = denial
             if denial is not None:
                 return denial
         return None

@@ -194,7 +194,9 @@ class Resolver(Generic[T]):
         self._negative = _IndexedCache(
             settings.max_negative, settings.negative_ttl, clock, self._dropped
         )
-        self._by_id: dict[str, set[str]] = {}  # token id -> cached token strings
+        # token id -> cached token strings (a list: nearly always one, and a set costs
+        # 216 bytes a token)
+        self._by_id: dict[str, list[str]] = {}
         self._hot: dict[str, _Positive[T]] = {}  # lock-free mirror of _positive for hits
         self._hits = 0
         self._lock = threading.Lock()  # see the module docstring: held for dict work only
@@ -320,7 +322,7 @@ class Resolver(Generic[T]):
             )
             self._positive[token] = entry
             self._hot[token] = entry
-            self._by_id.setdefault(record.id, set()).add(token)
+            self._index(record.id, token)
 
     def _put_negative(
         self, token: str, denial: Denial, token_id: str | None, epoch: int
@@ -332,7 +334,12 @@ class Resolver(Generic[T]):
             self._hot.pop(token, None)
             self._negative[token] = _Negative(denial, token_id)
             if token_id is not None:
-                self._by_id.setdefault(token_id, set()).add(token)
+                self._index(token_id, token)
+
+    def _index(self, token_id: str, token: str) -> None:
+        keys = self._by_id.setdefault(token_id, [])
+        if token not in keys:
+            keys.append(token)
 
     def _dropped(self, token: str, value: Any) -> None:
         if isinstance(value, _Positive) and self._hot.get(token) is value:
@@ -342,7 +349,8 @@ class Resolver(Generic[T]):
             return
         keys = self._by_id.get(token_id)
         if keys is not None and token not in self._positive and token not in self._negative:
-            keys.discard(token)
+            if token in keys:
+                keys.remove(token)
             if not keys:
                 del self._by_id[token_id]
 
