@@ -45,6 +45,7 @@ from cachetools import LRUCache
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError
+from sqlglot.tokenizer_core import Token, TokenType
 
 from token_guard.connections import DIALECT_DEPTH, Connection
 
@@ -234,12 +235,12 @@ def _refuse_node(node: exp.Expr) -> SqlRefusal:
     if isinstance(node, exp.Command):
         word = str(node.this).upper()
         return SqlRefusal(
-            f"the query is a {word} statement, which the guard cannot analyse",
+            f"the query runs {word}, which the guard cannot analyse; only a SELECT is allowed",
             "send one plain SELECT",
         )
     if name in _STATEMENT_WORDS:
         return SqlRefusal(
-            f"the query contains a {_STATEMENT_WORDS[name]} statement; only reads are allowed",
+            f"the query contains {_STATEMENT_WORDS[name]}; only a plain SELECT is allowed",
             "send one plain SELECT",
         )
     if isinstance(node, exp.Func):
@@ -543,13 +544,20 @@ class SqlAnalyzer:
             return SqlRefusal("the query is empty", "send one SELECT")
         dialect = self._dialects[connection.dialect]
         try:
-            parsed = sqlglot.parse(query, dialect=dialect)
+            tokens = dialect.tokenize(query)
+            too_nested = _nesting_refusal(tokens)
+            if too_nested is not None:
+                return too_nested
+            parsed = dialect.parser().parse(tokens, query)
         except ParseError as exc:
             first = exc.errors[0] if exc.errors else {}
-            where = f" at line {first.get('line')}, column {first.get('col')}" if first else ""
-            what = str(first.get("description", "syntax error"))[:200]
+            description = str(first.get("description", ""))
+            what = "" if "<Token" in description else f": {description[:160]}"
+            near = str(first.get("highlight", ""))[:40]
+            where = f" near {near!r} (line {first.get('line')}, column {first.get('col')})"
             return SqlRefusal(
-                f"the query does not parse as {connection.dialect} SQL: {what}{where}",
+                f"the query does not parse as {connection.dialect} SQL"
+                f"{where if first else ''}{what}",
                 f"fix the SQL; it is read in the {connection.dialect} dialect",
             )
         except RecursionError:
@@ -699,6 +707,38 @@ class SqlAnalyzer:
         ctx.tables.add(key)
         ctx.rewrites.append((table, key))
         return None
+
+
+# Parse cost: sqlglot's BigQuery parser copies every derived table once per enclosing
+# SELECT, so nested subqueries cost time quadratic in their size (64 KiB of them: ~2.5 s).
+# Both limits sit far above hand-written queries; the mass is the summed token length of
+# all parenthesised subqueries.
+MAX_NESTING = 32
+MAX_SUBQUERY_MASS = 25_000
+_SUBQUERY_STARTS = frozenset({TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN})
+
+
+def _nesting_refusal(tokens: list[Token]) -> SqlRefusal | None:
+    starts: list[int] = []
+    mass = 0
+    last = len(tokens) - 1
+    for i, token in enumerate(tokens):
+        kind = token.token_type
+        if kind is TokenType.L_PAREN:
+            subquery = i < last and tokens[i + 1].token_type in _SUBQUERY_STARTS
+            starts.append(i if subquery else -1)
+            if len(starts) > MAX_NESTING:
+                return _TOO_DEEP
+        elif kind is TokenType.R_PAREN and starts:
+            start = starts.pop()
+            if start >= 0:
+                mass += i - start
+    if mass > MAX_SUBQUERY_MASS:
+        return SqlRefusal(
+            "the query's nested subqueries are too large for the guard to analyse quickly",
+            "flatten the query: use CTEs (WITH) instead of deeply nested subqueries",
+        )
+    return None
 
 
 _NAME_MARKS = ("--", "/*", "*/", ";", "#", "\n", "\r", "\x00")

@@ -1,0 +1,402 @@
+"""token_guard.sql: which tables a query reads, name normalisation, fingerprints, refusals."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.sql_corpus import BQ, BQD, CORPUS, PG, SF, Expected
+from token_guard.connections import Connection
+from token_guard.sql import QueryAnalysis, SqlAnalyzer, SqlRefusal, is_system_table
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> SqlAnalyzer:
+    return SqlAnalyzer()
+
+
+@pytest.mark.parametrize(
+    ("connection", "query", "expected"),
+    [pytest.param(conn, query, expected, id=case_id) for case_id, conn, query, expected in CORPUS],
+)
+def test_corpus(
+    analyzer: SqlAnalyzer, connection: Connection, query: str, expected: Expected
+) -> None:
+    result = analyzer.analyze(query, connection)
+    if isinstance(expected, str):
+        assert isinstance(result, SqlRefusal), result
+        assert expected in result.reason
+        assert result.hint
+    else:
+        assert isinstance(result, QueryAnalysis), result
+        assert set(result.tables) == expected
+
+
+def test_corpus_is_large_and_covers_three_dialects() -> None:
+    assert len(CORPUS) >= 60
+    assert {c.dialect for _, c, _, _ in CORPUS} >= {"bigquery", "postgres", "snowflake"}
+    assert len({case_id for case_id, _, _, _ in CORPUS}) == len(CORPUS)
+
+
+def test_repeated_query_is_served_from_cache(analyzer: SqlAnalyzer) -> None:
+    query = "SELECT * FROM proj.ds.cached_one"
+    first = analyzer.analyze(query, BQ)
+    assert analyzer.analyze(query, BQ) is first
+
+
+def test_refusals_are_cached_too(analyzer: SqlAnalyzer) -> None:
+    query = "DELETE FROM proj.ds.t WHERE TRUE"
+    first = analyzer.analyze(query, BQ)
+    assert isinstance(first, SqlRefusal)
+    assert analyzer.analyze(query, BQ) is first
+
+
+def test_cache_is_per_connection_settings(analyzer: SqlAnalyzer) -> None:
+    query = "SELECT * FROM stores"
+    assert isinstance(analyzer.analyze(query, BQ), SqlRefusal)
+    result = analyzer.analyze(query, BQD)
+    assert isinstance(result, QueryAnalysis)
+    assert result.tables == {("carto-demo-data", "demo_tables", "stores")}
+
+
+def test_cache_stays_bounded() -> None:
+    small = SqlAnalyzer(cache_size=8)
+    for i in range(50):
+        small.analyze(f"SELECT {i} FROM proj.ds.t", BQ)
+    assert len(small._queries) <= 8
+
+
+# --- size limit ----------------------------------------------------------------------
+
+
+def _query_of_bytes(size: int) -> str:
+    head = "SELECT * FROM proj.ds.t WHERE s = '"
+    return head + "x" * (size - len(head) - 1) + "'"
+
+
+def test_query_at_the_byte_limit_is_analysed() -> None:
+    analyzer = SqlAnalyzer(max_query_bytes=1000)
+    query = _query_of_bytes(1000)
+    assert len(query.encode()) == 1000
+    assert isinstance(analyzer.analyze(query, BQ), QueryAnalysis)
+
+
+def test_query_over_the_byte_limit_is_refused_before_parsing() -> None:
+    analyzer = SqlAnalyzer(max_query_bytes=1000)
+    result = analyzer.analyze(_query_of_bytes(1001), BQ)
+    assert isinstance(result, SqlRefusal)
+    assert "1000 bytes" in result.reason
+
+
+def test_byte_limit_counts_utf8_bytes_not_characters() -> None:
+    analyzer = SqlAnalyzer(max_query_bytes=1000)
+    head = "SELECT * FROM proj.ds.t WHERE s = '"
+    query = head + "é" * 490 + "'"  # fewer than 1000 characters, more than 1000 bytes
+    assert len(query) < 1000 < len(query.encode())
+    assert isinstance(analyzer.analyze(query, BQ), SqlRefusal)
+
+
+def test_default_limit_is_64_kib(analyzer: SqlAnalyzer) -> None:
+    assert isinstance(analyzer.analyze(_query_of_bytes(65536), BQ), QueryAnalysis)
+    assert isinstance(analyzer.analyze(_query_of_bytes(65537), BQ), SqlRefusal)
+
+
+def test_deep_nesting_is_refused_not_crashing(analyzer: SqlAnalyzer) -> None:
+    query = "SELECT " + "(" * 3000 + "1" + ")" * 3000
+    result = analyzer.analyze(query, BQ)
+    assert isinstance(result, SqlRefusal)
+    nested = "SELECT * FROM " + "(SELECT * FROM " * 3000 + "proj.ds.t" + ") AS s" * 3000
+    assert isinstance(analyzer.analyze(nested, BQ), SqlRefusal)
+
+
+# --- names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("connection", "a", "b"),
+    [
+        pytest.param(BQ, "`proj.ds.t`", "`proj`.`ds`.`t`", id="bq-backtick-path-vs-parts"),
+        pytest.param(BQ, "proj.ds.t", "`proj`.ds.`t`", id="bq-quoting-irrelevant"),
+        pytest.param(BQ, "PROJ.ds.t", "proj.ds.t", id="bq-project-case-folds"),
+        pytest.param(BQD, "retail_stores", "carto-demo-data.demo_tables.retail_stores",
+                     id="bq-default-path"),
+        pytest.param(PG, "Public.Stores", "public.stores", id="pg-unquoted-folds-lower"),
+        pytest.param(PG, '"public"."stores"', "PUBLIC.STORES", id="pg-quoted-lower-same"),
+        pytest.param(PG, "stores", "app.public.stores", id="pg-default-path"),
+        pytest.param(SF, "db.public.t", "DB.PUBLIC.T", id="sf-unquoted-folds-upper"),
+        pytest.param(SF, '"DB"."PUBLIC"."T"', "db.public.t", id="sf-quoted-upper-same"),
+    ],
+)
+def test_names_that_are_the_same_table(
+    analyzer: SqlAnalyzer, connection: Connection, a: str, b: str
+) -> None:
+    key_a = analyzer.table_key(a, connection)
+    assert not isinstance(key_a, SqlRefusal), key_a
+    assert key_a == analyzer.table_key(b, connection)
+
+
+@pytest.mark.parametrize(
+    ("connection", "a", "b"),
+    [
+        pytest.param(BQ, "proj.DS.t", "proj.ds.t", id="bq-dataset-case-sensitive"),
+        pytest.param(BQ, "proj.ds.T", "proj.ds.t", id="bq-table-case-sensitive"),
+        pytest.param(PG, 'public."Stores"', "public.stores", id="pg-quoted-keeps-case"),
+        pytest.param(SF, 'db.public."t"', "db.public.t", id="sf-quoted-keeps-case"),
+        pytest.param(PG, '"a.b".c', 'a."b.c"', id="pg-dots-inside-quotes"),
+    ],
+)
+def test_names_that_are_different_tables(
+    analyzer: SqlAnalyzer, connection: Connection, a: str, b: str
+) -> None:
+    key_a = analyzer.table_key(a, connection)
+    assert not isinstance(key_a, SqlRefusal), key_a
+    assert key_a != analyzer.table_key(b, connection)
+
+
+@pytest.mark.parametrize(
+    ("connection", "name"),
+    [
+        ("carto-demo-data.demo_tables.retail_stores", BQ),
+        ("Geo.Stores", PG),
+        ('"My DB".geo."Stores"', SF),
+    ],
+)
+def test_query_tables_match_table_key_of_the_same_name(
+    analyzer: SqlAnalyzer, connection: str, name: Connection
+) -> None:
+    # (arguments swapped by name only: parametrize ids stay readable)
+    conn, text = name, connection
+    result = analyzer.analyze(f"SELECT * FROM {text}", conn)
+    assert isinstance(result, QueryAnalysis)
+    assert result.tables == {analyzer.table_key(text, conn)}
+
+
+@pytest.mark.parametrize(
+    ("connection", "name", "reason"),
+    [
+        pytest.param(BQ, "retail_stores", "not fully qualified", id="bq-short"),
+        pytest.param(BQ, "a.b.c.d", "more than 3 parts", id="bq-long"),
+        pytest.param(BQ, "proj.ds.t; DROP TABLE x", "not a plain table name", id="semicolon"),
+        pytest.param(BQ, "proj.ds.t -- x", "not a plain table name", id="comment"),
+        pytest.param(BQ, "proj.ds.t AS x", "not a table name", id="alias"),
+        pytest.param(BQ, "proj.ds.t WHERE 1=1", "not a table name", id="clause"),
+        pytest.param(BQ, "proj.ds.fn(1)", "computed part", id="function"),
+        pytest.param(BQ, "proj.ds.events_*", "wildcard table", id="wildcard-table"),
+        pytest.param(BQ, "", "not a table name", id="empty"),
+        pytest.param(PG, "pg_authid", "system catalog", id="pg-catalog-short"),
+    ],
+)
+def test_refused_names(
+    analyzer: SqlAnalyzer, connection: Connection, name: str, reason: str
+) -> None:
+    result = analyzer.table_key(name, connection)
+    assert isinstance(result, SqlRefusal), result
+    assert reason in result.reason
+
+
+def test_short_name_refusal_says_how_to_qualify(analyzer: SqlAnalyzer) -> None:
+    result = analyzer.table_key("stores", BQ)
+    assert isinstance(result, SqlRefusal)
+    assert "qualify it as proj.dataset.table" in result.hint
+
+
+@pytest.mark.parametrize(
+    ("connection", "source", "expected"),
+    [
+        pytest.param(BQ, "carto-demo-data.shared.*", ("carto-demo-data", "shared"), id="bq"),
+        pytest.param(BQ, "`Proj`.`ds`.*", ("proj", "ds"), id="bq-quoted"),
+        pytest.param(BQD, "other.*", ("carto-demo-data", "other"), id="bq-default"),
+        pytest.param(PG, "Geo.*", ("app", "geo"), id="pg-default-db"),
+        pytest.param(SF, "db.public.*", ("DB", "PUBLIC"), id="sf"),
+    ],
+)
+def test_wildcard_prefix(
+    analyzer: SqlAnalyzer, connection: Connection, source: str, expected: tuple[str, ...]
+) -> None:
+    assert analyzer.wildcard_prefix(source, connection) == expected
+
+
+@pytest.mark.parametrize(
+    ("connection", "source"),
+    [
+        pytest.param(BQ, "ds.*", id="bq-too-short"),
+        pytest.param(BQ, "a.b.c.*", id="bq-too-long"),
+        pytest.param(BQ, "proj.ds", id="no-star"),
+        pytest.param(BQ, "proj.ds.*; DROP", id="trailing-junk"),
+    ],
+)
+def test_refused_wildcards(analyzer: SqlAnalyzer, connection: Connection, source: str) -> None:
+    assert isinstance(analyzer.wildcard_prefix(source, connection), SqlRefusal)
+
+
+@pytest.mark.parametrize(
+    ("key", "system"),
+    [
+        pytest.param(("proj", "ds", "INFORMATION_SCHEMA.TABLES"), True, id="bq-dataset-view"),
+        pytest.param(("proj", "region-us", "INFORMATION_SCHEMA.JOBS"), True, id="bq-region"),
+        pytest.param(("DB", "INFORMATION_SCHEMA", "TABLES"), True, id="sf"),
+        pytest.param(("app", "information_schema", "tables"), True, id="pg"),
+        pytest.param(("app", "pg_catalog", "pg_authid"), True, id="pg-catalog"),
+        pytest.param(("proj", "ds", "__TABLES__"), True, id="bq-meta-table"),
+        pytest.param(("SNOWFLAKE", "ACCOUNT_USAGE", "QUERY_HISTORY"), True, id="sf-usage"),
+        pytest.param(("system", "access", "audit"), True, id="databricks-system"),
+        pytest.param(("proj", "ds", "stores"), False, id="plain"),
+        pytest.param(("proj", "ds", "schema_info"), False, id="similar-name"),
+    ],
+)
+def test_is_system_table(key: tuple[str, ...], system: bool) -> None:
+    assert is_system_table(key) is system
+
+
+# --- functions -----------------------------------------------------------------------
+
+
+def test_listed_function_schema_is_allowed() -> None:
+    analyzer = SqlAnalyzer(allowed_functions={"carto-un.carto.*"})
+    query = "SELECT `carto-un`.carto.H3_BOUNDARY(h3) FROM proj.ds.t"
+    result = analyzer.analyze(query, BQ)
+    assert isinstance(result, QueryAnalysis), result
+    other = analyzer.analyze("SELECT `evil`.carto.H3_BOUNDARY(h3) FROM proj.ds.t", BQ)
+    assert isinstance(other, SqlRefusal)
+
+
+def test_listing_a_name_does_not_allow_it_in_another_schema() -> None:
+    analyzer = SqlAnalyzer(allowed_functions={"my_fn"})
+    assert isinstance(analyzer.analyze("SELECT my_fn(1)", PG), QueryAnalysis)
+    assert isinstance(analyzer.analyze("SELECT other.my_fn(1)", PG), SqlRefusal)
+
+
+def test_empty_function_list_refuses_spatial_functions() -> None:
+    analyzer = SqlAnalyzer(allowed_functions=())
+    result = analyzer.analyze("SELECT ST_X(g) FROM proj.ds.t", BQ)
+    assert isinstance(result, SqlRefusal)
+
+
+# --- fingerprints --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("connection", "a", "b"),
+    [
+        pytest.param(BQ, "SELECT * FROM proj.ds.t WHERE city = @city",
+                     "select *\n  from   proj.ds.t\twhere city=@city", id="whitespace-case"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t -- note\nWHERE x = 1",
+                     "SELECT * /* c */ FROM proj.ds.t WHERE x = 1", id="comments"),
+        pytest.param(BQ, "SELECT * FROM `proj.ds.t`", "SELECT * FROM proj.ds.t",
+                     id="table-spelling"),
+        pytest.param(BQD, "SELECT * FROM retail_stores",
+                     "SELECT * FROM `carto-demo-data.demo_tables.retail_stores`",
+                     id="default-path"),
+        pytest.param(PG, "SELECT * FROM Stores WHERE city = :city",
+                     "select * from app.public.stores where city = :city", id="pg"),
+        pytest.param(SF, "SELECT * FROM t;", "SELECT * FROM db.public.T", id="sf-semicolon"),
+    ],
+)
+def test_equal_fingerprints(analyzer: SqlAnalyzer, connection: Connection, a: str, b: str) -> None:
+    fa = analyzer.fingerprint(a, connection)
+    assert isinstance(fa, str), fa
+    assert fa == analyzer.fingerprint(b, connection)
+
+
+@pytest.mark.parametrize(
+    ("connection", "a", "b"),
+    [
+        pytest.param(BQ, "SELECT * FROM proj.ds.t WHERE city = 'Paris'",
+                     "SELECT * FROM proj.ds.t WHERE city = 'Rome'", id="literal"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t", "SELECT * FROM proj.ds.u", id="table"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t", "SELECT * FROM proj.DS.t",
+                     id="bq-dataset-case"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t WHERE city = @city",
+                     "SELECT * FROM proj.ds.t WHERE city = @town", id="parameter-name"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t WHERE x = 1",
+                     "SELECT * FROM proj.ds.t WHERE x = 1 OR TRUE", id="extra-clause"),
+        pytest.param(PG, 'SELECT * FROM "Stores"', "SELECT * FROM Stores", id="pg-quoted"),
+        pytest.param(BQD, "SELECT * FROM t", "SELECT * FROM T", id="bq-short-case"),
+    ],
+)
+def test_different_fingerprints(
+    analyzer: SqlAnalyzer, connection: Connection, a: str, b: str
+) -> None:
+    fa = analyzer.fingerprint(a, connection)
+    fb = analyzer.fingerprint(b, connection)
+    assert isinstance(fa, str) and isinstance(fb, str)
+    assert fa != fb
+
+
+def test_fingerprint_matches_analysis(analyzer: SqlAnalyzer) -> None:
+    query = "SELECT * FROM proj.ds.t"
+    result = analyzer.analyze(query, BQ)
+    assert isinstance(result, QueryAnalysis)
+    assert analyzer.fingerprint(query, BQ) == result.fingerprint
+
+
+def test_fingerprint_of_a_refused_query_is_a_refusal(analyzer: SqlAnalyzer) -> None:
+    assert isinstance(analyzer.fingerprint("DROP TABLE proj.ds.t", BQ), SqlRefusal)
+
+
+# --- property: nesting never hides a table -------------------------------------------
+
+_NAMES = ("t1", "t2", "t3", "stores")
+_PROP = Connection("bigquery", default_path=("proj", "ds"))
+
+
+@st.composite
+def _queries(draw: st.DrawFn, depth: int = 3, scope: frozenset[str] = frozenset()) -> (
+    tuple[str, frozenset[tuple[str, ...]]]
+):
+    """A query and the tables it reads, built so that the oracle is the construction."""
+    shape = draw(st.sampled_from(["leaf"] if depth == 0 else
+                                 ["leaf", "union", "subquery", "join", "in", "scalar", "cte"]))
+    if shape == "leaf":
+        name = draw(st.sampled_from(_NAMES))
+        form = draw(st.sampled_from(["short", "qualified", "backtick", "parts"]))
+        if form == "short":
+            # A short name is the CTE when one of that name is in scope, else the table.
+            tables = frozenset() if name in scope else frozenset({("proj", "ds", name)})
+            return f"SELECT * FROM {name}", tables
+        text = {
+            "qualified": f"proj.ds.{name}",
+            "backtick": f"`proj.ds.{name}`",
+            "parts": f"`proj`.ds.`{name}`",
+        }[form]
+        return f"SELECT * FROM {text}", frozenset({("proj", "ds", name)})
+    a, ta = draw(_queries(depth - 1, scope))
+    if shape == "subquery":
+        return f"SELECT * FROM ({a}) AS s", ta
+    if shape == "cte":
+        name = draw(st.sampled_from(_NAMES))
+        body, tb = a, ta  # the body does not see its own name
+        main, tm = draw(_queries(depth - 1, scope | {name}))
+        return f"WITH {name} AS ({body}) SELECT * FROM ({main}) AS q", tb | tm
+    b, tb = draw(_queries(depth - 1, scope))
+    if shape == "union":
+        op = draw(st.sampled_from(["UNION ALL", "UNION DISTINCT", "INTERSECT DISTINCT"]))
+        return f"({a}) {op} ({b})", ta | tb
+    if shape == "join":
+        return f"SELECT * FROM ({a}) AS x JOIN ({b}) AS y ON TRUE", ta | tb
+    if shape == "in":
+        return f"SELECT * FROM ({a}) AS x WHERE 1 IN ({b})", ta | tb
+    return f"SELECT ({b}) AS v FROM ({a}) AS x", ta | tb
+
+
+@settings(max_examples=150, deadline=None)
+@given(_queries())
+def test_analysis_finds_exactly_the_tables_built_in(
+    case: tuple[str, frozenset[tuple[str, ...]]],
+) -> None:
+    query, tables = case
+    result = SqlAnalyzer().analyze(query, _PROP)
+    assert isinstance(result, QueryAnalysis), (query, result)
+    assert result.tables == tables, query
+
+
+@settings(max_examples=100, deadline=None)
+@given(_queries(), st.sampled_from([" ", "\n", "\t  ", " /* x */ "]))
+def test_fingerprint_ignores_spacing_and_comments(
+    case: tuple[str, frozenset[tuple[str, ...]]], gap: str
+) -> None:
+    query, _ = case
+    analyzer = SqlAnalyzer()
+    spaced = query.replace(" ", gap)
+    assert analyzer.fingerprint(query, _PROP) == analyzer.fingerprint(spaced, _PROP)
