@@ -12,6 +12,8 @@ BQ = Connection("bigquery")
 BQD = Connection("bigquery", default_path=("carto-demo-data", "demo_tables"))
 PG = Connection("postgres", default_path=("app", "public"))
 SF = Connection("snowflake", default_path=("DB", "PUBLIC"))
+DUCK = Connection("duckdb", default_path=("db", "main"))
+DBX = Connection("databricks", default_path=("main", "default"))
 
 Expected = set[tuple[str, ...]] | str
 
@@ -352,4 +354,12 @@ CORPUS: list[tuple[str, Connection, str, Expected]] = [
     ("sf-use", SF, "USE DATABASE other", "USE"),
     ("sf-show", SF, "SHOW TABLES", "SHOW"),
     ("sf-two-statements", SF, "SELECT 1;SELECT 2", "2 statements"),
+    # --- file reads dressed as tables ------------------------------------------------
+    ("duck-table", DUCK, "SELECT * FROM stores", {("db", "main", "stores")}),
+    ("duck-file-literal", DUCK, "SELECT * FROM 'data.csv'", "names a file"),
+    ("duck-file-quoted", DUCK, 'SELECT * FROM "/tmp/x.parquet"', "names a file"),
+    ("duck-read-parquet", DUCK, "SELECT * FROM read_parquet('x.parquet')", "table function"),
+    ("dbx-table", DBX, "SELECT * FROM sales.orders", {("main", "sales", "orders")}),
+    ("dbx-file-path", DBX, "SELECT * FROM json.`s3://bucket/x`", "names a file"),
+    ("dbx-file-format", DBX, "SELECT * FROM parquet.`/tmp/x`", "names a file"),
 ]
