@@ -379,3 +379,24 @@ def test_aggregation_expression_is_checked_as_sql(env: Env, expression: str,
                        params={"name": "proj.ds.stores", "aggregationExp": expression},
                        headers={"Authorization": f"Bearer {issued.token}"})
     assert r.status_code == status, r.text
+
+
+def test_extra_sql_functions_are_opt_in() -> None:
+    from datetime import UTC, datetime
+
+    from token_guard.guard import Guard
+    from token_guard.records import TokenRecord
+    from token_guard.spec import parse_token_spec
+
+    record = TokenRecord("tok_x", parse_token_spec(FULL), datetime.now(UTC))
+    facts = tg.RequestFacts("sql", "carto_dw", (tg.Source(
+        "query", "SELECT `carto-un`.carto.H3_FROMGEOGPOINT(geom, 5) FROM proj.ds.stores"),))
+    strict = Guard(store=MemoryStore(), connections=CONNECTIONS)
+    denial = strict.policy.decide(strict.policy.compile(record), facts, time.time())
+    assert denial is not None and denial.code == "query_not_allowed"
+    assert "H3_FROMGEOGPOINT" in denial.message and "allowed_functions" in denial.hint
+    opened = Guard(store=MemoryStore(), connections=CONNECTIONS,
+                   allowed_functions=["carto-un.carto.*"])
+    assert opened.policy.decide(opened.policy.compile(record), facts, time.time()) is None
+    with pytest.raises(tg.ConfigurationError, match="allowed_functions"):
+        Guard(store=MemoryStore(), connections=CONNECTIONS, allowed_functions="udf")

@@ -21,9 +21,9 @@ Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from time import time
-from typing import Any
+from typing import Any, Unpack
 
 from token_guard.connections import Connection
 from token_guard.decision import Denial
@@ -31,15 +31,12 @@ from token_guard.facts import RequestFacts
 from token_guard.guard import (
     CONFLICTING_HEADERS,
     PASS,
-    DecisionEvent,
-    DenyResponder,
     Guard,
+    GuardOptions,
     Pending,
     body_too_large,
 )
 from token_guard.records import TokenRecord
-from token_guard.resolver import CacheSettings
-from token_guard.routes import Route
 from token_guard.stores.base import TokenStore
 
 Scope = MutableMapping[str, Any]
@@ -67,30 +64,10 @@ class TokenGuard:
         *,
         store: TokenStore,
         connections: Mapping[str, str | Connection],
-        routes: Sequence[Route] = (),
-        prefix: str = "/v3/",
-        include_default_routes: bool = True,
-        allow_query_token: bool = False,
-        max_body_bytes: int = 1024 * 1024,
-        max_query_bytes: int = 64 * 1024,
-        cache: CacheSettings | None = None,
-        on_decision: Callable[[DecisionEvent], None] | None = None,
-        deny_response: DenyResponder | None = None,
+        **options: Unpack[GuardOptions],
     ) -> None:
         self.app = app
-        self.guard = Guard(
-            store=store,
-            connections=connections,
-            routes=routes,
-            prefix=prefix,
-            include_default_routes=include_default_routes,
-            allow_query_token=allow_query_token,
-            max_body_bytes=max_body_bytes,
-            max_query_bytes=max_query_bytes,
-            cache=cache,
-            on_decision=on_decision,
-            deny_response=deny_response,
-        )
+        self.guard = Guard(store=store, connections=connections, **options)
         # Bound once: attribute chains cost on a path this short.
         self._begin = self.guard.begin
         self._lookup = self.guard.resolver.lookup

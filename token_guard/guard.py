@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import unquote_plus
 
 from token_guard import decision as codes
@@ -26,7 +26,7 @@ from token_guard.policy import CompiledToken, Policy
 from token_guard.records import TokenRecord
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.routes import Route, RouteMap, RouteMatch
-from token_guard.sql import SqlAnalyzer
+from token_guard.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
 from token_guard.stores.base import TokenStore
 
 log = logging.getLogger("token_guard")
@@ -159,8 +159,28 @@ def default_deny_response(denial: Denial) -> ResponseParts:
     return denial.status, headers, body
 
 
+class GuardOptions(TypedDict, total=False):
+    """The optional settings ``TokenGuard`` and ``TokenGuardWSGI`` pass on to ``Guard``."""
+
+    routes: Sequence[Route]
+    prefix: str
+    include_default_routes: bool
+    allow_query_token: bool
+    max_body_bytes: int
+    max_query_bytes: int
+    allowed_functions: Iterable[str]
+    cache: CacheSettings | None
+    on_decision: Callable[[DecisionEvent], None] | None
+    deny_response: DenyResponder | None
+
+
 class Guard:
-    """Configuration, compiled once, and the steps every request goes through."""
+    """Configuration, compiled once, and the steps every request goes through.
+
+    ``allowed_functions`` adds SQL functions (``"name"`` or a whole schema,
+    ``"carto-un.carto.*"``) to the read-only ones queries may call; any other function is
+    refused, since it could read or change what no grant covers.
+    """
 
     def __init__(
         self,
@@ -173,6 +193,7 @@ class Guard:
         allow_query_token: bool = False,
         max_body_bytes: int = 1024 * 1024,
         max_query_bytes: int = 64 * 1024,
+        allowed_functions: Iterable[str] = (),
         cache: CacheSettings | None = None,
         on_decision: Callable[[DecisionEvent], None] | None = None,
         deny_response: DenyResponder | None = None,
@@ -186,7 +207,15 @@ class Guard:
                 "store: must be a token store, e.g. tg.SQLiteStore('tokens.db')"
             )
         self.store = store
-        self.policy = Policy(connections, sql=SqlAnalyzer(max_query_bytes=max_query_bytes))
+        if isinstance(allowed_functions, str):
+            raise ConfigurationError(
+                "allowed_functions: must be a list of names, e.g. ['carto-un.carto.*']"
+            )
+        sql = SqlAnalyzer(
+            max_query_bytes=max_query_bytes,
+            allowed_functions=(*DEFAULT_ALLOWED_FUNCTIONS, *allowed_functions),
+        )
+        self.policy = Policy(connections, sql=sql)
         self.routes = RouteMap(
             prefix=prefix, routes=routes, include_defaults=include_default_routes
         )

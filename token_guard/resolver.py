@@ -212,6 +212,11 @@ class Resolver(Generic[T]):
             0,
         )
 
+    @property
+    def settings(self) -> CacheSettings:
+        """The cache settings in force."""
+        return self._settings
+
     # -- the request path ---------------------------------------------------------------
     def lookup(self, token: str) -> T | Denial | None:
         """Sync fast path: a fresh cached answer (compiled token or the cached Denial for

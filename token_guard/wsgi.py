@@ -58,10 +58,10 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 from urllib.parse import quote, unquote_to_bytes
 
 from token_guard import decision as codes
@@ -71,16 +71,14 @@ from token_guard.decision import Denial
 from token_guard.guard import (
     CONFLICTING_HEADERS,
     PASS,
-    DecisionEvent,
-    DenyResponder,
     Guard,
+    GuardOptions,
     Pending,
     body_too_large,
 )
 from token_guard.policy import CompiledToken
 from token_guard.records import TokenRecord
-from token_guard.resolver import UNAVAILABLE, CacheSettings
-from token_guard.routes import Route
+from token_guard.resolver import UNAVAILABLE
 from token_guard.stores.base import TokenStore
 
 if TYPE_CHECKING:
@@ -140,32 +138,12 @@ class TokenGuardWSGI:
         *,
         store: TokenStore,
         connections: Mapping[str, str | Connection],
-        routes: Sequence[Route] = (),
-        prefix: str = "/v3/",
-        include_default_routes: bool = True,
-        allow_query_token: bool = False,
-        max_body_bytes: int = 1024 * 1024,
-        max_query_bytes: int = 64 * 1024,
-        cache: CacheSettings | None = None,
-        on_decision: Callable[[DecisionEvent], None] | None = None,
-        deny_response: DenyResponder | None = None,
+        **options: Unpack[GuardOptions],
     ) -> None:
         self.app = app
-        self.guard = Guard(
-            store=store,
-            connections=connections,
-            routes=routes,
-            prefix=prefix,
-            include_default_routes=include_default_routes,
-            allow_query_token=allow_query_token,
-            max_body_bytes=max_body_bytes,
-            max_query_bytes=max_query_bytes,
-            cache=cache,
-            on_decision=on_decision,
-            deny_response=deny_response,
-        )
+        self.guard = Guard(store=store, connections=connections, **options)
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
-        self._resolve_wait = (cache or CacheSettings()).lookup_timeout + 5.0
+        self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
         self._loop = _LoopThread(self.guard.resolver.start)
         self._closed = False
         # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
