@@ -400,3 +400,44 @@ def test_extra_sql_functions_are_opt_in() -> None:
     assert opened.policy.decide(opened.policy.compile(record), facts, time.time()) is None
     with pytest.raises(tg.ConfigurationError, match="allowed_functions"):
         Guard(store=MemoryStore(), connections=CONNECTIONS, allowed_functions="udf")
+
+
+def test_ten_thousand_concurrent_requests_with_one_uncached_token_make_one_lookup() -> None:
+    import asyncio
+
+    class CountingStore(MemoryStore):
+        lookups = 0
+
+        async def get_by_secret_hash(self, secret_hash: str) -> tg.TokenRecord | None:
+            CountingStore.lookups += 1
+            await asyncio.sleep(0.05)  # a slow store: every request arrives while it waits
+            return await super().get_by_secret_hash(secret_hash)
+
+    async def main() -> list[int]:
+        store = CountingStore()
+        issued = await store.create_token(FULL)
+        guard = TokenGuard(inner_app(), store=store, connections=CONNECTIONS)
+        statuses: list[int] = []
+
+        async def one() -> None:
+            scope = {
+                "type": "http", "method": "GET", "path": "/v3/maps/carto_dw/table",
+                "raw_path": b"/v3/maps/carto_dw/table", "query_string": b"name=proj.ds.stores",
+                "headers": [(b"authorization", f"Bearer {issued.token}".encode())],
+            }
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+
+            await guard(scope, receive, send)
+
+        await asyncio.gather(*(one() for _ in range(10_000)))
+        return statuses
+
+    statuses = asyncio.run(main())
+    assert len(statuses) == 10_000 and set(statuses) == {200}
+    assert CountingStore.lookups == 1
