@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -26,6 +27,11 @@ _GRANT_FIELDS = frozenset({"connection_name", "source"})
 MAX_NAME_LENGTH = 200
 MAX_GRANTS = 20_000
 MAX_SOURCE_LENGTH = 64 * 1024
+# Cached tokens repeat the same API names, connection names, referers and table names:
+# one shared string each keeps a cached token small (sys.intern'd strings are freed
+# again when no token holds them).
+_API_CANONICAL = {name: name for name in API_NAMES}
+_INTERN_UP_TO = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +211,7 @@ def _parse_apis(value: Any) -> tuple[str, ...]:
                 f"unknown API {item!r}; choose from {', '.join(sorted(API_NAMES))}",
             )
         if item not in apis:
-            apis.append(item)
+            apis.append(_API_CANONICAL[item])
     if "imports" in apis and len(apis) > 1:
         raise InvalidTokenSpec(
             "allowed_apis",
@@ -235,7 +241,7 @@ def _parse_grants(value: Any) -> tuple[Grant, ...]:
             raise InvalidTokenSpec(
                 f"{field}.connection_name", "is empty; name the connection, e.g. 'carto_dw'"
             )
-        conn = conn.strip()
+        conn = sys.intern(conn.strip())
         if not _CONNECTION_NAME.fullmatch(conn) or conn in (".", ".."):
             raise InvalidTokenSpec(
                 f"{field}.connection_name",
@@ -256,6 +262,8 @@ def _parse_grants(value: Any) -> tuple[Grant, ...]:
         kind = classify_source(source)
         if kind in ("table", "wildcard"):
             _check_name(source, kind, f"{field}.source")
+        if len(source) <= _INTERN_UP_TO:
+            source = sys.intern(source)
         key = (conn, source)
         if key not in seen:
             seen.add(key)
@@ -304,7 +312,7 @@ def _parse_referers(value: Any) -> tuple[str, ...]:
             pattern = parse_origin_pattern(item.strip())
         except ValueError as exc:
             raise InvalidTokenSpec(f"referers[{i}]", str(exc)) from None
-        text = str(pattern)
+        text = sys.intern(str(pattern))
         if text not in out:
             out.append(text)
     return tuple(out)
