@@ -187,3 +187,17 @@ def test_wildcard_and_table_grants_match_oracle(
     expected_code = None if oracle() else ("connection_not_granted" if not granted
                                            else "source_not_granted")
     assert (denial.code if denial else None) == expected_code
+
+
+def test_remembered_answers_follow_the_facts_object_not_its_id() -> None:
+    token = compiled()
+    allowed = facts("maps", "carto_dw", table("carto-demo-data.shared.t"))
+    assert POLICY.decide(token, allowed, NOW) is None
+    assert POLICY.decide(token, allowed, NOW) is None  # remembered
+    for _ in range(300):  # new objects, some reusing freed ids: each decided on its own
+        denied = facts("maps", "carto_dw", table("carto-demo-data.private.t"))
+        verdict = POLICY.decide(token, denied, NOW)
+        assert verdict is not None and verdict.code == "source_not_granted"
+    late = POLICY.decide(compiled(dict(BODY, expiration_date=(
+        datetime.now(UTC) + timedelta(hours=1)).isoformat())), allowed, NOW + 7200)
+    assert late is not None and late.code == "expired_token"

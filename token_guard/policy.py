@@ -66,7 +66,10 @@ class CompiledToken:
 
     ``checked`` remembers the answer per (connection, kind, source value) for this token:
     the answer is a pure function of those and of the compiled grants, so a repeated
-    source (a map's tiles, a polled query) costs one dict lookup. Bounded.
+    source (a map's tiles, a polled query) costs one dict lookup. ``decided`` remembers
+    the whole answer (but expiry) per ``RequestFacts`` object: the transports reuse one
+    object for a repeated request, and the entry keeps that object, so an ``id`` reused by
+    a later object never matches. Both bounded.
     """
 
     record: TokenRecord
@@ -75,6 +78,7 @@ class CompiledToken:
     origins: OriginMatcher | None
     grants: Mapping[str, ConnectionGrants]
     checked: dict[tuple[str, str, str], Denial | None] = field(default_factory=dict)
+    decided: dict[int, tuple[RequestFacts, Denial | None]] = field(default_factory=dict)
 
 
 class Policy:
@@ -179,6 +183,18 @@ class Policy:
         """None to allow; otherwise the Denial saying what is wrong and how to fix it."""
         if token.expires_at is not None and now >= token.expires_at:
             return _EXPIRED
+        decided = token.decided
+        seen = decided.get(id(facts))
+        if seen is not None and seen[0] is facts:
+            return seen[1]
+        answer = self._decide(token, facts)
+        if all(len(source.value) <= _CHECKED_MAX_VALUE for source in facts.sources):
+            if len(decided) >= _CHECKED_SIZE:
+                decided.clear()
+            decided[id(facts)] = (facts, answer)
+        return answer
+
+    def _decide(self, token: CompiledToken, facts: RequestFacts) -> Denial | None:
         if facts.api not in token.apis:
             return _api_denial(token, facts.api)
         if token.origins is not None:
