@@ -142,6 +142,11 @@ class TokenGuardWSGI:
     ) -> None:
         self.app = app
         self.guard = Guard(store=store, connections=connections, **options)
+        # Bound once: attribute chains cost on a path this short.
+        self._begin = self.guard.begin
+        self._lookup = self.guard.resolver.lookup
+        self._decide = self.guard.policy.decide
+        self._note_used = self.guard.resolver.note_used
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
         self._loop = _LoopThread(self.guard.resolver.start)
@@ -174,24 +179,27 @@ class TokenGuardWSGI:
                 return self._deny(environ, start_response, checked, None)
             raw_path = checked
         authorization, conflict = _authorization(environ.get("HTTP_AUTHORIZATION"))
-        pending = guard.begin(
+        origin = environ.get("HTTP_ORIGIN")
+        referer = environ.get("HTTP_REFERER")
+        pending = self._begin(
             method,
             raw_path,
             query_string,
             authorization,
-            _one_origin(environ.get("HTTP_ORIGIN")),
-            _one_referer(environ.get("HTTP_REFERER")),
-            preflight="HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ,
-            conflicting_authorization=conflict,
+            origin if origin is None or "," not in origin else _one_origin(origin),
+            referer if referer is None or "," not in referer else _one_referer(referer),
+            "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ,
+            conflict,
         )
-        if pending is PASS:
-            return self.app(environ, start_response)
-        if isinstance(pending, Denial):
+        if type(pending) is not Pending:
+            if pending is PASS:
+                return self.app(environ, start_response)
+            assert isinstance(pending, Denial)
             return self._deny(environ, start_response, pending, None)
-        assert isinstance(pending, Pending)
+        assert isinstance(pending, Pending)  # for the type checker
 
-        body = None
-        if pending.needs_body:
+        facts = pending.known
+        if facts is None:  # the route's source may travel in the body: read, replay it
             raw = self._read_body(environ)
             if isinstance(raw, Denial):
                 return self._deny(environ, start_response, raw, None)
@@ -201,23 +209,24 @@ class TokenGuardWSGI:
             parsed = guard.parse_body(raw)
             if isinstance(parsed, Denial):
                 return self._deny(environ, start_response, parsed, None)
-            body = parsed
-
-        facts = guard.facts(pending, body)
-        if isinstance(facts, Denial):
-            return self._deny(environ, start_response, facts, None)
+            read = guard.facts(pending, parsed)
+            if isinstance(read, Denial):
+                return self._deny(environ, start_response, read, None)
+            facts = read
         # After close() no change events arrive, so a cached answer could be stale: refuse.
-        compiled = UNAVAILABLE if self._closed else guard.resolver.lookup(pending.token)
+        compiled = UNAVAILABLE if self._closed else self._lookup(pending.token)
         if compiled is None:
             compiled = self._resolve(pending.token)
         if isinstance(compiled, Denial):
             return self._deny(environ, start_response, compiled, None, facts)
-        outcome = guard.finish(compiled, facts, time.time())
-        if isinstance(outcome, Denial):
-            return self._deny(environ, start_response, outcome, compiled.record.id, facts)
-        environ[ENVIRON_KEY] = outcome
+        record = compiled.record
+        denial = self._decide(compiled, facts, time.time())
+        if denial is not None:
+            return self._deny(environ, start_response, denial, record.id, facts)
+        self._note_used(record.id)
+        environ[ENVIRON_KEY] = record
         if guard.on_decision is not None:
-            guard.observe(method, _path(environ), query_string, facts, outcome)
+            guard.observe(method, _path(environ), query_string, facts, record)
         return self.app(environ, start_response)
 
     def _reconcile(self, method: str, raw: bytes, app_path: bytes) -> bytes | Denial:
