@@ -100,52 +100,38 @@ class Policy:
     def compile(self, record: TokenRecord) -> CompiledToken:
         """Precompute everything a decision needs from a token record."""
         spec = record.spec
-        per_conn: dict[str, tuple[bool, set[tuple[str, ...]], set[tuple[str, ...]], set[str]]] = {}
+        sql = self.sql
+        everything: set[str] = set()
+        per_conn: dict[str, tuple[set[tuple[str, ...]], set[tuple[str, ...]], set[str]]] = {}
         for grant in spec.grants:
-            conn = self.connections.get(grant.connection_name)
-            entry = per_conn.setdefault(grant.connection_name, (False, set(), set(), set()))
-            everything, tables, prefixes, queries = entry
-            if conn is None:
-                # Kept so the denial can say "unknown connection" rather than "not granted".
-                continue
-            if grant.kind == "all":
-                per_conn[grant.connection_name] = (True, tables, prefixes, queries)
-                continue
-            if grant.kind == "table":
-                key = self.sql.table_key(grant.source, conn)
-                if isinstance(key, SqlRefusal):
-                    log.warning(
-                        "token %s: table grant on %r ignored: %s",
-                        record.id, grant.connection_name, key.reason,
-                    )
-                else:
-                    tables.add(key)
-            elif grant.kind == "wildcard":
-                prefix = self.sql.wildcard_prefix(grant.source, conn)
-                if isinstance(prefix, SqlRefusal):
-                    log.warning(
-                        "token %s: wildcard grant on %r ignored: %s",
-                        record.id, grant.connection_name, prefix.reason,
-                    )
-                else:
-                    prefixes.add(prefix)
-            else:
-                fingerprint = self.sql.fingerprint(grant.source, conn)
-                if isinstance(fingerprint, SqlRefusal):
-                    log.warning(
-                        "token %s: query grant on %r ignored: %s",
-                        record.id, grant.connection_name, fingerprint.reason,
-                    )
-                else:
-                    queries.add(fingerprint)
-        grants: dict[str, ConnectionGrants] = {}
-        for name, (everything, tables, prefixes, queries) in per_conn.items():
+            name = grant.connection_name
             conn = self.connections.get(name)
             if conn is None:
+                continue  # no dialect to compare names in: requests there are refused
+            tables, prefixes, queries = per_conn.setdefault(name, (set(), set(), set()))
+            kind = grant.kind
+            if kind == "all":
+                everything.add(name)
                 continue
+            if kind == "table":
+                compiled: tuple[str, ...] | str | SqlRefusal = sql.table_key(grant.source, conn)
+            elif kind == "wildcard":
+                compiled = sql.wildcard_prefix(grant.source, conn)
+            else:
+                compiled = sql.fingerprint(grant.source, conn)
+            if isinstance(compiled, SqlRefusal):
+                log.warning(
+                    "token %s: %s grant on %r ignored: %s", record.id, kind, name, compiled.reason
+                )
+            elif isinstance(compiled, str):
+                queries.add(compiled)
+            else:
+                (tables if kind == "table" else prefixes).add(compiled)
+        grants: dict[str, ConnectionGrants] = {}
+        for name, (tables, prefixes, queries) in per_conn.items():
             grants[name] = ConnectionGrants(
-                connection=conn,
-                everything=everything,
+                connection=self.connections[name],
+                everything=name in everything,
                 tables=self._intern(frozenset(tables)) if tables else _EMPTY_KEYS,
                 prefixes=self._intern(frozenset(prefixes)) if prefixes else _EMPTY_KEYS,
                 prefix_lengths=tuple(sorted({len(p) for p in prefixes})),
