@@ -128,8 +128,14 @@ def _pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def _wrk(wrk: str, lua: str, url: str, token: str, seconds: int) -> tuple[float, float]:
-    """One wrk run: requests/second and p99 in ms; raises if any request failed."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(wrk: str, lua: str, url: str, token: str, seconds: int) -> tuple[float, float, int]:
+    """One wrk run: requests/second, p99 in ms and requests; raises if any request failed."""
     command = [wrk, "-t1", f"-c{CONNECTIONS_PER_RUN}", f"-d{seconds}s", "-s", lua,
                "-H", f"Authorization: Bearer {token}", "-H", f"Origin: {ORIGIN}", url]
     out = subprocess.run(
@@ -142,14 +148,15 @@ def _wrk(wrk: str, lua: str, url: str, token: str, seconds: int) -> tuple[float,
     requests, duration_us, p99_us, non_2xx, errors = map(int, found.groups())
     if non_2xx or errors:
         raise RuntimeError(f"{url}: {non_2xx} non-2xx answers and {errors} socket errors")
-    return requests / (duration_us / 1e6), p99_us / 1000
+    return requests / (duration_us / 1e6), p99_us / 1000, requests
 
 
 def run(budget: Budget) -> tuple[list[Row], list[Threshold]]:
     """Load both servers alternately; rows, the throughput target and its guardrail."""
     names = ["unguarded: requests/s", "guarded: requests/s", "unguarded: p99",
              "guarded: p99", "ratio: guarded / unguarded throughput",
-             "ratio: guarded / unguarded p99"]
+             "ratio: guarded / unguarded p99", "unguarded: server CPU per request",
+             "guarded: server CPU per request", "ratio: server capacity guarded / unguarded"]
     wrk = ensure_wrk()
     if wrk is None:
         reason = "wrk is not installed (apt-get install wrk, as root)"
@@ -169,13 +176,16 @@ def run(budget: Budget) -> tuple[list[Row], list[Threshold]]:
                     for k, p in ports.items()}
             for kind, url in urls.items():
                 _wait_up(url, token, servers[kind])
-                _wrk(wrk, lua, url, token, 1)  # warm-up: JIT-free, but caches and pools
+                _wrk(wrk, lua, url, token, 1)  # warm-up: caches and pools
             rps: dict[str, list[float]] = {k: [] for k in urls}
             p99: dict[str, list[float]] = {k: [] for k in urls}
+            cpu: dict[str, list[float]] = {k: [] for k in urls}
             pairs: list[float] = []
             for r in range(budget.http_rounds):
                 for kind in list(urls) if r % 2 == 0 else list(reversed(urls)):
-                    rate, tail = _wrk(wrk, lua, urls[kind], token, budget.http_seconds)
+                    before = _cpu_seconds(servers[kind].pid)
+                    rate, tail, done = _wrk(wrk, lua, urls[kind], token, budget.http_seconds)
+                    cpu[kind].append((_cpu_seconds(servers[kind].pid) - before) / done * 1e6)
                     rps[kind].append(rate)
                     p99[kind].append(tail)
                 # Each round's two runs are back to back: their ratio cancels slow drift.
@@ -195,6 +205,12 @@ def run(budget: Budget) -> tuple[list[Row], list[Threshold]]:
         Row(SECTION, names[3], median(p99["guarded"]), "ms"),
         Row(SECTION, names[4], through, "x", "median of per-round ratios"),
         Row(SECTION, names[5], median(p99["guarded"]) / median(p99["unguarded"]), "x"),
+        # The server's own CPU time per request does not depend on how the scheduler
+        # shared the two cores during the run, so it shows the guard's cost under the noise.
+        Row(SECTION, names[6], median(cpu["unguarded"]), "µs", "user + system, from /proc"),
+        Row(SECTION, names[7], median(cpu["guarded"]), "µs"),
+        Row(SECTION, names[8], median(cpu["unguarded"]) / median(cpu["guarded"]), "x",
+            "unguarded / guarded CPU per request: the throughput a CPU-bound server keeps"),
     ]
     return rows, [
         Threshold("guarded / unguarded HTTP throughput", through, 0.97, False, "x"),
