@@ -1,11 +1,11 @@
 """The transport-neutral guard: one request's steps, shared by the ASGI and WSGI adapters.
 
 An adapter reads the request's method, raw path, query string and the three headers the
-guard uses, then calls, in order: ``begin`` (route + token extraction; may pass the
-request through or refuse it), ``parse_body`` when ``Pending.needs_body``, ``facts``,
-resolves the token through ``resolver`` (``lookup`` sync, else ``resolve``), and ``finish``
-(the policy decision). Every step returns a ``Denial`` instead of raising, so both adapters
-make exactly the same decisions with the same responses.
+guard uses, then: ``begin`` (route, facts and token; may pass the request through or refuse
+it); when ``Pending.known`` is None, reads the body, ``parse_body`` and ``facts``; resolves
+the token through ``resolver`` (``lookup`` sync, else ``resolve``); ``policy.decide``; and on
+an allow ``resolver.note_used``. Every step returns a ``Denial`` instead of raising, so both
+adapters make exactly the same decisions with the same responses.
 """
 
 from __future__ import annotations
@@ -314,17 +314,6 @@ class Guard:
         return self.routes.facts(
             pending.match, pending.query_string, body, pending.origin, pending.referer
         )
-
-    def finish(
-        self, compiled: CompiledToken, facts: RequestFacts, now: float
-    ) -> TokenRecord | Denial:
-        """The policy decision: the token record to hand to the app, or the refusal."""
-        denial = self.policy.decide(compiled, facts, now)
-        if denial is not None:
-            return denial
-        record = compiled.record
-        self.resolver.note_used(record.id)
-        return record
 
     def observe(
         self,
