@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 import time
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,11 +39,10 @@ from psycopg import sql
 from token_guard.asgi import Receive, Scope, Send
 from token_guard.records import TokenRecord
 from token_guard.resolver import CacheSettings, Resolver
-from token_guard.secret import TOKEN_PREFIX, hash_secret, is_well_formed
+from token_guard.secret import hash_secret, is_well_formed, secret_from_body
 from token_guard.stores.postgres import PostgresStore
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _PROPAGATION_SCHEMA = "tg_bench_propagation"
 _WORKERS = 4
 _GUARDED_PATH = "/v3/lds/isolines"
@@ -54,18 +52,9 @@ _SCRIPT = Path(__file__).resolve()
 
 
 # -- deterministic tokens -----------------------------------------------------------------
-def _base62(number: int, width: int) -> str:
-    digits = []
-    while number:
-        number, rem = divmod(number, 62)
-        digits.append(_ALPHABET[rem])
-    return "".join(reversed(digits)).rjust(width, "0")
-
-
 def bench_secret(i: int) -> str:
-    """The i-th benchmark token: a well-formed secret (``secret.py``'s documented format)."""
-    head = f"{TOKEN_PREFIX}{i:032d}"
-    return head + _base62(zlib.crc32(head.encode("ascii")), 6)
+    """The i-th benchmark token: a well-formed secret whose body is ``i`` in 32 digits."""
+    return secret_from_body(f"{i:032d}")
 
 
 def bench_id(i: int) -> str:

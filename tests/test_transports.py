@@ -22,22 +22,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.servers import serve
-from tests.test_wsgi import CountingStore, Reply, send, serve_wsgi
+from tests.test_wsgi import CONNECTIONS, FULL, CountingStore, Reply, send, serve_wsgi
 from token_guard.asgi import TokenGuard, get_token
 from token_guard.secret import new_secret
 from token_guard.stores import MemoryStore
 from token_guard.wsgi import TokenGuardWSGI
 
-CONNECTIONS = {"carto_dw": "bigquery"}
-FULL: dict[str, Any] = {
-    "name": "full",
-    "grants": [
-        {"connection_name": "carto_dw", "source": "proj.ds.stores"},
-        {"connection_name": "carto_dw", "source": "proj.shared.*"},
-    ],
-    "referers": [],
-    "allowed_apis": ["maps", "sql"],
-}
 TOKENS: dict[str, dict[str, Any]] = {
     "full": FULL,
     "site": dict(FULL, name="site", referers=["https://app.example.com"]),

@@ -59,11 +59,6 @@ class Pending:
     referer: str | None
     known: RequestFacts | None = None
 
-    @property
-    def needs_body(self) -> bool:
-        """True when the adapter must read the JSON body and hand it to ``parse_body``."""
-        return self.match.needs_body
-
 
 PASS = object()
 """``begin``'s answer for a request the guard does not handle (outside the prefix, preflight)."""

@@ -33,7 +33,13 @@ def _checksum(prefix_and_body: str) -> str:
 
 def new_secret() -> str:
     """A fresh token secret, e.g. ``tgk_`` + 32 base62 characters + a 6-character checksum."""
-    body = "".join(secrets.choice(_ALPHABET) for _ in range(_BODY_LEN))
+    return secret_from_body("".join(secrets.choice(_ALPHABET) for _ in range(_BODY_LEN)))
+
+
+def secret_from_body(body: str) -> str:
+    """The secret with this 32-character base62 body: prefix, body and checksum."""
+    if len(body) != _BODY_LEN or not _ALPHABET_SET.issuperset(body):
+        raise ValueError(f"a secret body is {_BODY_LEN} base62 characters")
     head = TOKEN_PREFIX + body
     return head + _checksum(head)
 
