@@ -25,10 +25,13 @@ def free_port() -> int:
 class ServerThread:
     """uvicorn serving ``app`` in its own thread and event loop, until ``stop``."""
 
-    def __init__(self, app: Any, *, port: int | None = None, ws: str = "auto") -> None:
+    def __init__(
+        self, app: Any, *, port: int | None = None, ws: str = "auto", root_path: str = ""
+    ) -> None:
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", ws=ws
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", ws=ws,
+            root_path=root_path,
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None

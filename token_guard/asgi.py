@@ -24,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from time import time
 from typing import Any, Unpack
+from urllib.parse import unquote_to_bytes
 
+from token_guard import decision as codes
 from token_guard.connections import Connection
 from token_guard.decision import Denial
 from token_guard.facts import RequestFacts
@@ -103,9 +105,16 @@ class TokenGuard:
                 preflight = True
         method: str = scope.get("method", "GET")
         query_string: bytes = scope.get("query_string", b"")
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if scope.get("root_path"):
+            routed = route_path(scope, raw_path)
+            if routed is None:
+                await self._deny(scope, send, OUTSIDE_ROOT, None)
+                return
+            raw_path = routed
         pending = self._begin(
             method,
-            scope.get("raw_path") or scope["path"].encode("utf-8"),
+            raw_path,
             query_string,
             authorization,
             origin,
@@ -215,6 +224,54 @@ class TokenGuard:
         status, headers, body = guard.deny_response(denial)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+OUTSIDE_ROOT = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "The request path does not lie under the mount point the server gave (root_path).",
+    "Send the request to a path under the application's mount point.",
+)
+
+
+def route_path(scope: Scope, raw_path: bytes) -> bytes | None:
+    """The raw form of the path the app beneath routes: ``path`` minus ``root_path``.
+
+    Starlette (``Mount``, FastAPI ``mount``) and uvicorn (``--root-path``) keep the mount
+    point in ``path`` and ``raw_path``; the routers beneath match ``path`` minus
+    ``root_path`` (Starlette's ``get_route_path``). None when the two cannot be reconciled:
+    ``path`` not under ``root_path``, or a raw path that decodes to neither form.
+    """
+    path: str = scope["path"]
+    root: str = scope["root_path"]
+    if not path.startswith(root):
+        return None
+    rest = path[len(root):]
+    if rest and rest[0] != "/":
+        # Starlette routes the whole path then ("/api" + "v3/..." is not under "/api").
+        return raw_path
+    encoded = root.encode("utf-8")
+    if raw_path.startswith(encoded) and raw_path[len(encoded):len(encoded) + 1] in (b"/", b""):
+        stripped = raw_path[len(encoded):]
+    else:
+        # The mount point arrived percent-encoded: drop the raw segments that decode to it.
+        count = root.count("/")
+        segments = raw_path.split(b"/")
+        head = b"/".join(segments[: count + 1])
+        if count < len(segments) and _unquote(head) == root:
+            stripped = raw_path[len(head):]
+        elif _unquote(raw_path) == rest:
+            stripped = raw_path  # a server that leaves the mount point out of raw_path
+        else:
+            return None
+    if _unquote(stripped) != rest:
+        return None
+    return stripped
+
+
+def _unquote(raw: bytes) -> str:
+    # As uvicorn decodes the path: %-escapes as UTF-8, undecodable bytes replaced.
+    return unquote_to_bytes(raw).decode("utf-8", "replace")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
