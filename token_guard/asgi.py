@@ -27,6 +27,7 @@ from typing import Any, Unpack
 from urllib.parse import unquote_to_bytes
 
 from token_guard import decision as codes
+from token_guard.bodies import one_content_type
 from token_guard.connections import Connection
 from token_guard.decision import Denial
 from token_guard.facts import RequestFacts
@@ -166,7 +167,10 @@ class TokenGuard:
             if isinstance(raw, Denial):
                 return raw
             receive = _replay(raw, receive)
-            parsed = guard.parse_body(raw)
+            content_type = one_content_type(
+                [v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"]
+            )
+            parsed = guard.parse_body(raw, content_type)
             if isinstance(parsed, Denial):
                 return parsed
             body = parsed

@@ -20,6 +20,7 @@ MALFORMED_REQUEST = "malformed_request"
 AMBIGUOUS_REQUEST = "ambiguous_request"
 UNKNOWN_CONNECTION = "unknown_connection"
 BODY_TOO_LARGE = "body_too_large"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 STORE_UNAVAILABLE = "store_unavailable"
 
 

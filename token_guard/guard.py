@@ -18,6 +18,7 @@ from typing import Any, TypedDict
 from urllib.parse import unquote_plus
 
 from token_guard import decision as codes
+from token_guard.bodies import parse_body
 from token_guard.connections import Connection
 from token_guard.decision import Denial
 from token_guard.errors import ConfigurationError
@@ -86,12 +87,6 @@ BAD_AUTHORIZATION = Denial(
     codes.MALFORMED_TOKEN,
     "The Authorization header is not 'Bearer <token>'.",
     "Send 'Authorization: Bearer <token>' with the API access token.",
-)
-BAD_JSON = Denial(
-    400,
-    codes.MALFORMED_REQUEST,
-    "The request body is not a JSON object.",
-    "Send the parameters as a JSON object with 'Content-Type: application/json'.",
 )
 TWO_ORIGINS = Denial(
     400,
@@ -290,17 +285,12 @@ class Guard:
             return MISSING
         return Pending(match, token, query_string, origin, referer, known)
 
-    def parse_body(self, raw: bytes) -> Mapping[str, Any] | Denial | None:
-        """The JSON object of a buffered body (None if empty), or a 400 refusal."""
-        if not raw.strip():
-            return None
-        try:
-            parsed = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return BAD_JSON
-        if not isinstance(parsed, dict):
-            return BAD_JSON
-        return parsed
+    def parse_body(
+        self, raw: bytes, content_type: str | None = None
+    ) -> Mapping[str, Any] | Denial | None:
+        """The parameters of a buffered body (None if empty) read by its Content-Type, or
+        the refusal (see ``token_guard.bodies``)."""
+        return parse_body(raw, content_type)
 
     def facts(self, pending: Pending, body: Mapping[str, Any] | None) -> RequestFacts | Denial:
         """What the request reads (API, connection, sources, origin), or the refusal."""
@@ -345,15 +335,6 @@ class Guard:
         if len(set(values)) > 1 or (header_token is not None and header_token != values[0]):
             return TWO_TOKENS
         return values[0]
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json.loads keeps the last of two equal keys; the app's parser may keep the first,
-    # so {"q": granted, "q": secret} could be checked as one query and run as another.
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate key in JSON object")
-    return out
 
 
 def _bearer(value: bytes) -> str | Denial:

@@ -66,6 +66,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from token_guard import decision as codes
 from token_guard.asgi import SCOPE_KEY, get_token
+from token_guard.bodies import one_content_type
 from token_guard.connections import Connection
 from token_guard.decision import Denial
 from token_guard.guard import (
@@ -206,7 +207,10 @@ class TokenGuardWSGI:
             environ["wsgi.input"] = io.BytesIO(raw)
             environ["CONTENT_LENGTH"] = str(len(raw))
             environ["wsgi.input_terminated"] = True
-            parsed = guard.parse_body(raw)
+            content_type = environ.get("CONTENT_TYPE")
+            parsed = guard.parse_body(
+                raw, one_content_type([content_type] if content_type else [])
+            )
             if isinstance(parsed, Denial):
                 return self._deny(environ, start_response, parsed, None)
             read = guard.facts(pending, parsed)
