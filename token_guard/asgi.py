@@ -10,8 +10,14 @@ Security choices, stated once:
   ``access_token`` query parameter is refused unless ``allow_query_token=True``; two
   different tokens in one request are refused (400).
 - The token is never logged, and ``access_token`` is redacted from every URL the guard logs.
-- A JSON body is read only when the route's source may travel in it, up to
-  ``max_body_bytes`` (413 above), and replayed intact to the app.
+- A body is read only when the route's source may travel in it, only after the token is
+  resolved (a missing, malformed, unknown, revoked or expired token is refused first), up
+  to ``max_body_bytes`` (413 above); it is read by its Content-Type as the app reads it
+  (``token_guard.bodies``) and replayed intact to the app.
+- The path judged is the one the app beneath routes: ``path`` minus ``root_path``
+  (``Mount``, FastAPI ``mount``, ``uvicorn --root-path``); see ``route_path``.
+- The request's steps are the guard's (``token_guard.guard``); this adapter only reads
+  headers, reads and replays the body, and writes the response.
 - When the store cannot answer and nothing cached can decide, the answer is 503, never a pass.
 - A refused websocket is closed with 1008 (policy violation) before ``accept``.
 
@@ -22,7 +28,6 @@ Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from time import time
 from typing import Any, Unpack
 from urllib.parse import unquote_to_bytes
 
@@ -30,13 +35,12 @@ from token_guard import decision as codes
 from token_guard.bodies import one_content_type
 from token_guard.connections import Connection
 from token_guard.decision import Denial
-from token_guard.facts import RequestFacts
 from token_guard.guard import (
     CONFLICTING_HEADERS,
-    PASS,
+    Awaiting,
     Guard,
     GuardOptions,
-    Pending,
+    ReadBody,
     body_too_large,
 )
 from token_guard.records import TokenRecord
@@ -71,11 +75,7 @@ class TokenGuard:
     ) -> None:
         self.app = app
         self.guard = Guard(store=store, connections=connections, **options)
-        # Bound once: attribute chains cost on a path this short.
-        self._begin = self.guard.begin
-        self._lookup = self.guard.resolver.lookup
-        self._decide = self.guard.policy.decide
-        self._note_used = self.guard.resolver.note_used
+        self._check = self.guard.check  # bound once: attribute chains cost at this size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -84,9 +84,6 @@ class TokenGuard:
                 receive = self._lifespan_receive(receive)
             await self.app(scope, receive, send)
             return
-        # The guarded path is written out here, not in a helper coroutine: one coroutine
-        # layer less is measurable at this size.
-        guard = self.guard
         authorization: bytes | None = None
         origin: str | None = None
         referer: str | None = None
@@ -105,79 +102,45 @@ class TokenGuard:
             elif name == b"access-control-request-method":
                 preflight = True
         method: str = scope.get("method", "GET")
-        query_string: bytes = scope.get("query_string", b"")
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         if scope.get("root_path"):
             routed = route_path(scope, raw_path)
             if routed is None:
-                await self._deny(scope, send, OUTSIDE_ROOT, None)
+                await self._respond(scope, send, self.guard.refused(
+                    method, scope["path"], scope.get("query_string", b""), OUTSIDE_ROOT
+                ))
                 return
             raw_path = routed
-        pending = self._begin(
+        step = self._check(
             method,
             raw_path,
-            query_string,
+            scope.get("query_string", b""),
             authorization,
             origin,
             referer,
             preflight,
             conflict,
         )
-        if type(pending) is not Pending:
-            if pending is PASS:
+        while True:
+            if isinstance(step, TokenRecord):
+                scope[SCOPE_KEY] = step
                 await self.app(scope, receive, send)
-            else:
-                assert isinstance(pending, Denial)
-                await self._deny(scope, send, pending, None)
-            return
-        assert isinstance(pending, Pending)  # for the type checker
-
-        facts = pending.known
-        if facts is None:
-            read = await self._facts_from_body(scope, pending, receive)
-            if isinstance(read, Denial):
-                await self._deny(scope, send, read, None)
                 return
-            facts, receive = read
-        compiled = self._lookup(pending.token)
-        if compiled is None:
-            compiled = await guard.resolver.resolve(pending.token)
-        if isinstance(compiled, Denial):
-            await self._deny(scope, send, compiled, None, facts)
-            return
-        denial = self._decide(compiled, facts, time())
-        record = compiled.record
-        if denial is not None:
-            await self._deny(scope, send, denial, record.id, facts)
-            return
-        self._note_used(record.id)
-        scope[SCOPE_KEY] = record
-        if guard.on_decision is not None:
-            guard.observe(method, scope.get("path", ""), query_string, facts, record)
-        await self.app(scope, receive, send)
-
-    async def _facts_from_body(
-        self, scope: Scope, pending: Pending, receive: Receive
-    ) -> tuple[RequestFacts, Receive] | Denial:
-        """Read and replay the JSON body the route's source may travel in, then the facts."""
-        guard = self.guard
-        body = None
-        if scope["type"] == "http":
-            raw = await self._read_body(receive)
-            if isinstance(raw, Denial):
-                return raw
-            receive = _replay(raw, receive)
-            content_type = one_content_type(
-                [v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"]
-            )
-            parsed = guard.parse_body(raw, content_type)
-            if isinstance(parsed, Denial):
-                return parsed
-            body = parsed
-        facts = guard.facts(pending, body)
-        if isinstance(facts, Denial):
-            return facts
-        return facts, receive
+            if isinstance(step, Denial):
+                await self._respond(scope, send, step)
+                return
+            if isinstance(step, Awaiting):
+                step = step.then(await step.work())
+            elif isinstance(step, ReadBody):
+                raw = await self._read_body(receive) if scope["type"] == "http" else b""
+                if isinstance(raw, bytes):
+                    receive = _replay(raw, receive)
+                step = step.then(raw, one_content_type(
+                    [v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"]
+                ))
+            else:
+                await self.app(scope, receive, send)
+                return
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         resolver = self.guard.resolver
@@ -207,25 +170,14 @@ class TokenGuard:
             more = bool(message.get("more_body", False))
         return b"".join(chunks)
 
-    async def _deny(
-        self,
-        scope: Scope,
-        send: Send,
-        denial: Denial,
-        token_id: str | None,
-        facts: Any = None,
-    ) -> None:
-        guard = self.guard
-        method = scope.get("method", "WEBSOCKET")
-        guard.observe(method, scope.get("path", ""), scope.get("query_string", b""),
-                      facts, denial, token_id)
+    async def _respond(self, scope: Scope, send: Send, denial: Denial) -> None:
         if scope["type"] == "websocket":
             # Closing before accept makes the server refuse the handshake (HTTP 403).
             await send(
                 {"type": "websocket.close", "code": 1008, "reason": denial.message[:120]}
             )
             return
-        status, headers, body = guard.deny_response(denial)
+        status, headers, body = self.guard.deny_response(denial)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -522,7 +522,7 @@ def _connections(items: Sequence[str]) -> dict[str, str]:
 def cmd_check(args: argparse.Namespace) -> int:
     """``check TOKEN METHOD URL``: what the guard would decide, and why."""
     from token_guard.decision import Denial
-    from token_guard.guard import Guard, Pending
+    from token_guard.guard import DecisionEvent, Guard
 
     parts = urlsplit(args.url)
     raw_path = (parts.path or "/").encode("utf-8")
@@ -542,42 +542,34 @@ def cmd_check(args: argparse.Namespace) -> int:
                 if g.connection_name not in connections:
                     connections[g.connection_name] = "bigquery"
                     assumed.append(g.connection_name)
-        guard = Guard(store=store, connections=connections)
+        # The same conductor TokenGuard runs; its DecisionEvent says what was read.
+        events: list[DecisionEvent] = []
+        guard = Guard(store=store, connections=connections, on_decision=events.append)
         try:
-            started = guard.begin(
+            step = await guard.check_async(
                 args.method.upper(), raw_path, query, b"Bearer " + args.token.encode("utf-8"),
-                args.origin, args.referer,
+                args.origin, args.referer, body=body_bytes,
             )
-            facts: Any = None
-            record_out: TokenRecord | None = None
-            outcome: Any
-            if isinstance(started, Denial):
-                outcome = started
-            elif not isinstance(started, Pending):
-                outcome = None  # outside the protected prefix: passes untouched
-            else:
-                body = guard.parse_body(body_bytes)
-                facts = body if isinstance(body, Denial) else guard.facts(started, body)
-                if isinstance(facts, Denial):
-                    outcome, facts = facts, None
-                else:
-                    compiled = await guard.resolver.resolve(started.token)
-                    if isinstance(compiled, Denial):
-                        outcome = compiled
-                    else:
-                        record_out = compiled.record
-                        now = datetime.now(UTC).timestamp()
-                        outcome = guard.policy.decide(compiled, facts, now) or "allowed"
         finally:
             await guard.resolver.close()
-        _report_check(args, outcome, facts, record_out, assumed)
+        event = events[-1] if events else None
+        facts = event.facts if event is not None else None
+        outcome: Any = step if isinstance(step, Denial) else (
+            "allowed" if isinstance(step, TokenRecord) else None
+        )
+        token: tuple[str, str | None] | None = None
+        if isinstance(step, TokenRecord):
+            token = (step.id, step.name)
+        elif event is not None and event.token_id is not None:
+            token = (event.token_id, None)
+        _report_check(args, outcome, facts, token, assumed)
         return EXIT_OK if outcome in ("allowed", None) else EXIT_REFUSED
 
     return _run_with_store(args, work)
 
 
 def _report_check(
-    args: argparse.Namespace, outcome: Any, facts: Any, record: TokenRecord | None,
+    args: argparse.Namespace, outcome: Any, facts: Any, token: tuple[str, str | None] | None,
     assumed: Sequence[str],
 ) -> None:
     from token_guard.decision import Denial
@@ -589,7 +581,7 @@ def _report_check(
             "sources": [{"kind": s.kind, "value": s.value} for s in facts.sources],
             "origin": facts.origin, "referer": facts.referer,
         }
-    token_json = {"id": record.id, "name": record.name} if record is not None else None
+    token_json = {"id": token[0], "name": token[1]} if token is not None else None
     if isinstance(outcome, Denial):
         result: dict[str, Any] = {"decision": "denied", "status": outcome.status,
                                   "code": outcome.code, "reason": outcome.message,
@@ -613,7 +605,8 @@ def _report_check(
     if result.get("hint"):
         print(f"hint:    {result['hint']}")
     if token_json:
-        print(f"token:   {token_json['id']} ({token_json['name'] or 'no name'})")
+        print(f"token:   {token_json['id']}" + (
+            f" ({token_json['name']})" if token_json["name"] else ""))
     if facts_json:
         print(f"api:     {facts_json['api']}   connection: {facts_json['connection'] or '-'}")
         for s in facts_json["sources"]:

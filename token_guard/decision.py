@@ -22,6 +22,7 @@ UNKNOWN_CONNECTION = "unknown_connection"
 BODY_TOO_LARGE = "body_too_large"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 STORE_UNAVAILABLE = "store_unavailable"
+INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,34 @@
-"""The transport-neutral guard: one request's steps, shared by the ASGI and WSGI adapters.
+"""The conductor: one request's path through the guard, shared by every transport.
 
-An adapter reads the request's method, raw path, query string and the three headers the
-guard uses, then: ``begin`` (route, facts and token; may pass the request through or refuse
-it); when ``Pending.known`` is None, reads the body, ``parse_body`` and ``facts``; resolves
-the token through ``resolver`` (``lookup`` sync, else ``resolve``); ``policy.decide``; and on
-an allow ``resolver.note_used``. Every step returns a ``Denial`` instead of raising, so both
-adapters make exactly the same decisions with the same responses.
+``Guard.check`` takes what an adapter read from the request line and three headers and
+returns the next ``Step``; the adapter only does the I/O a step asks for and hands the
+result back, until the step is final:
+
+- ``PASS`` — not the guard's request (outside the prefix, a CORS preflight): call the app.
+- ``Denial`` — refuse with ``deny_response(denial)``.
+- ``TokenRecord`` — allowed: hand the app the record (never the secret).
+- ``Awaiting`` — a store lookup (a cache miss): ``step.then(await step.work())``; WSGI runs
+  ``work`` on its loop thread.
+- ``ReadBody`` — the route's source may travel in the body: read it (up to
+  ``max_body_bytes``, the transport's limits refuse with a ``Denial``) and
+  ``step.then(raw_or_denial, content_type)``.
+
+The order is the guard's alone: route and token extraction (remembered per request shape),
+token resolution, then the body if the route needs it, then the decision, usage and
+``on_decision``. Nothing an adapter does changes a decision, so ASGI, WSGI and the CLI's
+``check`` decide alike. A token is resolved (and a missing, malformed, unknown, revoked or
+expired one refused) before any body is read. Any exception inside a step is caught and
+becomes a refusal (500 ``internal_error``, logged), never a pass.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from time import time
 from typing import Any, TypedDict
 from urllib.parse import unquote_plus
 
@@ -49,10 +64,12 @@ class DecisionEvent:
 class Pending:
     """A request that passed routing and token extraction.
 
-    ``known`` holds its facts when they did not depend on a body; otherwise the adapter
-    reads the body and calls ``Guard.facts``.
+    ``known`` holds its facts when they did not depend on a body; otherwise the guard asks
+    for the body (``ReadBody``) once the token is resolved.
     """
 
+    method: str
+    path: bytes
     match: RouteMatch
     token: str
     query_string: bytes
@@ -61,8 +78,43 @@ class Pending:
     known: RequestFacts | None = None
 
 
-PASS = object()
-"""``begin``'s answer for a request the guard does not handle (outside the prefix, preflight)."""
+class PassThrough:
+    """The type of ``PASS``: a request the guard does not handle."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PASS"
+
+
+PASS = PassThrough()
+"""``check``'s answer for a request the guard does not handle (outside the prefix, preflight)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Awaiting:
+    """The guard needs the store: ``step.then(await step.work())``."""
+
+    work: Callable[[], Awaitable[CompiledToken | Denial]]
+    then: Callable[[CompiledToken | Denial], Step]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBody:
+    """The guard needs the body: ``step.then(raw bytes or the transport's Denial, type)``."""
+
+    then: Callable[[bytes | Denial, str | None], Step]
+
+
+Step = PassThrough | Denial | TokenRecord | Awaiting | ReadBody
+"""What ``Guard.check`` and each continuation return."""
+
+INTERNAL_ERROR = Denial(
+    500,
+    codes.INTERNAL_ERROR,
+    "token_guard could not decide on this request, so it was refused.",
+    "This is a bug in token_guard: retry, and report it with the server's log line.",
+)
 
 MISSING = Denial(
     401,
@@ -220,9 +272,13 @@ class Guard:
         # headers it reads: remembered, so a repeated request (a map's tiles, a polled
         # query) skips path, query-string and header parsing. Bounded; cleared when full.
         # Facts that depend on a body are never part of it (Pending.known is None).
-        self._begun: dict[tuple[Any, ...], Pending | Denial | object] = {}
+        self._begun: dict[tuple[Any, ...], Pending | Denial | PassThrough] = {}
+        # Bound once: attribute chains cost on a path this short.
+        self._lookup = self.resolver.lookup
+        self._policy_decide = self.policy.decide
+        self._note_used = self.resolver.note_used
 
-    def begin(
+    def check(
         self,
         method: str,
         raw_path: bytes,
@@ -232,22 +288,51 @@ class Guard:
         referer: str | None,
         preflight: bool = False,
         conflicting_authorization: bool = False,
-    ) -> Pending | Denial | object:
-        """Route and extract the token: ``PASS``, a ``Denial`` or a ``Pending`` request."""
+    ) -> Step:
+        """The first step of a request (see the module docstring for the steps)."""
         if preflight and method == "OPTIONS" and origin is not None:
             return PASS
         key = (method, raw_path, query_string, origin, referer, authorization,
                conflicting_authorization)
         found = self._begun.get(key)
         if found is None:
-            found = self._begin(
-                method, raw_path, query_string, authorization, origin, referer,
-                conflicting_authorization,
-            )
+            try:
+                found = self._begin(
+                    method, raw_path, query_string, authorization, origin, referer,
+                    conflicting_authorization,
+                )
+            except Exception:
+                log.exception("token_guard failed routing %s %r", method, raw_path[:200])
+                found = INTERNAL_ERROR
             if len(raw_path) + len(query_string) <= _MEMO_MAX_KEY:
                 if len(self._begun) >= _MEMO_SIZE:
                     self._begun.clear()
                 self._begun[key] = found
+        if isinstance(found, Pending):
+            try:
+                compiled = self._lookup(found.token)
+                facts = found.known
+                if compiled is None:
+                    return Awaiting(
+                        partial(self.resolver.resolve, found.token),
+                        partial(self._resolved, found),
+                    )
+                if facts is None or isinstance(compiled, Denial):
+                    return self._resolved(found, compiled)
+                # _decide, written out: the path every cached request takes.
+                record = compiled.record
+                denial = self._policy_decide(compiled, facts, time())
+                if denial is not None:
+                    self.observe(method, raw_path, query_string, facts, denial, record.id)
+                    return denial
+                self._note_used(record.id)
+                if self.on_decision is not None:
+                    self.observe(method, raw_path, query_string, facts, record)
+                return record
+            except Exception:
+                return self._failed(found)
+        if isinstance(found, Denial):
+            self.observe(method, raw_path, query_string, None, found)
         return found
 
     def _begin(
@@ -259,8 +344,8 @@ class Guard:
         origin: str | None,
         referer: str | None,
         conflicting_authorization: bool,
-    ) -> Pending | Denial | object:
-        """``begin`` without its memo: a pure function of its arguments."""
+    ) -> Pending | Denial | PassThrough:
+        """Routing and token extraction: a pure function of its arguments (remembered)."""
         match = self.routes.match(method, raw_path)
         if match is None:
             return PASS
@@ -283,33 +368,101 @@ class Guard:
             return token
         if token is None:
             return MISSING
-        return Pending(match, token, query_string, origin, referer, known)
+        return Pending(method, raw_path, match, token, query_string, origin, referer, known)
 
-    def parse_body(
-        self, raw: bytes, content_type: str | None = None
-    ) -> Mapping[str, Any] | Denial | None:
-        """The parameters of a buffered body (None if empty) read by its Content-Type, or
-        the refusal (see ``token_guard.bodies``)."""
-        return parse_body(raw, content_type)
+    def _resolved(self, pending: Pending, compiled: CompiledToken | Denial) -> Step:
+        """The token is known (or refused): decide, or ask for the body first."""
+        try:
+            if isinstance(compiled, Denial):
+                self.observe(pending.method, pending.path, pending.query_string, pending.known,
+                             compiled)
+                return compiled
+            if pending.known is None:
+                return ReadBody(partial(self._with_body, pending, compiled))
+            return self._decide(pending, compiled, pending.known)
+        except Exception:
+            return self._failed(pending)
 
-    def facts(self, pending: Pending, body: Mapping[str, Any] | None) -> RequestFacts | Denial:
-        """What the request reads (API, connection, sources, origin), or the refusal."""
-        if pending.known is not None:
-            return pending.known
-        return self.routes.facts(
-            pending.match, pending.query_string, body, pending.origin, pending.referer
-        )
+    def _with_body(
+        self, pending: Pending, compiled: CompiledToken, raw: bytes | Denial,
+        content_type: str | None,
+    ) -> Step:
+        """The body arrived (or the transport refused it): the facts, then the decision."""
+        try:
+            token_id = compiled.record.id
+            parsed = raw if isinstance(raw, Denial) else parse_body(raw, content_type)
+            if isinstance(parsed, Denial):
+                self.observe(pending.method, pending.path, pending.query_string, None, parsed,
+                             token_id)
+                return parsed
+            facts = self.routes.facts(
+                pending.match, pending.query_string, parsed, pending.origin, pending.referer
+            )
+            if isinstance(facts, Denial):
+                self.observe(pending.method, pending.path, pending.query_string, None, facts,
+                             token_id)
+                return facts
+            return self._decide(pending, compiled, facts)
+        except Exception:
+            return self._failed(pending)
+
+    def _decide(self, pending: Pending, compiled: CompiledToken, facts: RequestFacts) -> Step:
+        record = compiled.record
+        denial = self._policy_decide(compiled, facts, time())
+        if denial is not None:
+            self.observe(pending.method, pending.path, pending.query_string, facts, denial,
+                         record.id)
+            return denial
+        self._note_used(record.id)
+        if self.on_decision is not None:
+            self.observe(pending.method, pending.path, pending.query_string, facts, record)
+        return record
+
+    def _failed(self, pending: Pending) -> Denial:
+        log.exception("token_guard failed deciding %s %r", pending.method, pending.path[:200])
+        return INTERNAL_ERROR
+
+    async def check_async(
+        self,
+        method: str,
+        raw_path: bytes,
+        query_string: bytes = b"",
+        authorization: bytes | None = None,
+        origin: str | None = None,
+        referer: str | None = None,
+        body: bytes = b"",
+        content_type: str | None = "application/json",
+    ) -> PassThrough | Denial | TokenRecord:
+        """All the steps of one request, for callers that hold the whole request (the
+        CLI's ``check``, tests): the same decision ``TokenGuard`` makes."""
+        step = self.check(method, raw_path, query_string, authorization, origin, referer)
+        while True:
+            if isinstance(step, Awaiting):
+                step = step.then(await step.work())
+            elif isinstance(step, ReadBody):
+                limit = self.max_body_bytes
+                step = step.then(body_too_large(limit) if len(body) > limit else body,
+                                 content_type)
+            else:
+                return step
+
+    def refused(self, method: str, path: str, query_string: bytes, denial: Denial) -> Denial:
+        """A refusal the transport made before the guard's steps (observed like the rest)."""
+        self.observe(method, path, query_string, None, denial)
+        return denial
 
     def observe(
         self,
         method: str,
-        path: str,
+        path: bytes | str,
         query_string: bytes,
         facts: RequestFacts | None,
         outcome: TokenRecord | Denial,
         token_id: str | None = None,
     ) -> None:
         """Log a refusal (never the token) and tell ``on_decision``, if set."""
+        if isinstance(path, bytes):
+            path = path.decode("latin-1")
         logged = f"{path}?{redact_query(query_string)}" if query_string else path
         if isinstance(outcome, Denial):
             log.info(

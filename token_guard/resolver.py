@@ -409,6 +409,16 @@ class Resolver(Generic[T]):
         unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:
             unsubscribe()
+        # No change event reaches a closed resolver, so no token it remembers can be
+        # trusted any more (refusals it remembers stay refusals).
+        with self._lock:
+            self._hot.clear()
+            settings = self._settings
+            self._positive = _IndexedCache(
+                settings.max_entries, settings.ttl + settings.stale_window, self._clock,
+                self._dropped,
+            )
+            self._by_id.clear()
 
     async def _flush_forever(self) -> None:
         while True:

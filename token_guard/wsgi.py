@@ -56,7 +56,6 @@ import io
 import os
 import re
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -71,10 +70,10 @@ from token_guard.connections import Connection
 from token_guard.decision import Denial
 from token_guard.guard import (
     CONFLICTING_HEADERS,
-    PASS,
+    Awaiting,
     Guard,
     GuardOptions,
-    Pending,
+    ReadBody,
     body_too_large,
 )
 from token_guard.policy import CompiledToken
@@ -143,11 +142,7 @@ class TokenGuardWSGI:
     ) -> None:
         self.app = app
         self.guard = Guard(store=store, connections=connections, **options)
-        # Bound once: attribute chains cost on a path this short.
-        self._begin = self.guard.begin
-        self._lookup = self.guard.resolver.lookup
-        self._decide = self.guard.policy.decide
-        self._note_used = self.guard.resolver.note_used
+        self._check = self.guard.check  # bound once: attribute chains cost at this size
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
         self._loop = _LoopThread(self.guard.resolver.start)
@@ -170,19 +165,21 @@ class TokenGuardWSGI:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        guard = self.guard
         method: str = environ.get("REQUEST_METHOD", "GET")
         query_string: bytes = environ.get("QUERY_STRING", "").encode("latin-1")
         raw_path, app_path = _raw_path(environ)
         if app_path is not None:
             checked = self._reconcile(method, raw_path, app_path)
             if isinstance(checked, Denial):
-                return self._deny(environ, start_response, checked, None)
+                return self._respond(
+                    start_response, self.guard.refused(method, _path(environ), query_string,
+                                                       checked)
+                )
             raw_path = checked
         authorization, conflict = _authorization(environ.get("HTTP_AUTHORIZATION"))
         origin = environ.get("HTTP_ORIGIN")
         referer = environ.get("HTTP_REFERER")
-        pending = self._begin(
+        step = self._check(
             method,
             raw_path,
             query_string,
@@ -192,46 +189,24 @@ class TokenGuardWSGI:
             "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ,
             conflict,
         )
-        if type(pending) is not Pending:
-            if pending is PASS:
+        while True:
+            if isinstance(step, TokenRecord):
+                environ[ENVIRON_KEY] = step
                 return self.app(environ, start_response)
-            assert isinstance(pending, Denial)
-            return self._deny(environ, start_response, pending, None)
-        assert isinstance(pending, Pending)  # for the type checker
-
-        facts = pending.known
-        if facts is None:  # the route's source may travel in the body: read, replay it
-            raw = self._read_body(environ)
-            if isinstance(raw, Denial):
-                return self._deny(environ, start_response, raw, None)
-            environ["wsgi.input"] = io.BytesIO(raw)
-            environ["CONTENT_LENGTH"] = str(len(raw))
-            environ["wsgi.input_terminated"] = True
-            content_type = environ.get("CONTENT_TYPE")
-            parsed = guard.parse_body(
-                raw, one_content_type([content_type] if content_type else [])
-            )
-            if isinstance(parsed, Denial):
-                return self._deny(environ, start_response, parsed, None)
-            read = guard.facts(pending, parsed)
-            if isinstance(read, Denial):
-                return self._deny(environ, start_response, read, None)
-            facts = read
-        # After close() no change events arrive, so a cached answer could be stale: refuse.
-        compiled = UNAVAILABLE if self._closed else self._lookup(pending.token)
-        if compiled is None:
-            compiled = self._resolve(pending.token)
-        if isinstance(compiled, Denial):
-            return self._deny(environ, start_response, compiled, None, facts)
-        record = compiled.record
-        denial = self._decide(compiled, facts, time.time())
-        if denial is not None:
-            return self._deny(environ, start_response, denial, record.id, facts)
-        self._note_used(record.id)
-        environ[ENVIRON_KEY] = record
-        if guard.on_decision is not None:
-            guard.observe(method, _path(environ), query_string, facts, record)
-        return self.app(environ, start_response)
+            if isinstance(step, Denial):
+                return self._respond(start_response, step)
+            if isinstance(step, Awaiting):
+                step = step.then(self._resolve(step.work))
+            elif isinstance(step, ReadBody):
+                raw = self._read_body(environ)
+                if isinstance(raw, bytes):  # replayed to the app
+                    environ["wsgi.input"] = io.BytesIO(raw)
+                    environ["CONTENT_LENGTH"] = str(len(raw))
+                    environ["wsgi.input_terminated"] = True
+                content_type = environ.get("CONTENT_TYPE")
+                step = step.then(raw, one_content_type([content_type] if content_type else []))
+            else:
+                return self.app(environ, start_response)
 
     def _reconcile(self, method: str, raw: bytes, app_path: bytes) -> bytes | Denial:
         """The raw URI disagrees with PATH_INFO (the server normalised it, or a middleware
@@ -245,13 +220,18 @@ class TokenGuardWSGI:
             return raw
         return PATH_MISMATCH
 
-    def _resolve(self, token: str) -> CompiledToken | Denial:
+    def _resolve(
+        self, work: Callable[[], Awaitable[CompiledToken | Denial]]
+    ) -> CompiledToken | Denial:
         """A cache miss: the resolver's single-flight lookup, on the loop thread."""
+        if self._closed:
+            # After close() no change events arrive, so a store answer could go stale.
+            return UNAVAILABLE
         try:
             loop = self._loop.loop()
         except RuntimeError:
             return UNAVAILABLE  # closed
-        future = asyncio.run_coroutine_threadsafe(self.guard.resolver.resolve(token), loop)
+        future = asyncio.run_coroutine_threadsafe(_run(work), loop)
         try:
             return future.result(self._resolve_wait)
         except FutureTimeout:
@@ -286,29 +266,17 @@ class TokenGuardWSGI:
             return CLIENT_GONE
         return b"".join(chunks)
 
-    def _deny(
-        self,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-        denial: Denial,
-        token_id: str | None,
-        facts: Any = None,
-    ) -> Iterable[bytes]:
-        guard = self.guard
-        guard.observe(
-            environ.get("REQUEST_METHOD", "GET"),
-            _path(environ),
-            environ.get("QUERY_STRING", "").encode("latin-1"),
-            facts,
-            denial,
-            token_id,
-        )
-        status, headers, body = guard.deny_response(denial)
+    def _respond(self, start_response: StartResponse, denial: Denial) -> Iterable[bytes]:
+        status, headers, body = self.guard.deny_response(denial)
         start_response(
             _status_line(status),
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
         )
         return [body]
+
+
+async def _run(work: Callable[[], Awaitable[T]]) -> T:
+    return await work()
 
 
 class _LoopThread:

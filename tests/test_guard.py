@@ -1,0 +1,136 @@
+"""The conductor (token_guard.guard.Guard.check): the steps of a request, in the guard's order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from token_guard.decision import Denial
+from token_guard.guard import PASS, Awaiting, Guard, ReadBody, Step
+from token_guard.records import TokenRecord
+from token_guard.stores.memory import MemoryStore
+
+pytestmark = pytest.mark.anyio
+CONNECTIONS = {"carto_dw": "bigquery"}
+BODY = {
+    "name": "stores",
+    "grants": [{"connection_name": "carto_dw", "source": "proj.ds.stores"}],
+    "referers": [],
+    "allowed_apis": ["maps", "sql"],
+}
+TABLE = (b"/v3/maps/carto_dw/table", b"name=proj.ds.stores")
+QUERY_PATH = b"/v3/sql/carto_dw/query"
+
+
+async def guard_and_secret(**options: Any) -> tuple[Guard, str]:
+    store = MemoryStore()
+    issued = await store.create_token(BODY)
+    return Guard(store=store, connections=CONNECTIONS, **options), issued.token
+
+
+def bearer(secret: str) -> bytes:
+    return b"Bearer " + secret.encode("ascii")
+
+
+async def drive(step: Step, body: bytes = b"", content_type: str = "application/json") -> Any:
+    """Run the I/O steps the way an adapter does; returns the final step and the kinds seen."""
+    seen: list[str] = []
+    while isinstance(step, Awaiting | ReadBody):
+        seen.append(type(step).__name__)
+        if isinstance(step, Awaiting):
+            step = step.then(await step.work())
+        else:
+            step = step.then(body, content_type)
+    return step, seen
+
+
+async def test_outside_the_prefix_passes() -> None:
+    guard, _ = await guard_and_secret()
+    assert guard.check("GET", b"/health", b"", None, None, None) is PASS
+
+
+async def test_preflight_passes_without_a_token() -> None:
+    guard, _ = await guard_and_secret()
+    step = guard.check("OPTIONS", TABLE[0], TABLE[1], None, "https://a.example", None, True)
+    assert step is PASS
+
+
+async def test_missing_token_is_refused_at_once() -> None:
+    guard, _ = await guard_and_secret()
+    step = guard.check("GET", *TABLE, None, None, None)
+    assert isinstance(step, Denial) and step.code == "missing_token"
+
+
+async def test_cache_miss_awaits_the_store_then_allows() -> None:
+    guard, secret = await guard_and_secret()
+    final, seen = await drive(guard.check("GET", *TABLE, bearer(secret), None, None))
+    assert seen == ["Awaiting"]
+    assert isinstance(final, TokenRecord) and final.name == "stores"
+    again = guard.check("GET", *TABLE, bearer(secret), None, None)
+    assert isinstance(again, TokenRecord), "a cached token decides without I/O"
+
+
+async def test_body_is_asked_for_only_after_the_token_is_known() -> None:
+    guard, secret = await guard_and_secret()
+    body = b'{"q": "SELECT * FROM proj.ds.stores"}'
+    final, seen = await drive(guard.check("POST", QUERY_PATH, b"", bearer(secret), None, None),
+                              body)
+    assert seen == ["Awaiting", "ReadBody"]
+    assert isinstance(final, TokenRecord)
+
+
+async def test_unknown_token_is_refused_before_any_body_is_read() -> None:
+    guard, _ = await guard_and_secret()
+    from token_guard.secret import new_secret
+
+    final, seen = await drive(
+        guard.check("POST", QUERY_PATH, b"", bearer(new_secret()), None, None), b"x" * 10
+    )
+    assert "ReadBody" not in seen
+    assert isinstance(final, Denial) and final.code == "invalid_token"
+
+
+async def test_transport_refusal_of_the_body_is_the_answer() -> None:
+    guard, secret = await guard_and_secret()
+    await drive(guard.check("GET", *TABLE, bearer(secret), None, None))
+    post = guard.check("POST", QUERY_PATH, b"", bearer(secret), None, None)
+    assert isinstance(post, ReadBody)
+    too_large = Denial(413, "body_too_large", "big", "smaller")
+    assert post.then(too_large, "application/json") is too_large
+
+
+async def test_an_exception_inside_a_step_is_a_refusal_never_a_pass() -> None:
+    guard, secret = await guard_and_secret()
+    await drive(guard.check("GET", *TABLE, bearer(secret), None, None))
+
+    def broken(*_: Any) -> Denial | None:
+        raise KeyError("a bug")
+
+    guard._policy_decide = broken  # type: ignore[assignment]
+    step = guard.check("GET", *TABLE, bearer(secret), None, None)
+    assert isinstance(step, Denial)
+    assert (step.status, step.code) == (500, "internal_error")
+
+
+async def test_on_decision_sees_every_outcome() -> None:
+    events: list[Any] = []
+    guard, secret = await guard_and_secret(on_decision=events.append)
+    await drive(guard.check("GET", *TABLE, bearer(secret), None, None))
+    guard.check("GET", *TABLE, None, None, None)
+    guard.check("GET", b"/v3/maps/carto_dw/table", b"name=proj.ds.secret", bearer(secret),
+                None, None)
+    assert [(e.allowed, e.denial.code if e.denial else None) for e in events] == [
+        (True, None), (False, "missing_token"), (False, "source_not_granted")
+    ]
+    assert all(secret not in repr(e) for e in events)
+
+
+async def test_check_async_decides_as_the_steps_do() -> None:
+    guard, secret = await guard_and_secret()
+    allowed = await guard.check_async("POST", QUERY_PATH, b"", bearer(secret),
+                                      body=b'{"q": "SELECT 1 FROM proj.ds.stores"}')
+    assert isinstance(allowed, TokenRecord)
+    refused = await guard.check_async("POST", QUERY_PATH, b"", bearer(secret),
+                                      body=b'{"q": "SELECT 1 FROM proj.ds.secret"}')
+    assert isinstance(refused, Denial) and refused.code == "source_not_granted"
