@@ -34,9 +34,23 @@ Security choices (fail closed):
   a JSON object, is 400 ``malformed_request`` naming the parameter. The query string is
   parsed strictly: ``+`` is a space; an invalid ``%``-escape anywhere is 400, and so is a
   raw ``;`` (a separator to some servers: ``x=1;name=b`` could smuggle a second
-  ``name``) and a wanted key or value that is not UTF-8. Other parameters (``v``,
-  ``client``, ``format``, ``queryParameters`` (bound values), ``filters``, ...) take no
-  part in authorisation.
+  ``name``) and a wanted key or value that is not UTF-8.
+- Every parameter the backend puts into SQL is declared on its route (``SqlParam``) and
+  checked; a present one that fails is 400 ``malformed_request`` naming it:
+  SQL expressions (Maps ``aggregationExp``, the model API's ``params.operationExp`` and
+  ``params.aggregations`` when a string) are checked as the query ``SELECT <expression>``
+  against the grants, so a subquery may read only granted tables; column names
+  (``columns``, ``spatialDataColumn``, ``params.column``, filter keys, the stats
+  ``{attribute}``, ...) must be plain identifiers ``[A-Za-z_][A-Za-z0-9_]*``, so a
+  backend that splices one in cannot have its SQL reshaped; enum-like values
+  (``params.operation``, ``sortDirection``, ``filtersLogicalOperator``, ...) must be one
+  of the values the client sends; sizes and ticks must be numbers. ``params`` is a
+  closed JSON object: JSON text in the query string, an object or JSON text in the body;
+  invalid JSON, a repeated key, NaN/Infinity, or a key the route does not declare is
+  refused, so a key a newer backend evaluates cannot pass unseen. These parameters are
+  parsed only when present. Values (``queryParameters``, filter values,
+  ``featureIds``, ...) are data: the backend must bind them. ``v``, ``client``,
+  ``format`` and other parameters take no part in authorisation.
 - Denial messages name routes and parameters, never request values: a token sent as
   ``access_token=`` (or pasted into a path) is never echoed.
 
