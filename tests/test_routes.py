@@ -140,6 +140,13 @@ DEFAULT_CASES = [
     ),
     pytest.param(
         "GET",
+        b"/v3/maps/dw/query?q=SELECT%201&columns=",
+        None,
+        facts("maps", "dw", Q),
+        id="maps-columns-empty-list",
+    ),
+    pytest.param(
+        "GET",
         b"/v3/stats/dw/proj.ds.t/population",
         None,
         facts("maps", "dw", T),
@@ -1061,6 +1068,13 @@ SQL_PARAM_CASES = [
     ),
     pytest.param(
         "GET",
+        b"/v3/maps/dw/query?q=SELECT%201&columns=",
+        None,
+        facts("maps", "dw", Q),
+        id="maps-columns-empty-list",
+    ),
+    pytest.param(
+        "GET",
         b"/v3/stats/dw/proj.ds.t/population",
         None,
         facts("maps", "dw", T),
@@ -1491,3 +1505,15 @@ def test_routes_without_sql_params_read_no_extra_parameters() -> None:
     target = b"/v3/sql/dw/query?q=SELECT%201&filters=%7B&columns=a%20b"
     assert classify("GET", target) == facts("sql", "dw", Q)
     assert route.sql_params == ()
+
+
+def test_deep_json_in_query_and_body_is_refused_not_crashed() -> None:
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    target = model("formula", {"operation": "count"})
+    found = classify("POST", target, {"params": {"ticks": deep}})
+    assert isinstance(found, Denial) and found.status == 400
+    text = b"/v3/sql/dw/model/formula?type=table&source=proj.ds.t&params=" + b"%5B" * 100_000
+    found = classify("GET", text)
+    assert isinstance(found, Denial) and found.code == codes.MALFORMED_REQUEST

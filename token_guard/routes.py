@@ -898,7 +898,7 @@ def _json_param(
             in_body = _parse_json(name, in_body)
             if isinstance(in_body, Denial):
                 return in_body
-        if given and _canonical(value) != _canonical(in_body):
+        if given and (_canonical(value) is None or _canonical(value) != _canonical(in_body)):
             return _denial(
                 400,
                 codes.AMBIGUOUS_REQUEST,
@@ -930,8 +930,11 @@ def _no_constant(_text: str) -> Any:
     raise ValueError("NaN and Infinity are not JSON")
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def _canonical(value: Any) -> str | None:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (ValueError, RecursionError):
+        return None
 
 
 def _check_value(name: str, param: SqlParam, value: Any, out: list[Source]) -> Denial | None:
@@ -955,7 +958,8 @@ def _check_value(name: str, param: SqlParam, value: Any, out: list[Source]) -> D
             return None
         return _bad_identifier(name)
     if check == "identifier_list":
-        items = value.split(",") if isinstance(value, str) else value
+        # The client sends columns=[] as "": no column list.
+        items = (value.split(",") if value else []) if isinstance(value, str) else value
         if isinstance(items, list) and all(_is_identifier(v, param.choices) for v in items):
             return None
         return _bad_identifier(name)
