@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +15,7 @@ from token_guard import decision as codes
 from token_guard.decision import Denial
 from token_guard.errors import ConfigurationError
 from token_guard.facts import RequestFacts, Source
-from token_guard.routes import DEFAULT_ROUTES, Route, RouteMap, RouteMatch
+from token_guard.routes import DEFAULT_ROUTES, Route, RouteMap, RouteMatch, SqlParam
 
 ROUTES = RouteMap()
 TOKEN = "tgk_" + "A" * 32 + "BBBBBB"
@@ -135,6 +137,13 @@ DEFAULT_CASES = [
     ),
     pytest.param(
         "HEAD", b"/v3/maps/dw/table?name=proj.ds.t", None, facts("maps", "dw", T), id="head-is-get"
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/query?q=SELECT%201&columns=",
+        None,
+        facts("maps", "dw", Q),
+        id="maps-columns-empty-list",
     ),
     pytest.param(
         "GET",
@@ -266,7 +275,8 @@ def test_origin_and_referer_are_carried() -> None:
         pytest.param("POST", b"/v3/sql/dw/job", True, id="sql-job-post"),
         pytest.param("POST", b"/v3/sql/dw/model/pick", True, id="model-post"),
         pytest.param("POST", b"/v3/imports", True, id="imports-post"),
-        pytest.param("POST", b"/v3/stats/dw/proj.ds.t/a", False, id="stats-path-source"),
+        # filters and spatialDataType may come in a POST body (the client POSTs long URLs)
+        pytest.param("POST", b"/v3/stats/dw/proj.ds.t/a", True, id="stats-path-source"),
         pytest.param("POST", b"/v3/lds/geocoding/batch", False, id="lds-no-source"),
         pytest.param("DELETE", b"/v3/sql/dw/job/1", False, id="job-delete"),
     ],
@@ -731,6 +741,67 @@ BAD_CONFIG = [
     pytest.param({"prefix": "v3/"}, [], "prefix", id="prefix-without-slash"),
     pytest.param({"prefix": "/v3"}, [], "prefix", id="prefix-without-trailing-slash"),
     pytest.param({"prefix": "/v3/../"}, [], "prefix", id="prefix-dot-segment"),
+    pytest.param(
+        {},
+        [Route(api="maps", path="/v3/a", sql_params=(SqlParam("x", "sql"),))],  # type: ignore[arg-type]
+        "check 'sql'",
+        id="sql-param-unknown-check",
+    ),
+    pytest.param(
+        {},
+        [Route(api="maps", path="/v3/a", sql_params=(SqlParam("dir", "keyword"),))],
+        "lower-case choices",
+        id="keyword-without-choices",
+    ),
+    pytest.param(
+        {},
+        [Route(api="maps", path="/v3/a", sql_params=(SqlParam("a.b.c", "identifier"),))],
+        "'object.key'",
+        id="sql-param-nested-too-deep",
+    ),
+    pytest.param(
+        {},
+        [Route(api="maps", path="/v3/a", sql_params=(SqlParam("{col}", "identifier"),))],
+        "placeholder",
+        id="sql-param-path-placeholder-missing",
+    ),
+    pytest.param(
+        {},
+        [
+            Route(
+                api="maps",
+                path="/v3/a",
+                expression_params=frozenset({"e"}),
+                sql_params=(SqlParam("e", "expression"),),
+            )
+        ],
+        "twice",
+        id="sql-param-declared-twice",
+    ),
+    pytest.param(
+        {},
+        [
+            Route(
+                api="maps",
+                path="/v3/a",
+                sql_params=(SqlParam("p", "identifier"), SqlParam("p.k", "identifier")),
+            )
+        ],
+        "one role",
+        id="sql-param-value-and-object",
+    ),
+    pytest.param(
+        {},
+        [Route(api="maps", path="/v3/a", source_param="q", sql_params=(SqlParam("q", "data"),))],
+        "one role",
+        id="sql-param-is-the-source",
+    ),
+    pytest.param(
+        {},
+        [Route(api="maps", path="/v3/a", sql_params=("aggregationExp",))],  # type: ignore[arg-type]
+        "tuple of SqlParam",
+        id="sql-params-not-sql-param",
+    ),
 ]
 
 
@@ -853,3 +924,596 @@ def test_a_declared_head_route_wins_over_get() -> None:
     )
     got = classify("HEAD", b"/v3/a/dw", routes=routes)
     assert isinstance(got, RequestFacts) and got.api == "lds"
+
+
+# -- parameters the backend puts into SQL ---------------------------------------------
+
+
+def model(widget: str, params: object, **extra: str) -> bytes:
+    """A SQL model (widget) URL as @carto/api-client builds it: ``params`` as JSON text."""
+    query = {"type": "table", "source": "proj.ds.t", "params": json.dumps(params), **extra}
+    return f"/v3/sql/dw/model/{widget}?{urlencode(query)}".encode()
+
+
+SECRET = "(SELECT MAX(s) FROM proj.ds.secret)"
+MODEL_SOURCE = ("table", "proj.ds.t")
+
+SQL_PARAM_CASES = [
+    pytest.param(
+        "GET",
+        model("formula", {"column": "*", "operation": "custom", "operationExp": SECRET}),
+        None,
+        facts("sql", "dw", MODEL_SOURCE, ("query", f"SELECT {SECRET}")),
+        id="formula-operation-exp-get",
+    ),
+    pytest.param(
+        "POST",
+        b"/v3/sql/dw/model/formula",
+        {
+            "type": "table",
+            "source": "proj.ds.t",
+            "params": {"column": "*", "operation": "custom", "operationExp": SECRET},
+        },
+        facts("sql", "dw", MODEL_SOURCE, ("query", f"SELECT {SECRET}")),
+        id="formula-operation-exp-post-object",
+    ),
+    pytest.param(
+        "POST",
+        b"/v3/sql/dw/model/formula",
+        {
+            "type": "table",
+            "source": "proj.ds.t",
+            "params": json.dumps({"operation": "custom", "operationExp": SECRET}),
+        },
+        facts("sql", "dw", MODEL_SOURCE, ("query", f"SELECT {SECRET}")),
+        id="formula-operation-exp-post-json-text",
+    ),
+    pytest.param(
+        "GET",
+        model("aggregations", {"aggregations": "sum(x) AS a, (SELECT 1 FROM proj.ds.secret)"}),
+        None,
+        facts(
+            "sql",
+            "dw",
+            MODEL_SOURCE,
+            ("query", "SELECT sum(x) AS a, (SELECT 1 FROM proj.ds.secret)"),
+        ),
+        id="aggregations-sql-string",
+    ),
+    pytest.param(
+        "GET",
+        model(
+            "timeseries",
+            {
+                "column": "date",
+                "stepSize": "month",
+                "operation": "custom",
+                "operationExp": "sum(a)/sum(b)",
+                "operationColumn": "date",
+                "joinOperation": "sum",
+                "splitByCategory": "kind",
+                "splitByCategoryLimit": 5,
+                "splitByCategoryValues": ["x') OR 1=1 --"],
+            },
+        ),
+        None,
+        facts("sql", "dw", MODEL_SOURCE, ("query", "SELECT sum(a)/sum(b)")),
+        id="timeseries-custom-values-are-data",
+    ),
+    pytest.param(
+        "GET",
+        model(
+            "aggregations",
+            {"aggregations": [{"column": "pop", "operation": "sum", "alias": "total"}]},
+        ),
+        None,
+        facts("sql", "dw", MODEL_SOURCE),
+        id="aggregations-array",
+    ),
+    pytest.param(
+        "GET",
+        model(
+            "category",
+            {
+                "column": "city",
+                "operation": "sum",
+                "operationColumn": "revenue",
+                "othersThreshold": None,
+                "orderBy": "frequency_desc",
+                "featureIds": ["a1"],
+                "geometryType": "points",
+            },
+            filters=json.dumps({"kind": {"in": {"values": ["a'b"], "owner": "w1"}}}),
+            filtersLogicalOperator="and",
+            spatialDataType="geo",
+            spatialDataColumn="geom",
+            spatialFilters=json.dumps({"geom": {"type": "Polygon", "coordinates": []}}),
+            queryParameters="",
+        ),
+        None,
+        facts("sql", "dw", MODEL_SOURCE),
+        id="category-widget-as-the-client-sends-it",
+    ),
+    pytest.param(
+        "GET",
+        model(
+            "table",
+            {
+                "column": ["a", "b"],
+                "sortBy": "a",
+                "sortDirection": "desc",
+                "limit": 10,
+                "offset": 0,
+            },
+        ),
+        None,
+        facts("sql", "dw", MODEL_SOURCE),
+        id="table-widget-column-list",
+    ),
+    pytest.param(
+        "GET",
+        model("histogram", {"column": "x", "operation": "count", "ticks": [1, 2.5, -3]}),
+        None,
+        facts("sql", "dw", MODEL_SOURCE),
+        id="histogram-ticks",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/table?name=proj.ds.t&columns=a,b,_c1&spatialDataColumn=geom"
+        b"&spatialDataType=geo&tileResolution=0.5&filters=%7B%22a%22%3A%7B%22in%22%3A"
+        b"%7B%22values%22%3A%5B1%5D%7D%7D%7D",
+        None,
+        facts("maps", "dw", T),
+        id="maps-table-columns-and-filters",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/query?q=SELECT%201&columns=",
+        None,
+        facts("maps", "dw", Q),
+        id="maps-columns-empty-list",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/stats/dw/proj.ds.t/population",
+        None,
+        facts("maps", "dw", T),
+        id="stats-attribute",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "target", "body", "expected"), SQL_PARAM_CASES)
+def test_sql_params_become_sources_or_pass_as_data(
+    method: str, target: bytes, body: Any, expected: RequestFacts
+) -> None:
+    assert classify(method, target, body) == expected
+
+
+PARAM_ATTACKS = [
+    # the params parameter itself
+    pytest.param(
+        "GET",
+        model("formula", {"operation": "count"}) + b"&params=%7B%7D",
+        None,
+        codes.AMBIGUOUS_REQUEST,
+        id="params-twice",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/sql/dw/model/formula?type=table&source=proj.ds.t&params=%7Boperation",
+        None,
+        codes.MALFORMED_REQUEST,
+        id="params-not-json",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/sql/dw/model/formula?type=table&source=proj.ds.t&params="
+        + quote('{"operationExp":"1","operationExp":"(SELECT 1 FROM p.d.secret)"}').encode(),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="params-duplicate-keys",
+    ),
+    pytest.param(
+        "GET",
+        model("formula", ["operationExp"]),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="params-not-an-object",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/sql/dw/model/formula?type=table&source=proj.ds.t&params=%7B%22z%22%3ANaN%7D",
+        None,
+        codes.MALFORMED_REQUEST,
+        id="params-nan",
+    ),
+    pytest.param(
+        "GET",
+        model("formula", {"newSqlKnob": "x"}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="params-unknown-key",
+    ),
+    pytest.param(
+        "POST",
+        model("formula", {"operation": "count"}),
+        {"params": {"operation": "custom", "operationExp": SECRET}},
+        codes.AMBIGUOUS_REQUEST,
+        id="params-query-and-body-differ",
+    ),
+    pytest.param(
+        "POST",
+        b"/v3/sql/dw/model/formula",
+        {"type": "table", "source": "proj.ds.t", "params": 7},
+        codes.MALFORMED_REQUEST,
+        id="params-body-number",
+    ),
+    pytest.param(
+        "POST",
+        b"/v3/sql/dw/model/formula",
+        {"type": "table", "source": "proj.ds.t", "params": "{not json"},
+        codes.MALFORMED_REQUEST,
+        id="params-body-text-not-json",
+    ),
+    # expressions
+    pytest.param(
+        "GET",
+        model("formula", {"operation": "custom", "operationExp": ["1"]}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="operation-exp-not-a-string",
+    ),
+    pytest.param(
+        "GET",
+        model("formula", {"operation": "custom", "operationExp": " "}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="operation-exp-empty",
+    ),
+    # identifiers
+    pytest.param(
+        "GET",
+        model("formula", {"column": "x) FROM proj.ds.secret --", "operation": "sum"}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="column-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model("category", {"column": "c", "operation": "sum", "operationColumn": "(SELECT 1)"}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="operation-column-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model("table", {"column": ["a", "b FROM proj.ds.secret"]}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="table-column-list-item-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model("pick", {"columns": ["a", 1]}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="pick-column-not-a-string",
+    ),
+    pytest.param(
+        "GET",
+        model("table", {"column": ["a"], "sortBy": "a; DROP TABLE x"}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="sort-by-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model("scatterplot", {"xAxisColumn": "a", "yAxisColumn": "`b`"}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="quoted-identifier",
+    ),
+    pytest.param(
+        "GET",
+        model("timeseries", {"column": "d", "stepSize": "month", "splitByCategory": "k UNION ALL"}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="split-by-category-with-sql",
+    ),
+    # keywords and numbers
+    pytest.param(
+        "GET",
+        model("formula", {"column": "x", "operation": "max(x) FROM proj.ds.secret --"}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="operation-not-a-known-aggregate",
+    ),
+    pytest.param(
+        "GET",
+        model("table", {"column": ["a"], "sortDirection": "desc, (SELECT 1)"}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="sort-direction-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model("table", {"column": ["a"], "limit": "1 UNION SELECT 1"}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="limit-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model("table", {"column": ["a"], "limit": True}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="limit-boolean",
+    ),
+    pytest.param(
+        "GET",
+        model("histogram", {"column": "x", "ticks": [1, "2) OR (1"]}),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="ticks-with-sql",
+    ),
+    # aggregations given as an array
+    pytest.param(
+        "GET",
+        model(
+            "aggregations",
+            {
+                "aggregations": [
+                    {"column": "x) FROM proj.ds.secret --", "operation": "sum", "alias": "a"}
+                ]
+            },
+        ),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="aggregations-column-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model(
+            "aggregations",
+            {
+                "aggregations": [
+                    {"column": "x", "operation": "sum", "alias": "a FROM proj.ds.secret --"}
+                ]
+            },
+        ),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="aggregations-alias-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model(
+            "aggregations", {"aggregations": [{"column": "x", "operation": "custom", "alias": "a"}]}
+        ),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="aggregations-custom-operation",
+    ),
+    pytest.param(
+        "GET",
+        model(
+            "aggregations",
+            {
+                "aggregations": [
+                    {"column": "x", "operation": "sum", "alias": "a", "expression": "1"}
+                ]
+            },
+        ),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="aggregations-unknown-item-key",
+    ),
+    # source-level parameters of the model route
+    pytest.param(
+        "GET",
+        model(
+            "formula",
+            {"operation": "count"},
+            filters=json.dumps({"a = a OR 1": {"in": {"values": [1]}}}),
+        ),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="filter-column-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model(
+            "formula", {"operation": "count"}, filters=json.dumps({"a": {"sql": {"values": [1]}}})
+        ),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="filter-unknown-type",
+    ),
+    pytest.param(
+        "GET",
+        model("formula", {"operation": "count"}, filters=json.dumps({"a": [1]})),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="filter-not-an-object",
+    ),
+    pytest.param(
+        "GET",
+        model("formula", {"operation": "count"}, filtersLogicalOperator="or 1=1 or"),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="filters-logical-operator-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model(
+            "formula",
+            {"operation": "count"},
+            spatialFilters=json.dumps({"geom) OR (1": {"type": "Polygon"}}),
+        ),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="spatial-filter-column-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model("formula", {"operation": "count"}, spatialDataColumn="geom, secret"),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="model-spatial-data-column-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model("formula", {"operation": "count"}, spatialFiltersMode="intersects OR 1"),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="spatial-filters-mode-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        model("formula", {"operation": "count"}, filters="{"),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="filters-not-json",
+    ),
+    pytest.param(
+        "GET",
+        model("formula", {"operation": "count"}) + b"&filters=%7B%7D&filters=%7B%7D",
+        None,
+        codes.AMBIGUOUS_REQUEST,
+        id="filters-twice",
+    ),
+    # Maps instantiation and tiles
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/table?name=proj.ds.t&columns=a,(SELECT%201)",
+        None,
+        codes.MALFORMED_REQUEST,
+        id="maps-columns-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/table?name=proj.ds.t&columns=a,,b",
+        None,
+        codes.MALFORMED_REQUEST,
+        id="maps-columns-empty-item",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/query/1/2/3?q=SELECT%201&spatialDataColumn=geom%20FROM%20x",
+        None,
+        codes.MALFORMED_REQUEST,
+        id="tile-spatial-data-column-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/table?name=proj.ds.t&tileResolution=1%29%20x",
+        None,
+        codes.MALFORMED_REQUEST,
+        id="maps-tile-resolution-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/table?name=proj.ds.t&spatialDataType=geo%27",
+        None,
+        codes.MALFORMED_REQUEST,
+        id="maps-spatial-data-type-unknown",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/table?name=proj.ds.t&trajectoryIdColumn=id%2C(SELECT%201)",
+        None,
+        codes.MALFORMED_REQUEST,
+        id="maps-trajectory-column-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/maps/dw/table?name=proj.ds.t&filters="
+        + quote('{"x) OR (1": {"in": {"values": [1]}}}').encode(),
+        None,
+        codes.MALFORMED_REQUEST,
+        id="maps-filter-column-with-sql",
+    ),
+    pytest.param(
+        "POST",
+        b"/v3/maps/dw/table",
+        {"name": "proj.ds.t", "columns": ["a", "b c"]},
+        codes.MALFORMED_REQUEST,
+        id="maps-body-columns-array-with-sql",
+    ),
+    pytest.param(
+        "GET",
+        b"/v3/stats/dw/proj.ds.t/pop%29%20FROM%20proj.ds.secret",
+        None,
+        codes.MALFORMED_REQUEST,
+        id="stats-attribute-with-sql",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "target", "body", "code"), PARAM_ATTACKS)
+def test_sql_param_attacks_are_refused(method: str, target: bytes, body: Any, code: str) -> None:
+    found = classify(method, target, body)
+    assert isinstance(found, Denial), found
+    assert (found.status, found.code) == (400, code)
+
+
+def test_custom_route_declares_its_sql_params() -> None:
+    routes = RouteMap(
+        routes=[
+            Route(
+                api="sql",
+                path="/v3/custom/{connection}/widget",
+                source_param="name",
+                sql_params=(
+                    SqlParam("options.expr", "expression"),
+                    SqlParam("options.col", "identifier"),
+                    SqlParam("options.note", "data"),
+                    SqlParam("dir", "keyword", frozenset({"asc", "desc"})),
+                ),
+            )
+        ]
+    )
+    base = b"/v3/custom/dw/widget?name=proj.ds.t&dir=DESC&options="
+    options = quote(json.dumps({"expr": "max(x)", "col": "x", "note": "anything ' --"}))
+    assert classify("GET", base + options.encode(), routes=routes) == facts(
+        "sql", "dw", T, ("query", "SELECT max(x)")
+    )
+    unknown = classify("GET", base + quote('{"other": 1}').encode(), routes=routes)
+    assert isinstance(unknown, Denial) and "'options'" in unknown.message
+    assert "col, expr, note" in unknown.hint
+
+
+def test_sql_param_denials_name_the_parameter_not_the_value() -> None:
+    hostile = TOKEN + ") FROM proj.ds.secret"
+    for params in (
+        {"column": hostile},
+        {hostile: 1},
+        {"operation": hostile},
+        {"limit": hostile},
+        {"aggregations": [{"column": hostile, "operation": "sum"}]},
+    ):
+        found = classify("GET", model("formula", params))
+        assert isinstance(found, Denial), params
+        assert TOKEN not in found.message + found.hint
+        assert "params" in found.message
+
+
+def test_routes_without_sql_params_read_no_extra_parameters() -> None:
+    route = next(r for r in DEFAULT_ROUTES if r.path == "/v3/sql/{connection}/query")
+    # a "filters" the SQL API does not read is not parsed, even when it is not JSON
+    target = b"/v3/sql/dw/query?q=SELECT%201&filters=%7B&columns=a%20b"
+    assert classify("GET", target) == facts("sql", "dw", Q)
+    assert route.sql_params == ()
+
+
+def test_deep_json_in_query_and_body_is_refused_not_crashed() -> None:
+    deep: Any = []
+    for _ in range(5000):
+        deep = [deep]
+    target = model("formula", {"operation": "count"})
+    found = classify("POST", target, {"params": {"ticks": deep}})
+    assert isinstance(found, Denial) and found.status == 400
+    text = b"/v3/sql/dw/model/formula?type=table&source=proj.ds.t&params=" + b"%5B" * 100_000
+    found = classify("GET", text)
+    assert isinstance(found, Denial) and found.code == codes.MALFORMED_REQUEST

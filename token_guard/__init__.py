@@ -25,7 +25,7 @@ from token_guard.facts import RequestFacts, Source
 from token_guard.guard import DecisionEvent
 from token_guard.records import IssuedToken, TokenRecord
 from token_guard.resolver import CacheSettings
-from token_guard.routes import Route
+from token_guard.routes import Route, SqlParam
 from token_guard.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
 
@@ -50,6 +50,7 @@ __all__ = [
     "Route",
     "SQLiteStore",
     "Source",
+    "SqlParam",
     "StoreError",
     "StoreUnavailable",
     "TokenGuard",

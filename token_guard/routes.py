@@ -34,9 +34,23 @@ Security choices (fail closed):
   a JSON object, is 400 ``malformed_request`` naming the parameter. The query string is
   parsed strictly: ``+`` is a space; an invalid ``%``-escape anywhere is 400, and so is a
   raw ``;`` (a separator to some servers: ``x=1;name=b`` could smuggle a second
-  ``name``) and a wanted key or value that is not UTF-8. Other parameters (``v``,
-  ``client``, ``format``, ``queryParameters`` (bound values), ``filters``, ...) take no
-  part in authorisation.
+  ``name``) and a wanted key or value that is not UTF-8.
+- Every parameter the backend puts into SQL is declared on its route (``SqlParam``) and
+  checked; a present one that fails is 400 ``malformed_request`` naming it:
+  SQL expressions (Maps ``aggregationExp``, the model API's ``params.operationExp`` and
+  ``params.aggregations`` when a string) are checked as the query ``SELECT <expression>``
+  against the grants, so a subquery may read only granted tables; column names
+  (``columns``, ``spatialDataColumn``, ``params.column``, filter keys, the stats
+  ``{attribute}``, ...) must be plain identifiers ``[A-Za-z_][A-Za-z0-9_]*``, so a
+  backend that splices one in cannot have its SQL reshaped; enum-like values
+  (``params.operation``, ``sortDirection``, ``filtersLogicalOperator``, ...) must be one
+  of the values the client sends; sizes and ticks must be numbers. ``params`` is a
+  closed JSON object: JSON text in the query string, an object or JSON text in the body;
+  invalid JSON, a repeated key, NaN/Infinity, or a key the route does not declare is
+  refused, so a key a newer backend evaluates cannot pass unseen. These parameters are
+  parsed only when present. Values (``queryParameters``, filter values,
+  ``featureIds``, ...) are data: the backend must bind them. ``v``, ``client``,
+  ``format`` and other parameters take no part in authorisation.
 - Denial messages name routes and parameters, never request values: a token sent as
   ``access_token=`` (or pasted into a path) is never echoed.
 
@@ -76,11 +90,13 @@ not data routes here: declare a ``Route`` if your application serves them.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import unquote_to_bytes
 
 from token_guard import decision as codes
@@ -95,6 +111,7 @@ __all__ = [
     "Route",
     "RouteMap",
     "RouteMatch",
+    "SqlParam",
 ]
 
 DEFAULT_PREFIX = "/v3/"
@@ -117,6 +134,62 @@ _CONNECTION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 _METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _LITERAL_CHARS = frozenset(_FAST_SAFE.decode("ascii")) - {"/", "{", "}"}
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_IDENTIFIER_LENGTH = 300  # BigQuery's column-name limit; others allow fewer
+# A column name the backend may splice into SQL unquoted without changing its shape.
+_IDENTIFIER_RE = re.compile(rf"[A-Za-z_][A-Za-z0-9_]{{0,{MAX_IDENTIFIER_LENGTH - 1}}}")
+_NUMBER_RE = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,20})?")
+
+SqlCheck = Literal[
+    "expression",
+    "identifier",
+    "identifier_list",
+    "keyword",
+    "number",
+    "filters",
+    "identifier_keys",
+    "aggregations",
+    "data",
+]
+_CHECKS: frozenset[str] = frozenset(get_args(SqlCheck))
+# Checks whose query-string value is JSON text (in a body: a JSON value, or JSON text).
+_JSON_CHECKS = frozenset({"filters", "identifier_keys", "aggregations"})
+# @carto/api-client's FilterType values: the backend turns each into a SQL predicate.
+_FILTER_TYPES = frozenset({"in", "between", "closed_open", "time", "stringsearch"})
+_AGGREGATES = frozenset({"count", "avg", "min", "max", "sum"})
+_AGGREGATION_KEYS = frozenset({"column", "operation", "alias"})
+
+
+@dataclass(frozen=True, slots=True)
+class SqlParam:
+    """A request parameter the backend puts into SQL, and how the guard checks it.
+
+    ``name`` is a query-string / JSON-body parameter (``aggregationExp``), a key inside a
+    JSON-object parameter (``params.operationExp``: key ``operationExp`` of ``params``,
+    which is JSON text in the query string, a JSON object or JSON text in the body), or a
+    path placeholder (``{attribute}``). Declaring any key of a JSON-object parameter makes
+    that object closed: a key not declared is refused, so a new SQL-bearing key the
+    backend learns cannot pass unchecked. ``check`` is one of:
+
+    - ``expression``: SQL the backend evaluates; checked as the query ``SELECT <value>``
+      against the token's grants (a subquery must read only granted tables).
+    - ``identifier``: a column name (or one of ``choices``, e.g. ``*``), or a JSON array of
+      them: ``[A-Za-z_][A-Za-z0-9_]*``, nothing else.
+    - ``identifier_list``: comma-separated column names (Maps ``columns``), or an array.
+    - ``keyword``: one of ``choices`` (lower-case; compared case-insensitively).
+    - ``number``: a JSON number or decimal text, or an array of them.
+    - ``filters``: a JSON object ``{column: {filter type: {...values}}}``; columns are
+      identifiers, filter types CARTO's (``in``, ``between``, ...), values are data.
+    - ``identifier_keys``: a JSON object whose keys are column names; values are data.
+    - ``aggregations``: an ``expression`` when text; else an array of
+      ``{column, operation, alias}`` with identifiers and an aggregate ``operation``.
+    - ``data``: bound by the backend; declared so a closed JSON object accepts the key.
+
+    A ``null`` value counts as absent.
+    """
+
+    name: str
+    check: SqlCheck
+    choices: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +206,10 @@ class Route:
     in a JSON object body. ``expression_params`` name optional parameters holding a SQL
     expression the backend evaluates (CARTO's ``aggregationExp``): each present one is
     checked as the query ``SELECT <expression>``, so a subquery inside it must read only
-    granted tables and a statement break or escape is refused.
+    granted tables and a statement break or escape is refused; a name may be dotted, for
+    a key in a JSON-object parameter (see ``SqlParam``). ``sql_params`` declares every
+    other parameter the backend puts into SQL (identifiers, keywords, numbers, filters)
+    and how the guard checks it.
     """
 
     api: str
@@ -146,6 +222,7 @@ class Route:
     connection_param: str | None = None
     source_in_body: bool = True
     expression_params: frozenset[str] = frozenset()
+    sql_params: tuple[SqlParam, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +234,71 @@ class RouteMatch:
     needs_body: bool
 
 
-# CARTO's Maps API evaluates aggregationExp as SQL in the backend (tile aggregation).
-_EXPRESSIONS = frozenset({"aggregationExp"})
+def _keyword(name: str, *choices: str) -> SqlParam:
+    return SqlParam(name, "keyword", frozenset(choices))
+
+
+# What @carto/api-client sends that CARTO's backends put into SQL (the README's table).
+_SPATIAL_TYPES = ("geo", "h3", "quadbin", "trajectory")
+_MAPS_PARAMS: tuple[SqlParam, ...] = (
+    SqlParam("aggregationExp", "expression"),
+    SqlParam("columns", "identifier_list"),
+    SqlParam("spatialDataColumn", "identifier"),
+    _keyword("spatialDataType", *_SPATIAL_TYPES),
+    SqlParam("filters", "filters"),
+    SqlParam("tileResolution", "number"),
+    SqlParam("aggregationResLevel", "number"),
+    SqlParam("trajectoryIdColumn", "identifier"),
+    SqlParam("timestampColumn", "identifier"),
+)
+_STATS_PARAMS: tuple[SqlParam, ...] = (
+    SqlParam("{attribute}", "identifier"),
+    _keyword("spatialDataType", *_SPATIAL_TYPES),
+    SqlParam("filters", "filters"),
+)
+_JOINS = tuple(sorted(_AGGREGATES))
+_MODEL_PARAMS: tuple[SqlParam, ...] = (
+    SqlParam("spatialDataColumn", "identifier"),
+    _keyword("spatialDataType", *_SPATIAL_TYPES),
+    SqlParam("filters", "filters"),
+    _keyword("filtersLogicalOperator", "and", "or"),
+    SqlParam("spatialFilters", "identifier_keys"),
+    _keyword("spatialFiltersMode", "center", "intersects", "contains"),
+    # params: the widget's own parameters, a closed JSON object
+    SqlParam("params.column", "identifier", frozenset({"*"})),
+    _keyword("params.operation", *_JOINS, "custom"),
+    SqlParam("params.operationExp", "expression"),
+    SqlParam("params.operationColumn", "identifier", frozenset({"*"})),
+    _keyword("params.joinOperation", *_JOINS),
+    SqlParam("params.othersThreshold", "number"),
+    _keyword(
+        "params.orderBy", "frequency_asc", "frequency_desc", "alphabetical_asc", "alphabetical_desc"
+    ),
+    SqlParam("params.ticks", "number"),
+    SqlParam("params.columns", "identifier"),
+    _keyword("params.dataType", "points", "lines", "polygons"),
+    SqlParam("params.featureIds", "data"),
+    _keyword("params.geometryType", "points", "lines", "polygons"),
+    SqlParam("params.z", "number"),
+    SqlParam("params.limit", "number"),
+    SqlParam("params.offset", "number"),
+    SqlParam("params.tileResolution", "number"),
+    SqlParam("params.xAxisColumn", "identifier"),
+    _keyword("params.xAxisJoinOperation", *_JOINS),
+    SqlParam("params.yAxisColumn", "identifier"),
+    _keyword("params.yAxisJoinOperation", *_JOINS),
+    SqlParam("params.sortBy", "identifier"),
+    _keyword("params.sortDirection", "asc", "desc"),
+    _keyword("params.sortByColumnType", "number", "string", "date"),
+    SqlParam("params.searchFilterColumn", "identifier"),
+    SqlParam("params.searchFilterText", "data"),
+    _keyword("params.stepSize", "year", "month", "week", "day", "hour", "minute", "second"),
+    SqlParam("params.stepMultiplier", "number"),
+    SqlParam("params.splitByCategory", "identifier"),
+    SqlParam("params.splitByCategoryLimit", "number"),
+    SqlParam("params.splitByCategoryValues", "data"),
+    SqlParam("params.aggregations", "aggregations"),
+)
 
 
 def _maps_routes() -> list[Route]:
@@ -177,7 +317,7 @@ def _maps_routes() -> list[Route]:
                 _ANY_METHODS,
                 param,
                 kind,
-                expression_params=_EXPRESSIONS,
+                sql_params=_MAPS_PARAMS,
             )
         )
         out.append(
@@ -187,7 +327,7 @@ def _maps_routes() -> list[Route]:
                 frozenset({"GET"}),
                 param,
                 kind,
-                expression_params=_EXPRESSIONS,
+                sql_params=_MAPS_PARAMS,
             )
         )
     return out
@@ -195,8 +335,14 @@ def _maps_routes() -> list[Route]:
 
 DEFAULT_ROUTES: tuple[Route, ...] = (
     *_maps_routes(),
-    Route("maps", "/v3/stats/{connection}/{source}/{attribute}"),
-    Route("maps", "/v3/stats/{connection}/{attribute}", source_param="q", source_kind="query"),
+    Route("maps", "/v3/stats/{connection}/{source}/{attribute}", sql_params=_STATS_PARAMS),
+    Route(
+        "maps",
+        "/v3/stats/{connection}/{attribute}",
+        source_param="q",
+        source_kind="query",
+        sql_params=_STATS_PARAMS,
+    ),
     Route("sql", "/v3/sql/{connection}/query", source_param="q", source_kind="query"),
     Route(
         "sql",
@@ -206,7 +352,13 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
         source_kind="query",
     ),
     Route("sql", "/v3/sql/{connection}/job/{job}", frozenset({"GET", "DELETE"})),
-    Route("sql", "/v3/sql/{connection}/model/{model}", source_param="source", kind_param="type"),
+    Route(
+        "sql",
+        "/v3/sql/{connection}/model/{model}",
+        source_param="source",
+        kind_param="type",
+        sql_params=_MODEL_PARAMS,
+    ),
     Route("lds", "/v3/lds/geocoding/geocode"),
     Route("lds", "/v3/lds/geocoding/reverse"),
     Route("lds", "/v3/lds/geocoding/batch"),
@@ -240,12 +392,42 @@ class _Plan:
     route: Route
     # the parameters this route reads from the query string or body
     names: frozenset[str]
+    # checked parameters: path placeholders, top-level parameters, JSON objects' keys
+    path: tuple[SqlParam, ...]
+    top: tuple[SqlParam, ...]
+    objects: tuple[tuple[str, Mapping[str, SqlParam]], ...]
+    checks: bool
 
     @classmethod
     def of(cls, route: Route) -> _Plan:
         """The plan for ``route``."""
         names = {p for p in (route.source_param, route.kind_param, route.connection_param) if p}
-        return cls(route, frozenset(names | route.expression_params))
+        path: list[SqlParam] = []
+        top: list[SqlParam] = []
+        objects: dict[str, dict[str, SqlParam]] = {}
+        for param in _declared(route):
+            if param.name.startswith("{"):
+                path.append(param)
+            elif "." in param.name:
+                container, _, key = param.name.partition(".")
+                objects.setdefault(container, {})[key] = param
+            elif param.check != "data":
+                top.append(param)
+        names |= {p.name for p in top} | set(objects)
+        return cls(
+            route,
+            frozenset(names),
+            tuple(path),
+            tuple(top),
+            tuple(objects.items()),
+            bool(path or top or objects),
+        )
+
+
+def _declared(route: Route) -> tuple[SqlParam, ...]:
+    """A route's SQL-bearing parameters: ``expression_params`` and ``sql_params``."""
+    expressions = tuple(SqlParam(n, "expression") for n in sorted(route.expression_params))
+    return expressions + tuple(route.sql_params)
 
 
 # One group per "mask" (which positions are literal) of a segment count:
@@ -370,7 +552,7 @@ class RouteMap:
             param_borne = (
                 route.source_param is not None
                 or route.connection_param is not None
-                or bool(route.expression_params)
+                or any(not p.name.startswith("{") for p in _declared(route))
             )
             for method in route.methods:
                 other = owners.get((*shape, key, method))
@@ -556,13 +738,11 @@ class RouteMap:
             sources = (Source(kind, value),)
         elif "source" in params:
             sources = (Source(route.source_kind, params["source"]),)
-        for name in route.expression_params:
-            if name not in found and (body is None or name not in body):
-                continue
-            expression = _param(name, found, body)
-            if isinstance(expression, Denial):
-                return expression
-            sources = (*sources, Source("query", f"SELECT {expression}"))
+        if plan.checks:
+            checked = _check_params(plan, params, found, body)
+            if isinstance(checked, Denial):
+                return checked
+            sources = (*sources, *checked)
         return RequestFacts(route.api, connection, sources, origin, referer)
 
 
@@ -648,6 +828,226 @@ def _param(name: str, found: Mapping[str, str], body: Mapping[str, Any] | None) 
     if not value.strip():
         return _malformed(f"Parameter '{name}' is empty.", f"Give '{name}' a value.")
     return value
+
+
+def _check_params(
+    plan: _Plan,
+    path_params: Mapping[str, str],
+    found: Mapping[str, str],
+    body: Mapping[str, Any] | None,
+) -> tuple[Source, ...] | Denial:
+    """Check a route's SQL-bearing parameters; the expressions among them as query sources."""
+    out: list[Source] = []
+    for param in plan.path:
+        value = path_params.get(param.name[1:-1])
+        denial = None if value is None else _check_value(param.name, param, value, out)
+        if denial is not None:
+            return denial
+    for param in plan.top:
+        name = param.name
+        if name not in found and (body is None or name not in body):
+            continue
+        value = _json_param(name, param.check in _JSON_CHECKS, found, body)
+        if isinstance(value, Denial):
+            return value
+        denial = _check_value(name, param, value, out)
+        if denial is not None:
+            return denial
+    for name, keys in plan.objects:
+        if name not in found and (body is None or name not in body):
+            continue
+        value = _json_param(name, True, found, body)
+        if isinstance(value, Denial):
+            return value
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return _malformed(
+                f"Parameter '{name}' is not a JSON object.",
+                f'Send \'{name}\' as a JSON object, e.g. {name}={{"column":"revenue"}}.',
+            )
+        for key, item in value.items():
+            declared = keys.get(key)
+            if declared is None:
+                return _malformed(
+                    f"Parameter '{name}' has a key token_guard does not know, so it cannot "
+                    "tell whether the backend reads it as SQL.",
+                    f"Use only the keys {', '.join(sorted(keys))}; declare a new one with "
+                    f"SqlParam('{name}.<key>', ...) in your Route.",
+                )
+            denial = _check_value(declared.name, declared, item, out)
+            if denial is not None:
+                return denial
+    return tuple(out)
+
+
+def _json_param(
+    name: str, json_text: bool, found: Mapping[str, str], body: Mapping[str, Any] | None
+) -> Any:
+    """One optional parameter's value (JSON text parsed if ``json_text``), or a denial."""
+    value: Any = None
+    given = False
+    if name in found:
+        value = _parse_json(name, found[name]) if json_text else found[name]
+        if isinstance(value, Denial):
+            return value
+        given = True
+    if body is not None and name in body:
+        in_body = body[name]
+        if json_text and isinstance(in_body, str):
+            in_body = _parse_json(name, in_body)
+            if isinstance(in_body, Denial):
+                return in_body
+        if given and (_canonical(value) is None or _canonical(value) != _canonical(in_body)):
+            return _denial(
+                400,
+                codes.AMBIGUOUS_REQUEST,
+                f"Parameter '{name}' has different values in the query string and the body.",
+                f"Send '{name}' in one place only.",
+            )
+        value = in_body
+    return value
+
+
+def _parse_json(name: str, text: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return _malformed(
+            f"Parameter '{name}' is not valid JSON (or repeats a key, or has NaN/Infinity).",
+            f"Send '{name}' as JSON.stringify does, each key once.",
+        )
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key")
+    return out
+
+
+def _no_constant(_text: str) -> Any:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def _canonical(value: Any) -> str | None:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _check_value(name: str, param: SqlParam, value: Any, out: list[Source]) -> Denial | None:
+    """Check one present value against ``param``; append an expression's query to ``out``."""
+    if value is None:
+        return None
+    check = param.check
+    if check == "expression" or (check == "aggregations" and isinstance(value, str)):
+        if not isinstance(value, str):
+            return _malformed(
+                f"Parameter '{name}' is not a string.",
+                f"Send '{name}' as a SQL expression in a string.",
+            )
+        if not value.strip():
+            return _malformed(f"Parameter '{name}' is empty.", f"Give '{name}' a value.")
+        out.append(Source("query", f"SELECT {value}"))
+        return None
+    if check == "identifier":
+        items = value if isinstance(value, list) else [value]
+        if all(_is_identifier(v, param.choices) for v in items):
+            return None
+        return _bad_identifier(name)
+    if check == "identifier_list":
+        # The client sends columns=[] as "": no column list.
+        items = (value.split(",") if value else []) if isinstance(value, str) else value
+        if isinstance(items, list) and all(_is_identifier(v, param.choices) for v in items):
+            return None
+        return _bad_identifier(name)
+    if check == "keyword":
+        if isinstance(value, str) and value.lower() in param.choices:
+            return None
+        return _malformed(
+            f"Parameter '{name}' is not one of the values token_guard knows.",
+            f"Set '{name}' to one of {', '.join(sorted(param.choices))}.",
+        )
+    if check == "number":
+        items = value if isinstance(value, list) else [value]
+        if all(_is_number(v) for v in items):
+            return None
+        return _malformed(
+            f"Parameter '{name}' is not a number.",
+            f"Send '{name}' as a number, e.g. 10 or 0.5.",
+        )
+    if check == "filters":
+        return _check_filters(name, value)
+    if check == "identifier_keys":
+        if isinstance(value, dict) and all(_is_identifier(k, param.choices) for k in value):
+            return None
+        return _bad_identifier(name, keys=True)
+    if check == "aggregations":
+        return _check_aggregations(name, value)
+    return None  # "data": bound by the backend
+
+
+def _check_filters(name: str, value: Any) -> Denial | None:
+    if not isinstance(value, dict) or not all(_is_identifier(k, frozenset()) for k in value):
+        return _bad_identifier(name, keys=True)
+    for by_type in value.values():
+        if by_type is None:
+            continue
+        if not isinstance(by_type, dict) or not all(
+            isinstance(t, str) and t.lower() in _FILTER_TYPES for t in by_type
+        ):
+            return _malformed(
+                f"Parameter '{name}' has a filter that is not an object of CARTO filter types.",
+                'Write each filter as {"column": {"in": {"values": [...]}}}; types are in, '
+                "between, closed_open, time, stringSearch.",
+            )
+    return None
+
+
+def _check_aggregations(name: str, value: Any) -> Denial | None:
+    hint = (
+        'Send a list of {"column": ..., "operation": "sum", "alias": ...} with column names '
+        "and aliases of letters, digits and '_', or one SQL expression as a string."
+    )
+    if not isinstance(value, list):
+        return _malformed(f"Parameter '{name}' is not a list or a string.", hint)
+    for item in value:
+        if (
+            not isinstance(item, dict)
+            or not _AGGREGATION_KEYS.issuperset(item)
+            or not _is_identifier(item.get("column"), frozenset({"*"}))
+            or not isinstance(item.get("operation"), str)
+            or item["operation"].lower() not in _AGGREGATES
+            or ("alias" in item and not _is_identifier(item["alias"], frozenset()))
+        ):
+            return _malformed(f"Parameter '{name}' has an aggregation token_guard refuses.", hint)
+    return None
+
+
+def _is_identifier(value: object, choices: frozenset[str]) -> bool:
+    return isinstance(value, str) and (value in choices or bool(_IDENTIFIER_RE.fullmatch(value)))
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and bool(_NUMBER_RE.fullmatch(value))
+
+
+def _bad_identifier(name: str, *, keys: bool = False) -> Denial:
+    what = "has a key that is not" if keys else "is not"
+    return _malformed(
+        f"Parameter '{name}' {what} a plain column name, so token_guard cannot be sure the "
+        "backend reads it as one.",
+        "Use column names of letters, digits and '_' (not starting with a digit); to use "
+        "another column, rename it with an alias in a query source.",
+    )
 
 
 def _is_connection_name(name: str) -> bool:
@@ -768,4 +1168,71 @@ def _check_route(route: Route, prefix: str) -> list[str]:
         )
     if route.kind_param is not None and route.source_param is None:
         raise ConfigurationError(f"{where}: kind_param needs a source_param to give a kind to")
+    _check_sql_params(route, where, names, set(params))
     return segments
+
+
+def _check_sql_params(route: Route, where: str, placeholders: set[str], taken: set[str]) -> None:
+    """Validate ``expression_params`` and ``sql_params``: names, checks and choices."""
+    if not isinstance(route.expression_params, frozenset) or not all(
+        isinstance(n, str) for n in route.expression_params
+    ):
+        raise ConfigurationError(
+            f"{where}: expression_params must be a frozenset of parameter names, e.g. "
+            "frozenset({'aggregationExp'})"
+        )
+    if not isinstance(route.sql_params, tuple) or not all(
+        isinstance(p, SqlParam) for p in route.sql_params
+    ):
+        raise ConfigurationError(
+            f"{where}: sql_params must be a tuple of SqlParam, e.g. "
+            "(SqlParam('columns', 'identifier_list'),)"
+        )
+    seen: set[str] = set()
+    tops: set[str] = set()
+    containers: set[str] = set()
+    for param in _declared(route):
+        name = param.name
+        if not isinstance(name, str) or name in seen:
+            raise ConfigurationError(f"{where}: SQL parameter {name!r} is declared twice")
+        seen.add(name)
+        if param.check not in _CHECKS:
+            raise ConfigurationError(
+                f"{where}: SqlParam {name!r} has check {param.check!r}; use one of "
+                f"{', '.join(sorted(_CHECKS))}"
+            )
+        if not isinstance(param.choices, frozenset) or not all(
+            isinstance(c, str) for c in param.choices
+        ):
+            raise ConfigurationError(f"{where}: SqlParam {name!r}: choices must be a frozenset")
+        if param.check == "keyword" and (
+            not param.choices or any(c != c.lower() for c in param.choices)
+        ):
+            raise ConfigurationError(
+                f"{where}: keyword SqlParam {name!r} needs lower-case choices, e.g. "
+                "frozenset({'asc', 'desc'})"
+            )
+        if name.startswith("{"):
+            if name[-1:] != "}" or name[1:-1] not in placeholders:
+                raise ConfigurationError(
+                    f"{where}: SqlParam {name!r} must name a placeholder of the path, e.g. "
+                    "'{attribute}'"
+                )
+            if param.check not in ("identifier", "keyword", "number"):
+                raise ConfigurationError(
+                    f"{where}: path SqlParam {name!r} can only be an identifier, keyword or number"
+                )
+            continue
+        parts = name.split(".")
+        if len(parts) > 2 or not all(_NAME_RE.fullmatch(part) for part in parts):
+            raise ConfigurationError(
+                f"{where}: SQL parameter {name!r} must be a name or 'object.key', e.g. "
+                "'aggregationExp' or 'params.operationExp'"
+            )
+        (containers if len(parts) == 2 else tops).add(parts[0])
+    clash = (tops & containers) | ((tops | containers) & (taken | {"access_token"}))
+    if clash:
+        raise ConfigurationError(
+            f"{where}: SQL parameter {sorted(clash)[0]!r} is also a source, kind, connection or "
+            "token parameter, or both a value and a JSON object; keep one role per parameter"
+        )
