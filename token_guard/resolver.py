@@ -59,7 +59,7 @@ from token_guard.decision import (
 from token_guard.errors import ConfigurationError, StoreError
 from token_guard.records import ChangeEvent, TokenRecord
 from token_guard.secret import TOKEN_PREFIX, hash_secret, is_well_formed
-from token_guard.stores.base import TokenStore
+from token_guard.stores.base import TokenReader
 
 logger = logging.getLogger("token_guard.resolver")
 
@@ -173,18 +173,16 @@ class Resolver(Generic[T]):
 
     def __init__(
         self,
-        store: TokenStore,
+        store: TokenReader,
         compile: Callable[[TokenRecord], T],
         *,
         settings: CacheSettings = DEFAULT_CACHE_SETTINGS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # While ``store.feed_healthy`` is False (PostgreSQL's LISTEN connection is down) a
+        # revocation elsewhere may go unheard, so cached tokens are re-read from the store
+        # (stale ones are served only if the store itself fails, within stale_window).
         self._store = store
-        # A store with a change feed that can break (PostgreSQL's LISTEN connection) says
-        # so in ``feed_healthy``; while it is False a revocation elsewhere may go unheard,
-        # so cached tokens are re-read from the store (stale ones are served only if the
-        # store itself fails, within stale_window).
-        self._feed: Any = store if hasattr(type(store), "feed_healthy") else None
         self._compile = compile
         self._settings = settings
         self._clock = clock
@@ -223,8 +221,7 @@ class Resolver(Generic[T]):
         unknown/revoked/malformed), or None when the caller must await ``resolve()``."""
         entry = self._hot.get(token)
         if entry is not None:
-            feed = self._feed
-            if self._clock() < entry.fresh_until and (feed is None or feed.feed_healthy):
+            if self._clock() < entry.fresh_until and self._store.feed_healthy:
                 self._hits += 1
                 return entry.value
             return None

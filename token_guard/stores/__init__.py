@@ -1,5 +1,6 @@
-"""Token stores behind one protocol: MemoryStore (tests), SQLiteStore (embedded default),
-PostgresStore (many instances; needs the ``postgres`` extra, imported on first use).
+"""Token stores behind narrow protocols (``stores.base``): MemoryStore (tests), SQLiteStore
+(embedded default), PostgresStore (many instances; needs the ``postgres`` extra, imported on
+first use).
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from token_guard.errors import ConfigurationError
-from token_guard.stores.base import ChangeListener, TokenStore
+from token_guard.stores.base import (
+    AuditLog,
+    ChangeListener,
+    ClientStore,
+    TokenAdmin,
+    TokenReader,
+    TokenStore,
+)
 from token_guard.stores.memory import MemoryStore
 from token_guard.stores.sqlite import SQLiteStore
 
@@ -18,10 +26,14 @@ if TYPE_CHECKING:
     from token_guard.stores.postgres import PostgresStore
 
 __all__ = [
+    "AuditLog",
     "ChangeListener",
+    "ClientStore",
     "MemoryStore",
     "PostgresStore",
     "SQLiteStore",
+    "TokenAdmin",
+    "TokenReader",
     "TokenStore",
     "open_store",
 ]

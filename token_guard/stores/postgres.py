@@ -83,11 +83,11 @@ from token_guard.records import (
 )
 from token_guard.secret import hash_secret, new_secret, new_token_id
 from token_guard.spec import apply_update, parse_token_spec
-from token_guard.stores.base import ChangeListener
-from token_guard.stores.memory import (
+from token_guard.stores.base import (
     AUDIT_CREATE,
     AUDIT_REVOKE,
     AUDIT_UPDATE,
+    ChangeListener,
     Listeners,
     check_limit,
 )
