@@ -97,6 +97,7 @@ from token_guard.stores.schema import (
     spec_from_columns,
     spec_to_columns,
 )
+from token_guard.stores.urls import ENV_VAR
 
 __all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -105,7 +106,6 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
-ENV_VAR: Final = "TOKEN_GUARD_STORE"
 # Channel names are identifiers (63 bytes at most): keep room for the "token_guard." prefix.
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
 _BACKOFF_MIN: Final = 0.05
