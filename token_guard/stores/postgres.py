@@ -42,7 +42,8 @@ connection included; a slow or unreachable server raises ``StoreUnavailable`` an
 blocks the event loop. A query abandoned at its deadline is cancelled in the background
 (psycopg then cancels it on the server or closes the connection), without delaying the
 caller. A stored row that no longer validates (e.g. unparsable grants JSON) is logged as an
-error and treated as not found, so a request using it is denied, never allowed.
+error and treated as not found (``stores.rows``, shared with SQLite), so a request using it
+is denied, never allowed.
 
 One store belongs to one event loop (its pool and listener run there).
 """
@@ -91,10 +92,16 @@ from token_guard.stores.base import (
     Listeners,
     check_limit,
 )
+from token_guard.stores.rows import (
+    AUDIT_COLUMNS,
+    CLIENT_COLUMNS,
+    TOKEN_COLUMNS,
+    audit_from_row,
+    client_from_row,
+    token_from_row,
+)
 from token_guard.stores.schema import (
     Migration,
-    format_timestamp,
-    spec_from_columns,
     spec_to_columns,
 )
 from token_guard.stores.urls import ENV_VAR
@@ -111,10 +118,6 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
 _BACKOFF_MIN: Final = 0.05
 _BACKOFF_MAX: Final = 2.0
 _CHANGE_KINDS: Final = frozenset({"created", "updated", "revoked"})
-_RECORD_COLUMNS: Final = (
-    "id, name, grants, referers, allowed_apis, expiration_date, created_at, revoked_at, "
-    "last_used_at"
-)
 # The network or server failing, as opposed to a bug or bad data: the store "cannot answer".
 _UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 
@@ -222,6 +225,7 @@ class PostgresStore:
         # For messages: never the DSN itself, which may carry a password.
         self._where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
         self._schema = schema
+        self._where_schema = f"schema {schema!r} at {self._where}"  # for the row codec's logs
         self._channel = f"token_guard.{schema}"
         self._pool_min = pool_min
         self._pool_max = pool_max
@@ -488,25 +492,25 @@ class PostgresStore:
 
         async def op(conn: Conn) -> tuple[Any, ...] | None:
             cur = await conn.execute(
-                self._q(f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens WHERE secret_hash = %s"),
+                self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE secret_hash = %s"),
                 (secret_hash,),
             )
             return await cur.fetchone()
 
         row = await self._run("a token lookup", op)
-        return None if row is None else _record(row)
+        return None if row is None else token_from_row(row, self._where_schema)
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         """The token with public id ``token_id``, or None."""
 
         async def op(conn: Conn) -> tuple[Any, ...] | None:
             cur = await conn.execute(
-                self._q(f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens WHERE id = %s"), (token_id,)
+                self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = %s"), (token_id,)
             )
             return await cur.fetchone()
 
         row = await self._run("reading a token", op)
-        return None if row is None else _record(row)
+        return None if row is None else token_from_row(row, self._where_schema)
 
     async def list_tokens(
         self, *, limit: int = 100, after: str | None = None
@@ -517,7 +521,7 @@ class PostgresStore:
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 self._q(
-                    f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens "
+                    f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens "
                     "WHERE (%s::text IS NULL OR id > %s) ORDER BY id LIMIT %s"
                 ),
                 (after, after, limit),
@@ -525,7 +529,8 @@ class PostgresStore:
             return await cur.fetchall()
 
         rows = await self._run("listing tokens", op)
-        return [rec for rec in map(_record, rows) if rec is not None]
+        records = (token_from_row(row, self._where_schema) for row in rows)
+        return [rec for rec in records if rec is not None]
 
     async def update_token(
         self, token_id: str, changes: Mapping[str, Any], *, actor: str = "api"
@@ -573,7 +578,7 @@ class PostgresStore:
                 cur = await conn.execute(
                     self._q(
                         "UPDATE {s}.tokens SET revoked_at = coalesce(revoked_at, now()) "
-                        f"WHERE id = %s RETURNING {_RECORD_COLUMNS}"
+                        f"WHERE id = %s RETURNING {TOKEN_COLUMNS}"
                     ),
                     (token_id,),
                 )
@@ -584,7 +589,7 @@ class PostgresStore:
                 )
                 # Notify even when already revoked: a cache that missed the first one learns.
                 await self._notify(conn, "revoked", token_id)
-            record = _record(row)
+            record = token_from_row(row, self._where_schema)
             if record is None:
                 raise StoreError(
                     f"token {token_id!r} is revoked, but its stored body does not validate; "
@@ -620,13 +625,13 @@ class PostgresStore:
 
     async def _locked_token(self, conn: Conn, token_id: str) -> TokenRecord:
         cur = await conn.execute(
-            self._q(f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens WHERE id = %s FOR UPDATE"),
+            self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = %s FOR UPDATE"),
             (token_id,),
         )
         row = await cur.fetchone()
         if row is None:
             raise NotFound(f"no token has id {token_id!r}; list tokens to find its id")
-        record = _record(row)
+        record = token_from_row(row, self._where_schema)
         if record is None:
             raise StoreError(
                 f"token {token_id!r} has unreadable data in schema {self._schema!r}; revoke "
@@ -751,7 +756,7 @@ class PostgresStore:
         async def op(conn: Conn) -> tuple[Any, ...] | None:
             cur = await conn.execute(
                 self._q(
-                    "SELECT client_id, name, scopes, created_at, revoked_at, secret_hash "
+                    f"SELECT {CLIENT_COLUMNS}, secret_hash "
                     "FROM {s}.oauth_clients WHERE client_id = %s"
                 ),
                 (client_id,),
@@ -761,7 +766,7 @@ class PostgresStore:
         row = await self._run("reading an OAuth client", op)
         if row is None:
             return None
-        client = _client(row)
+        client = client_from_row(row, self._where_schema)
         return None if client is None else (client, str(row[5]))
 
     async def list_clients(self) -> Sequence[OAuthClient]:
@@ -770,14 +775,14 @@ class PostgresStore:
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 self._q(
-                    "SELECT client_id, name, scopes, created_at, revoked_at "
-                    "FROM {s}.oauth_clients ORDER BY client_id"
+                    f"SELECT {CLIENT_COLUMNS} FROM {{s}}.oauth_clients ORDER BY client_id"
                 )
             )
             return await cur.fetchall()
 
         rows = await self._run("listing OAuth clients", op)
-        return [c for c in map(_client, rows) if c is not None]
+        clients = (client_from_row(row, self._where_schema) for row in rows)
+        return [c for c in clients if c is not None]
 
     async def revoke_client(self, client_id: str) -> OAuthClient:
         """Revoke an OAuth client (idempotent)."""
@@ -787,7 +792,7 @@ class PostgresStore:
                 self._q(
                     "UPDATE {s}.oauth_clients SET revoked_at = coalesce(revoked_at, now()) "
                     "WHERE client_id = %s "
-                    "RETURNING client_id, name, scopes, created_at, revoked_at"
+                    f"RETURNING {CLIENT_COLUMNS}"
                 ),
                 (client_id,),
             )
@@ -796,7 +801,7 @@ class PostgresStore:
         row = await self._run("revoking an OAuth client", op)
         if row is None:
             raise NotFound(f"no OAuth client has id {client_id!r}; list clients to find it")
-        client = _client(row)
+        client = client_from_row(row, self._where_schema)
         if client is None:
             raise StoreError(
                 f"OAuth client {client_id!r} is revoked, but its stored scopes do not parse"
@@ -822,7 +827,7 @@ class PostgresStore:
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 self._q(
-                    "SELECT id, at, actor, action, token_id, detail FROM {s}.audit "
+                    f"SELECT {AUDIT_COLUMNS} FROM {{s}}.audit "
                     "WHERE (%s::bigint IS NULL OR id < %s) ORDER BY id DESC LIMIT %s"
                 ),
                 (before, before, limit),
@@ -830,7 +835,8 @@ class PostgresStore:
             return await cur.fetchall()
 
         rows = await self._run("listing audit entries", op)
-        return [_audit_entry(row) for row in rows]
+        entries = (audit_from_row(row, self._where_schema) for row in rows)
+        return [e for e in entries if e is not None]
 
     async def _audit(
         self,
@@ -847,66 +853,6 @@ class PostgresStore:
             ),
             (actor, action, token_id, json.dumps(dict(detail), default=str)),
         )
-
-
-# -- rows <-> values -------------------------------------------------------------------
-def _record(row: tuple[Any, ...]) -> TokenRecord | None:
-    """Rebuild a token from its row, re-validating it; None (and a logged error) if bad."""
-    token_id, name, grants, referers, apis, expiration, created, revoked, last_used = row
-    try:
-        spec = spec_from_columns(
-            name,
-            grants,
-            referers,
-            apis,
-            None if expiration is None else format_timestamp(expiration),
-        )
-    except (ValueError, TypeError) as exc:
-        # Fail closed: a token we cannot read is a token we do not know.
-        _log.error(
-            "token %s has a stored body that does not validate (%s); treating it as not found",
-            token_id,
-            exc,
-        )
-        return None
-    return TokenRecord(
-        id=str(token_id),
-        spec=spec,
-        created_at=_utc(created),
-        revoked_at=None if revoked is None else _utc(revoked),
-        last_used_at=None if last_used is None else _utc(last_used),
-    )
-
-
-def _client(row: tuple[Any, ...]) -> OAuthClient | None:
-    client_id, name, scopes, created, revoked = row[:5]
-    try:
-        parsed = json.loads(scopes)
-        if not isinstance(parsed, list) or not all(isinstance(s, str) for s in parsed):
-            raise ValueError("scopes must be a JSON list of strings")
-    except ValueError as exc:
-        _log.error(
-            "OAuth client %s has unreadable scopes (%s); treating it as unknown", client_id, exc
-        )
-        return None
-    return OAuthClient(
-        client_id=str(client_id),
-        name=str(name),
-        scopes=tuple(parsed),
-        created_at=_utc(created),
-        revoked_at=None if revoked is None else _utc(revoked),
-    )
-
-
-def _audit_entry(row: tuple[Any, ...]) -> AuditEntry:
-    entry_id, at, actor, action, token_id, detail = row
-    try:
-        parsed = json.loads(detail)
-    except ValueError:
-        parsed = {"unreadable": True}
-    if not isinstance(parsed, dict):
-        parsed = {"value": parsed}
-    return AuditEntry(int(entry_id), _utc(at), str(actor), str(action), token_id, parsed)
 
 
 def _utc(value: datetime) -> datetime:
