@@ -15,6 +15,7 @@ Changes made through this instance are passed to its subscribers directly after 
 so this process never waits on the feed for its own writes; each notification carries the
 writing instance's random origin, and an instance skips its own when they come back.
 ``open()`` LISTENs before it returns, so no answer this store gives can predate its feed.
+The listener itself is ``stores.pg_feed.PgChangeFeed``.
 
 When the feed breaks, and why what follows is safe:
 
@@ -51,11 +52,9 @@ One store belongs to one event loop (its pool and listener run there).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import random
 import re
 import secrets
 import select
@@ -92,6 +91,7 @@ from token_guard.stores.base import (
     Listeners,
     check_limit,
 )
+from token_guard.stores.pg_feed import PgChangeFeed, first_line
 from token_guard.stores.rows import (
     AUDIT_COLUMNS,
     CLIENT_COLUMNS,
@@ -115,9 +115,6 @@ Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 # Channel names are identifiers (63 bytes at most): keep room for the "token_guard." prefix.
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
-_BACKOFF_MIN: Final = 0.05
-_BACKOFF_MAX: Final = 2.0
-_CHANGE_KINDS: Final = frozenset({"created", "updated", "revoked"})
 # The network or server failing, as opposed to a bug or bad data: the store "cannot answer".
 _UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 
@@ -230,7 +227,6 @@ class PostgresStore:
         self._pool_min = pool_min
         self._pool_max = pool_max
         self._timeout = timeout
-        self._feed_heartbeat = feed_heartbeat
         options = str(params.get("options") or "")
         options += f" -c statement_timeout={max(1, round(statement_timeout * 1000))}"
         self._conn_kwargs: dict[str, Any] = {
@@ -243,12 +239,20 @@ class PostgresStore:
         self._connect_deadline = max(2, round(connect_timeout)) + 1.0
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._open_lock = asyncio.Lock()
-        self._listener_task: asyncio.Task[None] | None = None
         self._listeners = Listeners()
-        self._feed_healthy = False
-        self._feed_ready = asyncio.Event()
-        # Marks this instance's own notifications, which its subscribers already heard.
-        self._origin = secrets.token_hex(8)
+        # The origin marks this instance's own notifications, which its subscribers
+        # already heard.
+        self._feed = PgChangeFeed(
+            dsn=dsn,
+            conn_kwargs=self._conn_kwargs,
+            connect_deadline=self._connect_deadline,
+            channel=self._channel,
+            origin=secrets.token_hex(8),
+            heartbeat=feed_heartbeat,
+            where=self._where,
+            bounded=self._bounded,
+            emit=self._emit,
+        )
         self._closed = False
         self._opened_before = False
         # Queries abandoned at their deadline, still being cancelled by psycopg.
@@ -267,7 +271,7 @@ class PostgresStore:
     @property
     def feed_healthy(self) -> bool:
         """True while the change feed is listening; False means remote changes may be missed."""
-        return self._feed_healthy
+        return self._feed.healthy
 
     async def open(self) -> None:
         """Connect, create or migrate the schema and start the change feed (idempotent)."""
@@ -296,32 +300,16 @@ class PostgresStore:
                 raise
             # LISTEN before open() returns: no answer given by this store can predate the
             # feed, so the first connection needs no reset (a later one, or a reopen, does).
-            first: Conn | None = None
-            try:
-                first = await self._connect_feed()
-            except Exception as exc:
-                _log.warning(
-                    "change feed on %s not started (%s: %s); retrying in the background",
-                    self._where,
-                    type(exc).__name__,
-                    _first_line(exc),
-                )
-            self._pool = pool
-            self._listener_task = asyncio.create_task(
-                self._listen_forever(first, announce=self._opened_before),
-                name=f"token_guard feed {self._schema}",
+            await self._feed.start(
+                announce=self._opened_before, name=f"token_guard feed {self._schema}"
             )
+            self._pool = pool
             self._opened_before = True
 
     async def close(self) -> None:
         """Stop the change feed and close every connection; calls fail until ``open``."""
         self._closed = True
-        task, self._listener_task = self._listener_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._feed_healthy = False
+        await self._feed.stop()
         for abandoned in list(self._abandoned):
             abandoned.cancel()
         if self._abandoned:
@@ -345,12 +333,7 @@ class PostgresStore:
     async def wait_feed_ready(self, within: float) -> bool:
         """Wait until the change feed is listening (True) or ``within`` seconds pass."""
         await self.open()
-        try:
-            async with asyncio.timeout(within):
-                await self._feed_ready.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await self._feed.wait_ready(within)
 
     async def _migrate(self, pool: AsyncConnectionPool[Conn]) -> None:
         async with pool.connection() as conn, conn.transaction():
@@ -419,13 +402,13 @@ class PostgresStore:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(
                 f"PostgreSQL at {self._where} could not answer {what} "
-                f"({type(exc).__name__}: {_first_line(exc)}); check that the server is up "
+                f"({type(exc).__name__}: {first_line(exc)}); check that the server is up "
                 "and reachable"
             ) from exc
         except psycopg.Error as exc:
             raise StoreError(
                 f"PostgreSQL at {self._where} refused {what} "
-                f"({type(exc).__name__}: {_first_line(exc)})"
+                f"({type(exc).__name__}: {first_line(exc)})"
             ) from exc
 
     def _abandon(self, task: asyncio.Task[Any]) -> None:
@@ -480,7 +463,7 @@ class PostgresStore:
                 row = await cur.fetchone()
                 assert row is not None  # INSERT ... RETURNING returns its row
                 await self._audit(conn, actor, AUDIT_CREATE, token_id, {"name": spec.name})
-                await self._notify(conn, "created", token_id)
+                await self._feed.notify(conn, "created", token_id)
                 return _utc(row[0])
 
         created_at = await self._run("creating a token", op)
@@ -552,7 +535,7 @@ class PostgresStore:
                 await self._audit(
                     conn, actor, AUDIT_UPDATE, token_id, {"fields": sorted(map(str, changes))}
                 )
-                await self._notify(conn, "updated", token_id)
+                await self._feed.notify(conn, "updated", token_id)
                 return TokenRecord(
                     current.id, spec, current.created_at, current.revoked_at, current.last_used_at
                 )
@@ -588,7 +571,7 @@ class PostgresStore:
                     conn, actor, AUDIT_REVOKE, token_id, {"already_revoked": already}
                 )
                 # Notify even when already revoked: a cache that missed the first one learns.
-                await self._notify(conn, "revoked", token_id)
+                await self._feed.notify(conn, "revoked", token_id)
             record = token_from_row(row, self._where_schema)
             if record is None:
                 raise StoreError(
@@ -639,12 +622,6 @@ class PostgresStore:
             )
         return record
 
-    async def _notify(self, conn: Conn, kind: str, token_id: str) -> None:
-        # Inside the write's transaction: PostgreSQL delivers it exactly when it commits.
-        await conn.execute(
-            "SELECT pg_notify(%s, %s)", (self._channel, f"{kind}:{self._origin}:{token_id}")
-        )
-
     # -- change feed ---------------------------------------------------------------------
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener`` on every change, this instance's and every other instance's.
@@ -657,74 +634,6 @@ class PostgresStore:
     def _emit(self, event: ChangeEvent) -> None:
         # Listeners.emit logs a failing subscriber and goes on: the feed never stops for one.
         self._listeners.emit(event)
-
-    def _on_notify(self, payload: str) -> None:
-        kind, origin, token_id = [*payload.split(":", 2), "", ""][:3]
-        if kind in _CHANGE_KINDS and token_id:
-            # This instance's own changes were announced at commit; do not repeat them.
-            if origin != self._origin:
-                self._emit(ChangeEvent(kind, token_id))  # type: ignore[arg-type]
-        else:
-            # Unknown payload (a newer version, or noise): fail safe and drop all caches.
-            _log.warning("unknown change notification on %s; resetting caches", self._channel)
-            self._emit(ChangeEvent("reset"))
-
-    async def _connect_feed(self) -> Conn:
-        """A new connection (not from the pool) that LISTENs on this schema's channel."""
-        async with asyncio.timeout(self._connect_deadline):
-            conn = await psycopg.AsyncConnection.connect(self._dsn, **self._conn_kwargs)
-        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
-        await self._bounded(_execute_or_close(conn, listen), "LISTEN")
-        return conn
-
-    async def _listen_forever(self, conn: Conn | None, *, announce: bool) -> None:
-        delay = _BACKOFF_MIN
-        while True:
-            try:
-                if conn is None:
-                    conn = await self._connect_feed()
-                    announce = True
-                self._feed_healthy = True
-                self._feed_ready.set()
-                delay = _BACKOFF_MIN
-                if announce:
-                    # Whatever was notified while no LISTEN was active is lost: drop all
-                    # caches; the next request for each token re-reads it.
-                    self._emit(ChangeEvent("reset"))
-                await self._receive(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                level = logging.WARNING if self._feed_healthy else logging.DEBUG
-                _log.log(
-                    level,
-                    "change feed on %s lost (%s: %s); reconnecting",
-                    self._where,
-                    type(exc).__name__,
-                    _first_line(exc),
-                )
-            finally:
-                self._feed_healthy = False
-                self._feed_ready.clear()
-                if conn is not None and not self._is_busy(conn):
-                    await conn.close()
-                conn = None
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, _BACKOFF_MAX)
-
-    async def _receive(self, conn: Conn) -> None:
-        """Pass notifications on until the connection fails or stops answering."""
-        while True:
-            async for note in conn.notifies(timeout=self._feed_heartbeat):
-                if note.channel == self._channel:
-                    self._on_notify(note.payload)
-            # Quiet for a heartbeat: prove the connection still answers.
-            await self._bounded(_execute_or_close(conn, sql.SQL("SELECT 1")), "a feed heartbeat")
-
-    @staticmethod
-    def _is_busy(conn: Conn) -> bool:
-        # A heartbeat abandoned at its deadline still owns the connection and closes it.
-        return conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
 
     # -- OAuth clients and audit ---------------------------------------------------------
     async def create_client(
@@ -863,11 +772,6 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no detail"
-
-
 def _discard_result(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
     def done(task: asyncio.Task[Any]) -> None:
         tasks.discard(task)
@@ -895,12 +799,3 @@ async def _usable(conn: Conn) -> bool:
     except psycopg.Error:
         return False
     return True
-
-
-async def _execute_or_close(conn: Conn, statement: sql.SQL | sql.Composed) -> None:
-    """Run ``statement``; if it fails or is abandoned, close the connection it leaves unusable."""
-    try:
-        await conn.execute(statement)
-    except BaseException:
-        await conn.close()
-        raise
