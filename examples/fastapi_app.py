@@ -4,7 +4,8 @@ Run it (from the repository root)::
 
     uvicorn examples.fastapi_app:app
 
-Tokens live in ``$TOKEN_GUARD_DB`` (default ``tokens.db``); create one as shown in
+Tokens live in the store ``$TOKEN_GUARD_STORE`` names (default ``sqlite:///tokens.db``;
+``postgresql://...`` works too); create one as shown in
 ``examples/starlette_app.py``. Then::
 
     curl -H "Authorization: Bearer $TOKEN" \\
@@ -16,7 +17,6 @@ before ``CORSMiddleware``: CORS wraps the guard, and browsers can read its 401/4
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,12 +26,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from token_guard.asgi import TokenGuard
 from token_guard.fastapi import ApiToken
-from token_guard.stores import SQLiteStore
+from token_guard.stores import open_store
 
 CONNECTIONS = {"carto_dw": "bigquery"}  # connection name -> its SQL dialect
 ROWS = {"proj.ds.stores": [{"id": 1, "city": "Madrid"}, {"id": 2, "city": "Sevilla"}]}
 
-store = SQLiteStore(os.environ.get("TOKEN_GUARD_DB", "tokens.db"))
+store = open_store(default="sqlite:///tokens.db")
 
 
 @asynccontextmanager

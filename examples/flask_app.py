@@ -4,7 +4,8 @@ Run it (from the repository root, with token_guard installed)::
 
     flask --app examples/flask_app run          # or: python examples/flask_app.py
 
-Tokens live in ``$TOKEN_GUARD_DB`` (default ``tokens.db``); create one as shown in
+Tokens live in the store ``$TOKEN_GUARD_STORE`` names (default ``sqlite:///tokens.db``;
+``postgresql://...`` works too); create one as shown in
 ``examples/starlette_app.py``. Then::
 
     curl -H "Authorization: Bearer $TOKEN" \\
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify, request
 
-from token_guard.stores import SQLiteStore
+from token_guard.stores import open_store
 from token_guard.wsgi import TokenGuardWSGI, current_token
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def create_app() -> Flask:
         name = request.args.get("name", "")
         return jsonify(token=token.name, rows=ROWS.get(name, []))
 
-    store = SQLiteStore(os.environ.get("TOKEN_GUARD_DB", "tokens.db"))
+    store = open_store(default="sqlite:///tokens.db")
     guard = TokenGuardWSGI(app.wsgi_app, store=store, connections=CONNECTIONS)
     # Flask's documented way to wrap its WSGI callable; mypy sees a method being replaced.
     app.wsgi_app = cors(guard, ALLOWED_ORIGINS)  # type: ignore[method-assign,assignment]

@@ -4,14 +4,15 @@ Run it (from the repository root)::
 
     uvicorn examples.starlette_app:app
 
-Tokens live in the SQLite file ``$TOKEN_GUARD_DB`` (default ``tokens.db``). Create one::
+Tokens live in the store ``$TOKEN_GUARD_STORE`` names (default ``sqlite:///tokens.db``,
+the CLI's default too). Create one::
 
     python - <<'PY'
     import asyncio
-    from token_guard.stores import SQLiteStore
+    from token_guard.stores import open_store
 
     async def main() -> None:
-        store = SQLiteStore("tokens.db")
+        store = open_store(default="sqlite:///tokens.db")
         issued = await store.create_token({
             "name": "demo", "allowed_apis": ["maps"], "referers": [],
             "grants": [{"connection_name": "carto_dw", "source": "proj.ds.stores"}],
@@ -35,7 +36,6 @@ them, and a preflight (which carries no token) is answered by the CORS layer.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -47,12 +47,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from token_guard.asgi import TokenGuard, get_token
-from token_guard.stores import SQLiteStore
+from token_guard.stores import open_store
 
 CONNECTIONS = {"carto_dw": "bigquery"}  # connection name -> its SQL dialect
 ROWS = {"proj.ds.stores": [{"id": 1, "city": "Madrid"}, {"id": 2, "city": "Sevilla"}]}
 
-store = SQLiteStore(os.environ.get("TOKEN_GUARD_DB", "tokens.db"))
+store = open_store(default="sqlite:///tokens.db")
 
 
 async def table(request: Request) -> JSONResponse:

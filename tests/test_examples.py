@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -43,7 +44,8 @@ def create_token(db: Path) -> str:
 @contextmanager
 def running(command: list[str], port: int, db: Path) -> Iterator[str]:
     """Run ``command`` from the repository root until its port answers; stop it afterwards."""
-    env = dict(os.environ, TOKEN_GUARD_DB=str(db), PORT=str(port))
+    # The store URL as users write it; the path percent-encoded, as parse_store_url reads it.
+    env = dict(os.environ, TOKEN_GUARD_STORE=f"sqlite:///{quote(str(db))}", PORT=str(port))
     # As installed with `pip install -e .`: token_guard importable from anywhere.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     process = subprocess.Popen(

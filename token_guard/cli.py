@@ -52,13 +52,14 @@ from token_guard.management.oauth import (
 from token_guard.records import AuditEntry, OAuthClient, TokenRecord
 from token_guard.spec import format_datetime
 from token_guard.stores.base import TokenStore
+from token_guard.stores.urls import DEFAULT_URL, parse_store_url
 
 __all__ = ["build_parser", "main", "open_store", "parse_expires"]
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
-DEFAULT_STORE = "sqlite:///tokens.db"
+DEFAULT_STORE = DEFAULT_URL
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -87,11 +88,13 @@ def default_key_path(store_url: str | None) -> Path:
     env = os.environ.get("TOKEN_GUARD_KEYS")
     if env:
         return Path(env)
-    target = store_url or os.environ.get("TOKEN_GUARD_STORE") or DEFAULT_STORE
-    if target.startswith(("postgresql://", "postgres://")):
+    try:
+        parsed = parse_store_url(store_url, default=DEFAULT_STORE)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+    if parsed.kind == "postgresql":
         return Path("token-guard.keys")
-    path = target[len("sqlite:///") :] if target.startswith("sqlite:///") else target
-    return Path(path).with_suffix(".keys")
+    return Path(parsed.target).with_suffix(".keys")
 
 
 def actor() -> str:

@@ -29,15 +29,13 @@ entries are mirrored in a plain dict (``_hot``), and one ``dict.get`` is atomic 
 GIL; a hit reads an entry that a concurrent eviction may remove a moment later, which is
 the same as the request having arrived a moment earlier.
 
-Usage: ``note_used`` adds the token id to a set; the flusher stamps the batch with the
-flush time, so ``last_used_at`` is precise to ``usage_flush_interval`` (10 s by default)
-at no per-request cost.
+Usage: ``note_used`` hands the token id to a ``usage.UsageRecorder``, which writes
+``last_used_at`` in batches every ``usage_flush_interval`` seconds (10 by default).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import threading
@@ -59,7 +57,8 @@ from token_guard.decision import (
 from token_guard.errors import ConfigurationError, StoreError
 from token_guard.records import ChangeEvent, TokenRecord
 from token_guard.secret import TOKEN_PREFIX, hash_secret, is_well_formed
-from token_guard.stores.base import TokenStore
+from token_guard.stores.base import TokenReader
+from token_guard.usage import UsageRecorder
 
 logger = logging.getLogger("token_guard.resolver")
 
@@ -173,18 +172,16 @@ class Resolver(Generic[T]):
 
     def __init__(
         self,
-        store: TokenStore,
+        store: TokenReader,
         compile: Callable[[TokenRecord], T],
         *,
         settings: CacheSettings = DEFAULT_CACHE_SETTINGS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # While ``store.feed_healthy`` is False (PostgreSQL's LISTEN connection is down) a
+        # revocation elsewhere may go unheard, so cached tokens are re-read from the store
+        # (stale ones are served only if the store itself fails, within stale_window).
         self._store = store
-        # A store with a change feed that can break (PostgreSQL's LISTEN connection) says
-        # so in ``feed_healthy``; while it is False a revocation elsewhere may go unheard,
-        # so cached tokens are re-read from the store (stale ones are served only if the
-        # store itself fails, within stale_window).
-        self._feed: Any = store if hasattr(type(store), "feed_healthy") else None
         self._compile = compile
         self._settings = settings
         self._clock = clock
@@ -202,13 +199,14 @@ class Resolver(Generic[T]):
         self._lock = threading.Lock()  # see the module docstring: held for dict work only
         self._inflight: dict[str, asyncio.Task[T | Denial]] = {}
         self._epoch = 0  # bumped by every change event; see _fetch
-        self._usage: dict[str, datetime] = {}  # failed flushes wait here
-        self._used: set[str] = set()
+        self._usage = UsageRecorder(store, interval=settings.usage_flush_interval)
+        # ``note_used(token_id)``: record a use (batched; safe from any thread). Bound, not a
+        # method that forwards: the adapters call it on every allowed request.
+        self.note_used = self._usage.note_used
         self._unsubscribe: Callable[[], None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
         self._counts = dict.fromkeys(
             ("hits", "misses", "store_lookups", "negative_hits", "stale_served", "evictions",
-             "malformed", "store_errors", "compile_errors", "usage_flush_errors"),
+             "malformed", "store_errors", "compile_errors"),
             0,
         )
 
@@ -223,8 +221,7 @@ class Resolver(Generic[T]):
         unknown/revoked/malformed), or None when the caller must await ``resolve()``."""
         entry = self._hot.get(token)
         if entry is not None:
-            feed = self._feed
-            if self._clock() < entry.fresh_until and (feed is None or feed.feed_healthy):
+            if self._clock() < entry.fresh_until and self._store.feed_healthy:
                 self._hits += 1
                 return entry.value
             return None
@@ -254,11 +251,6 @@ class Resolver(Generic[T]):
             self._inflight[token] = task
         # Shielded: one caller giving up (client gone) must not cancel the others' lookup.
         return await asyncio.shield(task)
-
-    def note_used(self, token_id: str) -> None:
-        """Record a use; written to the store in batches (``store.record_usage``), never per
-        request."""
-        self._used.add(token_id)
 
     async def _fetch(self, token: str) -> T | Denial:
         with self._lock:
@@ -393,19 +385,11 @@ class Resolver(Generic[T]):
     def _start(self) -> None:
         if self._unsubscribe is None:
             self._unsubscribe = self._store.subscribe(self._on_change)
-        loop = asyncio.get_running_loop()
-        flusher = self._flusher
-        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
-            self._flusher = loop.create_task(self._flush_forever(), name="token usage flusher")
+        self._usage.start()
 
     async def close(self) -> None:
         """Flush usage, unsubscribe and cancel the flusher."""
-        flusher, self._flusher = self._flusher, None
-        if flusher is not None and not flusher.done():
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-        await self.flush_usage()
+        await self._usage.close()
         unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:
             unsubscribe()
@@ -420,33 +404,9 @@ class Resolver(Generic[T]):
             )
             self._by_id.clear()
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.usage_flush_interval)
-            await self.flush_usage()
-
     async def flush_usage(self) -> None:
         """Write the uses noted since the last flush in one ``record_usage`` call now."""
-        with self._lock:
-            used, self._used = self._used, set()
-            batch, self._usage = self._usage, {}
-        now = datetime.now(UTC)
-        for token_id in used:
-            batch[token_id] = now
-        if not batch:
-            return
-        try:
-            await self._store.record_usage(batch)
-        except Exception as exc:
-            logger.warning("could not record token usage (%s); will retry", exc)
-            # Keep the newest time per token for the next attempt; the dict is bounded by
-            # the number of tokens that exist.
-            with self._lock:
-                self._counts["usage_flush_errors"] += 1
-                for token_id, at in batch.items():
-                    newer = self._usage.get(token_id)
-                    if newer is None or newer < at:
-                        self._usage[token_id] = at
+        await self._usage.flush()
 
     def stats(self) -> dict[str, int]:
         """Counters and sizes: hits, misses, store_lookups, negative_hits, stale_served,
@@ -461,5 +421,6 @@ class Resolver(Generic[T]):
             out["negative_entries"] = len(self._negative)
             out["indexed_ids"] = len(self._by_id)
             out["inflight"] = len(self._inflight)
-            out["pending_usage"] = len(self._usage | dict.fromkeys(self._used))
+        out["usage_flush_errors"] = self._usage.flush_errors
+        out["pending_usage"] = self._usage.pending
         return out

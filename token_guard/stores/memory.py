@@ -7,8 +7,6 @@ implementation of ``TokenStore``: the SQL stores behave the same way, call for c
 from __future__ import annotations
 
 import copy
-import itertools
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,67 +16,23 @@ from token_guard.errors import NotFound, StoreError, StoreUnavailable
 from token_guard.records import AuditEntry, ChangeEvent, IssuedToken, OAuthClient, TokenRecord
 from token_guard.secret import hash_secret, new_secret, new_token_id
 from token_guard.spec import apply_update, parse_token_spec
-from token_guard.stores.base import ChangeListener
-
-logger = logging.getLogger("token_guard.stores")
-
-MAX_PAGE = 1000
-
-# Audit actions written by every store for token changes.
-AUDIT_CREATE = "token.create"
-AUDIT_UPDATE = "token.update"
-AUDIT_REVOKE = "token.revoke"
-
-
-def check_limit(limit: int) -> None:
-    """Refuse a page size outside 1..MAX_PAGE (a programming error, not a store failure)."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
-
-
-def utc_now() -> datetime:
-    """The current time in UTC."""
-    return datetime.now(UTC)
-
-
-class Listeners:
-    """The subscribers of one store; a failing listener is logged and never stops the others.
-
-    Not thread-safe: subscribe, unsubscribe and emit all run on the event loop's thread.
-    """
-
-    __slots__ = ("_ids", "_listeners")
-
-    def __init__(self) -> None:
-        self._listeners: dict[int, ChangeListener] = {}
-        self._ids = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self._listeners)
-
-    def add(self, listener: ChangeListener) -> Callable[[], None]:
-        """Register ``listener``; the returned function removes it (calling it twice is fine)."""
-        key = next(self._ids)
-        self._listeners[key] = listener
-
-        def unsubscribe() -> None:
-            self._listeners.pop(key, None)
-
-        return unsubscribe
-
-    def emit(self, event: ChangeEvent) -> None:
-        """Call every listener with ``event``."""
-        for listener in list(self._listeners.values()):
-            try:
-                listener(event)
-            except Exception:
-                logger.exception("a change listener failed on %s; the others still ran", event)
+from token_guard.stores.base import (
+    AUDIT_CREATE,
+    AUDIT_REVOKE,
+    AUDIT_UPDATE,
+    ChangeListener,
+    Listeners,
+    check_limit,
+    utc_now,
+)
 
 
 class MemoryStore:
     """A ``TokenStore`` in process memory. Opens on first use; after ``close`` it refuses
     calls with ``StoreUnavailable`` until ``open`` is called again (its data is kept).
     """
+
+    feed_healthy = True  # every change is made in this process: none can go unheard
 
     def __init__(self) -> None:
         self._state = "new"  # new -> open -> closed -> open ...

@@ -15,6 +15,7 @@ Changes made through this instance are passed to its subscribers directly after 
 so this process never waits on the feed for its own writes; each notification carries the
 writing instance's random origin, and an instance skips its own when they come back.
 ``open()`` LISTENs before it returns, so no answer this store gives can predate its feed.
+The listener itself is ``stores.pg_feed.PgChangeFeed``.
 
 When the feed breaks, and why what follows is safe:
 
@@ -42,7 +43,8 @@ connection included; a slow or unreachable server raises ``StoreUnavailable`` an
 blocks the event loop. A query abandoned at its deadline is cancelled in the background
 (psycopg then cancels it on the server or closes the connection), without delaying the
 caller. A stored row that no longer validates (e.g. unparsable grants JSON) is logged as an
-error and treated as not found, so a request using it is denied, never allowed.
+error and treated as not found (``stores.rows``, shared with SQLite), so a request using it
+is denied, never allowed.
 
 One store belongs to one event loop (its pool and listener run there).
 """
@@ -50,11 +52,9 @@ One store belongs to one event loop (its pool and listener run there).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import random
 import re
 import secrets
 import select
@@ -83,20 +83,28 @@ from token_guard.records import (
 )
 from token_guard.secret import hash_secret, new_secret, new_token_id
 from token_guard.spec import apply_update, parse_token_spec
-from token_guard.stores.base import ChangeListener
-from token_guard.stores.memory import (
+from token_guard.stores.base import (
     AUDIT_CREATE,
     AUDIT_REVOKE,
     AUDIT_UPDATE,
+    ChangeListener,
     Listeners,
     check_limit,
 )
+from token_guard.stores.pg_feed import PgChangeFeed, first_line
+from token_guard.stores.rows import (
+    AUDIT_COLUMNS,
+    CLIENT_COLUMNS,
+    TOKEN_COLUMNS,
+    audit_from_row,
+    client_from_row,
+    token_from_row,
+)
 from token_guard.stores.schema import (
     Migration,
-    format_timestamp,
-    spec_from_columns,
     spec_to_columns,
 )
+from token_guard.stores.urls import ENV_VAR
 
 __all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -105,16 +113,8 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
-ENV_VAR: Final = "TOKEN_GUARD_STORE"
 # Channel names are identifiers (63 bytes at most): keep room for the "token_guard." prefix.
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
-_BACKOFF_MIN: Final = 0.05
-_BACKOFF_MAX: Final = 2.0
-_CHANGE_KINDS: Final = frozenset({"created", "updated", "revoked"})
-_RECORD_COLUMNS: Final = (
-    "id, name, grants, referers, allowed_apis, expiration_date, created_at, revoked_at, "
-    "last_used_at"
-)
 # The network or server failing, as opposed to a bug or bad data: the store "cannot answer".
 _UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 
@@ -222,11 +222,11 @@ class PostgresStore:
         # For messages: never the DSN itself, which may carry a password.
         self._where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
         self._schema = schema
+        self._where_schema = f"schema {schema!r} at {self._where}"  # for the row codec's logs
         self._channel = f"token_guard.{schema}"
         self._pool_min = pool_min
         self._pool_max = pool_max
         self._timeout = timeout
-        self._feed_heartbeat = feed_heartbeat
         options = str(params.get("options") or "")
         options += f" -c statement_timeout={max(1, round(statement_timeout * 1000))}"
         self._conn_kwargs: dict[str, Any] = {
@@ -239,12 +239,20 @@ class PostgresStore:
         self._connect_deadline = max(2, round(connect_timeout)) + 1.0
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._open_lock = asyncio.Lock()
-        self._listener_task: asyncio.Task[None] | None = None
         self._listeners = Listeners()
-        self._feed_healthy = False
-        self._feed_ready = asyncio.Event()
-        # Marks this instance's own notifications, which its subscribers already heard.
-        self._origin = secrets.token_hex(8)
+        # The origin marks this instance's own notifications, which its subscribers
+        # already heard.
+        self._feed = PgChangeFeed(
+            dsn=dsn,
+            conn_kwargs=self._conn_kwargs,
+            connect_deadline=self._connect_deadline,
+            channel=self._channel,
+            origin=secrets.token_hex(8),
+            heartbeat=feed_heartbeat,
+            where=self._where,
+            bounded=self._bounded,
+            emit=self._emit,
+        )
         self._closed = False
         self._opened_before = False
         # Queries abandoned at their deadline, still being cancelled by psycopg.
@@ -263,7 +271,7 @@ class PostgresStore:
     @property
     def feed_healthy(self) -> bool:
         """True while the change feed is listening; False means remote changes may be missed."""
-        return self._feed_healthy
+        return self._feed.healthy
 
     async def open(self) -> None:
         """Connect, create or migrate the schema and start the change feed (idempotent)."""
@@ -292,32 +300,16 @@ class PostgresStore:
                 raise
             # LISTEN before open() returns: no answer given by this store can predate the
             # feed, so the first connection needs no reset (a later one, or a reopen, does).
-            first: Conn | None = None
-            try:
-                first = await self._connect_feed()
-            except Exception as exc:
-                _log.warning(
-                    "change feed on %s not started (%s: %s); retrying in the background",
-                    self._where,
-                    type(exc).__name__,
-                    _first_line(exc),
-                )
-            self._pool = pool
-            self._listener_task = asyncio.create_task(
-                self._listen_forever(first, announce=self._opened_before),
-                name=f"token_guard feed {self._schema}",
+            await self._feed.start(
+                announce=self._opened_before, name=f"token_guard feed {self._schema}"
             )
+            self._pool = pool
             self._opened_before = True
 
     async def close(self) -> None:
         """Stop the change feed and close every connection; calls fail until ``open``."""
         self._closed = True
-        task, self._listener_task = self._listener_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._feed_healthy = False
+        await self._feed.stop()
         for abandoned in list(self._abandoned):
             abandoned.cancel()
         if self._abandoned:
@@ -341,12 +333,7 @@ class PostgresStore:
     async def wait_feed_ready(self, within: float) -> bool:
         """Wait until the change feed is listening (True) or ``within`` seconds pass."""
         await self.open()
-        try:
-            async with asyncio.timeout(within):
-                await self._feed_ready.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await self._feed.wait_ready(within)
 
     async def _migrate(self, pool: AsyncConnectionPool[Conn]) -> None:
         async with pool.connection() as conn, conn.transaction():
@@ -415,13 +402,13 @@ class PostgresStore:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(
                 f"PostgreSQL at {self._where} could not answer {what} "
-                f"({type(exc).__name__}: {_first_line(exc)}); check that the server is up "
+                f"({type(exc).__name__}: {first_line(exc)}); check that the server is up "
                 "and reachable"
             ) from exc
         except psycopg.Error as exc:
             raise StoreError(
                 f"PostgreSQL at {self._where} refused {what} "
-                f"({type(exc).__name__}: {_first_line(exc)})"
+                f"({type(exc).__name__}: {first_line(exc)})"
             ) from exc
 
     def _abandon(self, task: asyncio.Task[Any]) -> None:
@@ -476,7 +463,7 @@ class PostgresStore:
                 row = await cur.fetchone()
                 assert row is not None  # INSERT ... RETURNING returns its row
                 await self._audit(conn, actor, AUDIT_CREATE, token_id, {"name": spec.name})
-                await self._notify(conn, "created", token_id)
+                await self._feed.notify(conn, "created", token_id)
                 return _utc(row[0])
 
         created_at = await self._run("creating a token", op)
@@ -488,25 +475,25 @@ class PostgresStore:
 
         async def op(conn: Conn) -> tuple[Any, ...] | None:
             cur = await conn.execute(
-                self._q(f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens WHERE secret_hash = %s"),
+                self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE secret_hash = %s"),
                 (secret_hash,),
             )
             return await cur.fetchone()
 
         row = await self._run("a token lookup", op)
-        return None if row is None else _record(row)
+        return None if row is None else token_from_row(row, self._where_schema)
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         """The token with public id ``token_id``, or None."""
 
         async def op(conn: Conn) -> tuple[Any, ...] | None:
             cur = await conn.execute(
-                self._q(f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens WHERE id = %s"), (token_id,)
+                self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = %s"), (token_id,)
             )
             return await cur.fetchone()
 
         row = await self._run("reading a token", op)
-        return None if row is None else _record(row)
+        return None if row is None else token_from_row(row, self._where_schema)
 
     async def list_tokens(
         self, *, limit: int = 100, after: str | None = None
@@ -517,7 +504,7 @@ class PostgresStore:
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 self._q(
-                    f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens "
+                    f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens "
                     "WHERE (%s::text IS NULL OR id > %s) ORDER BY id LIMIT %s"
                 ),
                 (after, after, limit),
@@ -525,7 +512,8 @@ class PostgresStore:
             return await cur.fetchall()
 
         rows = await self._run("listing tokens", op)
-        return [rec for rec in map(_record, rows) if rec is not None]
+        records = (token_from_row(row, self._where_schema) for row in rows)
+        return [rec for rec in records if rec is not None]
 
     async def update_token(
         self, token_id: str, changes: Mapping[str, Any], *, actor: str = "api"
@@ -547,7 +535,7 @@ class PostgresStore:
                 await self._audit(
                     conn, actor, AUDIT_UPDATE, token_id, {"fields": sorted(map(str, changes))}
                 )
-                await self._notify(conn, "updated", token_id)
+                await self._feed.notify(conn, "updated", token_id)
                 return TokenRecord(
                     current.id, spec, current.created_at, current.revoked_at, current.last_used_at
                 )
@@ -573,7 +561,7 @@ class PostgresStore:
                 cur = await conn.execute(
                     self._q(
                         "UPDATE {s}.tokens SET revoked_at = coalesce(revoked_at, now()) "
-                        f"WHERE id = %s RETURNING {_RECORD_COLUMNS}"
+                        f"WHERE id = %s RETURNING {TOKEN_COLUMNS}"
                     ),
                     (token_id,),
                 )
@@ -583,8 +571,8 @@ class PostgresStore:
                     conn, actor, AUDIT_REVOKE, token_id, {"already_revoked": already}
                 )
                 # Notify even when already revoked: a cache that missed the first one learns.
-                await self._notify(conn, "revoked", token_id)
-            record = _record(row)
+                await self._feed.notify(conn, "revoked", token_id)
+            record = token_from_row(row, self._where_schema)
             if record is None:
                 raise StoreError(
                     f"token {token_id!r} is revoked, but its stored body does not validate; "
@@ -620,25 +608,19 @@ class PostgresStore:
 
     async def _locked_token(self, conn: Conn, token_id: str) -> TokenRecord:
         cur = await conn.execute(
-            self._q(f"SELECT {_RECORD_COLUMNS} FROM {{s}}.tokens WHERE id = %s FOR UPDATE"),
+            self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = %s FOR UPDATE"),
             (token_id,),
         )
         row = await cur.fetchone()
         if row is None:
             raise NotFound(f"no token has id {token_id!r}; list tokens to find its id")
-        record = _record(row)
+        record = token_from_row(row, self._where_schema)
         if record is None:
             raise StoreError(
                 f"token {token_id!r} has unreadable data in schema {self._schema!r}; revoke "
                 "it and create a new one"
             )
         return record
-
-    async def _notify(self, conn: Conn, kind: str, token_id: str) -> None:
-        # Inside the write's transaction: PostgreSQL delivers it exactly when it commits.
-        await conn.execute(
-            "SELECT pg_notify(%s, %s)", (self._channel, f"{kind}:{self._origin}:{token_id}")
-        )
 
     # -- change feed ---------------------------------------------------------------------
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
@@ -652,74 +634,6 @@ class PostgresStore:
     def _emit(self, event: ChangeEvent) -> None:
         # Listeners.emit logs a failing subscriber and goes on: the feed never stops for one.
         self._listeners.emit(event)
-
-    def _on_notify(self, payload: str) -> None:
-        kind, origin, token_id = [*payload.split(":", 2), "", ""][:3]
-        if kind in _CHANGE_KINDS and token_id:
-            # This instance's own changes were announced at commit; do not repeat them.
-            if origin != self._origin:
-                self._emit(ChangeEvent(kind, token_id))  # type: ignore[arg-type]
-        else:
-            # Unknown payload (a newer version, or noise): fail safe and drop all caches.
-            _log.warning("unknown change notification on %s; resetting caches", self._channel)
-            self._emit(ChangeEvent("reset"))
-
-    async def _connect_feed(self) -> Conn:
-        """A new connection (not from the pool) that LISTENs on this schema's channel."""
-        async with asyncio.timeout(self._connect_deadline):
-            conn = await psycopg.AsyncConnection.connect(self._dsn, **self._conn_kwargs)
-        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
-        await self._bounded(_execute_or_close(conn, listen), "LISTEN")
-        return conn
-
-    async def _listen_forever(self, conn: Conn | None, *, announce: bool) -> None:
-        delay = _BACKOFF_MIN
-        while True:
-            try:
-                if conn is None:
-                    conn = await self._connect_feed()
-                    announce = True
-                self._feed_healthy = True
-                self._feed_ready.set()
-                delay = _BACKOFF_MIN
-                if announce:
-                    # Whatever was notified while no LISTEN was active is lost: drop all
-                    # caches; the next request for each token re-reads it.
-                    self._emit(ChangeEvent("reset"))
-                await self._receive(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                level = logging.WARNING if self._feed_healthy else logging.DEBUG
-                _log.log(
-                    level,
-                    "change feed on %s lost (%s: %s); reconnecting",
-                    self._where,
-                    type(exc).__name__,
-                    _first_line(exc),
-                )
-            finally:
-                self._feed_healthy = False
-                self._feed_ready.clear()
-                if conn is not None and not self._is_busy(conn):
-                    await conn.close()
-                conn = None
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, _BACKOFF_MAX)
-
-    async def _receive(self, conn: Conn) -> None:
-        """Pass notifications on until the connection fails or stops answering."""
-        while True:
-            async for note in conn.notifies(timeout=self._feed_heartbeat):
-                if note.channel == self._channel:
-                    self._on_notify(note.payload)
-            # Quiet for a heartbeat: prove the connection still answers.
-            await self._bounded(_execute_or_close(conn, sql.SQL("SELECT 1")), "a feed heartbeat")
-
-    @staticmethod
-    def _is_busy(conn: Conn) -> bool:
-        # A heartbeat abandoned at its deadline still owns the connection and closes it.
-        return conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
 
     # -- OAuth clients and audit ---------------------------------------------------------
     async def create_client(
@@ -751,7 +665,7 @@ class PostgresStore:
         async def op(conn: Conn) -> tuple[Any, ...] | None:
             cur = await conn.execute(
                 self._q(
-                    "SELECT client_id, name, scopes, created_at, revoked_at, secret_hash "
+                    f"SELECT {CLIENT_COLUMNS}, secret_hash "
                     "FROM {s}.oauth_clients WHERE client_id = %s"
                 ),
                 (client_id,),
@@ -761,7 +675,7 @@ class PostgresStore:
         row = await self._run("reading an OAuth client", op)
         if row is None:
             return None
-        client = _client(row)
+        client = client_from_row(row, self._where_schema)
         return None if client is None else (client, str(row[5]))
 
     async def list_clients(self) -> Sequence[OAuthClient]:
@@ -770,14 +684,14 @@ class PostgresStore:
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 self._q(
-                    "SELECT client_id, name, scopes, created_at, revoked_at "
-                    "FROM {s}.oauth_clients ORDER BY client_id"
+                    f"SELECT {CLIENT_COLUMNS} FROM {{s}}.oauth_clients ORDER BY client_id"
                 )
             )
             return await cur.fetchall()
 
         rows = await self._run("listing OAuth clients", op)
-        return [c for c in map(_client, rows) if c is not None]
+        clients = (client_from_row(row, self._where_schema) for row in rows)
+        return [c for c in clients if c is not None]
 
     async def revoke_client(self, client_id: str) -> OAuthClient:
         """Revoke an OAuth client (idempotent)."""
@@ -787,7 +701,7 @@ class PostgresStore:
                 self._q(
                     "UPDATE {s}.oauth_clients SET revoked_at = coalesce(revoked_at, now()) "
                     "WHERE client_id = %s "
-                    "RETURNING client_id, name, scopes, created_at, revoked_at"
+                    f"RETURNING {CLIENT_COLUMNS}"
                 ),
                 (client_id,),
             )
@@ -796,7 +710,7 @@ class PostgresStore:
         row = await self._run("revoking an OAuth client", op)
         if row is None:
             raise NotFound(f"no OAuth client has id {client_id!r}; list clients to find it")
-        client = _client(row)
+        client = client_from_row(row, self._where_schema)
         if client is None:
             raise StoreError(
                 f"OAuth client {client_id!r} is revoked, but its stored scopes do not parse"
@@ -822,7 +736,7 @@ class PostgresStore:
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 self._q(
-                    "SELECT id, at, actor, action, token_id, detail FROM {s}.audit "
+                    f"SELECT {AUDIT_COLUMNS} FROM {{s}}.audit "
                     "WHERE (%s::bigint IS NULL OR id < %s) ORDER BY id DESC LIMIT %s"
                 ),
                 (before, before, limit),
@@ -830,7 +744,8 @@ class PostgresStore:
             return await cur.fetchall()
 
         rows = await self._run("listing audit entries", op)
-        return [_audit_entry(row) for row in rows]
+        entries = (audit_from_row(row, self._where_schema) for row in rows)
+        return [e for e in entries if e is not None]
 
     async def _audit(
         self,
@@ -849,77 +764,12 @@ class PostgresStore:
         )
 
 
-# -- rows <-> values -------------------------------------------------------------------
-def _record(row: tuple[Any, ...]) -> TokenRecord | None:
-    """Rebuild a token from its row, re-validating it; None (and a logged error) if bad."""
-    token_id, name, grants, referers, apis, expiration, created, revoked, last_used = row
-    try:
-        spec = spec_from_columns(
-            name,
-            grants,
-            referers,
-            apis,
-            None if expiration is None else format_timestamp(expiration),
-        )
-    except (ValueError, TypeError) as exc:
-        # Fail closed: a token we cannot read is a token we do not know.
-        _log.error(
-            "token %s has a stored body that does not validate (%s); treating it as not found",
-            token_id,
-            exc,
-        )
-        return None
-    return TokenRecord(
-        id=str(token_id),
-        spec=spec,
-        created_at=_utc(created),
-        revoked_at=None if revoked is None else _utc(revoked),
-        last_used_at=None if last_used is None else _utc(last_used),
-    )
-
-
-def _client(row: tuple[Any, ...]) -> OAuthClient | None:
-    client_id, name, scopes, created, revoked = row[:5]
-    try:
-        parsed = json.loads(scopes)
-        if not isinstance(parsed, list) or not all(isinstance(s, str) for s in parsed):
-            raise ValueError("scopes must be a JSON list of strings")
-    except ValueError as exc:
-        _log.error(
-            "OAuth client %s has unreadable scopes (%s); treating it as unknown", client_id, exc
-        )
-        return None
-    return OAuthClient(
-        client_id=str(client_id),
-        name=str(name),
-        scopes=tuple(parsed),
-        created_at=_utc(created),
-        revoked_at=None if revoked is None else _utc(revoked),
-    )
-
-
-def _audit_entry(row: tuple[Any, ...]) -> AuditEntry:
-    entry_id, at, actor, action, token_id, detail = row
-    try:
-        parsed = json.loads(detail)
-    except ValueError:
-        parsed = {"unreadable": True}
-    if not isinstance(parsed, dict):
-        parsed = {"value": parsed}
-    return AuditEntry(int(entry_id), _utc(at), str(actor), str(action), token_id, parsed)
-
-
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
 def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no detail"
 
 
 def _discard_result(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
@@ -949,12 +799,3 @@ async def _usable(conn: Conn) -> bool:
     except psycopg.Error:
         return False
     return True
-
-
-async def _execute_or_close(conn: Conn, statement: sql.SQL | sql.Composed) -> None:
-    """Run ``statement``; if it fails or is abandoned, close the connection it leaves unusable."""
-    try:
-        await conn.execute(statement)
-    except BaseException:
-        await conn.close()
-        raise

@@ -17,8 +17,9 @@ Choices, stated once:
   revocation made by one process may take to reach the caches of the others. Changes made
   through this instance are announced at once and skipped by its own poller.
 * **Errors.** Any sqlite3 error (locked past the busy timeout, I/O, not a database)
-  becomes ``StoreUnavailable``. A row whose data no longer validates is logged and treated
-  as absent: it is never allowed and never crashes a request.
+  becomes ``StoreUnavailable``. A row whose data no longer reads is logged and treated as
+  absent (``stores.rows``, shared with PostgreSQL): it is never allowed and never crashes
+  a request.
 """
 
 from __future__ import annotations
@@ -40,20 +41,26 @@ from token_guard.errors import ConfigurationError, NotFound, StoreError, StoreUn
 from token_guard.records import AuditEntry, ChangeEvent, IssuedToken, OAuthClient, TokenRecord
 from token_guard.secret import hash_secret, new_secret, new_token_id
 from token_guard.spec import apply_update, parse_token_spec
-from token_guard.stores.base import ChangeListener
-from token_guard.stores.memory import (
+from token_guard.stores.base import (
     AUDIT_CREATE,
     AUDIT_REVOKE,
     AUDIT_UPDATE,
+    ChangeListener,
     Listeners,
     check_limit,
     utc_now,
 )
+from token_guard.stores.rows import (
+    AUDIT_COLUMNS,
+    CLIENT_COLUMNS,
+    TOKEN_COLUMNS,
+    audit_from_row,
+    client_from_row,
+    token_from_row,
+)
 from token_guard.stores.schema import (
     format_timestamp,
     migrate_sqlite,
-    parse_timestamp,
-    spec_from_columns,
     spec_to_columns,
 )
 
@@ -61,10 +68,6 @@ logger = logging.getLogger("token_guard.stores")
 
 R = TypeVar("R")
 
-_RECORD_COLUMNS = (
-    "id, name, grants, referers, allowed_apis, expiration_date, created_at, revoked_at, "
-    "last_used_at"
-)
 _CHANGE_KINDS = frozenset({"created", "updated", "revoked", "reset"})
 _POLL_BATCH = 1000
 
@@ -85,46 +88,6 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def _record_from_row(row: sqlite3.Row) -> TokenRecord | None:
-    try:
-        spec = spec_from_columns(
-            row["name"], row["grants"], row["referers"], row["allowed_apis"],
-            row["expiration_date"],
-        )
-        created = parse_timestamp(row["created_at"])
-        if created is None:
-            raise ValueError("created_at is empty")
-        return TokenRecord(
-            id=row["id"],
-            spec=spec,
-            created_at=created,
-            revoked_at=parse_timestamp(row["revoked_at"]),
-            last_used_at=parse_timestamp(row["last_used_at"]),
-        )
-    except (ValueError, TypeError, KeyError) as exc:
-        logger.error(
-            "token %r has unreadable data in the SQLite store (%s); it is refused until "
-            "the row is fixed or the token revoked and replaced", row["id"], exc,
-        )
-        return None
-
-
-def _client_from_row(row: sqlite3.Row) -> OAuthClient:
-    scopes = json.loads(row["scopes"])
-    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-        raise StoreError(f"OAuth client {row['client_id']!r} has unreadable scopes")
-    created = parse_timestamp(row["created_at"])
-    if created is None:
-        raise StoreError(f"OAuth client {row['client_id']!r} has no creation time")
-    return OAuthClient(
-        client_id=row["client_id"],
-        name=row["name"],
-        scopes=tuple(scopes),
-        created_at=created,
-        revoked_at=parse_timestamp(row["revoked_at"]),
-    )
-
-
 class SQLiteStore:
     """A ``TokenStore`` in one SQLite file (``":memory:"`` works for a single instance).
 
@@ -133,6 +96,10 @@ class SQLiteStore:
     store's subscribers. Changes are kept in the feed ``change_retention`` seconds; a
     subscriber that fell further behind gets a ``reset`` event instead.
     """
+
+    # The poller re-reads the feed table from its cursor after any failure, so no change
+    # is lost while polling fails: the feed is late at worst, never broken.
+    feed_healthy = True
 
     def __init__(
         self,
@@ -300,22 +267,22 @@ class SQLiteStore:
 
         def read(conn: sqlite3.Connection) -> sqlite3.Row | None:
             row: sqlite3.Row | None = conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM tokens WHERE secret_hash = ?", (secret_hash,)
+                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = ?", (secret_hash,)
             ).fetchone()
             return row
 
         row = await self._run(read)
-        return None if row is None else _record_from_row(row)
+        return None if row is None else token_from_row(row, self.path)
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         """The token with public id ``token_id``, or None (also when its row is unreadable)."""
         row = await self._run(lambda conn: self._token_row(conn, token_id))
-        return None if row is None else _record_from_row(row)
+        return None if row is None else token_from_row(row, self.path)
 
     @staticmethod
     def _token_row(conn: sqlite3.Connection, token_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = conn.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
+            f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
         ).fetchone()
         return row
 
@@ -327,12 +294,12 @@ class SQLiteStore:
 
         def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             return conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM tokens WHERE id > ? ORDER BY id LIMIT ?",
+                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id > ? ORDER BY id LIMIT ?",
                 ("" if after is None else after, limit),
             ).fetchall()
 
         rows = await self._run(read)
-        return [r for r in map(_record_from_row, rows) if r is not None]
+        return [r for r in (token_from_row(row, self.path) for row in rows) if r is not None]
 
     async def update_token(
         self, token_id: str, changes: Mapping[str, Any], *, actor: str = "api"
@@ -366,7 +333,7 @@ class SQLiteStore:
         row = self._token_row(conn, token_id)
         if row is None:
             raise NotFound(f"no token has id {token_id!r}; list tokens to find the right id")
-        record = _record_from_row(row)
+        record = token_from_row(row, self.path)
         if record is None:
             raise StoreError(
                 f"token {token_id!r} has unreadable data in {self.path}; revoke it and "
@@ -403,7 +370,7 @@ class SQLiteStore:
 
         row = await self._run(write)
         self._listeners.emit(ChangeEvent("revoked", token_id))
-        record = _record_from_row(row)
+        record = token_from_row(row, self.path)
         if record is None:
             raise StoreError(
                 f"token {token_id!r} is revoked, but its stored data is unreadable; "
@@ -522,9 +489,13 @@ class SQLiteStore:
 
         def read(conn: sqlite3.Connection) -> tuple[OAuthClient, str] | None:
             row = conn.execute(
-                "SELECT * FROM oauth_clients WHERE client_id = ?", (client_id,)
+                f"SELECT {CLIENT_COLUMNS}, secret_hash FROM oauth_clients WHERE client_id = ?",
+                (client_id,),
             ).fetchone()
-            return None if row is None else (_client_from_row(row), str(row["secret_hash"]))
+            if row is None:
+                return None
+            client = client_from_row(row, self.path)
+            return None if client is None else (client, str(row["secret_hash"]))
 
         return await self._run(read)
 
@@ -532,29 +503,38 @@ class SQLiteStore:
         """All OAuth clients ordered by id, revoked ones included."""
 
         def read(conn: sqlite3.Connection) -> list[OAuthClient]:
-            rows = conn.execute("SELECT * FROM oauth_clients ORDER BY client_id").fetchall()
-            return [_client_from_row(r) for r in rows]
+            rows = conn.execute(
+                f"SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY client_id"
+            ).fetchall()
+            clients = (client_from_row(row, self.path) for row in rows)
+            return [c for c in clients if c is not None]
 
         return await self._run(read)
 
     async def revoke_client(self, client_id: str) -> OAuthClient:
         """Revoke an OAuth client (idempotent)."""
 
-        def write(conn: sqlite3.Connection) -> OAuthClient:
+        def write(conn: sqlite3.Connection) -> sqlite3.Row:
             with _transaction(conn):
                 conn.execute(
                     "UPDATE oauth_clients SET revoked_at = ? WHERE client_id = ?"
                     " AND revoked_at IS NULL",
                     (format_timestamp(utc_now()), client_id),
                 )
-                row = conn.execute(
-                    "SELECT * FROM oauth_clients WHERE client_id = ?", (client_id,)
+                row: sqlite3.Row | None = conn.execute(
+                    f"SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = ?",
+                    (client_id,),
                 ).fetchone()
                 if row is None:
                     raise NotFound(f"no OAuth client has id {client_id!r}")
-                return _client_from_row(row)
+                return row
 
-        return await self._run(write)
+        client = client_from_row(await self._run(write), self.path)
+        if client is None:
+            raise StoreError(
+                f"OAuth client {client_id!r} is revoked, but its stored data is unreadable"
+            )
+        return client
 
     async def add_audit(
         self, actor: str, action: str, token_id: str | None, detail: Mapping[str, Any]
@@ -580,22 +560,10 @@ class SQLiteStore:
 
         def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             return conn.execute(
-                "SELECT id, at, actor, action, token_id, detail FROM audit WHERE id < ?"
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id < ?"
                 " ORDER BY id DESC LIMIT ?",
                 (2**63 - 1 if before is None else before, limit),
             ).fetchall()
 
-        out: list[AuditEntry] = []
-        for row in await self._run(read):
-            try:
-                detail = json.loads(row["detail"])
-                at = parse_timestamp(row["at"])
-                if not isinstance(detail, dict) or at is None:
-                    raise ValueError("detail is not an object")
-            except ValueError as exc:
-                logger.error("audit entry %s is unreadable (%s); skipped", row["id"], exc)
-                continue
-            out.append(
-                AuditEntry(row["id"], at, row["actor"], row["action"], row["token_id"], detail)
-            )
-        return out
+        entries = (audit_from_row(row, self.path) for row in await self._run(read))
+        return [e for e in entries if e is not None]
