@@ -479,7 +479,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``serve``: the Tokens API and the OAuth endpoint under uvicorn."""
     import uvicorn
 
-    from token_guard.management.api import create_management_app
+    from token_guard.management.app import create_management_app
 
     externals = [ExternalIssuer(url, iss, aud) for url, iss, aud in args.external_issuer or []]
     issuer = args.issuer or f"http://{args.host}:{args.port}"

@@ -19,17 +19,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qsl, unquote_plus
 
 import jwt
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from token_guard.errors import TokenGuardError
+from token_guard.errors import StoreUnavailable, TokenGuardError
 from token_guard.management.clients import SCOPES, authenticate_client, parse_scopes
+from token_guard.management.http import NO_STORE, REALM, BadRequest, read_body
 from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SIGNING_ALGORITHM, SigningKeys
 from token_guard.records import OAuthClient
 from token_guard.stores.base import TokenStore
 
 ACCESS_TOKEN_TYPE = "at+jwt"
+MAX_FORM_BYTES = 64 * 1024
+#: The ``error`` values of RFC 6749 §5.2 this endpoint answers with (OAuth fixes them).
+OAUTH_ERROR_CODES: tuple[str, ...] = (
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+    "unsupported_grant_type", "invalid_scope", "temporarily_unavailable",
+)
 
 
 class OAuthError(TokenGuardError):
@@ -177,3 +186,62 @@ def client_from_basic(header_value: str) -> tuple[str, str] | None:
             status=401,
         )
     return unquote_plus(client_id), unquote_plus(secret)
+
+
+class TokenEndpoint:
+    """``POST /oauth/token``: the client-credentials grant over HTTP, audited in the store."""
+
+    def __init__(
+        self, store: TokenStore, keys: SigningKeys, *, issuer: str, audience: str,
+        lifetime: int = DEFAULT_TOKEN_LIFETIME,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.lifetime = lifetime
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one token request: §5.1 on success, §5.2 errors otherwise."""
+        try:
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/x-www-form-urlencoded":
+                raise OAuthError(
+                    "invalid_request",
+                    "send the parameters as application/x-www-form-urlencoded",
+                )
+            try:
+                raw = await read_body(request, MAX_FORM_BYTES)
+                pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
+            except (BadRequest, UnicodeDecodeError, ValueError):
+                raise OAuthError(
+                    "invalid_request", f"the form body is unreadable or over {MAX_FORM_BYTES} bytes"
+                ) from None
+            params: dict[str, str] = {}
+            for key, value in pairs:
+                if key in params:
+                    # RFC 6749 §3.2: parameters must not be repeated.
+                    raise OAuthError("invalid_request", f"parameter {key!r} is repeated")
+                params[key] = value
+            auth = request.headers.get("authorization")
+            basic = client_from_basic(auth) if auth else None
+            issued, client = await client_credentials_grant(
+                self.store, self.keys, params, basic, issuer=self.issuer,
+                audience=self.audience, lifetime=self.lifetime,
+            )
+            # Inside the try: no audit entry, no token (a store failure answers 503).
+            await self.store.add_audit(
+                client.client_id, "oauth.token", None, {"scope": " ".join(issued.scope)}
+            )
+        except OAuthError as exc:
+            headers = dict(NO_STORE)
+            if exc.status == 401:
+                headers["WWW-Authenticate"] = f'Basic realm="{REALM}"'
+            return JSONResponse(exc.as_json(), status_code=exc.status, headers=headers)
+        except StoreUnavailable:
+            return JSONResponse(
+                {"error": "temporarily_unavailable",
+                 "error_description": "the client store cannot answer now; retry shortly"},
+                status_code=503, headers=NO_STORE,
+            )
+        return JSONResponse(issued.as_json(), headers=NO_STORE)

@@ -20,6 +20,7 @@ from typing import Any
 import anyio.to_thread
 import jwt
 
+from token_guard.decision import INSUFFICIENT_SCOPE, INVALID_TOKEN, MISSING_TOKEN, error_body
 from token_guard.errors import ConfigurationError, TokenGuardError
 from token_guard.management.grant import ACCESS_TOKEN_TYPE
 from token_guard.management.keys import SIGNING_ALGORITHM, SigningKeys
@@ -41,7 +42,7 @@ class AccessDenied(TokenGuardError):
     """
 
     def __init__(
-        self, message: str, hint: str, *, status: int = 401, code: str = "invalid_token",
+        self, message: str, hint: str, *, status: int = 401, code: str = INVALID_TOKEN,
         scope: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -53,11 +54,11 @@ class AccessDenied(TokenGuardError):
 
     def as_json(self) -> dict[str, str]:
         """The body ``{"error", "hint", "code"}``."""
-        return {"error": self.message, "hint": self.hint, "code": self.code}
+        return error_body(self.code, self.message, self.hint)
 
     def www_authenticate(self, realm: str = "token-guard") -> str:
         """The RFC 6750 ``WWW-Authenticate: Bearer`` challenge for this refusal."""
-        if self.code == "missing_token":
+        if self.code == MISSING_TOKEN:
             return f'Bearer realm="{realm}"'
         # The message may quote attacker-chosen claims (iss, kid): keep the header to
         # printable ASCII without quotes, so it can be neither broken nor unencodable.
@@ -109,7 +110,7 @@ class AccessClaims:
             raise AccessDenied(
                 f"this access token lacks the {scope} scope",
                 f"request a token with scope={scope} from a client allowed that scope",
-                status=403, code="insufficient_scope", scope=scope,
+                status=403, code=INSUFFICIENT_SCOPE, scope=scope,
             )
 
 
@@ -140,6 +141,29 @@ class AccessTokenVerifier:
                 )
             client = jwt.PyJWKClient(ext.jwks_url, lifespan=ext.jwks_cache_seconds, timeout=5)
             self._external[ext.issuer] = (ext, client)
+
+    async def authorize(self, authorization: Sequence[str], scope: str) -> AccessClaims:
+        """The caller of ``Authorization`` (the header's values) holding ``scope``, or raise."""
+        if not authorization:
+            raise AccessDenied(
+                "no access token: the Tokens API needs an OAuth access token",
+                "send Authorization: Bearer <access token from POST /oauth/token>",
+                code=MISSING_TOKEN,
+            )
+        if len(authorization) > 1:
+            raise AccessDenied(
+                "several Authorization headers were sent", "send exactly one Bearer token"
+            )
+        kind, _, token = authorization[0].strip().partition(" ")
+        token = token.strip()
+        if kind.lower() != "bearer" or not token:
+            raise AccessDenied(
+                "the Authorization header is not a Bearer token",
+                "send Authorization: Bearer <access token from POST /oauth/token>",
+            )
+        claims = await self.verify(token)
+        claims.require(scope)
+        return claims
 
     async def verify(self, token: str) -> AccessClaims:
         """The verified caller, or raise ``AccessDenied`` (401) saying what was wrong."""
