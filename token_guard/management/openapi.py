@@ -1,11 +1,19 @@
-"""The OpenAPI 3.1 document of the management app, served at ``GET /openapi.json``."""
+"""The OpenAPI 3.1 document of the management app, served at ``GET /openapi.json``.
+
+The token body's schemas (``TokenCreate``, ``TokenUpdate``, ``Token``) are generated from
+``token_guard.spec.TOKEN_FIELDS``, the one declaration of the body's fields; the OAuth error
+codes come from ``grant.OAUTH_ERROR_CODES``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from token_guard.management.api import MAX_PAGE
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
+from token_guard.management.grant import OAUTH_ERROR_CODES
+from token_guard.spec import GRANT_SCHEMA, TOKEN_FIELDS, TokenField
 
 _ERROR = {
     "type": "object",
@@ -21,47 +29,40 @@ _OAUTH_ERROR = {
     "type": "object",
     "required": ["error"],
     "properties": {
-        "error": {
-            "type": "string",
-            "enum": [
-                "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
-                "unsupported_grant_type", "invalid_scope", "temporarily_unavailable",
-            ],
-        },
+        "error": {"type": "string", "enum": list(OAUTH_ERROR_CODES)},
         "error_description": {"type": "string"},
     },
 }
-_GRANT = {
-    "type": "object",
-    "required": ["connection_name", "source"],
-    "additionalProperties": False,
-    "properties": {
-        "connection_name": {"type": "string", "examples": ["carto_dw"]},
-        "source": {"type": "string", "examples": ["carto-demo-data.demo_tables.retail_stores"]},
-    },
-}
-_APIS = {"type": "string", "enum": ["maps", "sql", "lds", "imports"]}
-_TOKEN_FIELDS = {
-    "name": {"type": "string", "maxLength": 200},
-    "grants": {"type": "array", "items": _GRANT},
-    "referers": {"type": "array", "items": {"type": "string"}},
-    "allowed_apis": {"type": "array", "items": _APIS, "minItems": 1},
-}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _body_schema(fields: Sequence[TokenField], *, creating: bool) -> dict[str, Any]:
+    """A request body holding ``fields`` (required ones only when ``creating``)."""
+    out: dict[str, Any] = {"type": "object"}
+    required = [f.name for f in fields if f.required] if creating else []
+    if required:
+        out["required"] = required
+    out["additionalProperties"] = False
+    out["properties"] = {f.name: f.json_schema() for f in fields}
+    return out
+
+
+_TOKEN_CREATE = _body_schema([f for f in TOKEN_FIELDS if f.creatable], creating=True)
+_TOKEN_UPDATE = _body_schema([f for f in TOKEN_FIELDS if f.patchable], creating=False)
+# What the store adds to a token's body when it answers.
+_RECORD_FIELDS: dict[str, Any] = {
+    "created_at": {"type": "string", "format": "date-time"},
+    "last_used_at": _NULLABLE_TIME,
+    "revoked_at": _NULLABLE_TIME,
+    "state": {"type": "string", "enum": ["active", "revoked", "expired"]},
+}
 _TOKEN = {
     "type": "object",
-    "required": [
-        "id", "name", "grants", "referers", "allowed_apis", "expiration_date", "created_at",
-        "last_used_at", "revoked_at", "state",
-    ],
+    "required": ["id", *(f.name for f in TOKEN_FIELDS), *_RECORD_FIELDS],
     "properties": {
         "id": {"type": "string"},
-        **_TOKEN_FIELDS,
-        "expiration_date": _NULLABLE_TIME,
-        "created_at": {"type": "string", "format": "date-time"},
-        "last_used_at": _NULLABLE_TIME,
-        "revoked_at": _NULLABLE_TIME,
-        "state": {"type": "string", "enum": ["active", "revoked", "expired"]},
+        **{f.name: f.json_schema() for f in TOKEN_FIELDS},
+        **_RECORD_FIELDS,
     },
 }
 _CREATED = {
@@ -235,21 +236,9 @@ def openapi_schema() -> dict[str, Any]:
             "schemas": {
                 "Error": _ERROR,
                 "OAuthError": _OAUTH_ERROR,
-                "Grant": _GRANT,
-                "TokenCreate": {
-                    "type": "object",
-                    "required": ["allowed_apis"],
-                    "additionalProperties": False,
-                    "properties": {
-                        **_TOKEN_FIELDS,
-                        "expiration_date": {"type": ["string", "null"], "format": "date-time"},
-                    },
-                },
-                "TokenUpdate": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": _TOKEN_FIELDS,
-                },
+                "Grant": GRANT_SCHEMA,
+                "TokenCreate": _TOKEN_CREATE,
+                "TokenUpdate": _TOKEN_UPDATE,
                 "Token": _TOKEN,
                 "CreatedToken": _CREATED,
                 "TokenPage": {
