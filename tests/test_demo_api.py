@@ -27,11 +27,11 @@ from token_guard.demo.app import (
     ApiError,
     QueryResult,
     build_app,
-    encode_mvt,
     points_in_tile,
     run_query,
 )
 from token_guard.demo.data import DATABASE_FILE, STORE_COUNT, ensure_database
+from token_guard.demo.mvt import encode_mvt
 
 # --- helpers: an independent MVT reader ---------------------------
 

@@ -151,3 +151,25 @@ def test_arbitrary_bodies_raise_only_invalid_token_spec(body: dict[str, Any]) ->
 def test_expiration_compared_to_now() -> None:
     soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     assert parse_token_spec(with_(expiration_date=soon)).expiration_date is not None
+
+
+def test_token_fields_declare_every_token_spec_attribute() -> None:
+    from dataclasses import fields
+
+    from token_guard.spec import TOKEN_FIELDS, TokenSpec
+
+    assert [f.name for f in TOKEN_FIELDS] == [f.name for f in fields(TokenSpec)]
+
+
+def test_openapi_token_bodies_follow_the_field_table() -> None:
+    from token_guard.management.openapi import openapi_schema
+    from token_guard.spec import TOKEN_FIELDS
+
+    schemas = openapi_schema()["components"]["schemas"]
+    assert list(schemas["TokenCreate"]["properties"]) == [
+        f.name for f in TOKEN_FIELDS if f.creatable
+    ]
+    assert list(schemas["TokenUpdate"]["properties"]) == [
+        f.name for f in TOKEN_FIELDS if f.patchable
+    ]
+    assert schemas["TokenCreate"]["required"] == [f.name for f in TOKEN_FIELDS if f.required]

@@ -1,4 +1,9 @@
-"""The token model: the Tokens API JSON body, validated and normalised.
+"""The token model: the Tokens API JSON body, declared once, validated and normalised.
+
+``TOKEN_FIELDS`` declares every field of the body (its JSON Schema, whether it is required,
+creatable and patchable, a description and an example, its validator). Validation here, the
+OpenAPI document (``management.openapi``) and the CLI's ``tokens create/update`` flags all
+follow from it: a new field is one entry there, its validator, and its ``TokenSpec`` attribute.
 
 ``parse_token_spec`` accepts exactly the body of ``POST /v3/tokens`` and raises
 ``InvalidTokenSpec`` naming the first field that is wrong and saying what to change.
@@ -8,7 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,9 +26,20 @@ GrantKind = Literal["table", "wildcard", "all", "query"]
 
 _CONNECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _QUERY_START = re.compile(r"\s*(\(|select\b|with\b|from\b|values\b|table\b)", re.IGNORECASE)
-_CREATE_FIELDS = frozenset({"name", "grants", "referers", "allowed_apis", "expiration_date"})
-_UPDATE_FIELDS = frozenset({"name", "grants", "referers", "allowed_apis"})
-_GRANT_FIELDS = frozenset({"connection_name", "source"})
+#: The APIs in the order the OpenAPI document lists them.
+API_ORDER: tuple[str, ...] = ("maps", "sql", "lds", "imports")
+assert frozenset(API_ORDER) == API_NAMES
+#: The JSON Schema of one grant; its properties are the grant's fields.
+GRANT_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "required": ["connection_name", "source"],
+    "additionalProperties": False,
+    "properties": {
+        "connection_name": {"type": "string", "examples": ["carto_dw"]},
+        "source": {"type": "string", "examples": ["carto-demo-data.demo_tables.retail_stores"]},
+    },
+}
+_GRANT_FIELDS = frozenset(GRANT_SCHEMA["properties"])
 MAX_NAME_LENGTH = 200
 MAX_GRANTS = 20_000
 MAX_SOURCE_LENGTH = 64 * 1024
@@ -59,13 +75,7 @@ class TokenSpec:
 
     def as_json(self) -> dict[str, Any]:
         """The body as the Tokens API returns it."""
-        return {
-            "name": self.name,
-            "grants": [g.as_json() for g in self.grants],
-            "referers": list(self.referers),
-            "allowed_apis": list(self.allowed_apis),
-            "expiration_date": format_datetime(self.expiration_date),
-        }
+        return {f.name: f.to_json(getattr(self, f.name)) for f in TOKEN_FIELDS}
 
     def warnings(self) -> list[str]:
         """Things that are allowed but worth a second look (e.g. a ``*`` grant)."""
@@ -96,41 +106,24 @@ def parse_token_spec(body: Mapping[str, Any], *, now: datetime | None = None) ->
     if not isinstance(body, Mapping):
         raise InvalidTokenSpec("body", "must be a JSON object with the token's fields")
     _reject_unknown(body, _CREATE_FIELDS, "body")
-    if "allowed_apis" not in body:
-        raise InvalidTokenSpec(
-            "allowed_apis", "is required: list the APIs the token may call, e.g. ['maps', 'sql']"
-        )
-    apis = _parse_apis(body["allowed_apis"])
-    return TokenSpec(
-        name=_parse_name(body.get("name", "")),
-        grants=_parse_grants(body.get("grants", [])),
-        referers=_parse_referers(body.get("referers", [])),
-        allowed_apis=apis,
-        expiration_date=_parse_expiration(body.get("expiration_date"), now),
-    )
+    values: dict[str, Any] = {}
+    for f in _PARSE_ORDER:
+        if f.required and f.name not in body:
+            raise InvalidTokenSpec(f.name, f"is required: {f.required_hint}")
+        values[f.name] = f.parse(body.get(f.name, f.default), now)
+    return TokenSpec(**values)
 
 
 def apply_update(spec: TokenSpec, changes: Mapping[str, Any]) -> TokenSpec:
     """Apply a ``PATCH /v3/tokens/{id}`` body; expiration can only be set at creation."""
     if not isinstance(changes, Mapping):
         raise InvalidTokenSpec("body", "must be a JSON object with the fields to change")
-    if "expiration_date" in changes:
-        raise InvalidTokenSpec(
-            "expiration_date",
-            "is set only at creation; create a new token with the expiration you need "
-            "and revoke this one",
-        )
+    for f in TOKEN_FIELDS:
+        if f.creatable and not f.patchable and f.name in changes:
+            raise InvalidTokenSpec(f.name, f.fixed_hint)
     _reject_unknown(changes, _UPDATE_FIELDS, "body")
-    out = spec
-    if "name" in changes:
-        out = replace(out, name=_parse_name(changes["name"]))
-    if "grants" in changes:
-        out = replace(out, grants=_parse_grants(changes["grants"]))
-    if "referers" in changes:
-        out = replace(out, referers=_parse_referers(changes["referers"]))
-    if "allowed_apis" in changes:
-        out = replace(out, allowed_apis=_parse_apis(changes["allowed_apis"]))
-    return out
+    values = {f.name: f.parse(changes[f.name], None) for f in _PATCHABLE if f.name in changes}
+    return replace(spec, **values) if values else spec
 
 
 def classify_source(source: str) -> GrantKind:
@@ -343,3 +336,81 @@ def _parse_expiration(value: Any, now: datetime | None) -> datetime | None:
             "expiration_date", f"{value!r} is in the past; choose a future date"
         )
     return parsed
+
+
+def _grants_json(grants: tuple[Grant, ...]) -> list[dict[str, str]]:
+    return [g.as_json() for g in grants]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenField:
+    """One field of the token body, declared once for validation, OpenAPI and the CLI.
+
+    ``schema`` is the JSON Schema of the value; ``parse(value, now)`` validates it (raising
+    ``InvalidTokenSpec``) and returns the ``TokenSpec`` attribute, which ``to_json`` writes
+    back. A body without the field is parsed as if it held ``default``. ``required`` fields
+    must be in a creation body (``required_hint`` says what to give); a ``creatable`` field
+    that is not ``patchable`` is refused on update with ``fixed_hint``.
+    """
+
+    name: str
+    schema: Mapping[str, Any]
+    description: str
+    example: Any
+    parse: Callable[[Any, datetime | None], Any]
+    to_json: Callable[[Any], Any] = list
+    default: Any = None
+    required: bool = False
+    required_hint: str = ""
+    creatable: bool = True
+    patchable: bool = True
+    fixed_hint: str = ""
+
+    def json_schema(self) -> dict[str, Any]:
+        """The field's JSON Schema with its description and example."""
+        return {**self.schema, "description": self.description, "examples": [self.example]}
+
+
+#: The fields of the token body, in the order the Tokens API writes them.
+TOKEN_FIELDS: tuple[TokenField, ...] = (
+    TokenField(
+        "name", {"type": "string", "maxLength": MAX_NAME_LENGTH},
+        "A name for people; not unique.", "storefront map",
+        lambda v, _: _parse_name(v), to_json=str, default="",
+    ),
+    TokenField(
+        "grants", {"type": "array", "items": GRANT_SCHEMA},
+        "Data sources per connection: a table, a wildcard ('proj.dataset.*'), '*' or one "
+        "SQL query.",
+        [{"connection_name": "carto_dw", "source": "carto-demo-data.demo_tables.retail_stores"}],
+        lambda v, _: _parse_grants(v), to_json=_grants_json, default=[],
+    ),
+    TokenField(
+        "referers", {"type": "array", "items": {"type": "string"}},
+        "Websites that may use the token (origin patterns); [] means any website.",
+        ["https://*.example.com"],
+        lambda v, _: _parse_referers(v), default=[],
+    ),
+    TokenField(
+        "allowed_apis",
+        {"type": "array", "items": {"type": "string", "enum": list(API_ORDER)}, "minItems": 1},
+        "The APIs the token may call; 'imports' cannot be combined with another API.",
+        ["maps", "sql"],
+        lambda v, _: _parse_apis(v), required=True,
+        required_hint="list the APIs the token may call, e.g. ['maps', 'sql']",
+    ),
+    TokenField(
+        "expiration_date", {"type": ["string", "null"], "format": "date-time"},
+        "When the token stops working (ISO 8601 with a timezone); null: never. Set only at "
+        "creation.",
+        "2027-01-01T00:00:00Z",
+        _parse_expiration, to_json=format_datetime, patchable=False,
+        fixed_hint="is set only at creation; create a new token with the expiration you need "
+        "and revoke this one",
+    ),
+)
+_CREATE_FIELDS = frozenset(f.name for f in TOKEN_FIELDS if f.creatable)
+_UPDATE_FIELDS = frozenset(f.name for f in TOKEN_FIELDS if f.patchable)
+_PATCHABLE = tuple(f for f in TOKEN_FIELDS if f.patchable)
+# Required fields are checked first, so a body without them is told that before anything else.
+_PARSE_ORDER = tuple(sorted(TOKEN_FIELDS, key=lambda f: not f.required))

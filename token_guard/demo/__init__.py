@@ -42,7 +42,7 @@ from token_guard.demo.tokens import (
     render,
     save,
 )
-from token_guard.management.oauth import SigningKeys
+from token_guard.management.keys import SigningKeys
 from token_guard.stores.sqlite import SQLiteStore
 
 __all__ = ["CONNECTIONS", "DemoOptions", "base_url", "build_app", "main", "parse_args", "serve"]

@@ -34,8 +34,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from token_guard.asgi import ASGIApp, Message, Receive, Scope, Send, TokenGuard
 from token_guard.demo.app import CONNECTIONS, build_app
-from token_guard.management.api import create_management_app
-from token_guard.management.oauth import SigningKeys
+from token_guard.management.app import create_management_app
+from token_guard.management.keys import SigningKeys
 from token_guard.stores.base import TokenStore
 
 __all__ = [

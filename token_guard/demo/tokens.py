@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 from token_guard import decision as codes
 from token_guard.demo.app import CONNECTION_NAME
-from token_guard.management.oauth import (
+from token_guard.management.clients import (
     READ_SCOPE,
     WRITE_SCOPE,
     create_client,

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from token_guard.management.api import create_management_app, openapi_schema
+from token_guard.management.app import create_management_app
 from token_guard.management.oauth import (
     READ_SCOPE,
     SCOPES,
@@ -25,6 +25,7 @@ from token_guard.management.oauth import (
     issue_access_token,
     revoke_client,
 )
+from token_guard.management.openapi import openapi_schema
 
 __all__ = [
     "READ_SCOPE",
