@@ -21,13 +21,12 @@ Security choices:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote_plus
 
 from token_guard import decision as codes
 from token_guard.decision import Denial
+from token_guard.querystrings import parse_all
 
 __all__ = ["CONFLICTING_TYPES", "media_type", "one_content_type", "parse_body"]
 
@@ -68,7 +67,6 @@ def _unsupported(what: str) -> Denial:
 
 MULTIPART = _unsupported("multipart/form-data")
 CHARSET = _unsupported("non-UTF-8")
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _JSON, _FORM = "json", "form"
 
 
@@ -124,26 +122,8 @@ def _json(raw: bytes) -> Mapping[str, Any] | Denial:
 
 
 def _form(raw: bytes) -> Mapping[str, Any] | Denial:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return BAD_FORM
-    if ";" in text or _BAD_ESCAPE.search(text):
-        return BAD_FORM
-    out: dict[str, str] = {}
-    for part in text.split("&"):
-        if not part:
-            continue
-        name, _, value = part.partition("=")
-        try:
-            key = unquote_plus(name, errors="strict")
-            decoded = unquote_plus(value, errors="strict")
-        except UnicodeDecodeError:
-            return BAD_FORM
-        if key in out:
-            return BAD_FORM
-        out[key] = decoded
-    return out
+    parsed = parse_all(raw)
+    return BAD_FORM if isinstance(parsed, Denial) else parsed
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

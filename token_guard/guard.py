@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from functools import partial
 from time import time
 from typing import Any, TypedDict
-from urllib.parse import unquote_plus
 
 from token_guard import decision as codes
 from token_guard.bodies import parse_body
@@ -39,6 +38,7 @@ from token_guard.decision import Denial
 from token_guard.errors import ConfigurationError
 from token_guard.facts import RequestFacts
 from token_guard.policy import CompiledToken, Policy
+from token_guard.querystrings import redact, values_of
 from token_guard.records import TokenRecord
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.routes import Route, RouteMap, RouteMatch
@@ -162,16 +162,8 @@ def body_too_large(limit: int) -> Denial:
     )
 
 
-def redact_query(query_string: bytes) -> str:
-    """The query string with any ``access_token`` value replaced by ``REDACTED``."""
-    text = query_string.decode("latin-1")
-    if "access_token" not in text.lower() and "%" not in text:
-        return text
-    parts = []
-    for part in text.split("&"):
-        name = unquote_plus(part.split("=", 1)[0])
-        parts.append(f"{name}=REDACTED" if "access_token" in name.lower() else part)
-    return "&".join(parts)
+redact_query = redact
+"""The query string with any ``access_token`` value replaced by ``REDACTED``."""
 
 
 _WWW_AUTH = {
@@ -476,11 +468,7 @@ class Guard:
             self.on_decision(event)
 
     def _query_token(self, query_string: bytes, header_token: str | None) -> str | Denial | None:
-        values = []
-        for part in query_string.decode("latin-1").split("&"):
-            name, _, value = part.partition("=")
-            if unquote_plus(name) == "access_token":
-                values.append(unquote_plus(value))
+        values = values_of(query_string, "access_token")
         if not values:
             return header_token
         if not self.allow_query_token:

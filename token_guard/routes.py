@@ -103,6 +103,7 @@ from token_guard import decision as codes
 from token_guard.decision import Denial
 from token_guard.errors import ConfigurationError
 from token_guard.facts import API_NAMES, RequestFacts, Source, SourceKind
+from token_guard.querystrings import parse_wanted
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -124,7 +125,6 @@ _ANY_METHODS = frozenset({"GET", "POST"})
 # RFC 3986 pchar minus ";" (matrix parameters) and "%" (escapes go the slow way).
 _FAST_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,=:@/"
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_BAD_ESCAPE_TEXT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Characters no path segment may carry, raw or decoded: separators other servers honour
 # (``\``, ``;``), URL delimiters, a second escape level, and control characters.
 _FORBIDDEN_DECODED = frozenset("/\\;?#%" + "".join(map(chr, range(32))) + "\x7f")
@@ -465,14 +465,6 @@ _PATH_DENIALS = {
     "escape": _malformed("The request path has an invalid %-escape.", _BAD_PATH_HINT),
     "utf8": _malformed("The request path is not valid UTF-8.", _BAD_PATH_HINT),
 }
-_BAD_QUERY = _malformed(
-    "The query string has an invalid %-escape or a parameter name that is not UTF-8.",
-    "Encode the query string as URLSearchParams does: '%' followed by two hex digits.",
-)
-_SEMICOLON_IN_QUERY = _malformed(
-    "The query string has a raw ';', which some servers read as a parameter separator.",
-    "Percent-encode ';' as %3B (URLSearchParams does), so every server sees the same parameters.",
-)
 _BAD_CONNECTION = _malformed(
     "The connection name is not a valid connection name.",
     f"Use the connection's name: letters, digits, '_', '-' and '.', at most "
@@ -706,7 +698,7 @@ class RouteMap:
         plan = self._plans.get(id(route))
         if plan is None or plan.route is not route:
             plan = _Plan.of(route)  # a RouteMatch built by hand, not by match()
-        found = _parse_query(query_string, plan.names)
+        found = parse_wanted(query_string, plan.names)
         if isinstance(found, Denial):
             return found
 
@@ -744,61 +736,6 @@ class RouteMap:
                 return checked
             sources = (*sources, *checked)
         return RequestFacts(route.api, connection, sources, origin, referer)
-
-
-def _parse_query(query: bytes, names: frozenset[str]) -> dict[str, str] | Denial:
-    """The wanted parameters' values; a duplicate or a bad escape is a denial.
-
-    Only keys that may be wanted and the wanted values are decoded; every other parameter
-    is checked for valid %-escapes only ("a=1&&b=2" and a trailing "&" hide nothing).
-    """
-    found: dict[str, str] = {}
-    if not query:
-        return found
-    # latin-1 maps bytes 1:1 to code points: str operations at str speed, and _decode
-    # turns a piece back into its exact bytes before UTF-8 decoding.
-    text = query.decode("latin-1")
-    if "%" in text and _BAD_ESCAPE_TEXT.search(text):
-        return _BAD_QUERY
-    if ";" in text:
-        return _SEMICOLON_IN_QUERY
-    # Plain ASCII with no escapes (the usual case): keys and values are final as they are.
-    plain = "%" not in text and "+" not in text and text.isascii()
-    for piece in text.split("&"):
-        key, _, raw_value = piece.partition("=")
-        if key not in names:
-            if plain or ("%" not in key and "+" not in key and key.isascii()):
-                continue
-            try:
-                key = _decode(key)
-            except UnicodeDecodeError:
-                return _BAD_QUERY
-            if key not in names:
-                continue
-        if key in found:
-            return _denial(
-                400,
-                codes.AMBIGUOUS_REQUEST,
-                f"Parameter '{key}' is given more than once in the query string.",
-                f"Send '{key}' once.",
-            )
-        if plain:
-            found[key] = raw_value
-            continue
-        try:
-            found[key] = _decode(raw_value)
-        except UnicodeDecodeError:
-            return _malformed(f"Parameter '{key}' is not valid UTF-8.", f"Encode '{key}' as UTF-8.")
-    return found
-
-
-def _decode(latin1: str) -> str:
-    """Decode one query-string key or value (given as latin-1 text of its bytes)."""
-    if "%" in latin1 or "+" in latin1:
-        return unquote_to_bytes(latin1.replace("+", " ").encode("latin-1")).decode("utf-8")
-    if latin1.isascii():
-        return latin1
-    return latin1.encode("latin-1").decode("utf-8")
 
 
 def _param(name: str, found: Mapping[str, str], body: Mapping[str, Any] | None) -> str | Denial:
