@@ -134,3 +134,21 @@ async def test_check_async_decides_as_the_steps_do() -> None:
     refused = await guard.check_async("POST", QUERY_PATH, b"", bearer(secret),
                                       body=b'{"q": "SELECT 1 FROM proj.ds.secret"}')
     assert isinstance(refused, Denial) and refused.code == "source_not_granted"
+
+
+@pytest.mark.parametrize(
+    ("store", "needle"),
+    [
+        pytest.param(MemoryStore, "got the class MemoryStore", id="class-not-instance"),
+        pytest.param({"tokens": []}, "dict is not a token store", id="not-a-store"),
+    ],
+)
+def test_a_store_that_is_not_one_fails_at_start_up_naming_the_field(
+    store: Any, needle: str
+) -> None:
+    from token_guard.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as raised:
+        Guard(store=store, connections=CONNECTIONS)
+    assert str(raised.value).startswith("store: ")
+    assert needle in str(raised.value)

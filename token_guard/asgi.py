@@ -44,7 +44,7 @@ from token_guard.guard import (
     body_too_large,
 )
 from token_guard.records import TokenRecord
-from token_guard.stores.base import TokenStore
+from token_guard.stores.base import TokenReader
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,7 +69,7 @@ class TokenGuard:
         self,
         app: ASGIApp,
         *,
-        store: TokenStore,
+        store: TokenReader,
         connections: Mapping[str, str | Connection],
         **options: Unpack[GuardOptions],
     ) -> None:

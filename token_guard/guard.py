@@ -43,7 +43,7 @@ from token_guard.records import TokenRecord
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.routes import Route, RouteMap, RouteMatch
 from token_guard.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
-from token_guard.stores.base import TokenStore
+from token_guard.stores.base import TokenReader
 
 log = logging.getLogger("token_guard")
 
@@ -219,7 +219,7 @@ class Guard:
     def __init__(
         self,
         *,
-        store: TokenStore,
+        store: TokenReader,
         connections: Mapping[str, str | Connection],
         routes: Sequence[Route] = (),
         prefix: str = "/v3/",
@@ -236,9 +236,16 @@ class Guard:
             raise ConfigurationError("max_body_bytes: must be a positive number of bytes")
         if not isinstance(max_query_bytes, int) or max_query_bytes <= 0:
             raise ConfigurationError("max_query_bytes: must be a positive number of bytes")
-        if not hasattr(store, "get_by_secret_hash"):
+        if isinstance(store, type):
             raise ConfigurationError(
-                "store: must be a token store, e.g. tg.SQLiteStore('tokens.db')"
+                f"store: got the class {store.__name__}, not a store; pass an instance, "
+                "e.g. store=tg.SQLiteStore('tokens.db')"
+            )
+        if not isinstance(store, TokenReader):
+            raise ConfigurationError(
+                f"store: {type(store).__name__} is not a token store (it needs "
+                "get_by_secret_hash, subscribe, record_usage and feed_healthy); use e.g. "
+                "tg.SQLiteStore('tokens.db')"
             )
         self.store = store
         if isinstance(allowed_functions, str):

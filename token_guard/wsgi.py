@@ -79,7 +79,7 @@ from token_guard.guard import (
 from token_guard.policy import CompiledToken
 from token_guard.records import TokenRecord
 from token_guard.resolver import UNAVAILABLE
-from token_guard.stores.base import TokenStore
+from token_guard.stores.base import TokenReader
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -136,7 +136,7 @@ class TokenGuardWSGI:
         self,
         app: WSGIApplication,
         *,
-        store: TokenStore,
+        store: TokenReader,
         connections: Mapping[str, str | Connection],
         **options: Unpack[GuardOptions],
     ) -> None:
@@ -149,7 +149,7 @@ class TokenGuardWSGI:
         self._closed = False
         # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
         self._finalizer = weakref.finalize(
-            self, self._loop.stop, self.guard.resolver.close, store.close
+            self, self._loop.stop, self.guard.resolver.close, *_closer(store)
         )
 
     def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
@@ -273,6 +273,11 @@ class TokenGuardWSGI:
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
         )
         return [body]
+
+
+def _closer(store: TokenReader) -> tuple[Callable[[], Awaitable[None]], ...]:
+    close = getattr(store, "close", None)
+    return (close,) if callable(close) else ()
 
 
 async def _run(work: Callable[[], Awaitable[T]]) -> T:
