@@ -59,6 +59,7 @@ import re
 import secrets
 import select
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -89,6 +90,7 @@ from token_guard.stores.base import (
     AUDIT_UPDATE,
     ChangeListener,
     Listeners,
+    TokenWrite,
     check_limit,
 )
 from token_guard.stores.pg_feed import PgChangeFeed, first_line
@@ -440,6 +442,35 @@ class PostgresStore:
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=sql.Identifier(self._schema))
 
+    # -- token writes share this ---------------------------------------------------------
+    async def _write(
+        self,
+        what: str,
+        change: TokenWrite,
+        op: Callable[[Conn], Awaitable[tuple[T, Mapping[str, Any]]]],
+    ) -> T:
+        """Run ``op`` and record ``change`` (audit entry, ``pg_notify``) in one transaction,
+        then announce it (see ``TokenWrite``); ``op`` returns its result and the audit detail.
+
+        NOTIFY inside the transaction is what makes PostgreSQL send it exactly at commit.
+        """
+
+        async def run(conn: Conn) -> T:
+            async with conn.transaction():
+                result, detail = await op(conn)
+                await self._audit(conn, change.actor, change.action, change.token_id, detail)
+                await self._feed.notify(conn, change.kind, change.token_id)
+            return result
+
+        try:
+            result = await self._run(what, run)
+        except (StoreUnavailable, asyncio.CancelledError):
+            # The commit may have happened before the answer was lost: announce anyway.
+            self._emit(change.event)
+            raise
+        self._emit(change.event)
+        return result
+
     # -- tokens --------------------------------------------------------------------------
     async def create_token(self, body: Mapping[str, Any], *, actor: str = "api") -> IssuedToken:
         """Validate ``body`` (Tokens API JSON), store it, return the record and secret."""
@@ -448,26 +479,23 @@ class PostgresStore:
         token_id = new_token_id()
         columns = spec_to_columns(spec)
 
-        async def op(conn: Conn) -> datetime:
-            async with conn.transaction():
-                cur = await conn.execute(
-                    self._q(
-                        "INSERT INTO {s}.tokens (id, secret_hash, name, grants, referers, "
-                        "allowed_apis, expiration_date, created_at) "
-                        "VALUES (%(id)s, %(hash)s, %(name)s, %(grants)s, %(referers)s, "
-                        "%(allowed_apis)s, %(expiration_date)s::timestamptz, now()) "
-                        "RETURNING created_at"
-                    ),
-                    {"id": token_id, "hash": hash_secret(secret), **columns},
-                )
-                row = await cur.fetchone()
-                assert row is not None  # INSERT ... RETURNING returns its row
-                await self._audit(conn, actor, AUDIT_CREATE, token_id, {"name": spec.name})
-                await self._feed.notify(conn, "created", token_id)
-                return _utc(row[0])
+        async def op(conn: Conn) -> tuple[datetime, Mapping[str, Any]]:
+            cur = await conn.execute(
+                self._q(
+                    "INSERT INTO {s}.tokens (id, secret_hash, name, grants, referers, "
+                    "allowed_apis, expiration_date, created_at) "
+                    "VALUES (%(id)s, %(hash)s, %(name)s, %(grants)s, %(referers)s, "
+                    "%(allowed_apis)s, %(expiration_date)s::timestamptz, now()) "
+                    "RETURNING created_at"
+                ),
+                {"id": token_id, "hash": hash_secret(secret), **columns},
+            )
+            row = await cur.fetchone()
+            assert row is not None  # INSERT ... RETURNING returns its row
+            return _utc(row[0]), {"name": spec.name}
 
-        created_at = await self._run("creating a token", op)
-        self._emit(ChangeEvent("created", token_id))
+        change = TokenWrite("created", AUDIT_CREATE, token_id, actor)
+        created_at = await self._write("creating a token", change, op)
         return IssuedToken(TokenRecord(token_id, spec, created_at), secret)
 
     async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
@@ -520,71 +548,55 @@ class PostgresStore:
     ) -> TokenRecord:
         """Apply a PATCH body (name, grants, referers, allowed_apis) and notify."""
 
-        async def op(conn: Conn) -> TokenRecord:
-            async with conn.transaction():
-                current = await self._locked_token(conn, token_id)
-                spec = apply_update(current.spec, changes)
-                await conn.execute(
-                    self._q(
-                        "UPDATE {s}.tokens SET name = %(name)s, grants = %(grants)s, "
-                        "referers = %(referers)s, allowed_apis = %(allowed_apis)s "
-                        "WHERE id = %(id)s"
-                    ),
-                    {"id": token_id, **spec_to_columns(spec)},
-                )
-                await self._audit(
-                    conn, actor, AUDIT_UPDATE, token_id, {"fields": sorted(map(str, changes))}
-                )
-                await self._feed.notify(conn, "updated", token_id)
-                return TokenRecord(
-                    current.id, spec, current.created_at, current.revoked_at, current.last_used_at
-                )
+        async def op(conn: Conn) -> tuple[TokenRecord, Mapping[str, Any]]:
+            current = await self._locked_token(conn, token_id)
+            spec = apply_update(current.spec, changes)
+            await conn.execute(
+                self._q(
+                    "UPDATE {s}.tokens SET name = %(name)s, grants = %(grants)s, "
+                    "referers = %(referers)s, allowed_apis = %(allowed_apis)s "
+                    "WHERE id = %(id)s"
+                ),
+                {"id": token_id, **spec_to_columns(spec)},
+            )
+            return replace(current, spec=spec), {"fields": sorted(map(str, changes))}
 
-        record = await self._run("updating a token", op)
-        self._emit(ChangeEvent("updated", token_id))
-        return record
+        change = TokenWrite("updated", AUDIT_UPDATE, token_id, actor)
+        return await self._write("updating a token", change, op)
 
     async def revoke_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
         """Revoke (idempotent) and notify; later requests with the token get 401."""
 
-        async def op(conn: Conn) -> TokenRecord:
-            async with conn.transaction():
-                # Read the raw row, not a record: a row too broken to read is still revoked.
-                cur = await conn.execute(
-                    self._q("SELECT revoked_at FROM {s}.tokens WHERE id = %s FOR UPDATE"),
-                    (token_id,),
-                )
-                old = await cur.fetchone()
-                if old is None:
-                    raise NotFound(f"no token has id {token_id!r}; list tokens to find its id")
-                already = old[0] is not None
-                cur = await conn.execute(
-                    self._q(
-                        "UPDATE {s}.tokens SET revoked_at = coalesce(revoked_at, now()) "
-                        f"WHERE id = %s RETURNING {TOKEN_COLUMNS}"
-                    ),
-                    (token_id,),
-                )
-                row = await cur.fetchone()
-                assert row is not None  # locked above in this transaction
-                await self._audit(
-                    conn, actor, AUDIT_REVOKE, token_id, {"already_revoked": already}
-                )
-                # Notify even when already revoked: a cache that missed the first one learns.
-                await self._feed.notify(conn, "revoked", token_id)
-            record = token_from_row(row, self._where_schema)
-            if record is None:
-                raise StoreError(
-                    f"token {token_id!r} is revoked, but its stored body does not validate; "
-                    "see the error logged above"
-                )
-            return record
+        async def op(conn: Conn) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
+            # Read the raw row, not a record: a row too broken to read is still revoked.
+            cur = await conn.execute(
+                self._q("SELECT revoked_at FROM {s}.tokens WHERE id = %s FOR UPDATE"),
+                (token_id,),
+            )
+            old = await cur.fetchone()
+            if old is None:
+                raise NotFound(f"no token has id {token_id!r}; list tokens to find its id")
+            cur = await conn.execute(
+                self._q(
+                    "UPDATE {s}.tokens SET revoked_at = coalesce(revoked_at, now()) "
+                    f"WHERE id = %s RETURNING {TOKEN_COLUMNS}"
+                ),
+                (token_id,),
+            )
+            row = await cur.fetchone()
+            assert row is not None  # locked above in this transaction
+            return row, {"already_revoked": old[0] is not None}
 
-        try:
-            return await self._run("revoking a token", op)
-        finally:
-            # Also on failure: the revocation may have committed before the answer was lost.
-            self._emit(ChangeEvent("revoked", token_id))
+        # Announced even when already revoked: a cache that missed the first one learns.
+        change = TokenWrite("revoked", AUDIT_REVOKE, token_id, actor)
+        row = await self._write("revoking a token", change, op)
+        record = token_from_row(row, self._where_schema)
+        if record is None:
+            raise StoreError(
+                f"token {token_id!r} is revoked, but its stored body does not validate; "
+                "see the error logged above"
+            )
+        return record
 
     async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
         """Batch-write ``last_used_at`` per token id (called by the resolver, not per request)."""
