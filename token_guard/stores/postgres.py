@@ -4,8 +4,10 @@ Install with ``pip install token_guard[postgres]`` (psycopg 3 and psycopg_pool).
 
 Storage. Everything lives in one PostgreSQL schema (``token_guard`` by default), created
 and migrated on open under an advisory lock, so instances starting together do not race.
-The schema version is kept in ``<schema>.meta``. Only SHA-256 hashes of secrets are stored;
-the lookup by secret hash is one query on a unique index.
+The schema version is kept in ``<schema>.meta``; the tables and their migrations are in
+``stores.schema``, in step with SQLite's. Only SHA-256 hashes of secrets are stored (in
+``token_secrets``); the lookup by secret hash is one query on two primary keys. A token's
+body is one JSONB column read back through the spec's parser (``stores.rows``).
 
 Change feed. ``create``, ``update`` and ``revoke`` call ``pg_notify`` in the same
 transaction as the write, so a notification is sent exactly when the change commits. Every
@@ -42,9 +44,9 @@ Failures. Every operation is bounded by ``timeout`` seconds, waiting for a pool
 connection included; a slow or unreachable server raises ``StoreUnavailable`` and never
 blocks the event loop. A query abandoned at its deadline is cancelled in the background
 (psycopg then cancels it on the server or closes the connection), without delaying the
-caller. A stored row that no longer validates (e.g. unparsable grants JSON) is logged as an
-error and treated as not found (``stores.rows``, shared with SQLite), so a request using it
-is denied, never allowed.
+caller. A stored row that no longer validates (e.g. a body edited into an invalid grant) is
+logged as an error and treated as not found (``stores.rows``, shared with SQLite), so a
+request using it is denied, never allowed.
 
 One store belongs to one event loop (its pool and listener run there).
 """
@@ -99,16 +101,14 @@ from token_guard.stores.rows import (
     CLIENT_COLUMNS,
     TOKEN_COLUMNS,
     audit_from_row,
+    body_json,
     client_from_row,
     token_from_row,
 )
-from token_guard.stores.schema import (
-    Migration,
-    spec_to_columns,
-)
+from token_guard.stores.schema import POSTGRES_MIGRATIONS, Migration
 from token_guard.stores.urls import ENV_VAR
 
-__all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "migrate_postgres"]
 
 _log = logging.getLogger(__name__)
 
@@ -120,52 +120,51 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
 # The network or server failing, as opposed to a bug or bad data: the store "cannot answer".
 _UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 
-# Version numbers follow SQLITE_MIGRATIONS step for step, so "schema version N" means the
-# same tables in both stores; a step that PostgreSQL does natively is left out here (v2's
-# ``changes`` table: LISTEN/NOTIFY is the feed). Never edit a released step; add one.
-POSTGRES_MIGRATIONS: Final[tuple[Migration, ...]] = (
-    Migration(
-        1,
-        "tokens, OAuth clients and the audit log",
-        (
-            """CREATE TABLE {s}.tokens (
-                id text PRIMARY KEY,
-                secret_hash text NOT NULL,          -- SHA-256 hex; the secret is never stored
-                name text NOT NULL,
-                grants text NOT NULL,               -- JSON list of connection_name + source objects
-                referers text NOT NULL,             -- JSON list of origin patterns
-                allowed_apis text NOT NULL,         -- JSON list of API names
-                expiration_date timestamptz,
-                created_at timestamptz NOT NULL,
-                revoked_at timestamptz,
-                last_used_at timestamptz
-            )""",
-            "CREATE UNIQUE INDEX tokens_secret_hash ON {s}.tokens (secret_hash)",
-            """CREATE TABLE {s}.oauth_clients (
-                client_id text PRIMARY KEY,
-                secret_hash text NOT NULL,
-                name text NOT NULL,
-                scopes text NOT NULL,               -- JSON list of scope strings
-                created_at timestamptz NOT NULL,
-                revoked_at timestamptz
-            )""",
-            """CREATE TABLE {s}.audit (
-                id bigserial PRIMARY KEY,
-                at timestamptz NOT NULL,
-                actor text NOT NULL,
-                action text NOT NULL,
-                token_id text,
-                detail text NOT NULL                -- JSON object; never a secret
-            )""",
-        ),
-    ),
-    Migration(
-        2,
-        "audit by token (the change feed is LISTEN/NOTIFY, not a table)",
-        ("CREATE INDEX audit_token_id ON {s}.audit (token_id)",),
-    ),
-)
+# The migrations live beside SQLite's (stores.schema), numbered step for step.
 SCHEMA_VERSION: Final = POSTGRES_MIGRATIONS[-1].version
+
+
+async def migrate_postgres(
+    conn: Conn, schema: str, migrations: Sequence[Migration] = POSTGRES_MIGRATIONS
+) -> int:
+    """Bring ``schema`` to the last version in ``migrations`` in one transaction; return it.
+
+    Instances opening the same schema at once are serialised by an advisory lock (released
+    at commit) and the version is read again under it, so each step runs exactly once.
+    """
+    target = migrations[-1].version if migrations else 0
+    s = sql.Identifier(schema)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"token_guard:{schema}",))
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+        await conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.meta (key text PRIMARY KEY, value text NOT NULL)"
+            ).format(s)
+        )
+        cur = await conn.execute(
+            sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'").format(s)
+        )
+        row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > target:
+            raise StoreError(
+                f"schema {schema!r} is at version {version}, newer than this token_guard "
+                f"knows ({target}); upgrade token_guard"
+            )
+        for step in migrations:
+            if step.version <= version:
+                continue
+            for statement in step.statements:
+                await conn.execute(sql.SQL(statement).format(s=s))
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                ).format(s),
+                (str(step.version),),
+            )
+    return target
 
 
 class PostgresStore:
@@ -338,40 +337,8 @@ class PostgresStore:
         return await self._feed.wait_ready(within)
 
     async def _migrate(self, pool: AsyncConnectionPool[Conn]) -> None:
-        async with pool.connection() as conn, conn.transaction():
-            s = sql.Identifier(self._schema)
-            # Serialise instances migrating the same schema; released at commit.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"token_guard:{self._schema}",)
-            )
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.meta (key text PRIMARY KEY, value text NOT NULL)"
-                ).format(s)
-            )
-            cur = await conn.execute(
-                sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'").format(s)
-            )
-            row = await cur.fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"schema {self._schema!r} is at version {version}, newer than this "
-                    f"token_guard knows ({SCHEMA_VERSION}); upgrade token_guard"
-                )
-            for step in POSTGRES_MIGRATIONS:
-                if step.version <= version:
-                    continue
-                for statement in step.statements:
-                    await conn.execute(self._q(statement))
-                await conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.meta (key, value) VALUES ('schema_version', %s) "
-                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-                    ).format(s),
-                    (str(step.version),),
-                )
+        async with pool.connection() as conn:
+            await migrate_postgres(conn, self._schema)
 
     # -- bounded execution ---------------------------------------------------------------
     async def _bounded(
@@ -477,21 +444,21 @@ class PostgresStore:
         spec = parse_token_spec(body)
         secret = new_secret()
         token_id = new_token_id()
-        columns = spec_to_columns(spec)
 
         async def op(conn: Conn) -> tuple[datetime, Mapping[str, Any]]:
             cur = await conn.execute(
                 self._q(
-                    "INSERT INTO {s}.tokens (id, secret_hash, name, grants, referers, "
-                    "allowed_apis, expiration_date, created_at) "
-                    "VALUES (%(id)s, %(hash)s, %(name)s, %(grants)s, %(referers)s, "
-                    "%(allowed_apis)s, %(expiration_date)s::timestamptz, now()) "
-                    "RETURNING created_at"
+                    "INSERT INTO {s}.tokens (id, body, created_at) "
+                    "VALUES (%s, %s::jsonb, now()) RETURNING created_at"
                 ),
-                {"id": token_id, "hash": hash_secret(secret), **columns},
+                (token_id, body_json(spec)),
             )
             row = await cur.fetchone()
             assert row is not None  # INSERT ... RETURNING returns its row
+            await conn.execute(
+                self._q("INSERT INTO {s}.token_secrets (secret_hash, token_id) VALUES (%s, %s)"),
+                (hash_secret(secret), token_id),
+            )
             return _utc(row[0]), {"name": spec.name}
 
         change = TokenWrite("created", AUDIT_CREATE, token_id, actor)
@@ -503,7 +470,11 @@ class PostgresStore:
 
         async def op(conn: Conn) -> tuple[Any, ...] | None:
             cur = await conn.execute(
-                self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE secret_hash = %s"),
+                self._q(
+                    f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = "
+                    "(SELECT token_id FROM {s}.token_secrets WHERE secret_hash = %s "
+                    "AND (expires_at IS NULL OR expires_at > now()))"
+                ),
                 (secret_hash,),
             )
             return await cur.fetchone()
@@ -549,15 +520,11 @@ class PostgresStore:
         """Apply a PATCH body (name, grants, referers, allowed_apis) and notify."""
 
         async def op(conn: Conn) -> tuple[TokenRecord, Mapping[str, Any]]:
-            current = await self._locked_token(conn, token_id)
+            row, current = await self._locked_token(conn, token_id)
             spec = apply_update(current.spec, changes)
             await conn.execute(
-                self._q(
-                    "UPDATE {s}.tokens SET name = %(name)s, grants = %(grants)s, "
-                    "referers = %(referers)s, allowed_apis = %(allowed_apis)s "
-                    "WHERE id = %(id)s"
-                ),
-                {"id": token_id, **spec_to_columns(spec)},
+                self._q("UPDATE {s}.tokens SET body = %s::jsonb WHERE id = %s"),
+                (body_json(spec, replacing=row), token_id),
             )
             return replace(current, spec=spec), {"fields": sorted(map(str, changes))}
 
@@ -618,7 +585,9 @@ class PostgresStore:
 
         await self._run("recording token usage", op)
 
-    async def _locked_token(self, conn: Conn, token_id: str) -> TokenRecord:
+    async def _locked_token(
+        self, conn: Conn, token_id: str
+    ) -> tuple[tuple[Any, ...], TokenRecord]:
         cur = await conn.execute(
             self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = %s FOR UPDATE"),
             (token_id,),
@@ -632,7 +601,7 @@ class PostgresStore:
                 f"token {token_id!r} has unreadable data in schema {self._schema!r}; revoke "
                 "it and create a new one"
             )
-        return record
+        return row, record
 
     # -- change feed ---------------------------------------------------------------------
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:

@@ -56,14 +56,11 @@ from token_guard.stores.rows import (
     CLIENT_COLUMNS,
     TOKEN_COLUMNS,
     audit_from_row,
+    body_json,
     client_from_row,
     token_from_row,
 )
-from token_guard.stores.schema import (
-    format_timestamp,
-    migrate_sqlite,
-    spec_to_columns,
-)
+from token_guard.stores.schema import format_timestamp, migrate_sqlite
 
 logger = logging.getLogger("token_guard.stores")
 
@@ -267,17 +264,15 @@ class SQLiteStore:
         spec = parse_token_spec(body)
         secret = new_secret()
         record = TokenRecord(id=new_token_id(), spec=spec, created_at=utc_now())
-        columns = spec_to_columns(spec)
 
         def op(conn: sqlite3.Connection) -> tuple[None, Mapping[str, Any]]:
             conn.execute(
-                "INSERT INTO tokens (id, secret_hash, name, grants, referers, allowed_apis,"
-                " expiration_date, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id, hash_secret(secret), columns["name"], columns["grants"],
-                    columns["referers"], columns["allowed_apis"],
-                    columns["expiration_date"], format_timestamp(record.created_at),
-                ),
+                "INSERT INTO tokens (id, body, created_at) VALUES (?, ?, ?)",
+                (record.id, body_json(spec), format_timestamp(record.created_at)),
+            )
+            conn.execute(
+                "INSERT INTO token_secrets (secret_hash, token_id) VALUES (?, ?)",
+                (hash_secret(secret), record.id),
             )
             return None, {"name": spec.name}
 
@@ -285,11 +280,14 @@ class SQLiteStore:
         return IssuedToken(record, token=secret)
 
     async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
-        """The token whose secret hashes to ``secret_hash`` (one indexed query)."""
+        """The token whose secret hashes to ``secret_hash`` (two primary-key lookups)."""
+        now = format_timestamp(utc_now())
 
         def read(conn: sqlite3.Connection) -> sqlite3.Row | None:
             row: sqlite3.Row | None = conn.execute(
-                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = ?", (secret_hash,)
+                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = (SELECT token_id FROM"
+                " token_secrets WHERE secret_hash = ? AND (expires_at IS NULL OR expires_at > ?))",
+                (secret_hash, now),
             ).fetchone()
             return row
 
@@ -329,22 +327,19 @@ class SQLiteStore:
         """Apply a PATCH body (name, grants, referers, allowed_apis) and notify."""
 
         def op(conn: sqlite3.Connection) -> tuple[TokenRecord, Mapping[str, Any]]:
-            record = self._readable(conn, token_id)
+            row, record = self._readable(conn, token_id)
             updated = replace(record, spec=apply_update(record.spec, changes))
-            columns = spec_to_columns(updated.spec)
             conn.execute(
-                "UPDATE tokens SET name = ?, grants = ?, referers = ?, allowed_apis = ?"
-                " WHERE id = ?",
-                (
-                    columns["name"], columns["grants"], columns["referers"],
-                    columns["allowed_apis"], token_id,
-                ),
+                "UPDATE tokens SET body = ? WHERE id = ?",
+                (body_json(updated.spec, replacing=row), token_id),
             )
             return updated, {"fields": sorted(map(str, changes))}
 
         return await self._write(TokenWrite("updated", AUDIT_UPDATE, token_id, actor), op)
 
-    def _readable(self, conn: sqlite3.Connection, token_id: str) -> TokenRecord:
+    def _readable(
+        self, conn: sqlite3.Connection, token_id: str
+    ) -> tuple[sqlite3.Row, TokenRecord]:
         row = self._token_row(conn, token_id)
         if row is None:
             raise NotFound(f"no token has id {token_id!r}; list tokens to find the right id")
@@ -354,7 +349,7 @@ class SQLiteStore:
                 f"token {token_id!r} has unreadable data in {self.path}; revoke it and "
                 "create a new one"
             )
-        return record
+        return row, record
 
     async def revoke_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
         """Revoke (idempotent: the first revocation time is kept) and notify.
