@@ -78,6 +78,25 @@ class TestPostgresStore(StoreContract):
             out += [r[0] for r in rows]
         return "\n".join(out).encode()
 
+    async def stored_body(self, store: TokenStore, token_id: str) -> dict[str, Any] | None:
+        """The body column (psycopg decodes JSONB)."""
+        assert isinstance(store, PostgresStore)
+        rows = await execute(
+            store._dsn, f"SELECT body FROM {store.schema}.tokens WHERE id = %s", (token_id,)
+        )
+        stored: dict[str, Any] = rows[0][0]
+        return stored
+
+    async def write_stored_body(
+        self, store: TokenStore, token_id: str, stored: dict[str, Any]
+    ) -> None:
+        """Overwrite the body column from another connection."""
+        assert isinstance(store, PostgresStore)
+        await execute(
+            store._dsn, f"UPDATE {store.schema}.tokens SET body = %s::jsonb WHERE id = %s",
+            (json.dumps(stored), token_id),
+        )
+
 
 def test_postgres_store_satisfies_the_protocol() -> None:
     assert isinstance(PostgresStore("postgresql://x@127.0.0.1/db"), TokenStore)

@@ -5,6 +5,7 @@ cross-process change feed (with a second OS process)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -65,6 +66,22 @@ class TestSQLiteStore(StoreContract):
         """The raw bytes of the database, WAL included."""
         assert isinstance(store, SQLiteStore)
         return file_bytes(Path(store.path))
+
+    async def stored_body(self, store: TokenStore, token_id: str) -> dict[str, Any] | None:
+        """The body column, decoded."""
+        assert isinstance(store, SQLiteStore)
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            (text,) = conn.execute("SELECT body FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        stored: dict[str, Any] = json.loads(text)
+        return stored
+
+    async def write_stored_body(
+        self, store: TokenStore, token_id: str, stored: dict[str, Any]
+    ) -> None:
+        """Overwrite the body column with another process's connection."""
+        assert isinstance(store, SQLiteStore)
+        with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
+            conn.execute("UPDATE tokens SET body = ? WHERE id = ?", (json.dumps(stored), token_id))
 
 
 def test_sqlite_store_satisfies_the_protocol(tmp_path: Path) -> None:
