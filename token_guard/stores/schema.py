@@ -202,7 +202,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX token_secrets_token_id ON {s}.token_secrets (token_id)",
             # A list column that is not JSON (edited by hand) becomes a JSON string in the
             # body: the row still migrates, and reads as unreadable (logged, absent) as before.
-            """CREATE FUNCTION pg_temp.token_guard_json(value text) RETURNS jsonb
+            """CREATE FUNCTION {s}.migrate_v3_json(value text) RETURNS jsonb
                 LANGUAGE plpgsql IMMUTABLE AS $$
                 BEGIN
                     RETURN value::jsonb;
@@ -212,13 +212,13 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE {s}.tokens ADD COLUMN body jsonb",
             """UPDATE {s}.tokens SET body = jsonb_build_object(
                 'name', name,
-                'grants', pg_temp.token_guard_json(grants),
-                'referers', pg_temp.token_guard_json(referers),
-                'allowed_apis', pg_temp.token_guard_json(allowed_apis),
+                'grants', {s}.migrate_v3_json(grants),
+                'referers', {s}.migrate_v3_json(referers),
+                'allowed_apis', {s}.migrate_v3_json(allowed_apis),
                 'expiration_date',
                     to_char(expiration_date AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
             )""",
-            "DROP FUNCTION pg_temp.token_guard_json(text)",
+            "DROP FUNCTION {s}.migrate_v3_json(text)",
             """ALTER TABLE {s}.tokens
                 ALTER COLUMN body SET NOT NULL,
                 DROP COLUMN secret_hash,
