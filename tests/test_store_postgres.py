@@ -106,6 +106,7 @@ def test_schema_versions_follow_sqlite_step_for_step() -> None:
     assert SCHEMA_VERSION == LATEST_SQLITE_VERSION
     assert [m.version for m in POSTGRES_MIGRATIONS] == [m.version for m in SQLITE_MIGRATIONS]
     assert POSTGRES_MIGRATIONS[0].description == SQLITE_MIGRATIONS[0].description
+    assert POSTGRES_MIGRATIONS[2].description == SQLITE_MIGRATIONS[2].description
 
 
 @pytest.mark.parametrize(
