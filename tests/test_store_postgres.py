@@ -8,9 +8,11 @@ Every test works in its own PostgreSQL schema (``tg_test_<random>``), dropped af
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -20,9 +22,15 @@ from psycopg import sql
 from tests.store_contract import EVENT_WAIT, StoreContract, body, wait_for
 from token_guard.errors import ConfigurationError, StoreError, StoreUnavailable
 from token_guard.records import ChangeEvent
-from token_guard.secret import hash_secret
+from token_guard.secret import hash_secret, new_secret
+from token_guard.spec import parse_token_spec
 from token_guard.stores.base import TokenStore
-from token_guard.stores.postgres import POSTGRES_MIGRATIONS, SCHEMA_VERSION, PostgresStore
+from token_guard.stores.postgres import (
+    POSTGRES_MIGRATIONS,
+    SCHEMA_VERSION,
+    PostgresStore,
+    migrate_postgres,
+)
 from token_guard.stores.schema import LATEST_SQLITE_VERSION, SQLITE_MIGRATIONS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -65,10 +73,29 @@ class TestPostgresStore(StoreContract):
         assert isinstance(store, PostgresStore)
         dsn = store._dsn
         out = []
-        for table in ("tokens", "oauth_clients", "audit", "meta"):
+        for table in ("tokens", "token_secrets", "oauth_clients", "audit", "meta"):
             rows = await execute(dsn, f"SELECT t::text FROM {store.schema}.{table} AS t")
             out += [r[0] for r in rows]
         return "\n".join(out).encode()
+
+    async def stored_body(self, store: TokenStore, token_id: str) -> dict[str, Any] | None:
+        """The body column (psycopg decodes JSONB)."""
+        assert isinstance(store, PostgresStore)
+        rows = await execute(
+            store._dsn, f"SELECT body FROM {store.schema}.tokens WHERE id = %s", (token_id,)
+        )
+        stored: dict[str, Any] = rows[0][0]
+        return stored
+
+    async def write_stored_body(
+        self, store: TokenStore, token_id: str, stored: dict[str, Any]
+    ) -> None:
+        """Overwrite the body column from another connection."""
+        assert isinstance(store, PostgresStore)
+        await execute(
+            store._dsn, f"UPDATE {store.schema}.tokens SET body = %s::jsonb WHERE id = %s",
+            (json.dumps(stored), token_id),
+        )
 
 
 def test_postgres_store_satisfies_the_protocol() -> None:
@@ -79,6 +106,7 @@ def test_schema_versions_follow_sqlite_step_for_step() -> None:
     assert SCHEMA_VERSION == LATEST_SQLITE_VERSION
     assert [m.version for m in POSTGRES_MIGRATIONS] == [m.version for m in SQLITE_MIGRATIONS]
     assert POSTGRES_MIGRATIONS[0].description == SQLITE_MIGRATIONS[0].description
+    assert POSTGRES_MIGRATIONS[2].description == SQLITE_MIGRATIONS[2].description
 
 
 @pytest.mark.parametrize(
@@ -130,11 +158,64 @@ async def test_lookup_by_hash_is_backed_by_a_unique_index(postgres_dsn: str, sch
             postgres_dsn,
             "SELECT i.indisunique, pg_get_indexdef(i.indexrelid) FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = 'tokens'",
+            "WHERE n.nspname = %s AND c.relname = 'token_secrets'",
+            (schema,),
+        )
+        columns = await execute(
+            postgres_dsn,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'tokens' ORDER BY ordinal_position",
             (schema,),
         )
     unique_on_hash = [d for unique, d in rows if unique and "(secret_hash)" in d]
     assert len(unique_on_hash) == 1, rows
+    assert [c for c, _ in columns] == ["id", "created_at", "revoked_at", "last_used_at", "body"]
+    assert dict(columns)["body"] == "jsonb"
+
+
+async def test_a_schema_made_by_an_older_version_migrates_and_keeps_its_tokens(
+    postgres_dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret, broken = new_secret(), new_secret()
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+        assert await migrate_postgres(conn, schema, POSTGRES_MIGRATIONS[:2]) == 2
+        insert = sql.SQL(
+            "INSERT INTO {}.tokens (id, secret_hash, name, grants, referers, allowed_apis, "
+            "expiration_date, created_at, last_used_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s)"
+        ).format(sql.Identifier(schema))
+        grants = '[{"connection_name": "dw", "source": "p.d.t"}]'
+        await conn.execute(insert, (
+            "tok_old", hash_secret(secret), "from v2", grants, '["https://example.com"]',
+            '["maps", "sql"]', datetime(2099, 1, 1, 0, 0, 0, 5, tzinfo=UTC),
+            datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 2, 3, tzinfo=UTC),
+        ))
+        # A row edited by hand into invalid JSON must not stop the upgrade of the others.
+        await conn.execute(insert, (
+            "tok_broken", hash_secret(broken), "broken", "[{not json", "[]", '["sql"]', None,
+            datetime(2024, 1, 2, tzinfo=UTC), None,
+        ))
+    async with PostgresStore(postgres_dsn, schema=schema) as store:
+        record = await store.get_by_secret_hash(hash_secret(secret))
+        assert record is not None and record.id == "tok_old" and record.name == "from v2"
+        assert [(g.connection_name, g.source) for g in record.grants] == [("dw", "p.d.t")]
+        assert record.referers == ("https://example.com",)
+        assert record.allowed_apis == ("maps", "sql")
+        assert record.expiration_date == datetime(2099, 1, 1, 0, 0, 0, 5, tzinfo=UTC)
+        assert record.created_at == datetime(2024, 1, 2, tzinfo=UTC)
+        assert record.last_used_at == datetime(2024, 2, 3, tzinfo=UTC)
+        with caplog.at_level(logging.ERROR, logger="token_guard.stores"):
+            assert await store.get_by_secret_hash(hash_secret(broken)) is None
+        assert "tok_broken" in caplog.text
+        renamed = await store.update_token("tok_old", {"name": "renamed"})
+        assert renamed.grants == record.grants
+        assert (await store.revoke_token("tok_old")).revoked_at is not None
+        with pytest.raises(StoreError, match="revoked"):
+            await store.revoke_token("tok_broken")  # still revocable, still unreadable
+    version = await execute(
+        postgres_dsn, f"SELECT value FROM {schema}.meta WHERE key = 'schema_version'"
+    )
+    assert version == [(str(SCHEMA_VERSION),)]
 
 
 async def test_open_migrates_once_and_reopens_an_existing_schema(
@@ -170,23 +251,33 @@ async def test_a_newer_schema_is_refused_not_downgraded(postgres_dsn: str, schem
     await store.close()
 
 
+def stored_body(**changes: Any) -> str:
+    """The example body as the store keeps it, with some fields replaced (... removes one)."""
+    out = {**parse_token_spec(body()).as_json(), **changes}
+    return json.dumps({k: v for k, v in out.items() if v is not ...})
+
+
 @pytest.mark.parametrize(
-    ("column", "value"),
+    "value",
     [
-        pytest.param("grants", "[{not json", id="grants-unparsable"),
-        pytest.param("grants", '{"connection_name": "c"}', id="grants-not-a-list"),
-        pytest.param("grants", '[{"connection_name": "c", "source": "p.*"}]', id="grant-invalid"),
-        pytest.param("allowed_apis", '["maps", "ftp"]', id="api-unknown"),
-        pytest.param("referers", "null", id="referers-null"),
+        pytest.param('"a string"', id="body-not-an-object"),
+        pytest.param(stored_body(grants={"connection_name": "c"}), id="grants-not-a-list"),
+        pytest.param(
+            stored_body(grants=[{"connection_name": "c", "source": "p.*"}]), id="grant-invalid"
+        ),
+        pytest.param(stored_body(allowed_apis=["maps", "ftp"]), id="api-unknown"),
+        pytest.param(stored_body(allowed_apis=...), id="required-field-missing"),
+        pytest.param(stored_body(referers=None), id="referers-null"),
+        pytest.param(stored_body(expiration_date="soon"), id="expiry-garbage"),
     ],
 )
 async def test_a_row_that_does_not_validate_is_a_denial_not_a_crash(
-    postgres_dsn: str, schema: str, column: str, value: str, caplog: pytest.LogCaptureFixture
+    postgres_dsn: str, schema: str, value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with PostgresStore(postgres_dsn, schema=schema) as store:
         issued = await store.create_token(body())
         await execute(
-            postgres_dsn, f"UPDATE {schema}.tokens SET {column} = %s WHERE id = %s",
+            postgres_dsn, f"UPDATE {schema}.tokens SET body = %s::jsonb WHERE id = %s",
             (value, issued.id),
         )
         with caplog.at_level(logging.ERROR, logger="token_guard"):

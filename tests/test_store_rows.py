@@ -88,7 +88,8 @@ async def test_an_unreadable_token_is_logged_by_id_and_absent_in_every_read(
     store = sql_store.store
     bad = await store.create_token(body(name="bad"))
     good = await store.create_token(body(name="good"))
-    await sql_store.corrupt("tokens", "grants", "not json", "id", bad.id)
+    # Valid JSON (a JSONB column takes nothing else) that is not a valid body.
+    await sql_store.corrupt("tokens", "body", '{"allowed_apis": "sql"}', "id", bad.id)
     with caplog.at_level(logging.ERROR, logger="token_guard.stores"):
         assert await store.get_by_secret_hash(hash_secret(bad.token)) is None
         assert await store.get_token(bad.id) is None
@@ -99,6 +100,22 @@ async def test_an_unreadable_token_is_logged_by_id_and_absent_in_every_read(
         await store.update_token(bad.id, {"name": "fixed?"})
     with pytest.raises(StoreError, match="revoked"):
         await store.revoke_token(bad.id)  # revoked first, so it can never stay active
+
+
+async def test_a_secret_hash_past_its_expiry_authenticates_nothing(sql_store: SqlStore) -> None:
+    # What secret rotation will rely on: the old hash keeps working until expires_at.
+    store = sql_store.store
+    issued = await store.create_token(body())
+    by_hash = hash_secret(issued.token)
+    await sql_store.corrupt(
+        "token_secrets", "expires_at", "2999-01-01T00:00:00.000000Z", "token_id", issued.id
+    )
+    assert await store.get_by_secret_hash(by_hash) == issued.record
+    await sql_store.corrupt(
+        "token_secrets", "expires_at", "2000-01-01T00:00:00.000000Z", "token_id", issued.id
+    )
+    assert await store.get_by_secret_hash(by_hash) is None
+    assert await store.get_token(issued.id) == issued.record  # the token itself is still there
 
 
 async def test_an_unreadable_oauth_client_is_logged_by_id_and_unknown(

@@ -5,6 +5,7 @@ cross-process change feed (with a second OS process)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -12,7 +13,9 @@ import sqlite3
 import sys
 import textwrap
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +23,7 @@ from tests.store_contract import EVENT_WAIT, StoreContract, body, wait_for
 from token_guard.errors import ConfigurationError, StoreError, StoreUnavailable
 from token_guard.records import ChangeEvent
 from token_guard.secret import hash_secret, new_secret
+from token_guard.spec import parse_token_spec
 from token_guard.stores import SQLiteStore
 from token_guard.stores.base import TokenStore
 from token_guard.stores.schema import (
@@ -63,6 +67,22 @@ class TestSQLiteStore(StoreContract):
         assert isinstance(store, SQLiteStore)
         return file_bytes(Path(store.path))
 
+    async def stored_body(self, store: TokenStore, token_id: str) -> dict[str, Any] | None:
+        """The body column, decoded."""
+        assert isinstance(store, SQLiteStore)
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            (text,) = conn.execute("SELECT body FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        stored: dict[str, Any] = json.loads(text)
+        return stored
+
+    async def write_stored_body(
+        self, store: TokenStore, token_id: str, stored: dict[str, Any]
+    ) -> None:
+        """Overwrite the body column with another process's connection."""
+        assert isinstance(store, SQLiteStore)
+        with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
+            conn.execute("UPDATE tokens SET body = ? WHERE id = ?", (json.dumps(stored), token_id))
+
 
 def test_sqlite_store_satisfies_the_protocol(tmp_path: Path) -> None:
     assert isinstance(SQLiteStore(tmp_path / "x.db"), TokenStore)
@@ -93,38 +113,72 @@ async def test_open_creates_the_schema_in_wal_mode_at_the_latest_version(tmp_pat
         assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_SQLITE_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         plan = conn.execute(
-            "EXPLAIN QUERY PLAN SELECT * FROM tokens WHERE secret_hash = ?", ("x",)
+            "EXPLAIN QUERY PLAN SELECT * FROM token_secrets WHERE secret_hash = ?", ("x",)
         ).fetchall()
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(tokens)")]
     assert "USING INDEX" in " ".join(str(row) for row in plan)
+    assert columns == ["id", "body", "created_at", "revoked_at", "last_used_at"]
 
 
-async def test_an_older_schema_is_migrated_on_open_and_keeps_its_data(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old_version", [1, 2])
+async def test_an_older_schema_is_migrated_on_open_and_keeps_its_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, old_version: int
+) -> None:
     path = tmp_path / "old.db"
-    secret = new_secret()
+    secret, other, broken = new_secret(), new_secret(), new_secret()
     conn = sqlite3.connect(path, isolation_level=None)
-    assert migrate_sqlite(conn, SQLITE_MIGRATIONS[:1]) == 1
-    conn.execute(
+    assert migrate_sqlite(conn, SQLITE_MIGRATIONS[:old_version]) == old_version
+    insert = (
         "INSERT INTO tokens (id, secret_hash, name, grants, referers, allowed_apis,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            "tok_old", hash_secret(secret), "from v1",
-            json.dumps([{"connection_name": "dw", "source": "p.d.t"}]), "[]", '["sql"]',
-            "2024-01-02T03:04:05.000000Z",
-        ),
+        " expiration_date, created_at, revoked_at, last_used_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
+    grants = json.dumps([{"connection_name": "dw", "source": "p.d.t"}])
+    conn.execute(insert, (
+        "tok_old", hash_secret(secret), "from v1", grants, "[]", '["sql"]', None,
+        "2024-01-02T03:04:05.000000Z", None, "2024-02-03T04:05:06.000007Z",
+    ))
+    conn.execute(insert, (
+        "tok_dated", hash_secret(other), "dated", grants, '["https://example.com"]',
+        '["maps", "sql"]', "2099-01-01T00:00:00.000000Z", "2024-01-02T03:04:05.000000Z",
+        "2024-03-01T00:00:00.000000Z", None,
+    ))
+    # A row edited by hand into invalid JSON must not stop the upgrade of the others.
+    conn.execute(insert, (
+        "tok_broken", hash_secret(broken), "broken", "not json", "[]", '["sql"]', None,
+        "2024-01-02T03:04:05.000000Z", None, None,
+    ))
     conn.close()
 
     store = SQLiteStore(path)
     record = await store.get_by_secret_hash(hash_secret(secret))
     assert record is not None and record.id == "tok_old" and record.name == "from v1"
+    assert [(g.connection_name, g.source) for g in record.grants] == [("dw", "p.d.t")]
+    assert record.allowed_apis == ("sql",) and record.expiration_date is None
+    assert record.last_used_at == datetime(2024, 2, 3, 4, 5, 6, 7, tzinfo=UTC)
+    dated = await store.get_by_secret_hash(hash_secret(other))
+    assert dated is not None and dated.expiration_date == datetime(2099, 1, 1, tzinfo=UTC)
+    assert dated.referers == ("https://example.com",)
+    assert dated.revoked_at == datetime(2024, 3, 1, tzinfo=UTC)
+    with caplog.at_level(logging.ERROR, logger="token_guard.stores"):
+        assert await store.get_by_secret_hash(hash_secret(broken)) is None
+    assert "tok_broken" in caplog.text
     events: list[ChangeEvent] = []
     store.subscribe(events.append)
+    updated = await store.update_token("tok_old", {"name": "renamed"})
     await store.revoke_token("tok_old")  # the v2 change feed works on the migrated file
+    with pytest.raises(StoreError, match="revoked"):
+        await store.revoke_token("tok_broken")  # still revocable, still unreadable
     await store.close()
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA user_version").fetchone()[0] == LATEST_SQLITE_VERSION
-        assert check.execute("SELECT COUNT(*) FROM changes").fetchone()[0] == 1
-    assert events == [ChangeEvent("revoked", "tok_old")]
+        assert check.execute("SELECT COUNT(*) FROM changes").fetchone()[0] == 3
+    assert events == [
+        ChangeEvent("updated", "tok_old"),
+        ChangeEvent("revoked", "tok_old"),
+        ChangeEvent("revoked", "tok_broken"),
+    ]
+    assert updated.name == "renamed" and updated.grants == record.grants
 
     again = SQLiteStore(path)  # reopening an up-to-date file changes nothing
     assert (await again.get_token("tok_old")) is not None
@@ -185,13 +239,25 @@ async def test_a_write_lock_held_past_busy_timeout_is_store_unavailable(tmp_path
 
 
 # -- bad data ------------------------------------------------------------------------------
+def stored_body(**changes: Any) -> str:
+    """The example body as the store keeps it, with some fields replaced (... removes one)."""
+    out = {**parse_token_spec(body()).as_json(), **changes}
+    return json.dumps({k: v for k, v in out.items() if v is not ...})
+
+
 @pytest.mark.parametrize(
     ("column", "value"),
     [
-        pytest.param("grants", "not json", id="grants-unparseable"),
-        pytest.param("grants", '[{"connection_name": "dw", "source": "p.*"}]', id="grant-invalid"),
-        pytest.param("allowed_apis", '["root"]', id="api-unknown"),
-        pytest.param("referers", '"https://x.com"', id="referers-not-list"),
+        pytest.param("body", "not json", id="body-unparseable"),
+        pytest.param("body", "[]", id="body-not-an-object"),
+        pytest.param(
+            "body", stored_body(grants=[{"connection_name": "dw", "source": "p.*"}]),
+            id="grant-invalid",
+        ),
+        pytest.param("body", stored_body(allowed_apis=["root"]), id="api-unknown"),
+        pytest.param("body", stored_body(allowed_apis=...), id="required-field-missing"),
+        pytest.param("body", stored_body(referers="https://x.com"), id="referers-not-list"),
+        pytest.param("body", stored_body(expiration_date="soon"), id="expiry-garbage"),
         pytest.param("created_at", "yesterday", id="timestamp-garbage"),
     ],
 )

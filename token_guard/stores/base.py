@@ -21,12 +21,14 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from token_guard.records import (
     AuditEntry,
     ChangeEvent,
+    ChangeKind,
     IssuedToken,
     OAuthClient,
     TokenRecord,
@@ -44,6 +46,7 @@ __all__ = [
     "TokenAdmin",
     "TokenReader",
     "TokenStore",
+    "TokenWrite",
     "check_limit",
     "utc_now",
 ]
@@ -170,6 +173,30 @@ class TokenStore(TokenReader, TokenAdmin, ClientStore, AuditLog, Protocol):
 
 
 # -- helpers every store shares ----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TokenWrite:
+    """One token change as every store records it: audited, fed, announced, in one shape.
+
+    Each store has one ``_write(change, op)`` that runs ``op`` (the change itself, which
+    returns its result and the audit entry's detail) and, in the same transaction, appends
+    the audit entry (``actor``, ``action``) and the change-feed event (``kind``: the SQLite
+    ``changes`` row, PostgreSQL's ``pg_notify``); then, after commit, tells this instance's
+    listeners. A write whose outcome is unknown (``StoreUnavailable`` or a cancellation
+    after it was sent) is announced too: a needless eviction costs one lookup, while a
+    revocation that committed unannounced would leave a revoked token cached.
+    """
+
+    kind: ChangeKind
+    action: str
+    token_id: str
+    actor: str
+
+    @property
+    def event(self) -> ChangeEvent:
+        """The event listeners hear for this change."""
+        return ChangeEvent(self.kind, self.token_id)
+
+
 def check_limit(limit: int) -> None:
     """Refuse a page size outside 1..MAX_PAGE (a programming error, not a store failure)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:

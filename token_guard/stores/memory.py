@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from token_guard.errors import NotFound, StoreError, StoreUnavailable
-from token_guard.records import AuditEntry, ChangeEvent, IssuedToken, OAuthClient, TokenRecord
+from token_guard.records import AuditEntry, IssuedToken, OAuthClient, TokenRecord
 from token_guard.secret import hash_secret, new_secret, new_token_id
 from token_guard.spec import apply_update, parse_token_spec
 from token_guard.stores.base import (
@@ -22,6 +22,7 @@ from token_guard.stores.base import (
     AUDIT_UPDATE,
     ChangeListener,
     Listeners,
+    TokenWrite,
     check_limit,
     utc_now,
 )
@@ -65,8 +66,7 @@ class MemoryStore:
         record = TokenRecord(id=new_token_id(), spec=spec, created_at=utc_now())
         self._tokens[record.id] = record
         self._hashes[hash_secret(secret)] = record.id
-        self._append_audit(actor, AUDIT_CREATE, record.id, {"name": spec.name})
-        self._listeners.emit(ChangeEvent("created", record.id))
+        self._record(TokenWrite("created", AUDIT_CREATE, record.id, actor), {"name": spec.name})
         return IssuedToken(record, token=secret)
 
     async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
@@ -97,8 +97,10 @@ class MemoryStore:
         record = self._require(token_id)
         updated = replace(record, spec=apply_update(record.spec, changes))
         self._tokens[token_id] = updated
-        self._append_audit(actor, AUDIT_UPDATE, token_id, {"fields": sorted(map(str, changes))})
-        self._listeners.emit(ChangeEvent("updated", token_id))
+        self._record(
+            TokenWrite("updated", AUDIT_UPDATE, token_id, actor),
+            {"fields": sorted(map(str, changes))},
+        )
         return updated
 
     async def revoke_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
@@ -109,8 +111,9 @@ class MemoryStore:
         if not already:
             record = replace(record, revoked_at=utc_now())
             self._tokens[token_id] = record
-        self._append_audit(actor, AUDIT_REVOKE, token_id, {"already_revoked": already})
-        self._listeners.emit(ChangeEvent("revoked", token_id))
+        self._record(
+            TokenWrite("revoked", AUDIT_REVOKE, token_id, actor), {"already_revoked": already}
+        )
         return record
 
     async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
@@ -127,6 +130,11 @@ class MemoryStore:
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener`` on every change made through this store; returns the unsubscriber."""
         return self._listeners.add(listener)
+
+    def _record(self, change: TokenWrite, detail: Mapping[str, Any]) -> None:
+        # The SQL stores' ``_write`` shape without a transaction: audit, then announce.
+        self._append_audit(change.actor, change.action, change.token_id, detail)
+        self._listeners.emit(change.event)
 
     def _require(self, token_id: str) -> TokenRecord:
         record = self._tokens.get(token_id)

@@ -4,8 +4,10 @@ Install with ``pip install token_guard[postgres]`` (psycopg 3 and psycopg_pool).
 
 Storage. Everything lives in one PostgreSQL schema (``token_guard`` by default), created
 and migrated on open under an advisory lock, so instances starting together do not race.
-The schema version is kept in ``<schema>.meta``. Only SHA-256 hashes of secrets are stored;
-the lookup by secret hash is one query on a unique index.
+The schema version is kept in ``<schema>.meta``; the tables and their migrations are in
+``stores.schema``, in step with SQLite's. Only SHA-256 hashes of secrets are stored (in
+``token_secrets``); the lookup by secret hash is one query on two primary keys. A token's
+body is one JSONB column read back through the spec's parser (``stores.rows``).
 
 Change feed. ``create``, ``update`` and ``revoke`` call ``pg_notify`` in the same
 transaction as the write, so a notification is sent exactly when the change commits. Every
@@ -42,9 +44,9 @@ Failures. Every operation is bounded by ``timeout`` seconds, waiting for a pool
 connection included; a slow or unreachable server raises ``StoreUnavailable`` and never
 blocks the event loop. A query abandoned at its deadline is cancelled in the background
 (psycopg then cancels it on the server or closes the connection), without delaying the
-caller. A stored row that no longer validates (e.g. unparsable grants JSON) is logged as an
-error and treated as not found (``stores.rows``, shared with SQLite), so a request using it
-is denied, never allowed.
+caller. A stored row that no longer validates (e.g. a body edited into an invalid grant) is
+logged as an error and treated as not found (``stores.rows``, shared with SQLite), so a
+request using it is denied, never allowed.
 
 One store belongs to one event loop (its pool and listener run there).
 """
@@ -59,6 +61,7 @@ import re
 import secrets
 import select
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -89,6 +92,7 @@ from token_guard.stores.base import (
     AUDIT_UPDATE,
     ChangeListener,
     Listeners,
+    TokenWrite,
     check_limit,
 )
 from token_guard.stores.pg_feed import PgChangeFeed, first_line
@@ -97,16 +101,14 @@ from token_guard.stores.rows import (
     CLIENT_COLUMNS,
     TOKEN_COLUMNS,
     audit_from_row,
+    body_json,
     client_from_row,
     token_from_row,
 )
-from token_guard.stores.schema import (
-    Migration,
-    spec_to_columns,
-)
+from token_guard.stores.schema import POSTGRES_MIGRATIONS, Migration
 from token_guard.stores.urls import ENV_VAR
 
-__all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "PostgresStore", "migrate_postgres"]
 
 _log = logging.getLogger(__name__)
 
@@ -118,52 +120,51 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
 # The network or server failing, as opposed to a bug or bad data: the store "cannot answer".
 _UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
 
-# Version numbers follow SQLITE_MIGRATIONS step for step, so "schema version N" means the
-# same tables in both stores; a step that PostgreSQL does natively is left out here (v2's
-# ``changes`` table: LISTEN/NOTIFY is the feed). Never edit a released step; add one.
-POSTGRES_MIGRATIONS: Final[tuple[Migration, ...]] = (
-    Migration(
-        1,
-        "tokens, OAuth clients and the audit log",
-        (
-            """CREATE TABLE {s}.tokens (
-                id text PRIMARY KEY,
-                secret_hash text NOT NULL,          -- SHA-256 hex; the secret is never stored
-                name text NOT NULL,
-                grants text NOT NULL,               -- JSON list of connection_name + source objects
-                referers text NOT NULL,             -- JSON list of origin patterns
-                allowed_apis text NOT NULL,         -- JSON list of API names
-                expiration_date timestamptz,
-                created_at timestamptz NOT NULL,
-                revoked_at timestamptz,
-                last_used_at timestamptz
-            )""",
-            "CREATE UNIQUE INDEX tokens_secret_hash ON {s}.tokens (secret_hash)",
-            """CREATE TABLE {s}.oauth_clients (
-                client_id text PRIMARY KEY,
-                secret_hash text NOT NULL,
-                name text NOT NULL,
-                scopes text NOT NULL,               -- JSON list of scope strings
-                created_at timestamptz NOT NULL,
-                revoked_at timestamptz
-            )""",
-            """CREATE TABLE {s}.audit (
-                id bigserial PRIMARY KEY,
-                at timestamptz NOT NULL,
-                actor text NOT NULL,
-                action text NOT NULL,
-                token_id text,
-                detail text NOT NULL                -- JSON object; never a secret
-            )""",
-        ),
-    ),
-    Migration(
-        2,
-        "audit by token (the change feed is LISTEN/NOTIFY, not a table)",
-        ("CREATE INDEX audit_token_id ON {s}.audit (token_id)",),
-    ),
-)
+# The migrations live beside SQLite's (stores.schema), numbered step for step.
 SCHEMA_VERSION: Final = POSTGRES_MIGRATIONS[-1].version
+
+
+async def migrate_postgres(
+    conn: Conn, schema: str, migrations: Sequence[Migration] = POSTGRES_MIGRATIONS
+) -> int:
+    """Bring ``schema`` to the last version in ``migrations`` in one transaction; return it.
+
+    Instances opening the same schema at once are serialised by an advisory lock (released
+    at commit) and the version is read again under it, so each step runs exactly once.
+    """
+    target = migrations[-1].version if migrations else 0
+    s = sql.Identifier(schema)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"token_guard:{schema}",))
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
+        await conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.meta (key text PRIMARY KEY, value text NOT NULL)"
+            ).format(s)
+        )
+        cur = await conn.execute(
+            sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'").format(s)
+        )
+        row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > target:
+            raise StoreError(
+                f"schema {schema!r} is at version {version}, newer than this token_guard "
+                f"knows ({target}); upgrade token_guard"
+            )
+        for step in migrations:
+            if step.version <= version:
+                continue
+            for statement in step.statements:
+                await conn.execute(sql.SQL(statement).format(s=s))
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                ).format(s),
+                (str(step.version),),
+            )
+    return target
 
 
 class PostgresStore:
@@ -336,40 +337,8 @@ class PostgresStore:
         return await self._feed.wait_ready(within)
 
     async def _migrate(self, pool: AsyncConnectionPool[Conn]) -> None:
-        async with pool.connection() as conn, conn.transaction():
-            s = sql.Identifier(self._schema)
-            # Serialise instances migrating the same schema; released at commit.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"token_guard:{self._schema}",)
-            )
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.meta (key text PRIMARY KEY, value text NOT NULL)"
-                ).format(s)
-            )
-            cur = await conn.execute(
-                sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'").format(s)
-            )
-            row = await cur.fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"schema {self._schema!r} is at version {version}, newer than this "
-                    f"token_guard knows ({SCHEMA_VERSION}); upgrade token_guard"
-                )
-            for step in POSTGRES_MIGRATIONS:
-                if step.version <= version:
-                    continue
-                for statement in step.statements:
-                    await conn.execute(self._q(statement))
-                await conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.meta (key, value) VALUES ('schema_version', %s) "
-                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-                    ).format(s),
-                    (str(step.version),),
-                )
+        async with pool.connection() as conn:
+            await migrate_postgres(conn, self._schema)
 
     # -- bounded execution ---------------------------------------------------------------
     async def _bounded(
@@ -440,34 +409,60 @@ class PostgresStore:
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=sql.Identifier(self._schema))
 
+    # -- token writes share this ---------------------------------------------------------
+    async def _write(
+        self,
+        what: str,
+        change: TokenWrite,
+        op: Callable[[Conn], Awaitable[tuple[T, Mapping[str, Any]]]],
+    ) -> T:
+        """Run ``op`` and record ``change`` (audit entry, ``pg_notify``) in one transaction,
+        then announce it (see ``TokenWrite``); ``op`` returns its result and the audit detail.
+
+        NOTIFY inside the transaction is what makes PostgreSQL send it exactly at commit.
+        """
+
+        async def run(conn: Conn) -> T:
+            async with conn.transaction():
+                result, detail = await op(conn)
+                await self._audit(conn, change.actor, change.action, change.token_id, detail)
+                await self._feed.notify(conn, change.kind, change.token_id)
+            return result
+
+        try:
+            result = await self._run(what, run)
+        except (StoreUnavailable, asyncio.CancelledError):
+            # The commit may have happened before the answer was lost: announce anyway.
+            self._emit(change.event)
+            raise
+        self._emit(change.event)
+        return result
+
     # -- tokens --------------------------------------------------------------------------
     async def create_token(self, body: Mapping[str, Any], *, actor: str = "api") -> IssuedToken:
         """Validate ``body`` (Tokens API JSON), store it, return the record and secret."""
         spec = parse_token_spec(body)
         secret = new_secret()
         token_id = new_token_id()
-        columns = spec_to_columns(spec)
 
-        async def op(conn: Conn) -> datetime:
-            async with conn.transaction():
-                cur = await conn.execute(
-                    self._q(
-                        "INSERT INTO {s}.tokens (id, secret_hash, name, grants, referers, "
-                        "allowed_apis, expiration_date, created_at) "
-                        "VALUES (%(id)s, %(hash)s, %(name)s, %(grants)s, %(referers)s, "
-                        "%(allowed_apis)s, %(expiration_date)s::timestamptz, now()) "
-                        "RETURNING created_at"
-                    ),
-                    {"id": token_id, "hash": hash_secret(secret), **columns},
-                )
-                row = await cur.fetchone()
-                assert row is not None  # INSERT ... RETURNING returns its row
-                await self._audit(conn, actor, AUDIT_CREATE, token_id, {"name": spec.name})
-                await self._feed.notify(conn, "created", token_id)
-                return _utc(row[0])
+        async def op(conn: Conn) -> tuple[datetime, Mapping[str, Any]]:
+            cur = await conn.execute(
+                self._q(
+                    "INSERT INTO {s}.tokens (id, body, created_at) "
+                    "VALUES (%s, %s::jsonb, now()) RETURNING created_at"
+                ),
+                (token_id, body_json(spec)),
+            )
+            row = await cur.fetchone()
+            assert row is not None  # INSERT ... RETURNING returns its row
+            await conn.execute(
+                self._q("INSERT INTO {s}.token_secrets (secret_hash, token_id) VALUES (%s, %s)"),
+                (hash_secret(secret), token_id),
+            )
+            return _utc(row[0]), {"name": spec.name}
 
-        created_at = await self._run("creating a token", op)
-        self._emit(ChangeEvent("created", token_id))
+        change = TokenWrite("created", AUDIT_CREATE, token_id, actor)
+        created_at = await self._write("creating a token", change, op)
         return IssuedToken(TokenRecord(token_id, spec, created_at), secret)
 
     async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
@@ -475,7 +470,11 @@ class PostgresStore:
 
         async def op(conn: Conn) -> tuple[Any, ...] | None:
             cur = await conn.execute(
-                self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE secret_hash = %s"),
+                self._q(
+                    f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = "
+                    "(SELECT token_id FROM {s}.token_secrets WHERE secret_hash = %s "
+                    "AND (expires_at IS NULL OR expires_at > now()))"
+                ),
                 (secret_hash,),
             )
             return await cur.fetchone()
@@ -520,71 +519,51 @@ class PostgresStore:
     ) -> TokenRecord:
         """Apply a PATCH body (name, grants, referers, allowed_apis) and notify."""
 
-        async def op(conn: Conn) -> TokenRecord:
-            async with conn.transaction():
-                current = await self._locked_token(conn, token_id)
-                spec = apply_update(current.spec, changes)
-                await conn.execute(
-                    self._q(
-                        "UPDATE {s}.tokens SET name = %(name)s, grants = %(grants)s, "
-                        "referers = %(referers)s, allowed_apis = %(allowed_apis)s "
-                        "WHERE id = %(id)s"
-                    ),
-                    {"id": token_id, **spec_to_columns(spec)},
-                )
-                await self._audit(
-                    conn, actor, AUDIT_UPDATE, token_id, {"fields": sorted(map(str, changes))}
-                )
-                await self._feed.notify(conn, "updated", token_id)
-                return TokenRecord(
-                    current.id, spec, current.created_at, current.revoked_at, current.last_used_at
-                )
+        async def op(conn: Conn) -> tuple[TokenRecord, Mapping[str, Any]]:
+            row, current = await self._locked_token(conn, token_id)
+            spec = apply_update(current.spec, changes)
+            await conn.execute(
+                self._q("UPDATE {s}.tokens SET body = %s::jsonb WHERE id = %s"),
+                (body_json(spec, replacing=row), token_id),
+            )
+            return replace(current, spec=spec), {"fields": sorted(map(str, changes))}
 
-        record = await self._run("updating a token", op)
-        self._emit(ChangeEvent("updated", token_id))
-        return record
+        change = TokenWrite("updated", AUDIT_UPDATE, token_id, actor)
+        return await self._write("updating a token", change, op)
 
     async def revoke_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
         """Revoke (idempotent) and notify; later requests with the token get 401."""
 
-        async def op(conn: Conn) -> TokenRecord:
-            async with conn.transaction():
-                # Read the raw row, not a record: a row too broken to read is still revoked.
-                cur = await conn.execute(
-                    self._q("SELECT revoked_at FROM {s}.tokens WHERE id = %s FOR UPDATE"),
-                    (token_id,),
-                )
-                old = await cur.fetchone()
-                if old is None:
-                    raise NotFound(f"no token has id {token_id!r}; list tokens to find its id")
-                already = old[0] is not None
-                cur = await conn.execute(
-                    self._q(
-                        "UPDATE {s}.tokens SET revoked_at = coalesce(revoked_at, now()) "
-                        f"WHERE id = %s RETURNING {TOKEN_COLUMNS}"
-                    ),
-                    (token_id,),
-                )
-                row = await cur.fetchone()
-                assert row is not None  # locked above in this transaction
-                await self._audit(
-                    conn, actor, AUDIT_REVOKE, token_id, {"already_revoked": already}
-                )
-                # Notify even when already revoked: a cache that missed the first one learns.
-                await self._feed.notify(conn, "revoked", token_id)
-            record = token_from_row(row, self._where_schema)
-            if record is None:
-                raise StoreError(
-                    f"token {token_id!r} is revoked, but its stored body does not validate; "
-                    "see the error logged above"
-                )
-            return record
+        async def op(conn: Conn) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
+            # Read the raw row, not a record: a row too broken to read is still revoked.
+            cur = await conn.execute(
+                self._q("SELECT revoked_at FROM {s}.tokens WHERE id = %s FOR UPDATE"),
+                (token_id,),
+            )
+            old = await cur.fetchone()
+            if old is None:
+                raise NotFound(f"no token has id {token_id!r}; list tokens to find its id")
+            cur = await conn.execute(
+                self._q(
+                    "UPDATE {s}.tokens SET revoked_at = coalesce(revoked_at, now()) "
+                    f"WHERE id = %s RETURNING {TOKEN_COLUMNS}"
+                ),
+                (token_id,),
+            )
+            row = await cur.fetchone()
+            assert row is not None  # locked above in this transaction
+            return row, {"already_revoked": old[0] is not None}
 
-        try:
-            return await self._run("revoking a token", op)
-        finally:
-            # Also on failure: the revocation may have committed before the answer was lost.
-            self._emit(ChangeEvent("revoked", token_id))
+        # Announced even when already revoked: a cache that missed the first one learns.
+        change = TokenWrite("revoked", AUDIT_REVOKE, token_id, actor)
+        row = await self._write("revoking a token", change, op)
+        record = token_from_row(row, self._where_schema)
+        if record is None:
+            raise StoreError(
+                f"token {token_id!r} is revoked, but its stored body does not validate; "
+                "see the error logged above"
+            )
+        return record
 
     async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
         """Batch-write ``last_used_at`` per token id (called by the resolver, not per request)."""
@@ -606,7 +585,9 @@ class PostgresStore:
 
         await self._run("recording token usage", op)
 
-    async def _locked_token(self, conn: Conn, token_id: str) -> TokenRecord:
+    async def _locked_token(
+        self, conn: Conn, token_id: str
+    ) -> tuple[tuple[Any, ...], TokenRecord]:
         cur = await conn.execute(
             self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = %s FOR UPDATE"),
             (token_id,),
@@ -620,7 +601,7 @@ class PostgresStore:
                 f"token {token_id!r} has unreadable data in schema {self._schema!r}; revoke "
                 "it and create a new one"
             )
-        return record
+        return row, record
 
     # -- change feed ---------------------------------------------------------------------
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:

@@ -12,6 +12,17 @@ row first, then raises, so a broken row can never stay active.
 Both stores select columns in the orders below, so a row is a plain sequence here:
 ``sqlite3.Row`` and psycopg's tuples alike. Timestamps come as text (SQLite, written by
 ``schema.format_timestamp``) or as aware datetimes (PostgreSQL ``timestamptz``).
+
+The token body. ``body_json`` writes ``TokenSpec.as_json()`` as the ``body`` column (JSON
+text; PostgreSQL casts it to JSONB) and ``spec_from_body`` reads it back through
+``parse_token_spec``, so a field added to ``spec.TOKEN_FIELDS`` is stored and read with no
+change here or in the schema. A key this version does not know (a field written by a newer
+version, running alongside during an upgrade) is ignored on read and kept when this version
+rewrites the body, so an older instance neither refuses those tokens nor erases the field.
+The consequence for new fields: one whose absence would let more through (a disabled flag,
+an expiry of an old secret) must not live only in the body, where an older reader skips it;
+it goes in a column or table the lookup query itself checks (as ``token_secrets.expires_at``
+does), or comes with a schema version, which older versions refuse to open.
 """
 
 from __future__ import annotations
@@ -23,27 +34,60 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from token_guard.records import AuditEntry, OAuthClient, TokenRecord
-from token_guard.stores.schema import format_timestamp, parse_timestamp, spec_from_columns
+from token_guard.spec import TOKEN_FIELDS, TokenSpec, parse_token_spec
+from token_guard.stores.schema import parse_timestamp
 
 __all__ = [
     "AUDIT_COLUMNS",
     "CLIENT_COLUMNS",
     "TOKEN_COLUMNS",
     "audit_from_row",
+    "body_json",
     "client_from_row",
+    "spec_from_body",
     "token_from_row",
 ]
 
 logger = logging.getLogger("token_guard.stores")
 
-TOKEN_COLUMNS: Final = (
-    "id, name, grants, referers, allowed_apis, expiration_date, created_at, revoked_at, "
-    "last_used_at"
-)
+TOKEN_COLUMNS: Final = "id, body, created_at, revoked_at, last_used_at"
 CLIENT_COLUMNS: Final = "client_id, name, scopes, created_at, revoked_at"
 AUDIT_COLUMNS: Final = "id, at, actor, action, token_id, detail"
 
 _UNREADABLE = (ValueError, TypeError)
+# parse_token_spec refuses an expiration date in the past; a stored token may well have
+# expired since, so re-validation compares against the earliest possible instant instead.
+_EPOCH_FLOOR = datetime.min.replace(tzinfo=UTC)
+# What parse_token_spec accepts; any other stored key is a newer version's (see above).
+_READABLE_FIELDS = frozenset(f.name for f in TOKEN_FIELDS if f.creatable)
+
+
+def body_json(spec: TokenSpec, replacing: Sequence[Any] | None = None) -> str:
+    """The ``body`` column for ``spec``; ``replacing`` (a stored ``TOKEN_COLUMNS`` row) lends
+    the keys this version does not know, so rewriting a body never drops a newer field."""
+    body = spec.as_json()
+    if replacing is not None:
+        body = {**_body_object(replacing[1]), **body}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def spec_from_body(body: Any) -> TokenSpec:
+    """Re-validate a stored body (JSON text or an already decoded object) into a spec.
+
+    Keys this version does not know are ignored. Raises ``ValueError`` (``InvalidTokenSpec``
+    and ``json.JSONDecodeError`` among them) or ``TypeError`` for anything else that is not
+    a valid token body.
+    """
+    known = {k: v for k, v in _body_object(body).items() if k in _READABLE_FIELDS}
+    return parse_token_spec(known, now=_EPOCH_FLOOR)
+
+
+def _body_object(body: Any) -> dict[str, Any]:
+    if isinstance(body, str | bytes):
+        body = json.loads(body)  # SQLite's TEXT; psycopg decodes JSONB itself
+    if not isinstance(body, dict):
+        raise ValueError(f"the body is a JSON {type(body).__name__}, not an object")
+    return body
 
 
 def token_from_row(row: Sequence[Any], where: str) -> TokenRecord | None:
@@ -51,11 +95,9 @@ def token_from_row(row: Sequence[Any], where: str) -> TokenRecord | None:
 
     ``where`` names the store in the log line (a file path or a schema, never a DSN).
     """
-    token_id, name, grants, referers, apis, expiration, created, revoked, last_used = row
+    token_id, body, created, revoked, last_used = row
     try:
-        if isinstance(expiration, datetime):
-            expiration = format_timestamp(expiration)
-        spec = spec_from_columns(name, grants, referers, apis, expiration)
+        spec = spec_from_body(body)
         created_at = _timestamp(created)
         if created_at is None:
             raise ValueError("created_at is empty")

@@ -1,13 +1,23 @@
-"""The SQLite schema as an ordered list of migrations, and how records map to table rows.
+"""The schema of both SQL stores as ordered lists of migrations, versions in step.
 
-Migrations are numbered from 1 and applied in order inside one ``BEGIN IMMEDIATE``
-transaction; the version reached is kept in ``PRAGMA user_version``. A later release adds a
-step at the end of ``SQLITE_MIGRATIONS`` and never edits an earlier one.
+Migrations are numbered from 1 and applied in order inside one transaction: SQLite under
+``BEGIN IMMEDIATE`` with the version in ``PRAGMA user_version``, PostgreSQL under an
+advisory lock with the version in ``<schema>.meta`` (``stores.postgres`` runs them). A
+later release adds a step at the end of both lists under the same number, and never edits
+an earlier one. A step one engine does natively shrinks there (v2's ``changes`` table:
+PostgreSQL's feed is LISTEN/NOTIFY, so its v2 is only the audit index).
 
-The row codec (``spec_to_columns`` / ``spec_from_columns``) is SQL-free so that any SQL
-store can keep grants, referers and APIs as JSON text the same way. Data read back is
-validated again exactly like input: a row somebody edited by hand into something invalid
-is refused (fail closed), never half-trusted.
+The tables since version 3:
+
+* ``tokens(id, body, created_at, revoked_at, last_used_at)`` -- ``body`` is the validated
+  token body as a JSON object (``TokenSpec.as_json()``; TEXT in SQLite, JSONB in
+  PostgreSQL), read back through the spec's own parser (``stores.rows``). A new body field
+  needs no column and no migration. Columns are only what SQL itself writes or looks up.
+* ``token_secrets(secret_hash PRIMARY KEY, token_id, expires_at)`` -- the SHA-256 hashes
+  that authenticate a token (the secret is never stored). One row per token today; secret
+  rotation adds the new hash and gives the old one an ``expires_at`` (its grace period).
+  A lookup ignores a hash whose ``expires_at`` has passed.
+* ``oauth_clients``, ``audit``, and SQLite's ``changes`` feed, unchanged since v2.
 """
 
 from __future__ import annotations
@@ -20,11 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from token_guard.errors import StoreError
-from token_guard.spec import TokenSpec, parse_token_spec
-
-# parse_token_spec refuses an expiration date in the past; a stored token may well have
-# expired since, so re-validation compares against the earliest possible instant instead.
-_EPOCH_FLOOR = datetime.min.replace(tzinfo=UTC)
+from token_guard.spec import TokenSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +99,137 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_token_id ON audit (token_id)",
         ),
     ),
+    Migration(
+        3,
+        "token bodies as one JSON column; secret hashes in token_secrets",
+        (
+            # The hashes move first (the old table goes), then tokens is rebuilt: SQLite can
+            # drop neither a UNIQUE column nor several columns in one step.
+            """
+            CREATE TABLE token_secrets (
+                secret_hash TEXT PRIMARY KEY,       -- SHA-256 hex; the secret is never stored
+                token_id TEXT NOT NULL REFERENCES tokens (id),
+                expires_at TEXT                     -- NULL: valid as long as the token
+            )
+            """,
+            "INSERT INTO token_secrets (secret_hash, token_id) SELECT secret_hash, id FROM tokens",
+            "CREATE INDEX token_secrets_token_id ON token_secrets (token_id)",
+            """
+            CREATE TABLE tokens_v3 (
+                id TEXT PRIMARY KEY,
+                body TEXT NOT NULL,                 -- JSON object: the validated token body
+                created_at TEXT NOT NULL,
+                revoked_at TEXT,
+                last_used_at TEXT
+            )
+            """,
+            # A list column that is not JSON (edited by hand) becomes a JSON string in the
+            # body: the row still migrates, and reads as unreadable (logged, absent) as before.
+            """
+            INSERT INTO tokens_v3 (id, body, created_at, revoked_at, last_used_at)
+            SELECT id, json_object(
+                'name', name,
+                'grants', CASE WHEN json_valid(grants) THEN json(grants) ELSE grants END,
+                'referers', CASE WHEN json_valid(referers) THEN json(referers) ELSE referers END,
+                'allowed_apis', CASE WHEN json_valid(allowed_apis)
+                    THEN json(allowed_apis) ELSE allowed_apis END,
+                'expiration_date', expiration_date
+            ), created_at, revoked_at, last_used_at
+            FROM tokens
+            """,
+            "DROP TABLE tokens",
+            "ALTER TABLE tokens_v3 RENAME TO tokens",
+        ),
+    ),
 )
 
 LATEST_SQLITE_VERSION = SQLITE_MIGRATIONS[-1].version
+
+# ``{s}`` is the store's schema (an identifier, filled in by psycopg). Statements carry no
+# parameters, so a literal percent sign is safe, but there is none.
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "tokens, OAuth clients and the audit log",
+        (
+            """CREATE TABLE {s}.tokens (
+                id text PRIMARY KEY,
+                secret_hash text NOT NULL,          -- SHA-256 hex; the secret is never stored
+                name text NOT NULL,
+                grants text NOT NULL,               -- JSON list of connection_name + source objects
+                referers text NOT NULL,             -- JSON list of origin patterns
+                allowed_apis text NOT NULL,         -- JSON list of API names
+                expiration_date timestamptz,
+                created_at timestamptz NOT NULL,
+                revoked_at timestamptz,
+                last_used_at timestamptz
+            )""",
+            "CREATE UNIQUE INDEX tokens_secret_hash ON {s}.tokens (secret_hash)",
+            """CREATE TABLE {s}.oauth_clients (
+                client_id text PRIMARY KEY,
+                secret_hash text NOT NULL,
+                name text NOT NULL,
+                scopes text NOT NULL,               -- JSON list of scope strings
+                created_at timestamptz NOT NULL,
+                revoked_at timestamptz
+            )""",
+            """CREATE TABLE {s}.audit (
+                id bigserial PRIMARY KEY,
+                at timestamptz NOT NULL,
+                actor text NOT NULL,
+                action text NOT NULL,
+                token_id text,
+                detail text NOT NULL                -- JSON object; never a secret
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "audit by token (the change feed is LISTEN/NOTIFY, not a table)",
+        ("CREATE INDEX audit_token_id ON {s}.audit (token_id)",),
+    ),
+    Migration(
+        3,
+        "token bodies as one JSON column; secret hashes in token_secrets",
+        (
+            """CREATE TABLE {s}.token_secrets (
+                secret_hash text PRIMARY KEY,       -- SHA-256 hex; the secret is never stored
+                token_id text NOT NULL REFERENCES {s}.tokens (id),
+                expires_at timestamptz              -- NULL: valid as long as the token
+            )""",
+            "INSERT INTO {s}.token_secrets (secret_hash, token_id) "
+            "SELECT secret_hash, id FROM {s}.tokens",
+            "CREATE INDEX token_secrets_token_id ON {s}.token_secrets (token_id)",
+            # A list column that is not JSON (edited by hand) becomes a JSON string in the
+            # body: the row still migrates, and reads as unreadable (logged, absent) as before.
+            """CREATE FUNCTION {s}.migrate_v3_json(value text) RETURNS jsonb
+                LANGUAGE plpgsql IMMUTABLE AS $$
+                BEGIN
+                    RETURN value::jsonb;
+                EXCEPTION WHEN others THEN
+                    RETURN to_jsonb(value);
+                END $$""",
+            "ALTER TABLE {s}.tokens ADD COLUMN body jsonb",
+            """UPDATE {s}.tokens SET body = jsonb_build_object(
+                'name', name,
+                'grants', {s}.migrate_v3_json(grants),
+                'referers', {s}.migrate_v3_json(referers),
+                'allowed_apis', {s}.migrate_v3_json(allowed_apis),
+                'expiration_date',
+                    to_char(expiration_date AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+            )""",
+            "DROP FUNCTION {s}.migrate_v3_json(text)",
+            """ALTER TABLE {s}.tokens
+                ALTER COLUMN body SET NOT NULL,
+                DROP COLUMN secret_hash,
+                DROP COLUMN name,
+                DROP COLUMN grants,
+                DROP COLUMN referers,
+                DROP COLUMN allowed_apis,
+                DROP COLUMN expiration_date""",
+        ),
+    ),
+)
 
 
 def migrate_sqlite(
@@ -147,43 +281,20 @@ def parse_timestamp(value: str | None) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def spec_to_columns(spec: TokenSpec) -> dict[str, str | None]:
-    """The token body as column values: JSON text for lists, a timestamp for the expiry."""
-    return {
-        "name": spec.name,
-        "grants": json.dumps([g.as_json() for g in spec.grants], separators=(",", ":")),
-        "referers": json.dumps(list(spec.referers), separators=(",", ":")),
-        "allowed_apis": json.dumps(list(spec.allowed_apis), separators=(",", ":")),
-        "expiration_date": (
-            None if spec.expiration_date is None else format_timestamp(spec.expiration_date)
-        ),
-    }
-
-
 def spec_from_columns(
     name: Any, grants: Any, referers: Any, allowed_apis: Any, expiration_date: Any
 ) -> TokenSpec:
-    """Rebuild and re-validate a spec from stored columns.
+    """A spec from the columns of schema versions 1-2 (JSON text per list), re-validated.
 
-    Raises ``ValueError`` (``InvalidTokenSpec`` or ``json.JSONDecodeError`` among them) or
-    ``TypeError`` when the stored data is not a valid token body.
+    The stores read ``body`` since version 3 (``stores.rows.spec_from_body``); this stays for
+    callers that still build bodies column by column (``benchmarks/scale.py``).
     """
-    body: dict[str, Any] = {
+    from token_guard.stores.rows import spec_from_body  # rows imports this module
+
+    return spec_from_body({
         "name": name,
         "grants": json.loads(grants),
         "referers": json.loads(referers),
         "allowed_apis": json.loads(allowed_apis),
-    }
-    spec = parse_token_spec(body, now=_EPOCH_FLOOR)
-    if expiration_date is not None:
-        if not isinstance(expiration_date, str):
-            raise TypeError("expiration_date is not text")
-        expiry = parse_timestamp(expiration_date)
-        return TokenSpec(
-            name=spec.name,
-            grants=spec.grants,
-            referers=spec.referers,
-            allowed_apis=spec.allowed_apis,
-            expiration_date=expiry,
-        )
-    return spec
+        "expiration_date": expiration_date,
+    })

@@ -47,6 +47,7 @@ from token_guard.stores.base import (
     AUDIT_UPDATE,
     ChangeListener,
     Listeners,
+    TokenWrite,
     check_limit,
     utc_now,
 )
@@ -55,14 +56,11 @@ from token_guard.stores.rows import (
     CLIENT_COLUMNS,
     TOKEN_COLUMNS,
     audit_from_row,
+    body_json,
     client_from_row,
     token_from_row,
 )
-from token_guard.stores.schema import (
-    format_timestamp,
-    migrate_sqlite,
-    spec_to_columns,
-)
+from token_guard.stores.schema import format_timestamp, migrate_sqlite
 
 logger = logging.getLogger("token_guard.stores")
 
@@ -215,19 +213,44 @@ class SQLiteStore:
 
         return await self._submit(call)
 
-    # -- writes share these -----------------------------------------------------------------
+    # -- token writes share these ------------------------------------------------------------
+    async def _write(
+        self,
+        change: TokenWrite,
+        op: Callable[[sqlite3.Connection], tuple[R, Mapping[str, Any]]],
+    ) -> R:
+        """Run ``op`` and record ``change`` (audit entry, ``changes`` row) in one transaction,
+        then announce it (see ``TokenWrite``); ``op`` returns its result and the audit detail.
+        """
+
+        def run(conn: sqlite3.Connection) -> R:
+            with _transaction(conn):
+                result, detail = op(conn)
+                self._log_change(conn, change, detail)
+            return result
+
+        try:
+            result = await self._run(run)
+        except (StoreUnavailable, asyncio.CancelledError):
+            self._listeners.emit(change.event)  # it may have committed: announce anyway
+            raise
+        self._listeners.emit(change.event)
+        return result
+
     def _log_change(
-        self, conn: sqlite3.Connection, actor: str, action: str, token_id: str,
-        detail: Mapping[str, Any], kind: str,
+        self, conn: sqlite3.Connection, change: TokenWrite, detail: Mapping[str, Any]
     ) -> None:
         now = utc_now()
         conn.execute(
             "INSERT INTO audit (at, actor, action, token_id, detail) VALUES (?, ?, ?, ?, ?)",
-            (format_timestamp(now), actor, action, token_id, json.dumps(dict(detail))),
+            (
+                format_timestamp(now), change.actor, change.action, change.token_id,
+                json.dumps(dict(detail)),
+            ),
         )
         conn.execute(
             "INSERT INTO changes (at, token_id, kind, origin) VALUES (?, ?, ?, ?)",
-            (format_timestamp(now), token_id, kind, self._origin),
+            (format_timestamp(now), change.token_id, change.kind, self._origin),
         )
         # Keep the newest row whatever its age, so the id sequence is never lost.
         conn.execute(
@@ -241,33 +264,30 @@ class SQLiteStore:
         spec = parse_token_spec(body)
         secret = new_secret()
         record = TokenRecord(id=new_token_id(), spec=spec, created_at=utc_now())
-        columns = spec_to_columns(spec)
 
-        def write(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                conn.execute(
-                    "INSERT INTO tokens (id, secret_hash, name, grants, referers, allowed_apis,"
-                    " expiration_date, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.id, hash_secret(secret), columns["name"], columns["grants"],
-                        columns["referers"], columns["allowed_apis"],
-                        columns["expiration_date"], format_timestamp(record.created_at),
-                    ),
-                )
-                self._log_change(
-                    conn, actor, AUDIT_CREATE, record.id, {"name": spec.name}, "created"
-                )
+        def op(conn: sqlite3.Connection) -> tuple[None, Mapping[str, Any]]:
+            conn.execute(
+                "INSERT INTO tokens (id, body, created_at) VALUES (?, ?, ?)",
+                (record.id, body_json(spec), format_timestamp(record.created_at)),
+            )
+            conn.execute(
+                "INSERT INTO token_secrets (secret_hash, token_id) VALUES (?, ?)",
+                (hash_secret(secret), record.id),
+            )
+            return None, {"name": spec.name}
 
-        await self._run(write)
-        self._listeners.emit(ChangeEvent("created", record.id))
+        await self._write(TokenWrite("created", AUDIT_CREATE, record.id, actor), op)
         return IssuedToken(record, token=secret)
 
     async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
-        """The token whose secret hashes to ``secret_hash`` (one indexed query)."""
+        """The token whose secret hashes to ``secret_hash`` (two primary-key lookups)."""
+        now = format_timestamp(utc_now())
 
         def read(conn: sqlite3.Connection) -> sqlite3.Row | None:
             row: sqlite3.Row | None = conn.execute(
-                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = ?", (secret_hash,)
+                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = (SELECT token_id FROM"
+                " token_secrets WHERE secret_hash = ? AND (expires_at IS NULL OR expires_at > ?))",
+                (secret_hash, now),
             ).fetchone()
             return row
 
@@ -306,30 +326,20 @@ class SQLiteStore:
     ) -> TokenRecord:
         """Apply a PATCH body (name, grants, referers, allowed_apis) and notify."""
 
-        def write(conn: sqlite3.Connection) -> TokenRecord:
-            with _transaction(conn):
-                record = self._readable(conn, token_id)
-                updated = replace(record, spec=apply_update(record.spec, changes))
-                columns = spec_to_columns(updated.spec)
-                conn.execute(
-                    "UPDATE tokens SET name = ?, grants = ?, referers = ?, allowed_apis = ?"
-                    " WHERE id = ?",
-                    (
-                        columns["name"], columns["grants"], columns["referers"],
-                        columns["allowed_apis"], token_id,
-                    ),
-                )
-                self._log_change(
-                    conn, actor, AUDIT_UPDATE, token_id,
-                    {"fields": sorted(map(str, changes))}, "updated",
-                )
-                return updated
+        def op(conn: sqlite3.Connection) -> tuple[TokenRecord, Mapping[str, Any]]:
+            row, record = self._readable(conn, token_id)
+            updated = replace(record, spec=apply_update(record.spec, changes))
+            conn.execute(
+                "UPDATE tokens SET body = ? WHERE id = ?",
+                (body_json(updated.spec, replacing=row), token_id),
+            )
+            return updated, {"fields": sorted(map(str, changes))}
 
-        updated = await self._run(write)
-        self._listeners.emit(ChangeEvent("updated", token_id))
-        return updated
+        return await self._write(TokenWrite("updated", AUDIT_UPDATE, token_id, actor), op)
 
-    def _readable(self, conn: sqlite3.Connection, token_id: str) -> TokenRecord:
+    def _readable(
+        self, conn: sqlite3.Connection, token_id: str
+    ) -> tuple[sqlite3.Row, TokenRecord]:
         row = self._token_row(conn, token_id)
         if row is None:
             raise NotFound(f"no token has id {token_id!r}; list tokens to find the right id")
@@ -339,7 +349,7 @@ class SQLiteStore:
                 f"token {token_id!r} has unreadable data in {self.path}; revoke it and "
                 "create a new one"
             )
-        return record
+        return row, record
 
     async def revoke_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
         """Revoke (idempotent: the first revocation time is kept) and notify.
@@ -348,28 +358,23 @@ class SQLiteStore:
         ``StoreError`` after the revocation is committed and announced.
         """
 
-        def write(conn: sqlite3.Connection) -> sqlite3.Row:
-            with _transaction(conn):
-                row = self._token_row(conn, token_id)
-                if row is None:
-                    raise NotFound(
-                        f"no token has id {token_id!r}; list tokens to find the right id"
-                    )
-                already = row["revoked_at"] is not None
-                if not already:
-                    conn.execute(
-                        "UPDATE tokens SET revoked_at = ? WHERE id = ?",
-                        (format_timestamp(utc_now()), token_id),
-                    )
-                self._log_change(
-                    conn, actor, AUDIT_REVOKE, token_id, {"already_revoked": already}, "revoked"
+        def op(conn: sqlite3.Connection) -> tuple[sqlite3.Row, Mapping[str, Any]]:
+            # The raw row, not a record: a row too broken to read is still revoked.
+            row = self._token_row(conn, token_id)
+            if row is None:
+                raise NotFound(f"no token has id {token_id!r}; list tokens to find the right id")
+            already = row["revoked_at"] is not None
+            if not already:
+                conn.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE id = ?",
+                    (format_timestamp(utc_now()), token_id),
                 )
-                after = self._token_row(conn, token_id)
-                assert after is not None  # same transaction as the read above
-                return after
+            after = self._token_row(conn, token_id)
+            assert after is not None  # same transaction as the read above
+            return after, {"already_revoked": already}
 
-        row = await self._run(write)
-        self._listeners.emit(ChangeEvent("revoked", token_id))
+        # Announced even when already revoked: a cache that missed the first one learns.
+        row = await self._write(TokenWrite("revoked", AUDIT_REVOKE, token_id, actor), op)
         record = token_from_row(row, self.path)
         if record is None:
             raise StoreError(
