@@ -28,6 +28,13 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """Run ``pytest.mark.anyio`` tests on asyncio only: the stores, the resolver and the
+    adapters use asyncio tasks, futures and executors (module scope, as anyio's own default)."""
+    return "asyncio"
+
+
 @pytest.fixture
 def postgres_dsn() -> str:
     """The DSN of the real PostgreSQL on 127.0.0.1:5432 (database ``test``)."""

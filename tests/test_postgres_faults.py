@@ -41,12 +41,6 @@ SETTINGS = CacheSettings(ttl=60.0, negative_ttl=60.0, stale_window=300.0, lookup
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    """Run async tests on asyncio (the proxy, psycopg and the store need it)."""
-    return "asyncio"
-
-
-@pytest.fixture
 def schema(postgres_dsn: str) -> Iterator[str]:
     """A schema name no other test uses; dropped (with everything in it) afterwards."""
     name = f"tg_fault_{uuid.uuid4().hex[:12]}"

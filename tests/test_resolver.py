@@ -40,12 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run async tests on asyncio."""
-    return "asyncio"
-
-
 class Clock:
     """A monotonic clock the test moves by hand."""
 

@@ -41,11 +41,6 @@ BODY: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @contextmanager
 def serving(app: Starlette, port: int) -> Iterator[str]:
     """Run ``app`` under a real uvicorn on 127.0.0.1:``port`` for the duration."""
