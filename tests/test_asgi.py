@@ -20,20 +20,10 @@ from starlette.websockets import WebSocket
 
 import token_guard as tg
 from tests.servers import ServerThread, serve
+from tests.tokens import CONNECTIONS, FULL
 from token_guard.asgi import TokenGuard, get_token
 from token_guard.guard import DecisionEvent
 from token_guard.stores.memory import MemoryStore
-
-CONNECTIONS = {"carto_dw": "bigquery"}
-FULL = {
-    "name": "full",
-    "grants": [
-        {"connection_name": "carto_dw", "source": "proj.ds.stores"},
-        {"connection_name": "carto_dw", "source": "proj.shared.*"},
-    ],
-    "referers": [],
-    "allowed_apis": ["maps", "sql"],
-}
 
 
 async def echo(request: Request) -> Response:

@@ -6,6 +6,7 @@ from every server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -21,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.servers import serve
-from tests.test_wsgi import CONNECTIONS, FULL, CountingStore, Reply, send, serve_wsgi
+import token_guard as tg
+from tests.servers import Reply, send, serve, serve_wsgi
+from tests.tokens import CONNECTIONS, FULL
 from token_guard.asgi import TokenGuard, get_token
 from token_guard.secret import new_secret
 from token_guard.stores import MemoryStore
@@ -71,6 +73,20 @@ def flask_app() -> Flask:
         app.add_url_rule(rule, rule, echo, methods=["GET", "POST"])
     app.add_url_rule("/health", "health", lambda: jsonify(open=True))
     return app
+
+
+class CountingStore(MemoryStore):
+    """A real MemoryStore that counts secret lookups and makes each one take a while."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.lookups = 0
+        self.delay = delay
+
+    async def get_by_secret_hash(self, secret_hash: str) -> tg.TokenRecord | None:
+        self.lookups += 1
+        await asyncio.sleep(self.delay)
+        return await super().get_by_secret_hash(secret_hash)
 
 
 @dataclass

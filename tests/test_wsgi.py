@@ -1,32 +1,25 @@
-"""TokenGuardWSGI end to end: real HTTP through threaded WSGI servers on loopback.
-
-waitress and werkzeug pass the raw request target (``REQUEST_URI``); ``wsgiref`` does not,
-so it exercises the PATH_INFO fallback. Raw requests go through ``http.client`` so paths
-reach the server exactly as written (no client-side normalisation).
-"""
+"""TokenGuardWSGI end to end: real HTTP through threaded WSGI servers on loopback
+(``tests/servers.py``: waitress and werkzeug pass the raw request target, ``wsgiref`` does
+not, so it exercises the PATH_INFO fallback)."""
 
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
-import socketserver
 import threading
-import wsgiref.simple_server
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import waitress
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import make_server
 
 import token_guard as tg
+from tests.servers import Reply, ServerKind, WSGIServer, bearer, send, serve_wsgi
+from tests.tokens import CONNECTIONS, FULL
 from token_guard.guard import DecisionEvent
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore
@@ -35,135 +28,7 @@ from token_guard.wsgi import ENVIRON_KEY, TokenGuardWSGI, current_token, get_tok
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-ServerKind = Literal["waitress", "werkzeug", "wsgiref"]
-CONNECTIONS = {"carto_dw": "bigquery"}
-FULL: dict[str, Any] = {
-    "name": "full",
-    "grants": [
-        {"connection_name": "carto_dw", "source": "proj.ds.stores"},
-        {"connection_name": "carto_dw", "source": "proj.shared.*"},
-    ],
-    "referers": [],
-    "allowed_apis": ["maps", "sql"],
-}
 TABLE = "/v3/maps/carto_dw/table?name=proj.ds.stores"
-
-
-# -- servers and a raw client (also used by test_transports.py) --------------------------
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@dataclass
-class WSGIServer:
-    """A threaded WSGI server on a loopback port, running in a daemon thread."""
-
-    port: int
-    stop: Any
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-
-@contextmanager
-def serve_wsgi(
-    app: WSGIApplication, kind: ServerKind = "waitress", url_prefix: str = ""
-) -> Iterator[WSGIServer]:
-    """Serve ``app`` with a threaded ``kind`` server on a free loopback port for the block."""
-    if kind == "waitress":
-        server: Any = waitress.create_server(
-            app, host="127.0.0.1", port=0, threads=8, url_prefix=url_prefix,
-            clear_untrusted_proxy_headers=True,
-        )
-        port = int(server.effective_port)
-        stopping = threading.Event()
-
-        def run() -> None:
-            # Poll in short rounds and close from this thread: closing the sockets from
-            # another thread while it sits in select() raises EBADF there.
-            while not stopping.is_set():
-                server.asyncore.loop(timeout=0.05, map=server._map, count=1)
-            server.close()
-
-        stop = stopping.set
-    elif kind == "werkzeug":
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        port = int(server.server_port)
-        run, stop = partial(server.serve_forever, poll_interval=0.05), server.shutdown
-    else:
-        server = _ThreadingWSGIServer(("127.0.0.1", 0), _QuietHandler)
-        server.set_app(app)
-        port = int(server.server_port)
-        run, stop = partial(server.serve_forever, poll_interval=0.05), server.shutdown
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield WSGIServer(port, stop)
-    finally:
-        stop()
-        thread.join(5)
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A response as received: status, headers (lower-case names) and body."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        """The body parsed as JSON."""
-        return json.loads(self.body)
-
-
-def send(
-    port: int,
-    method: str,
-    path: str,
-    headers: Sequence[tuple[str, str]] = (),
-    body: bytes | None = None,
-    *,
-    chunked: bool = False,
-) -> Reply:
-    """One HTTP/1.1 request with ``path`` sent verbatim; repeated headers stay repeated."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        for name, value in headers:
-            conn.putheader(name, value)
-        if chunked:
-            conn.putheader("Transfer-Encoding", "chunked")
-            conn.endheaders()
-            data = body or b""
-            for i in range(0, len(data), 1000):
-                piece = data[i : i + 1000]
-                conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            conn.send(b"0\r\n\r\n")
-        else:
-            if body is not None:
-                conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body)
-        response = conn.getresponse()
-        return Reply(
-            response.status,
-            {k.lower(): v for k, v in response.getheaders()},
-            response.read(),
-        )
-    finally:
-        conn.close()
-
-
-def bearer(token: str) -> list[tuple[str, str]]:
-    """The Authorization header for ``token``."""
-    return [("Authorization", f"Bearer {token}")]
 
 
 # -- the app under test --------------------------------------------------------------------
@@ -191,20 +56,6 @@ def flask_app() -> Flask:
         return "open"
 
     return app
-
-
-class CountingStore(MemoryStore):
-    """A real MemoryStore that counts secret lookups and makes each one take a while."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        super().__init__()
-        self.lookups = 0
-        self.delay = delay
-
-    async def get_by_secret_hash(self, secret_hash: str) -> tg.TokenRecord | None:
-        self.lookups += 1
-        await asyncio.sleep(self.delay)
-        return await super().get_by_secret_hash(secret_hash)
 
 
 @dataclass
@@ -447,7 +298,7 @@ def test_two_different_origins_conflict(env: Env) -> None:
 
 def test_many_threads_many_tokens_with_evictions() -> None:
     """Request threads read the cache while the loop thread fills and evicts it."""
-    store = CountingStore()
+    store = MemoryStore()
     with guarded("waitress", store=store, cache=CacheSettings(max_entries=5)) as env:
         tokens = [env.create(FULL).token for _ in range(20)]
         errors: list[str] = []
