@@ -17,6 +17,7 @@ from starlette.routing import Route
 from werkzeug.serving import make_server
 
 from tests.servers import serve
+from tests.tokens import CONNECTIONS
 from token_guard.asgi import TokenGuard
 from token_guard.bodies import CONFLICTING_TYPES, one_content_type, parse_body
 from token_guard.decision import Denial
@@ -98,7 +99,6 @@ def test_one_content_type(values: list[str], expected: str | None) -> None:
 
 
 # -- end to end: what the app reads is what the guard checked ------------------------------
-CONNECTIONS = {"carto_dw": "bigquery"}
 STORES_ONLY = {
     "name": "stores only",
     "grants": [{"connection_name": "carto_dw", "source": "proj.ds.stores"}],

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
+from tests.tokens import CONNECTIONS
 from token_guard.decision import Denial
 from token_guard.guard import PASS, Awaiting, Guard, ReadBody, Step
 from token_guard.records import TokenRecord
 from token_guard.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
-CONNECTIONS = {"carto_dw": "bigquery"}
 BODY = {
     "name": "stores",
     "grants": [{"connection_name": "carto_dw", "source": "proj.ds.stores"}],

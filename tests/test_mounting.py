@@ -21,10 +21,10 @@ from starlette.routing import Mount, Route
 
 import token_guard as tg
 from tests.servers import ServerThread, serve
+from tests.tokens import CONNECTIONS
 from token_guard.asgi import TokenGuard, get_token, route_path
 from token_guard.stores.memory import MemoryStore
 
-CONNECTIONS = {"carto_dw": "bigquery"}
 ALLOWED = {
     "name": "allowed table only",
     "grants": [{"connection_name": "carto_dw", "source": "proj.ds.allowed"}],

@@ -25,8 +25,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tests.store_contract import EVENT_WAIT, body, wait_for
+from tests.store_contract import EVENT_WAIT, wait_for
 from tests.tcp_proxy import TcpProxy
+from tests.tokens import body
 from token_guard.decision import Denial
 from token_guard.errors import StoreUnavailable
 from token_guard.records import ChangeEvent, TokenRecord

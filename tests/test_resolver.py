@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.store_contract import EVENT_WAIT, body, wait_for
+from tests.store_contract import EVENT_WAIT, wait_for
+from tests.tokens import body
 from token_guard.decision import (
     INVALID_TOKEN,
     MALFORMED_TOKEN,
