@@ -8,16 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.services import service_missing
+
 POSTGRES_DSN = os.environ.get("TOKEN_GUARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TOKEN_GUARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
-UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def service_missing(reason: str) -> None:
-    """Skip the test when run by hand; fail it under CI, so a missing service never passes."""
-    if UNDER_CI:
-        pytest.fail(f"{reason} (CI=true: a missing service is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 def _port_open(host: str, port: int) -> bool:
