@@ -83,6 +83,12 @@ def test_bodies_the_guard_cannot_read_alike_are_refused(
     assert (refused.status, refused.code) == (status, code)
 
 
+def test_deeply_nested_json_is_refused_not_crashed() -> None:
+    raw = b'{"q": "SELECT 1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    refused = parse_body(raw, "application/json")
+    assert isinstance(refused, Denial) and refused.code == "malformed_request"
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [

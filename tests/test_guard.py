@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from tests.tokens import CONNECTIONS
+import token_guard as tg
+from tests.tokens import CONNECTIONS, FULL
 from token_guard.decision import Denial
 from token_guard.guard import PASS, Awaiting, Guard, ReadBody, Step
 from token_guard.records import TokenRecord
+from token_guard.spec import parse_token_spec
 from token_guard.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
@@ -134,3 +138,18 @@ async def test_check_async_decides_as_the_steps_do() -> None:
     refused = await guard.check_async("POST", QUERY_PATH, b"", bearer(secret),
                                       body=b'{"q": "SELECT 1 FROM proj.ds.secret"}')
     assert isinstance(refused, Denial) and refused.code == "source_not_granted"
+
+
+def test_extra_sql_functions_are_opt_in() -> None:
+    record = TokenRecord("tok_x", parse_token_spec(FULL), datetime.now(UTC))
+    facts = tg.RequestFacts("sql", "carto_dw", (tg.Source(
+        "query", "SELECT `carto-un`.carto.H3_FROMGEOGPOINT(geom, 5) FROM proj.ds.stores"),))
+    strict = Guard(store=MemoryStore(), connections=CONNECTIONS)
+    denial = strict.policy.decide(strict.policy.compile(record), facts, time.time())
+    assert denial is not None and denial.code == "query_not_allowed"
+    assert "H3_FROMGEOGPOINT" in denial.message and "allowed_functions" in denial.hint
+    opened = Guard(store=MemoryStore(), connections=CONNECTIONS,
+                   allowed_functions=["carto-un.carto.*"])
+    assert opened.policy.decide(opened.policy.compile(record), facts, time.time()) is None
+    with pytest.raises(tg.ConfigurationError, match="allowed_functions"):
+        Guard(store=MemoryStore(), connections=CONNECTIONS, allowed_functions="udf")
