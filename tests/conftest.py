@@ -8,16 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.services import service_missing
+
 POSTGRES_DSN = os.environ.get("TOKEN_GUARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TOKEN_GUARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
-UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def service_missing(reason: str) -> None:
-    """Skip the test when run by hand; fail it under CI, so a missing service never passes."""
-    if UNDER_CI:
-        pytest.fail(f"{reason} (CI=true: a missing service is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -26,6 +20,13 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """Run ``pytest.mark.anyio`` tests on asyncio only: the stores, the resolver and the
+    adapters use asyncio tasks, futures and executors (module scope, as anyio's own default)."""
+    return "asyncio"
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import service_missing
+from tests.demo_process import demo_process
 from tests.servers import serve
-from tests.test_demo_main import demo_process
+from tests.services import service_missing
 from token_guard.asgi import TokenGuard
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.demo.data import DATABASE_FILE, STORE_COUNT, ensure_database

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import service_missing
-from tests.test_demo_main import DemoProcess, demo_process
+from tests.demo_process import DemoProcess, demo_process
+from tests.services import service_missing
 from token_guard.demo.tokens import SECRETS_FILE, read_secrets
 
 CHROMIUM = "/usr/bin/chromium"

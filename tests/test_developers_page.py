@@ -31,8 +31,8 @@ from playwright.sync_api import (
 )
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.conftest import service_missing
 from tests.servers import ServerThread, serve
+from tests.services import service_missing
 from token_guard.asgi import TokenGuard
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.errors import InvalidTokenSpec

@@ -11,11 +11,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from tests.servers import ServerThread, serve
+from tests.tokens import CONNECTIONS
 from token_guard.asgi import TokenGuard
 from token_guard.fastapi import ApiToken, OptionalApiToken
 from token_guard.stores import MemoryStore
 
-CONNECTIONS = {"carto_dw": "bigquery"}
 FULL: dict[str, Any] = {
     "name": "full",
     "grants": [{"connection_name": "carto_dw", "source": "proj.ds.stores"}],

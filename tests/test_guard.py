@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+import token_guard as tg
+from tests.tokens import CONNECTIONS, FULL
 from token_guard.decision import Denial
 from token_guard.guard import PASS, Awaiting, Guard, ReadBody, Step
 from token_guard.records import TokenRecord
+from token_guard.spec import parse_token_spec
 from token_guard.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
-CONNECTIONS = {"carto_dw": "bigquery"}
 BODY = {
     "name": "stores",
     "grants": [{"connection_name": "carto_dw", "source": "proj.ds.stores"}],
@@ -152,3 +156,18 @@ def test_a_store_that_is_not_one_fails_at_start_up_naming_the_field(
         Guard(store=store, connections=CONNECTIONS)
     assert str(raised.value).startswith("store: ")
     assert needle in str(raised.value)
+
+
+def test_extra_sql_functions_are_opt_in() -> None:
+    record = TokenRecord("tok_x", parse_token_spec(FULL), datetime.now(UTC))
+    facts = tg.RequestFacts("sql", "carto_dw", (tg.Source(
+        "query", "SELECT `carto-un`.carto.H3_FROMGEOGPOINT(geom, 5) FROM proj.ds.stores"),))
+    strict = Guard(store=MemoryStore(), connections=CONNECTIONS)
+    denial = strict.policy.decide(strict.policy.compile(record), facts, time.time())
+    assert denial is not None and denial.code == "query_not_allowed"
+    assert "H3_FROMGEOGPOINT" in denial.message and "allowed_functions" in denial.hint
+    opened = Guard(store=MemoryStore(), connections=CONNECTIONS,
+                   allowed_functions=["carto-un.carto.*"])
+    assert opened.policy.decide(opened.policy.compile(record), facts, time.time()) is None
+    with pytest.raises(tg.ConfigurationError, match="allowed_functions"):
+        Guard(store=MemoryStore(), connections=CONNECTIONS, allowed_functions="udf")

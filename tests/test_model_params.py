@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import token_guard as tg
+from tests.tokens import CONNECTIONS
 
-CONNECTIONS = {"carto_dw": "bigquery"}
 SPEC = {
     "name": "widgets",
     "grants": [{"connection_name": "carto_dw", "source": "proj.ds.stores"}],

@@ -46,11 +46,6 @@ ISSUER = "https://tokens.test"
 AUDIENCE = "token-guard-api"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

@@ -25,8 +25,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tests.store_contract import EVENT_WAIT, body, wait_for
+from tests.store_contract import EVENT_WAIT, wait_for
 from tests.tcp_proxy import TcpProxy
+from tests.tokens import body
 from token_guard.decision import Denial
 from token_guard.errors import StoreUnavailable
 from token_guard.records import ChangeEvent, TokenRecord
@@ -38,12 +39,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 STORE_TIMEOUT = 1.0  # seconds the store may take per operation in these tests
 SETTINGS = CacheSettings(ttl=60.0, negative_ttl=60.0, stale_window=300.0, lookup_timeout=5.0)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run async tests on asyncio (the proxy, psycopg and the store need it)."""
-    return "asyncio"
 
 
 @pytest.fixture

@@ -582,28 +582,30 @@ def test_outside_the_prefix_passes_through(path: bytes) -> None:
 
 def test_denials_name_the_parameter_and_never_echo_values() -> None:
     got = classify("GET", b"/v3/maps/c/table?access_token=" + TOKEN.encode())
-    assert isinstance(got, Denial)
+    assert isinstance(got, Denial) and got.code == codes.MALFORMED_REQUEST
     assert "name" in got.message
-    for target in (
-        b"/v3/maps/c/table?name=a&name=b&access_token=" + TOKEN.encode(),
-        b"/v3/maps/" + TOKEN.encode() + b"x/table",
-        b"/v3/" + TOKEN.encode(),
-        b"/v3/maps/c/table?access_token=" + TOKEN.encode() + b"&name=%zz",
+    for target, code in (
+        (b"/v3/maps/c/table?name=a&name=b&access_token=" + TOKEN.encode(),
+         codes.AMBIGUOUS_REQUEST),
+        (b"/v3/maps/" + TOKEN.encode() + b"x/table", codes.MALFORMED_REQUEST),
+        (b"/v3/" + TOKEN.encode(), codes.UNKNOWN_ROUTE),
+        (b"/v3/maps/c/table?access_token=" + TOKEN.encode() + b"&name=%zz",
+         codes.MALFORMED_REQUEST),
     ):
         denial = classify("GET", target)
-        assert isinstance(denial, Denial)
+        assert isinstance(denial, Denial) and denial.code == code, target
         assert TOKEN not in repr(denial)
 
 
 def test_unknown_route_hint_says_how_to_declare_one() -> None:
     got = classify("GET", b"/v3/custom/dw/things")
-    assert isinstance(got, Denial)
+    assert isinstance(got, Denial) and got.code == codes.UNKNOWN_ROUTE
     assert "Route(" in got.hint
 
 
 def test_wrong_method_lists_the_declared_methods() -> None:
     got = classify("POST", b"/v3/sql/c/job/1")
-    assert isinstance(got, Denial)
+    assert isinstance(got, Denial) and got.code == codes.UNKNOWN_ROUTE
     assert "DELETE, GET" in got.message
 
 
@@ -1480,7 +1482,8 @@ def test_custom_route_declares_its_sql_params() -> None:
         "sql", "dw", T, ("query", "SELECT max(x)")
     )
     unknown = classify("GET", base + quote('{"other": 1}').encode(), routes=routes)
-    assert isinstance(unknown, Denial) and "'options'" in unknown.message
+    assert isinstance(unknown, Denial) and unknown.code == codes.MALFORMED_REQUEST
+    assert "'options'" in unknown.message
     assert "col, expr, note" in unknown.hint
 
 
@@ -1494,7 +1497,7 @@ def test_sql_param_denials_name_the_parameter_not_the_value() -> None:
         {"aggregations": [{"column": hostile, "operation": "sum"}]},
     ):
         found = classify("GET", model("formula", params))
-        assert isinstance(found, Denial), params
+        assert isinstance(found, Denial) and found.code == codes.MALFORMED_REQUEST, params
         assert TOKEN not in found.message + found.hint
         assert "params" in found.message
 
@@ -1513,7 +1516,9 @@ def test_deep_json_in_query_and_body_is_refused_not_crashed() -> None:
         deep = [deep]
     target = model("formula", {"operation": "count"})
     found = classify("POST", target, {"params": {"ticks": deep}})
-    assert isinstance(found, Denial) and found.status == 400
+    # params in the query string and the body: refused as ambiguous before the depth matters
+    assert isinstance(found, Denial) and (found.status, found.code) == (400,
+                                                                        codes.AMBIGUOUS_REQUEST)
     text = b"/v3/sql/dw/model/formula?type=table&source=proj.ds.t&params=" + b"%5B" * 100_000
     found = classify("GET", text)
     assert isinstance(found, Denial) and found.code == codes.MALFORMED_REQUEST

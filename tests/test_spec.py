@@ -10,21 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.tokens import BODY as VALID
 from token_guard.errors import InvalidTokenSpec
 from token_guard.spec import apply_update, classify_source, parse_token_spec, split_name
-
-VALID: dict[str, Any] = {
-    "name": "storefront map",
-    "grants": [
-        {"connection_name": "carto_dw", "source": "carto-demo-data.demo_tables.retail_stores"},
-        {"connection_name": "carto_dw", "source": "carto-demo-data.shared.*"},
-        {"connection_name": "carto_dw",
-         "source": "SELECT * FROM `carto-demo-data`.demo_tables.stores WHERE city = @city"},
-    ],
-    "referers": ["https://*.example.com", "http://localhost:*"],
-    "allowed_apis": ["maps", "sql"],
-    "expiration_date": "2099-01-01T00:00:00Z",
-}
 
 
 def with_(**changes: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
+from tests.tokens import BODY
 from token_guard.management import (
     READ_SCOPE,
     WRITE_SCOPE,
@@ -30,20 +31,6 @@ from token_guard.stores import MemoryStore, SQLiteStore
 
 ISSUER = "https://tokens.test"
 AUDIENCE = "token-guard-api"
-BODY: dict[str, Any] = {
-    "name": "storefront map",
-    "grants": [
-        {"connection_name": "carto_dw", "source": "carto-demo-data.demo_tables.retail_stores"},
-        {"connection_name": "carto_dw", "source": "carto-demo-data.shared.*"},
-    ],
-    "referers": ["https://*.example.com"],
-    "allowed_apis": ["maps", "sql"],
-}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @contextmanager

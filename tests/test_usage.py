@@ -12,12 +12,6 @@ from token_guard.usage import UsageRecorder
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run async tests on asyncio."""
-    return "asyncio"
-
-
 class Sink:
     """Keeps the batches; fails while ``failing``."""
 

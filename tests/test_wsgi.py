@@ -1,32 +1,24 @@
-"""TokenGuardWSGI end to end: real HTTP through threaded WSGI servers on loopback.
-
-waitress and werkzeug pass the raw request target (``REQUEST_URI``); ``wsgiref`` does not,
-so it exercises the PATH_INFO fallback. Raw requests go through ``http.client`` so paths
-reach the server exactly as written (no client-side normalisation).
-"""
+"""TokenGuardWSGI end to end: real HTTP through threaded WSGI servers on loopback
+(``tests/servers.py``: waitress and werkzeug pass the raw request target, ``wsgiref`` does
+not, so it exercises the PATH_INFO fallback)."""
 
 from __future__ import annotations
 
 import asyncio
-import http.client
-import json
-import socketserver
 import threading
-import wsgiref.simple_server
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import waitress
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import make_server
 
 import token_guard as tg
+from tests.servers import Reply, ServerKind, WSGIServer, bearer, send, serve_wsgi
+from tests.tokens import CONNECTIONS, FULL
 from token_guard.guard import DecisionEvent
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore
@@ -35,135 +27,7 @@ from token_guard.wsgi import ENVIRON_KEY, TokenGuardWSGI, current_token, get_tok
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-ServerKind = Literal["waitress", "werkzeug", "wsgiref"]
-CONNECTIONS = {"carto_dw": "bigquery"}
-FULL: dict[str, Any] = {
-    "name": "full",
-    "grants": [
-        {"connection_name": "carto_dw", "source": "proj.ds.stores"},
-        {"connection_name": "carto_dw", "source": "proj.shared.*"},
-    ],
-    "referers": [],
-    "allowed_apis": ["maps", "sql"],
-}
 TABLE = "/v3/maps/carto_dw/table?name=proj.ds.stores"
-
-
-# -- servers and a raw client (also used by test_transports.py) --------------------------
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@dataclass
-class WSGIServer:
-    """A threaded WSGI server on a loopback port, running in a daemon thread."""
-
-    port: int
-    stop: Any
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-
-@contextmanager
-def serve_wsgi(
-    app: WSGIApplication, kind: ServerKind = "waitress", url_prefix: str = ""
-) -> Iterator[WSGIServer]:
-    """Serve ``app`` with a threaded ``kind`` server on a free loopback port for the block."""
-    if kind == "waitress":
-        server: Any = waitress.create_server(
-            app, host="127.0.0.1", port=0, threads=8, url_prefix=url_prefix,
-            clear_untrusted_proxy_headers=True,
-        )
-        port = int(server.effective_port)
-        stopping = threading.Event()
-
-        def run() -> None:
-            # Poll in short rounds and close from this thread: closing the sockets from
-            # another thread while it sits in select() raises EBADF there.
-            while not stopping.is_set():
-                server.asyncore.loop(timeout=0.05, map=server._map, count=1)
-            server.close()
-
-        stop = stopping.set
-    elif kind == "werkzeug":
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        port = int(server.server_port)
-        run, stop = partial(server.serve_forever, poll_interval=0.05), server.shutdown
-    else:
-        server = _ThreadingWSGIServer(("127.0.0.1", 0), _QuietHandler)
-        server.set_app(app)
-        port = int(server.server_port)
-        run, stop = partial(server.serve_forever, poll_interval=0.05), server.shutdown
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield WSGIServer(port, stop)
-    finally:
-        stop()
-        thread.join(5)
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A response as received: status, headers (lower-case names) and body."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        """The body parsed as JSON."""
-        return json.loads(self.body)
-
-
-def send(
-    port: int,
-    method: str,
-    path: str,
-    headers: Sequence[tuple[str, str]] = (),
-    body: bytes | None = None,
-    *,
-    chunked: bool = False,
-) -> Reply:
-    """One HTTP/1.1 request with ``path`` sent verbatim; repeated headers stay repeated."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        for name, value in headers:
-            conn.putheader(name, value)
-        if chunked:
-            conn.putheader("Transfer-Encoding", "chunked")
-            conn.endheaders()
-            data = body or b""
-            for i in range(0, len(data), 1000):
-                piece = data[i : i + 1000]
-                conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            conn.send(b"0\r\n\r\n")
-        else:
-            if body is not None:
-                conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body)
-        response = conn.getresponse()
-        return Reply(
-            response.status,
-            {k.lower(): v for k, v in response.getheaders()},
-            response.read(),
-        )
-    finally:
-        conn.close()
-
-
-def bearer(token: str) -> list[tuple[str, str]]:
-    """The Authorization header for ``token``."""
-    return [("Authorization", f"Bearer {token}")]
 
 
 # -- the app under test --------------------------------------------------------------------
@@ -191,20 +55,6 @@ def flask_app() -> Flask:
         return "open"
 
     return app
-
-
-class CountingStore(MemoryStore):
-    """A real MemoryStore that counts secret lookups and makes each one take a while."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        super().__init__()
-        self.lookups = 0
-        self.delay = delay
-
-    async def get_by_secret_hash(self, secret_hash: str) -> tg.TokenRecord | None:
-        self.lookups += 1
-        await asyncio.sleep(self.delay)
-        return await super().get_by_secret_hash(secret_hash)
 
 
 @dataclass
@@ -261,51 +111,12 @@ def assert_denied(reply: Reply, status: int, code: str, secret: str = "") -> Non
         assert secret.encode() not in reply.body
 
 
-# -- tests ----------------------------------------------------------------------------------
-def test_allowed_request_reaches_view_with_token(env: Env) -> None:
+def test_current_token_in_a_view_is_the_guarded_token(env: Env) -> None:
+    """Flask views read the resolved token with ``current_token()`` (the echo uses
+    ``get_token``; the transport table checks it)."""
     issued = env.create(FULL)
-    r = env.get(TABLE + "&v=3.4&client=deck", bearer(issued.token))
-    assert r.status == 200, r.body
-    assert r.json()["token_id"] == issued.id
-    assert env.get("/v3/maps/carto_dw/tileset?name=proj.shared.t", bearer(issued.token)).json() \
-        == {"token_name": "full"}
-    assert env.events[-1].allowed and env.events[-1].token_id == issued.id
-
-
-def test_outside_prefix_passes_untouched(env: Env) -> None:
-    r = env.get("/health")
-    assert (r.status, r.body) == (200, b"open")
-
-
-def test_denials_carry_json_and_www_authenticate(env: Env) -> None:
-    issued = env.create(FULL)
-    assert_denied(env.get(TABLE), 401, "missing_token")
-    assert_denied(env.get("/v3/maps/carto_dw/table?name=proj.ds.secret", bearer(issued.token)),
-                  403, "source_not_granted", issued.token)
-    assert_denied(env.get("/v3/lds/geocoding/geocode", bearer(issued.token)), 403,
-                  "api_not_allowed", issued.token)
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param("/v3/maps/carto_dw%2Ftable?name=proj.ds.stores", id="encoded-slash"),
-        pytest.param("/v3/maps/carto_dw/%2e%2e/table?name=proj.ds.stores", id="encoded-dots"),
-        pytest.param("/v3/maps/carto_dw/../table?name=proj.ds.stores", id="dot-segment"),
-        pytest.param("//v3/maps/carto_dw/table?name=proj.ds.stores", id="leading-double-slash"),
-        pytest.param("/v3/maps//carto_dw/table?name=proj.ds.stores", id="empty-segment"),
-        pytest.param("/v3/maps/carto_dw/table%3Bx?name=proj.ds.stores", id="encoded-semicolon"),
-        pytest.param("/v3/maps/carto_dw/table%2525?name=proj.ds.stores", id="double-encoding"),
-        pytest.param("/x/..%2Fv3/maps/carto_dw/table?name=proj.ds.stores", id="climb-in"),
-        pytest.param("/V3/maps/carto_dw/table?name=proj.ds.stores", id="upper-case-prefix"),
-    ],
-)
-def test_path_tricks_never_reach_the_view_without_a_token(env: Env, path: str) -> None:
-    """No request without a token reaches a /v3 view, whatever the server decodes."""
-    r = env.get(path)
-    assert r.status in (400, 401, 403, 404), r.body
-    if r.status != 404:  # 404: outside the prefix, and the app routes it nowhere
-        assert r.json()["code"] in ("malformed_request", "missing_token", "unknown_route")
+    r = env.get("/v3/maps/carto_dw/tileset?name=proj.shared.t", bearer(issued.token))
+    assert (r.status, r.json()) == (200, {"token_name": "full"})
 
 
 def test_path_without_raw_uri_is_judged_as_the_app_sees_it() -> None:
@@ -375,79 +186,9 @@ def test_path_rewritten_outside_the_guard_is_refused(sent: str, rewritten: str) 
         guard.close()
 
 
-def test_body_is_read_for_the_source_and_replayed_intact(env: Env) -> None:
-    issued = env.create(FULL)
-    payload = {"q": "SELECT name FROM proj.shared.cities", "queryParameters": {"x": 1},
-               "pad": "é" * 100}
-    raw = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    headers = [*bearer(issued.token), ("Content-Type", "application/json")]
-    r = send(env.server.port, "POST", "/v3/sql/carto_dw/query", headers, raw)
-    assert r.status == 200, r.body
-    assert r.json()["body"].encode("utf-8") == raw
-    bad = json.dumps({"q": "SELECT * FROM proj.ds.secret"}).encode()
-    assert_denied(send(env.server.port, "POST", "/v3/sql/carto_dw/query", headers, bad), 403,
-                  "source_not_granted")
-
-
-@pytest.mark.parametrize("kind", ["waitress", "werkzeug"])
-def test_chunked_body_is_read_and_replayed(kind: ServerKind) -> None:
-    with guarded(kind) as env:
-        issued = env.create(FULL)
-        raw = json.dumps({"q": "SELECT a FROM proj.shared.t", "pad": "x" * 2500}).encode()
-        r = send(env.server.port, "POST", "/v3/sql/carto_dw/query", bearer(issued.token), raw,
-                 chunked=True)
-        assert r.status == 200, r.body
-        assert r.json()["body"].encode() == raw
-        big = json.dumps({"q": "SELECT 1", "pad": "x" * 5000}).encode()
-        r = send(env.server.port, "POST", "/v3/sql/carto_dw/query", bearer(issued.token), big,
-                 chunked=True)
-        assert_denied_413(r)
-
-
-def assert_denied_413(reply: Reply) -> None:
-    assert reply.status == 413, reply.body
-    assert reply.json()["code"] == "body_too_large"
-
-
-def test_body_over_limit_is_413(env: Env) -> None:
-    issued = env.create(FULL)
-    big = json.dumps({"q": "SELECT 1", "pad": "x" * 5000}).encode()
-    assert_denied_413(send(env.server.port, "POST", "/v3/sql/carto_dw/query",
-                           bearer(issued.token), big))
-
-
-def test_non_json_body_is_400(env: Env) -> None:
-    issued = env.create(FULL)
-    r = send(env.server.port, "POST", "/v3/sql/carto_dw/query", bearer(issued.token),
-             b"q=SELECT 1")
-    assert_denied(r, 400, "malformed_request")
-
-
-def test_two_authorization_headers_are_ambiguous(env: Env) -> None:
-    a, b = env.create(FULL), env.create(FULL)
-    r = env.get(TABLE, [*bearer(a.token), *bearer(b.token)])
-    assert_denied(r, 400, "ambiguous_request", a.token)
-    assert env.get(TABLE, [*bearer(a.token), *bearer(a.token)]).status == 200
-
-
-def test_two_different_origins_conflict(env: Env) -> None:
-    """Servers join repeated headers with ','; two different values are refused (the
-    transport table checks the code equals ASGI's), two equal ones are one."""
-    issued = env.create(dict(FULL, referers=["https://app.example.com"]))
-    ok = [*bearer(issued.token), ("Origin", "https://app.example.com")]
-    assert env.get(TABLE, ok).status == 200
-    assert env.get(TABLE, [*ok, ("Origin", "https://app.example.com")]).status == 200
-    r = env.get(TABLE, [*ok, ("Origin", "https://evil.example")])
-    assert r.status in (400, 403) and r.json()["code"] != "missing_token"
-    referers = [*bearer(issued.token), ("Referer", "https://app.example.com/map?c=1,2")]
-    assert env.get(TABLE, referers).status == 200
-    r = env.get(TABLE, [*referers, ("Referer", "https://evil.example/")])
-    assert r.status in (400, 403) and r.json()["code"] != "missing_token"
-
-
 def test_many_threads_many_tokens_with_evictions() -> None:
     """Request threads read the cache while the loop thread fills and evicts it."""
-    store = CountingStore()
+    store = MemoryStore()
     with guarded("waitress", store=store, cache=CacheSettings(max_entries=5)) as env:
         tokens = [env.create(FULL).token for _ in range(20)]
         errors: list[str] = []
@@ -467,25 +208,6 @@ def test_many_threads_many_tokens_with_evictions() -> None:
         assert errors == []
         stats = env.guard.guard.resolver.stats()
         assert stats["positive_entries"] <= 5
-
-
-def test_revocation_takes_effect(env: Env) -> None:
-    issued = env.create(FULL)
-    assert env.get(TABLE, bearer(issued.token)).status == 200
-    env.guard.call(lambda: env.store.revoke_token(issued.id))
-    assert_denied(env.get(TABLE, bearer(issued.token)), 401, "revoked_token", issued.token)
-
-
-def test_store_down_uncached_token_is_503() -> None:
-    class DownStore(MemoryStore):
-        async def get_by_secret_hash(self, secret_hash: str) -> tg.TokenRecord | None:
-            raise tg.StoreUnavailable("the store is down")
-
-    with guarded("werkzeug", store=DownStore()) as env:
-        issued = env.create(FULL)
-        r = env.get(TABLE, bearer(issued.token))
-        assert_denied(r, 503, "store_unavailable")
-        assert r.headers["retry-after"]
 
 
 def test_close_flushes_usage_closes_store_and_refuses_after(tmp_path: Path) -> None:
@@ -516,7 +238,7 @@ def test_current_token_refuses_when_guard_did_not_run() -> None:
     app = flask_app()
     with serve_wsgi(app, "werkzeug") as server:
         r = send(server.port, "GET", "/v3/maps/carto_dw/tileset?name=proj.ds.stores")
-        assert r.status == 401
+        assert r.status == 401 and b"wrap app.wsgi_app with TokenGuardWSGI" in r.body
 
 
 def test_get_token_reads_the_environ() -> None:
@@ -542,15 +264,12 @@ def test_preflight_passes_to_cors_layer_outside(env: Env) -> None:
         r = send(server.port, "OPTIONS", "/v3/maps/carto_dw/table",
                  [("Origin", "https://a.example"), ("Access-Control-Request-Method", "GET")])
         assert r.status == 204 and r.headers["access-control-allow-origin"] == "*"
+    # Straight to the guard: a preflight passes to Flask, which answers OPTIONS itself.
+    r = send(env.server.port, "OPTIONS", "/v3/maps/carto_dw/table",
+             [("Origin", "https://a.example"), ("Access-Control-Request-Method", "GET")])
+    assert r.status == 200 and "OPTIONS" in r.headers["allow"]
     r = send(env.server.port, "OPTIONS", "/v3/maps/carto_dw/table",
              [("Access-Control-Request-Method", "GET")])
-    assert r.status != 401  # passed through to Flask, which answers OPTIONS itself
-
-
-def test_bad_configuration_fails_at_startup() -> None:
-    with pytest.raises(tg.ConfigurationError, match="connections"):
-        TokenGuardWSGI(flask_app().wsgi_app, store=MemoryStore(),
-                       connections={"c": "nosuchdialect"})
-    with pytest.raises(tg.ConfigurationError, match="max_body_bytes"):
-        TokenGuardWSGI(flask_app().wsgi_app, store=MemoryStore(), connections=CONNECTIONS,
-                       max_body_bytes=0)
+    # Without Origin it is no browser's preflight: the guard judges it, and OPTIONS is no
+    # declared method of the route.
+    assert_denied(r, 403, "unknown_route")
