@@ -40,7 +40,9 @@ from token_guard.asgi import Receive, Scope, Send
 from token_guard.records import TokenRecord
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.secret import hash_secret, is_well_formed, secret_from_body
+from token_guard.spec import parse_token_spec
 from token_guard.stores.postgres import PostgresStore
+from token_guard.stores.rows import body_json
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 _PROPAGATION_SCHEMA = "tg_bench_propagation"
@@ -60,6 +62,16 @@ def bench_secret(i: int) -> str:
 def bench_id(i: int) -> str:
     """The i-th benchmark token's public id."""
     return f"tok_{i:020d}"
+
+
+_BODY_TEMPLATE = body_json(parse_token_spec(
+    {"name": "bench {i}", "grants": [], "referers": [], "allowed_apis": ["lds"]}
+))
+
+
+def _bench_body(i: int) -> str:
+    """The stored body of the i-th benchmark token (an LDS-only token, no grants)."""
+    return _BODY_TEMPLATE.replace("bench {i}", f"bench {i}")
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -91,22 +103,27 @@ async def ensure_rows(dsn: str, schema: str, rows: int) -> None:
         started = time.perf_counter()
         now = datetime.now(UTC).isoformat()
         async with conn.transaction():
-            await conn.execute(sql.SQL("TRUNCATE {}.tokens").format(s))
-            copy_sql = sql.SQL(
-                "COPY {}.tokens (id, secret_hash, name, grants, referers, allowed_apis, "
-                "created_at) FROM STDIN"
+            await conn.execute(sql.SQL("TRUNCATE {}.tokens CASCADE").format(s))
+            # The stores' v3 layout: the validated body as JSON, the secret hash apart.
+            tokens_sql = sql.SQL("COPY {}.tokens (id, body, created_at) FROM STDIN").format(s)
+            secrets_sql = sql.SQL(
+                "COPY {}.token_secrets (secret_hash, token_id) FROM STDIN"
             ).format(s)
-            async with conn.cursor().copy(copy_sql) as copy:
-                batch = io.StringIO()
-                for i in range(rows):
-                    batch.write(
-                        f"{bench_id(i)}\t{hash_secret(bench_secret(i))}\tbench {i}\t"
-                        f'[]\t[]\t["lds"]\t{now}\n'
-                    )
-                    if i % 50_000 == 49_999:
-                        await copy.write(batch.getvalue())
-                        batch = io.StringIO()
-                await copy.write(batch.getvalue())
+            def token_line(i: int) -> str:
+                return f"{bench_id(i)}\t{_bench_body(i)}\t{now}\n"
+
+            def secret_line(i: int) -> str:
+                return f"{hash_secret(bench_secret(i))}\t{bench_id(i)}\n"
+
+            for copy_sql, line in ((tokens_sql, token_line), (secrets_sql, secret_line)):
+                async with conn.cursor().copy(copy_sql) as copy:
+                    batch = io.StringIO()
+                    for i in range(rows):
+                        batch.write(line(i))
+                        if i % 50_000 == 49_999:
+                            await copy.write(batch.getvalue())
+                            batch = io.StringIO()
+                    await copy.write(batch.getvalue())
             await conn.execute(
                 sql.SQL(
                     "INSERT INTO {}.meta (key, value) VALUES ('bench_rows', %s) "

@@ -104,10 +104,6 @@ INVALID_BODIES = [
 class StoreContract:
     """Behaviour every ``TokenStore`` shares. Subclasses provide the ``store`` fixture."""
 
-    @pytest.fixture
-    def anyio_backend(self) -> str:
-        """Run on asyncio (the stores use asyncio tasks and executors)."""
-        return "asyncio"
 
     async def stored_bytes(self, store: TokenStore) -> bytes | None:
         """Everything the store persisted, or None when it cannot be read raw."""

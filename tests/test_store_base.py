@@ -35,10 +35,6 @@ CONNECTIONS = {"carto_dw": "bigquery"}
 TABLE = "/v3/maps/carto_dw/table?name=carto-demo-data.demo_tables.retail_stores"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run async tests on asyncio."""
-    return "asyncio"
 
 
 class ReaderOnly:

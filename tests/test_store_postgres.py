@@ -36,10 +36,6 @@ from token_guard.stores.schema import LATEST_SQLITE_VERSION, SQLITE_MIGRATIONS
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run async tests on asyncio (psycopg's async API and the store's tasks need it)."""
-    return "asyncio"
 
 
 @pytest.fixture

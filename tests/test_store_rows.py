@@ -31,10 +31,6 @@ pytestmark = pytest.mark.anyio
 Corrupt = Callable[[str, str, str, str, Any], Awaitable[None]]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run async tests on asyncio."""
-    return "asyncio"
 
 
 @dataclass

@@ -36,10 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """Run async tests on asyncio."""
-    return "asyncio"
 
 
 def file_bytes(path: Path) -> bytes:
