@@ -485,7 +485,15 @@ class Guard:
         return values[0]
 
 
+# RFC 6750 b64token characters: a header of "Bearer " and these is read without the slow path.
+_B64TOKEN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/="
+
+
 def _bearer(value: bytes) -> str | Denial:
+    if value[:7] == b"Bearer ":
+        token = value[7:]
+        if token and not token.translate(None, _B64TOKEN):
+            return token.decode("ascii")
     scheme, _, rest = value.partition(b" ")
     if scheme.lower() != b"bearer":
         return BAD_AUTHORIZATION
