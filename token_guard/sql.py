@@ -42,9 +42,12 @@ by a lock because the WSGI adapter calls it from several threads.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable
+import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import sqlglot
 from cachetools import LRUCache
@@ -54,6 +57,8 @@ from sqlglot.errors import ParseError
 from sqlglot.tokenizer_core import Token, TokenType
 
 from token_guard.connections import DIALECT_DEPTH, Connection
+
+log = logging.getLogger("token_guard.sql")
 
 __all__ = [
     "DEFAULT_ALLOWED_FUNCTIONS",
@@ -333,7 +338,7 @@ class SqlAnalyzer:
                 f"the query is longer than {self._max_bytes} bytes",
                 "send a shorter query",
             )
-        result = self._analyze(query, connection)
+        result = _guarded(self._analyze, query, connection)
         with self._lock:
             self._queries[key] = result
         return result
@@ -357,7 +362,7 @@ class SqlAnalyzer:
                 f"{name[:80]!r} is not a plain table name",
                 "send a name such as proj.dataset.table, without comments, ';' or newlines",
             )
-        result = self._table_key(name, connection)
+        result = _guarded(self._table_key, name, connection)
         with self._lock:
             self._names[key] = result
         return result
@@ -371,6 +376,14 @@ class SqlAnalyzer:
             or any(mark in source for mark in _NAME_MARKS)
         ):
             return SqlRefusal(f"{source[:80]!r} is not a wildcard source", hint)
+        return _guarded(self._wildcard_prefix, source, connection)
+
+    # -- names --------------------------------------------------------------------------
+
+    def _wildcard_prefix(
+        self, source: str, connection: Connection
+    ) -> tuple[str, ...] | SqlRefusal:
+        hint = f"write it as '{self._example(connection).rsplit('.', 1)[0]}.*'"
         dialect = self._dialects[connection.dialect]
         parts = self._parse_name(source[:-2], dialect)
         if isinstance(parts, SqlRefusal):
@@ -381,8 +394,6 @@ class SqlAnalyzer:
                 f"wildcard {source[:80]!r} has more than {want} parts before '*'", hint
             )
         return self._qualify(parts, want, connection, source[:80], hint)
-
-    # -- names --------------------------------------------------------------------------
 
     def _example(self, connection: Connection) -> str:
         hint = _QUALIFY_HINT.get(connection.dialect)
@@ -750,6 +761,33 @@ def _nesting_refusal(tokens: list[Token]) -> SqlRefusal | None:
             "flatten the query: use CTEs (WITH) instead of deeply nested subqueries",
         )
     return None
+
+
+_R = TypeVar("_R")
+
+
+def _guarded(
+    analyse: Callable[[str, Connection], _R | SqlRefusal], text: str, connection: Connection
+) -> _R | SqlRefusal:
+    """Run one analysis step; any exception out of sqlglot becomes a refusal, never a 500."""
+    try:
+        return analyse(text, connection)
+    except RecursionError:
+        return _TOO_DEEP
+    except Exception as exc:
+        # sqlglot raises from generation and optimisation on trees it parsed (KeyError,
+        # TypeError, OptimizeError...). The text is not logged: it may hold literals.
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        log.debug(
+            "%s SQL analysis failed: %s at %s:%s", connection.dialect, type(exc).__name__,
+            frame.filename, frame.lineno,
+        )
+        return SqlRefusal(
+            f"the query could not be analysed by the guard ({type(exc).__name__} "
+            f"in the {connection.dialect} SQL analyser)",
+            "rewrite the query more plainly (another spelling of the same function or "
+            "clause usually works)",
+        )
 
 
 _NAME_MARKS = ("--", "/*", "*/", ";", "#", "\n", "\r", "\x00")
