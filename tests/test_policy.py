@@ -208,7 +208,9 @@ def test_remembered_answers_follow_the_facts_object_not_its_id() -> None:
 # --- SQL analysis never raises; one bad grant never breaks a token --------------------
 
 RAISING_QUERIES = [
-    pytest.param("carto_dw", "SELECT REGEXP_REPLACE(x, y) FROM proj.ds.t", id="bq-regexp-replace-2"),
+    pytest.param(
+        "carto_dw", "SELECT REGEXP_REPLACE(x, y) FROM proj.ds.t", id="bq-regexp-replace-2"
+    ),
     pytest.param("sf", "SELECT DIV0(x) FROM db.sch.t", id="sf-div0-1"),
 ]
 
