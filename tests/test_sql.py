@@ -400,3 +400,187 @@ def test_fingerprint_ignores_spacing_and_comments(
     analyzer = SqlAnalyzer()
     spaced = query.replace(" ", gap)
     assert analyzer.fingerprint(query, _PROP) == analyzer.fingerprint(spaced, _PROP)
+
+
+# --- never narrower than the engine ----------------------------------------------------
+
+RS = Connection("redshift", default_path=("db", "public"))
+SFA = Connection("snowflake", default_path=("ANALYTICS",))
+DUCK = Connection("duckdb", default_path=("db", "main"))
+DBX = Connection("databricks", default_path=("main", "default"))
+SECRET = ("proj", "ds", "secret")
+
+
+@pytest.mark.parametrize(
+    ("connection", "query"),
+    [
+        # BigQuery reads the table `proj.ds.secret` (a quoted path is one name there);
+        # sqlglot made it an UNNEST of the alias `proj`.
+        pytest.param(BQ, "SELECT s.* FROM proj.ds.allowed AS proj, `proj.ds.secret` AS s",
+                     id="bq-alias-then-quoted-path"),
+        pytest.param(BQ, "WITH proj AS (SELECT 1 AS x) SELECT * FROM proj, `proj.ds.secret`",
+                     id="bq-cte-then-quoted-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS proj, `proj.ds`.secret",
+                     id="bq-alias-then-quoted-prefix"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS proj, `proj`.`ds.secret`",
+                     id="bq-alias-then-quoted-suffix"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS Proj, `proj.ds.secret`",
+                     id="bq-alias-case-then-quoted-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS proj CROSS JOIN `proj.ds.secret`",
+                     id="bq-cross-join-quoted-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS proj, `proj.ds.secret` AS s, s.x",
+                     id="bq-chained-after-quoted-path"),
+        pytest.param(RS, 'SELECT * FROM db.public.allowed AS "T", t.secret',
+                     id="rs-alias-matches-only-after-folding"),
+        pytest.param(BQ, "SELECT * FROM `proj..secret`", id="bq-quoted-empty-part"),
+        pytest.param(BQ, "SELECT * FROM `.proj.ds`.t", id="bq-quoted-leading-dot"),
+        # Snowflake: RAW..SECRET is RAW.PUBLIC.SECRET, not <default>.RAW.SECRET.
+        pytest.param(SFA, "SELECT * FROM RAW..SECRET", id="sf-empty-schema"),
+        pytest.param(SF, "SELECT * FROM DB..SECRET", id="sf-empty-schema-full-default"),
+        pytest.param(SF, "SELECT * FROM .PUBLIC.SECRET", id="sf-leading-dot"),
+        pytest.param(PG, "SELECT * FROM app..secret", id="pg-empty-part"),
+        pytest.param(DUCK, "SELECT * FROM db..secret", id="duck-empty-part"),
+        pytest.param(BQD, "SELECT * FROM proj..secret", id="bq-empty-part"),
+        # DuckDB reads a two-part name as catalog.table when no such schema exists.
+        pytest.param(DUCK, "SELECT * FROM other.secret", id="duck-two-part-ambiguous"),
+        # Comments: engines differ on nesting, so a '/*' inside a comment is refused.
+        pytest.param(PG, "SELECT 1 /* /* */ , (SELECT 1 FROM app.public.secret) -- */",
+                     id="pg-nested-comment"),
+        pytest.param(BQ, "SELECT 1 /* /* */ FROM proj.ds.ok /* */ */", id="bq-nested-comment"),
+        pytest.param(RS, "SELECT 1 /* /* */ , (SELECT 1 FROM db.public.secret) -- */",
+                     id="rs-nested-comment"),
+        # Backslash in strings: an escape under some settings (PostgreSQL
+        # standard_conforming_strings=off, Spark escapedStringLiterals), not under others.
+        pytest.param(PG, "SELECT 'a\\' , (SELECT 1 FROM app.public.secret) -- '",
+                     id="pg-backslash-string"),
+        pytest.param(RS, "SELECT 'a\\' , (SELECT 1 FROM db.public.secret) -- '",
+                     id="rs-backslash-string"),
+        pytest.param(DBX, "SELECT 'a\\' , (SELECT 1 FROM main.x.secret) -- '",
+                     id="dbx-backslash-string"),
+    ],
+)
+def test_engine_reads_more_than_sqlglot_sees(
+    analyzer: SqlAnalyzer, connection: Connection, query: str
+) -> None:
+    result = analyzer.analyze(query, connection)
+    assert isinstance(result, SqlRefusal), result
+    assert result.hint
+
+
+@pytest.mark.parametrize(
+    ("connection", "query", "tables"),
+    [
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t, t.arr", {("proj", "ds", "t")},
+                     id="bq-alias-array-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t, t.arr AS a", {("proj", "ds", "t")},
+                     id="bq-table-name-array-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t, t.s.arr", {("proj", "ds", "t")},
+                     id="bq-alias-struct-array-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t CROSS JOIN `t`.arr",
+                     {("proj", "ds", "t")}, id="bq-quoted-alias-array-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t, t.arr AS a, a.inner_arr",
+                     {("proj", "ds", "t")}, id="bq-chained-array-paths"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS x, proj.ds.secret", {("proj", "ds", "t"),
+                     SECRET}, id="bq-path-not-an-alias-is-a-table"),
+        pytest.param(RS, "SELECT * FROM db.public.t AS t, t.arr AS a",
+                     {("db", "public", "t")}, id="rs-partiql-navigation"),
+        pytest.param(SF, "SELECT * FROM DB.PUBLIC.T", {("DB", "PUBLIC", "T")}, id="sf-plain"),
+        pytest.param(DUCK, "SELECT * FROM db.main.t JOIN t2 USING (id)",
+                     {("db", "main", "t"), ("db", "main", "t2")}, id="duck-one-and-three"),
+    ],
+)
+def test_shapes_the_engine_reads_as_columns_stay_allowed(
+    analyzer: SqlAnalyzer, connection: Connection, query: str, tables: set[tuple[str, ...]]
+) -> None:
+    result = analyzer.analyze(query, connection)
+    assert isinstance(result, QueryAnalysis), result
+    assert set(result.tables) == tables
+
+
+def test_implicit_unnest_fingerprint_matches_explicit_unnest(analyzer: SqlAnalyzer) -> None:
+    a = analyzer.fingerprint("SELECT * FROM proj.ds.t AS t, t.arr", BQ)
+    b = analyzer.fingerprint("SELECT * FROM proj.ds.t AS t CROSS JOIN UNNEST(t.arr)", BQ)
+    assert isinstance(a, str) and a == b
+
+
+@pytest.mark.parametrize(
+    ("connection", "name"),
+    [
+        pytest.param(SFA, "RAW..SECRET", id="sf-empty-schema"),
+        pytest.param(SF, ".PUBLIC.SECRET", id="sf-leading-dot"),
+        pytest.param(PG, "app..secret", id="pg-empty-part"),
+        pytest.param(DUCK, "other.secret", id="duck-two-part"),
+    ],
+)
+def test_ambiguous_names_are_refused(
+    analyzer: SqlAnalyzer, connection: Connection, name: str
+) -> None:
+    assert isinstance(analyzer.table_key(name, connection), SqlRefusal)
+
+
+@pytest.mark.parametrize(
+    ("connection", "source"),
+    [
+        pytest.param(SFA, "RAW..*", id="sf-empty-schema"),
+        pytest.param(PG, "app..*", id="pg-empty-part"),
+    ],
+)
+def test_ambiguous_wildcards_are_refused(
+    analyzer: SqlAnalyzer, connection: Connection, source: str
+) -> None:
+    assert isinstance(analyzer.wildcard_prefix(source, connection), SqlRefusal)
+
+
+def test_redshift_quoted_names_keep_their_case(analyzer: SqlAnalyzer) -> None:
+    # With enable_case_sensitive_identifier on, "Secret" and secret are two tables.
+    assert analyzer.table_key('db.public."Secret"', RS) != analyzer.table_key(
+        "db.public.secret", RS
+    )
+
+
+def test_bigquery_cte_names_match_only_as_written(analyzer: SqlAnalyzer) -> None:
+    result = analyzer.analyze("WITH Secret AS (SELECT 1 AS x) SELECT * FROM secret", BQD)
+    assert isinstance(result, QueryAnalysis)
+    assert result.tables == {("carto-demo-data", "demo_tables", "secret")}
+
+
+@pytest.mark.parametrize(
+    ("connection", "allowed", "query"),
+    [
+        # BigQuery dataset names (and UDF names) are case-sensitive.
+        pytest.param(BQ, {"carto-un.carto.*"}, "SELECT `carto-un`.CARTO.H3_X(h) FROM proj.ds.t",
+                     id="bq-dataset-case"),
+        pytest.param(BQ, {"carto-un.carto.h3_x"}, "SELECT `carto-un`.carto.H3_X(h) FROM p.d.t",
+                     id="bq-udf-case"),
+        pytest.param(BQ, {"carto-un.carto.*"}, "SELECT `carto-un.CARTO`.H3_X(h) FROM p.d.t",
+                     id="bq-dataset-case-quoted-path"),
+        # A quoted name is exact in PostgreSQL/Snowflake: not the built-in it resembles.
+        pytest.param(PG, {"st_area"}, 'SELECT "ST_Area"(g) FROM app.public.t', id="pg-quoted"),
+        pytest.param(SF, {"st_area"}, 'SELECT "st_area"(g) FROM DB.PUBLIC.T', id="sf-quoted"),
+    ],
+)
+def test_function_names_compare_by_the_dialect_rule(
+    connection: Connection, allowed: set[str], query: str
+) -> None:
+    result = SqlAnalyzer(allowed_functions=allowed).analyze(query, connection)
+    assert isinstance(result, SqlRefusal), result
+
+
+@pytest.mark.parametrize(
+    ("connection", "allowed", "query"),
+    [
+        pytest.param(BQ, {"carto-un.carto.*"}, "SELECT `carto-un`.carto.H3_X(h) FROM p.d.t",
+                     id="bq-schema-wildcard"),
+        pytest.param(BQ, {"carto-un.carto.H3_X"}, "SELECT `carto-un.carto.H3_X`(h) FROM p.d.t",
+                     id="bq-quoted-path"),
+        pytest.param(BQ, {"carto-un.carto.H3_X"}, "SELECT `Carto-Un`.carto.H3_X(h) FROM p.d.t",
+                     id="bq-project-case-insensitive"),
+        pytest.param(PG, {"st_area"}, "SELECT ST_Area(g) FROM app.public.t", id="pg-unquoted"),
+        pytest.param(SF, {"st_area"}, "SELECT st_area(g) FROM DB.PUBLIC.T", id="sf-unquoted"),
+    ],
+)
+def test_function_names_that_the_rule_allows(
+    connection: Connection, allowed: set[str], query: str
+) -> None:
+    result = SqlAnalyzer(allowed_functions=allowed).analyze(query, connection)
+    assert isinstance(result, QueryAnalysis), result
