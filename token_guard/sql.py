@@ -41,7 +41,8 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
   - where a setting decides whether a backslash escapes a quote (PostgreSQL/Redshift
     ``standard_conforming_strings``, Databricks ``escapedStringLiterals``), a query that
     tokenizes differently under the two rules is refused;
-  - a BigQuery CTE name matches only as written (sqlglot matches it in any case).
+  - a BigQuery CTE name matches only as written (sqlglot matches it in any case);
+  - only BigQuery names a catalog view with one part more than a table.
 * ``allowed_functions`` compare by the dialect's rule, not lower-cased: BigQuery built-in
   (one-part) names in any case, qualified UDF paths with the project lower-cased and the
   dataset and function as written (a quoted `` `a.b.c` `` is the path a.b.c); elsewhere
@@ -212,10 +213,14 @@ class _Rules:
     two_part_ambiguous: bool = False
     # Fold identifiers with this dialect's rule instead of sqlglot's for the dialect.
     fold_as: str | None = None
+    # A catalog view may take one part more than a table (BigQuery
+    # `proj.region-us.INFORMATION_SCHEMA.TABLES`); elsewhere the engine reads such a name
+    # otherwise (DuckDB drops a part of `a.b.information_schema.tables`).
+    system_extra_part: bool = False
 
 
 _RULES: dict[str, _Rules] = {
-    "bigquery": _Rules(implicit_unnest=True, quoted_paths=True),
+    "bigquery": _Rules(implicit_unnest=True, quoted_paths=True, system_extra_part=True),
     "snowflake": _Rules(),
     "postgres": _Rules(escape_setting="standard_conforming_strings"),
     # sqlglot folds quoted Redshift names too; with enable_case_sensitive_identifier on,
@@ -625,7 +630,11 @@ class SqlAnalyzer:
                 "load the file into a table and grant that table",
             )
         depth = connection.depth
-        system = len(parts) == depth + 1 and is_system_table(parts)
+        system = (
+            len(parts) == depth + 1
+            and _RULES[connection.dialect].system_extra_part
+            and is_system_table(parts)
+        )
         if len(parts) > depth and not system:
             return SqlRefusal(f"{shown!r} has more than {depth} parts", f"write it as {example}")
         if len(parts) == 2 and depth == 3 and _RULES[connection.dialect].two_part_ambiguous:
