@@ -850,7 +850,10 @@ class SqlAnalyzer:
 
     def _written_unnest(self, unnest: exp.Unnest, ctx: _Context) -> bool:
         """True when the query text says UNNEST( right before the unnested expression."""
-        starts = [i.meta.get("start") for i in unnest.find_all(exp.Identifier)]
+        expressions = unnest.expressions
+        if len(expressions) != 1 or not isinstance(expressions[0], exp.Column | exp.Dot):
+            return True  # sqlglot's rewrite makes UNNEST(<column path>) only
+        starts = [i.meta.get("start") for i in expressions[0].find_all(exp.Identifier)]
         if not starts or not all(isinstance(v, int) for v in starts):
             return False
         start = min(v for v in starts if isinstance(v, int))
