@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.sql_corpus import BQ, BQD, CORPUS, PG, SF, Expected
+from token_guard import pg_parser
 from token_guard.connections import Connection
 from token_guard.sql import QueryAnalysis, SqlAnalyzer, SqlRefusal, is_system_table
 
@@ -592,3 +593,60 @@ def test_function_names_that_the_rule_allows(
 ) -> None:
     result = SqlAnalyzer(allowed_functions=allowed).analyze(query, connection)
     assert isinstance(result, QueryAnalysis), result
+
+
+# --- PostgreSQL's own parser must agree (pglast) -----------------------------------------
+
+PG_BOTH = pg_parser
+
+
+@pytest.mark.skipif(not PG_BOTH.AVAILABLE, reason="pglast is not installed")
+def test_postgres_parser_must_accept_the_query() -> None:
+    query = "SELECT 1 FROM app.public.s UNION ALL WITH t AS (SELECT 1) SELECT 1 FROM t"
+    assert isinstance(SqlAnalyzer(postgres_parser_check=False).analyze(query, PG), QueryAnalysis)
+    result = SqlAnalyzer(postgres_parser_check=True).analyze(query, PG)
+    assert isinstance(result, SqlRefusal) and "PostgreSQL's parser rejects" in result.reason
+
+
+@pytest.mark.skipif(not PG_BOTH.AVAILABLE, reason="pglast is not installed")
+def test_relation_only_postgres_reads_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = PG_BOTH.relations
+    monkeypatch.setattr(PG_BOTH, "relations", lambda q: real(q) | {(None, "x", "hidden")})
+    result = SqlAnalyzer(postgres_parser_check=True).analyze("SELECT * FROM s", PG)
+    assert isinstance(result, SqlRefusal) and "'x.hidden'" in result.reason
+
+
+@pytest.mark.skipif(not PG_BOTH.AVAILABLE, reason="pglast is not installed")
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("SELECT * FROM s WHERE a = :a AND b = ? AND c::int = 1", id="placeholders"),
+        pytest.param("SELECT a[1:2], a[x:y] FROM s WHERE t = :t", id="slices"),
+        pytest.param("WITH c AS (SELECT * FROM s) SELECT * FROM c JOIN app.public.u ON TRUE",
+                     id="cte"),
+    ],
+)
+def test_postgres_parser_agrees_on_plain_queries(query: str) -> None:
+    assert isinstance(SqlAnalyzer(postgres_parser_check=True).analyze(query, PG), QueryAnalysis)
+
+
+def test_postgres_parser_check_needs_pglast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PG_BOTH, "AVAILABLE", False)
+    with pytest.raises(ValueError, match="pglast"):
+        SqlAnalyzer(postgres_parser_check=True)
+    assert isinstance(SqlAnalyzer().analyze("SELECT * FROM s", PG), QueryAnalysis)
+
+
+@pytest.mark.parametrize(
+    ("connection", "name"),
+    [
+        pytest.param(PG, "app.public." + "a" * 64, id="pg-64-bytes"),
+        pytest.param(RS, "db.public." + "a" * 128, id="rs-128-bytes"),
+    ],
+)
+def test_names_the_database_would_truncate_are_refused(
+    analyzer: SqlAnalyzer, connection: Connection, name: str
+) -> None:
+    assert isinstance(analyzer.table_key(name, connection), SqlRefusal)
+    assert isinstance(analyzer.analyze(f"SELECT * FROM {name}", connection), SqlRefusal)
+    assert isinstance(analyzer.table_key(name[:-1], connection), tuple)

@@ -42,7 +42,11 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
     ``standard_conforming_strings``, Databricks ``escapedStringLiterals``), a query that
     tokenizes differently under the two rules is refused;
   - a BigQuery CTE name matches only as written (sqlglot matches it in any case);
-  - only BigQuery names a catalog view with one part more than a table.
+  - only BigQuery names a catalog view with one part more than a table;
+  - PostgreSQL (63 bytes) and Redshift (127) truncate longer identifiers: refused;
+  - PostgreSQL connections, where ``pglast`` is installed: PostgreSQL's own parser
+    (libpg_query) must parse the query and name no relation the guard did not list
+    (``token_guard.pg_parser``; about a tenth of the analysis cost, cold path only).
 * ``allowed_functions`` compare by the dialect's rule, not lower-cased: BigQuery built-in
   (one-part) names in any case, qualified UDF paths with the project lower-cased and the
   dataset and function as written (a quoted `` `a.b.c` `` is the path a.b.c); elsewhere
@@ -82,7 +86,9 @@ from sqlglot.errors import ParseError
 from sqlglot.tokenizer_core import Token, TokenType
 from sqlglot.tokens import Tokenizer
 
+from token_guard import pg_parser
 from token_guard.connections import DIALECT_DEPTH, Connection
+from token_guard.errors import ConfigurationError
 
 log = logging.getLogger("token_guard.sql")
 
@@ -217,16 +223,21 @@ class _Rules:
     # `proj.region-us.INFORMATION_SCHEMA.TABLES`); elsewhere the engine reads such a name
     # otherwise (DuckDB drops a part of `a.b.information_schema.tables`).
     system_extra_part: bool = False
+    # Longer identifiers are truncated by the engine, so two spellings name one table.
+    max_identifier_bytes: int | None = None
 
 
 _RULES: dict[str, _Rules] = {
     "bigquery": _Rules(implicit_unnest=True, quoted_paths=True, system_extra_part=True),
     "snowflake": _Rules(),
-    "postgres": _Rules(escape_setting="standard_conforming_strings"),
+    "postgres": _Rules(escape_setting="standard_conforming_strings", max_identifier_bytes=63),
     # sqlglot folds quoted Redshift names too; with enable_case_sensitive_identifier on,
     # "Secret" and secret are two tables, so names keep PostgreSQL's rule (finer is safe).
     "redshift": _Rules(
-        implicit_unnest=True, escape_setting="standard_conforming_strings", fold_as="postgres"
+        implicit_unnest=True,
+        escape_setting="standard_conforming_strings",
+        fold_as="postgres",
+        max_identifier_bytes=127,
     ),
     "databricks": _Rules(escape_setting="spark.sql.parser.escapedStringLiterals"),
     "duckdb": _Rules(two_part_ambiguous=True),
@@ -370,6 +381,7 @@ class SqlAnalyzer:
         "_max_bytes",
         "_names",
         "_other_tokenizers",
+        "_pg_check",
         "_queries",
     )
 
@@ -379,7 +391,17 @@ class SqlAnalyzer:
         max_query_bytes: int = 65536,
         cache_size: int = 4096,
         allowed_functions: Iterable[str] = DEFAULT_ALLOWED_FUNCTIONS,
+        postgres_parser_check: bool | None = None,
     ) -> None:
+        if postgres_parser_check and not pg_parser.AVAILABLE:
+            raise ConfigurationError(
+                "postgres_parser_check: needs pglast; install token_guard[pgparser], or "
+                "leave it unset to check only where pglast is installed"
+            )
+        # PostgreSQL connections: PostgreSQL's own parser must agree (None: if installed).
+        self._pg_check = (
+            pg_parser.AVAILABLE if postgres_parser_check is None else postgres_parser_check
+        )
         self._max_bytes = max_query_bytes
         self._queries: LRUCache[tuple[str, str, tuple[str, ...], int], QueryAnalysis | SqlRefusal]
         self._queries = LRUCache(maxsize=cache_size)
@@ -545,11 +567,18 @@ class SqlAnalyzer:
     def _parts(self, table: exp.Table, dialect: Dialect) -> tuple[str, ...] | SqlRefusal:
         parts = table.parts
         names: list[str] = []
+        limit = _MAX_IDENTIFIER_BYTES.get(type(dialect))
         for part in parts:
             if not isinstance(part, exp.Identifier) or not part.name:
                 return SqlRefusal(
                     f"table {table.sql(dialect=dialect)[:80]!r} has an empty or computed part",
                     "name the table as proj.dataset.table",
+                )
+            if limit is not None and len(part.name.encode("utf-8", "surrogatepass")) > limit:
+                return SqlRefusal(
+                    f"the name {part.name[:40]!r}... is longer than {limit} bytes; the "
+                    "database truncates it, so the guard cannot tell which table it names",
+                    f"use the table's real name (at most {limit} bytes)",
                 )
             names.append(self._normalize(part, dialect))
         return tuple(names)
@@ -747,7 +776,38 @@ class SqlAnalyzer:
             text = root.sql(dialect=dialect, comments=False)
         except RecursionError:
             return _TOO_DEEP
-        return QueryAnalysis(frozenset(ctx.tables), text)
+        analysis = QueryAnalysis(frozenset(ctx.tables), text)
+        if self._pg_check and connection.dialect == "postgres":
+            disagreement = self._postgres_disagrees(
+                _bound_for_postgres(query, tokens), analysis, connection
+            )
+            if disagreement is not None:
+                return disagreement
+        return analysis
+
+    def _postgres_disagrees(
+        self, query: str, analysis: QueryAnalysis, connection: Connection
+    ) -> SqlRefusal | None:
+        """Refuse when PostgreSQL's own parser reads a relation the guard did not list."""
+        try:
+            names = pg_parser.relations(query)
+        except pg_parser.PgParseError as exc:
+            return SqlRefusal(
+                f"PostgreSQL's parser rejects the query: {str(exc)[:160]}",
+                "fix the SQL; it is read in the postgres dialect",
+            )
+        hint = f"qualify it as {self._example(connection)}"
+        for catalog, schema, name in names:
+            parts = tuple(p for p in (catalog, schema, name) if p is not None)
+            key = self._qualify(parts, connection.depth, connection, name, hint)
+            if isinstance(key, SqlRefusal) or key not in analysis.tables:
+                shown = ".".join(parts)[:80]
+                return SqlRefusal(
+                    f"PostgreSQL's parser reads {shown!r}, which the guard's reading of the "
+                    "query does not list",
+                    "write the query more plainly (name each table once, fully qualified)",
+                )
+        return None
 
     def _kind(self, node_type: type[exp.Expression]) -> int:
         kind = self._kinds.get(node_type)
@@ -1058,6 +1118,11 @@ def _guarded(
 _NAME_MARKS = ("--", "/*", "*/", ";", "#", "\n", "\r", "\x00")
 
 _BIGQUERY = type(Dialect.get_or_raise("bigquery"))
+_MAX_IDENTIFIER_BYTES: dict[type[Dialect], int] = {
+    type(Dialect.get_or_raise(name)): rules.max_identifier_bytes
+    for name, rules in _RULES.items()
+    if rules.max_identifier_bytes is not None
+}
 _FOLD_AS: dict[type[Dialect], Dialect] = {
     type(Dialect.get_or_raise(name)): Dialect.get_or_raise(rules.fold_as)
     for name, rules in _RULES.items()
@@ -1075,6 +1140,48 @@ _TOO_DEEP = SqlRefusal(
 _FILE_FORMATS = frozenset(
     {"avro", "binaryfile", "csv", "delta", "json", "orc", "parquet", "text", "xml"}
 )
+
+
+# Tokens after which ':' is not a placeholder's start (a slice ``a[x:y]``, a label).
+_OPERAND_ENDS = frozenset(
+    {TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.STRING,
+     TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.NULL, TokenType.TRUE, TokenType.FALSE}
+)
+
+
+def _bound_for_postgres(query: str, tokens: list[Token]) -> str:
+    """The query with ``:name`` and ``?`` placeholders as ``$1``, as PostgreSQL receives it.
+
+    The backend binds these before PostgreSQL parses the query; PostgreSQL's parser would
+    reject them. A span misjudged here only makes that parser refuse (a false refusal).
+    """
+    pieces: list[str] = []
+    last = 0
+    i = 0
+    n = len(tokens)
+    while i < n:
+        token = tokens[i]
+        end = -1
+        if token.token_type is TokenType.PLACEHOLDER and token.text == "?":
+            end = token.end
+        elif (
+            token.token_type is TokenType.COLON
+            and i + 1 < n
+            and tokens[i + 1].start == token.end + 1
+            and tokens[i + 1].token_type is TokenType.VAR
+            and (i == 0 or tokens[i - 1].token_type not in _OPERAND_ENDS)
+        ):
+            end = tokens[i + 1].end
+            i += 1
+        if end >= 0:
+            pieces.append(query[last : token.start])
+            pieces.append("$1")
+            last = end + 1
+        i += 1
+    if not pieces:
+        return query
+    pieces.append(query[last:])
+    return "".join(pieces)
 
 
 def _reads_a_file(parts: tuple[str, ...], dialect: str) -> bool:
