@@ -105,7 +105,7 @@ class Policy:
         sql = self.sql
         everything: set[str] = set()
         per_conn: dict[str, tuple[set[tuple[str, ...]], set[tuple[str, ...]], set[str]]] = {}
-        for grant in spec.grants:
+        for number, grant in enumerate(spec.grants, 1):
             name = grant.connection_name
             conn = self.connections.get(name)
             if conn is None:
@@ -128,7 +128,8 @@ class Policy:
                 compiled = SqlRefusal(f"it could not be compiled ({type(exc).__name__})", "")
             if isinstance(compiled, SqlRefusal):
                 log.warning(
-                    "token %s: %s grant on %r ignored: %s", record.id, kind, name, compiled.reason
+                    "token %s: grant #%d (%s on %r) grants nothing: %s",
+                    record.id, number, kind, name, compiled.reason,
                 )
             elif isinstance(compiled, str):
                 queries.add(compiled)
