@@ -204,6 +204,7 @@ _QUALIFY_HINT: dict[str, str] = {
     "databricks": "catalog.schema.table",
 }
 
+
 @dataclass(frozen=True, slots=True)
 class _Rules:
     """Where a dialect's engine reads names or text differently from sqlglot's defaults."""
