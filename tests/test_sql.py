@@ -444,6 +444,11 @@ SECRET = ("proj", "ds", "secret")
         pytest.param(BQD, "SELECT * FROM proj..secret", id="bq-empty-part"),
         # DuckDB reads a two-part name as catalog.table when no such schema exists.
         pytest.param(DUCK, "SELECT * FROM other.secret", id="duck-two-part-ambiguous"),
+        # DuckDB quotes identifiers with backticks; sqlglot's DuckDB tokenizer does not
+        # know them and read the rest as a comment (found by the differential fuzz).
+        pytest.param(DUCK, "SELECT `--x` FROM db.main.secret", id="duck-backtick-comment"),
+        pytest.param(PG, "SELECT `--x` FROM app.public.secret", id="pg-backtick"),
+        pytest.param(SF, "SELECT `--x` FROM DB.PUBLIC.SECRET", id="sf-backtick"),
         # Comments: engines differ on nesting, so a '/*' inside a comment is refused.
         pytest.param(PG, "SELECT 1 /* /* */ , (SELECT 1 FROM app.public.secret) -- */",
                      id="pg-nested-comment"),

@@ -187,6 +187,9 @@ def test_oracles_see_tables() -> None:
         pytest.param("duckdb", "SELECT $$ ' $$, (SELECT 1 FROM db.main.s) -- '",
                      id="duck-dollar-quote"),
         pytest.param("duckdb", "FROM db.main.s SELECT 1", id="duck-from-first"),
+        # Found by the long run: DuckDB quotes identifiers with backticks.
+        pytest.param("duckdb", "SELECT `--carto-un`.carto.H3_BOUNDARY(h3) FROM proj.ds.t",
+                     id="duck-backtick-identifier"),
         pytest.param("duckdb", "SELECT * FROM s.t", id="duck-two-part"),
         # DuckDB reads a.b.INFORMATION_SCHEMA.TABLES as a.information_schema.tables.
         pytest.param("duckdb", "SELECT * FROM proj.ds.INFORMATION_SCHEMA.TABLES",

@@ -38,6 +38,9 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
   - DuckDB two-part names are refused: ``a.b`` is schema.table or catalog.table
     depending on what exists;
   - a comment holding ``/*`` or ``*/`` is refused: engines differ on nesting comments;
+  - a character sqlglot's tokenizer does not know (an ``UNKNOWN`` token) is refused: it
+    may be a quote to the engine (DuckDB quotes identifiers with backticks, so
+    ``SELECT `--x` FROM secret`` read secret while sqlglot saw a comment);
   - where a setting decides whether a backslash escapes a quote (PostgreSQL/Redshift
     ``standard_conforming_strings``, Databricks ``escapedStringLiterals``), a query that
     tokenizes differently under the two rules is refused;
@@ -825,6 +828,15 @@ class SqlAnalyzer:
         last = len(tokens) - 1
         for i, token in enumerate(tokens):
             kind = token.token_type
+            if kind is TokenType.UNKNOWN:
+                # A character sqlglot's tokenizer does not know may be a quote to the engine:
+                # DuckDB quotes identifiers with `, so `--x` FROM t is no comment there.
+                return SqlRefusal(
+                    f"the query contains {token.text[:20]!r}, which the guard's "
+                    f"{dialect_name} tokenizer does not know; the database may read it "
+                    "as a quote or an operator",
+                    "remove that character, or quote names the dialect's own way",
+                )
             if kind is TokenType.DOT and (
                 i == 0
                 or i == last
