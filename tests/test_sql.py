@@ -449,6 +449,8 @@ SECRET = ("proj", "ds", "secret")
         pytest.param(DUCK, "SELECT `--x` FROM db.main.secret", id="duck-backtick-comment"),
         pytest.param(PG, "SELECT `--x` FROM app.public.secret", id="pg-backtick"),
         pytest.param(SF, "SELECT `--x` FROM DB.PUBLIC.SECRET", id="sf-backtick"),
+        pytest.param(BQ, "#legacySQL\nSELECT x FROM proj.ds.ok", id="bq-legacy-sql"),
+        pytest.param(BQ, "  #LegacySQL\nSELECT x FROM proj.ds.ok", id="bq-legacy-sql-spaced"),
         # Comments: engines differ on nesting, so a '/*' inside a comment is refused.
         pytest.param(PG, "SELECT 1 /* /* */ , (SELECT 1 FROM app.public.secret) -- */",
                      id="pg-nested-comment"),

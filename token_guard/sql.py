@@ -38,6 +38,7 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
   - DuckDB two-part names are refused: ``a.b`` is schema.table or catalog.table
     depending on what exists;
   - a comment holding ``/*`` or ``*/`` is refused: engines differ on nesting comments;
+    so is BigQuery's ``#legacySQL`` (another language: commas are UNION ALL there);
   - a character sqlglot's tokenizer does not know (an ``UNKNOWN`` token) is refused: it
     may be a quote to the engine (DuckDB quotes identifiers with backticks, so
     ``SELECT `--x` FROM secret`` read secret while sqlglot saw a comment);
@@ -229,10 +230,18 @@ class _Rules:
     system_extra_part: bool = False
     # Longer identifiers are truncated by the engine, so two spellings name one table.
     max_identifier_bytes: int | None = None
+    # Comments that switch the engine to another SQL language (lower case, stripped).
+    mode_comments: tuple[str, ...] = ()
 
 
 _RULES: dict[str, _Rules] = {
-    "bigquery": _Rules(implicit_unnest=True, quoted_paths=True, system_extra_part=True),
+    # "#legacySQL" runs the query as legacy SQL: commas are UNION ALL, [p:d.t] names.
+    "bigquery": _Rules(
+        implicit_unnest=True,
+        quoted_paths=True,
+        system_extra_part=True,
+        mode_comments=("legacysql",),
+    ),
     "snowflake": _Rules(),
     "postgres": _Rules(escape_setting="standard_conforming_strings", max_identifier_bytes=63),
     # sqlglot folds quoted Redshift names too; with enable_case_sensitive_identifier on,
@@ -859,6 +868,14 @@ class SqlAnalyzer:
                     "write every part of the name, e.g. `proj.dataset.table`",
                 )
             for comment in token.comments or ():
+                if rules.mode_comments and comment.strip().lower().startswith(
+                    rules.mode_comments
+                ):
+                    return SqlRefusal(
+                        f"the comment {comment.strip()[:40]!r} switches {dialect_name} to "
+                        "another SQL language, which the guard does not read",
+                        "remove the comment; queries are read as standard SQL",
+                    )
                 if "/*" in comment or "*/" in comment:
                     return SqlRefusal(
                         "a comment in the query contains '/*' or '*/'; engines differ on "
