@@ -85,10 +85,12 @@ CORPUS: list[tuple[str, Connection, str, Expected]] = [
         {RS},
     ),
     (
-        "bq-cte-case-insensitive",
+        # A CTE matches only as written: a name differing in case is read as a table
+        # (over-asking is safe; sqlglot's case-insensitive match could under-ask).
+        "bq-cte-case-differs-is-a-table",
         BQD,
         "WITH Stores AS (SELECT * FROM proj.ds.a) SELECT * FROM stores",
-        {(*P, "a")},
+        {(*P, "a"), ("carto-demo-data", "demo_tables", "stores")},
     ),
     (
         "bq-nested-cte",

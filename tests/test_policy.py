@@ -10,11 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from token_guard.connections import Connection
 from token_guard.decision import Denial
 from token_guard.facts import RequestFacts, Source
 from token_guard.policy import CompiledToken, Policy
 from token_guard.records import TokenRecord
 from token_guard.spec import parse_token_spec
+from token_guard.sql import SqlAnalyzer, SqlRefusal
 
 NOW = time.time()
 POLICY = Policy({"carto_dw": "bigquery", "sf": "snowflake", "pg": "postgres"})
@@ -201,3 +203,56 @@ def test_remembered_answers_follow_the_facts_object_not_its_id() -> None:
     late = POLICY.decide(compiled(dict(BODY, expiration_date=(
         datetime.now(UTC) + timedelta(hours=1)).isoformat())), allowed, NOW + 7200)
     assert late is not None and late.code == "expired_token"
+
+
+# --- SQL analysis never raises; one bad grant never breaks a token --------------------
+
+RAISING_QUERIES = [
+    pytest.param(
+        "carto_dw", "SELECT REGEXP_REPLACE(x, y) FROM proj.ds.t", id="bq-regexp-replace-2"
+    ),
+    pytest.param("sf", "SELECT DIV0(x) FROM db.sch.t", id="sf-div0-1"),
+]
+
+
+@pytest.mark.parametrize(("connection", "text"), RAISING_QUERIES)
+def test_query_that_makes_sqlglot_raise_is_a_403(connection: str, text: str) -> None:
+    token = compiled({"grants": [{"connection_name": connection, "source": "*"}],
+                      "allowed_apis": ["sql"]})
+    denial = POLICY.decide(token, facts("sql", connection, query(text)), NOW)
+    assert isinstance(denial, Denial)
+    assert (denial.status, denial.code) == (403, "query_not_allowed")
+    assert "could not be analysed" in denial.message
+
+
+@pytest.mark.parametrize(("connection", "text"), RAISING_QUERIES)
+def test_unanalysable_query_grant_grants_nothing_and_spares_the_other_grants(
+    connection: str, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = "proj.ds.ok" if connection == "carto_dw" else "db.sch.ok"
+    body = {"grants": [{"connection_name": connection, "source": text},
+                       {"connection_name": connection, "source": good}],
+            "allowed_apis": ["sql", "maps"]}
+    with caplog.at_level("WARNING", logger="token_guard.policy"):
+        token = compiled(body)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "tgk_" not in warnings[0].getMessage()
+    assert POLICY.decide(token, facts("maps", connection, table(good)), NOW) is None
+    denial = POLICY.decide(token, facts("sql", connection, query(text)), NOW)
+    assert isinstance(denial, Denial) and (denial.status, denial.code) == (
+        403, "query_not_allowed")
+
+
+def test_grant_whose_compilation_raises_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    class Exploding(SqlAnalyzer):
+        def fingerprint(self, query: str, connection: Connection) -> str | SqlRefusal:
+            raise RuntimeError("boom")
+
+    policy = Policy({"carto_dw": "bigquery"}, sql=Exploding())
+    spec = parse_token_spec({"grants": [
+        {"connection_name": "carto_dw", "source": "SELECT 1 FROM proj.ds.t"},
+        {"connection_name": "carto_dw", "source": "proj.ds.ok"}], "allowed_apis": ["maps"]})
+    with caplog.at_level("WARNING", logger="token_guard.policy"):
+        token = policy.compile(TokenRecord(id="tok_x", spec=spec, created_at=datetime.now(UTC)))
+    assert sum(r.levelname == "WARNING" for r in caplog.records) == 1
+    assert policy.decide(token, facts("maps", "carto_dw", table("proj.ds.ok")), NOW) is None

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.sql_corpus import BQ, BQD, CORPUS, PG, SF, Expected
+from token_guard import pg_parser
 from token_guard.connections import Connection
 from token_guard.sql import QueryAnalysis, SqlAnalyzer, SqlRefusal, is_system_table
 
@@ -400,3 +401,259 @@ def test_fingerprint_ignores_spacing_and_comments(
     analyzer = SqlAnalyzer()
     spaced = query.replace(" ", gap)
     assert analyzer.fingerprint(query, _PROP) == analyzer.fingerprint(spaced, _PROP)
+
+
+# --- never narrower than the engine ----------------------------------------------------
+
+RS = Connection("redshift", default_path=("db", "public"))
+SFA = Connection("snowflake", default_path=("ANALYTICS",))
+DUCK = Connection("duckdb", default_path=("db", "main"))
+DBX = Connection("databricks", default_path=("main", "default"))
+SECRET = ("proj", "ds", "secret")
+
+
+@pytest.mark.parametrize(
+    ("connection", "query"),
+    [
+        # BigQuery reads the table `proj.ds.secret` (a quoted path is one name there);
+        # sqlglot made it an UNNEST of the alias `proj`.
+        pytest.param(BQ, "SELECT s.* FROM proj.ds.allowed AS proj, `proj.ds.secret` AS s",
+                     id="bq-alias-then-quoted-path"),
+        pytest.param(BQ, "WITH proj AS (SELECT 1 AS x) SELECT * FROM proj, `proj.ds.secret`",
+                     id="bq-cte-then-quoted-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS proj, `proj.ds`.secret",
+                     id="bq-alias-then-quoted-prefix"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS proj, `proj`.`ds.secret`",
+                     id="bq-alias-then-quoted-suffix"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS Proj, `proj.ds.secret`",
+                     id="bq-alias-case-then-quoted-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS proj CROSS JOIN `proj.ds.secret`",
+                     id="bq-cross-join-quoted-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.allowed AS proj, `proj.ds.secret` AS s, s.x",
+                     id="bq-chained-after-quoted-path"),
+        pytest.param(RS, 'SELECT * FROM db.public.allowed AS "T", t.secret',
+                     id="rs-alias-matches-only-after-folding"),
+        pytest.param(BQ, "SELECT * FROM `proj..secret`", id="bq-quoted-empty-part"),
+        pytest.param(BQ, "SELECT * FROM `.proj.ds`.t", id="bq-quoted-leading-dot"),
+        # Snowflake: RAW..SECRET is RAW.PUBLIC.SECRET, not <default>.RAW.SECRET.
+        pytest.param(SFA, "SELECT * FROM RAW..SECRET", id="sf-empty-schema"),
+        pytest.param(SF, "SELECT * FROM DB..SECRET", id="sf-empty-schema-full-default"),
+        pytest.param(SF, "SELECT * FROM .PUBLIC.SECRET", id="sf-leading-dot"),
+        pytest.param(PG, "SELECT * FROM app..secret", id="pg-empty-part"),
+        pytest.param(DUCK, "SELECT * FROM db..secret", id="duck-empty-part"),
+        pytest.param(BQD, "SELECT * FROM proj..secret", id="bq-empty-part"),
+        # DuckDB reads a two-part name as catalog.table when no such schema exists.
+        pytest.param(DUCK, "SELECT * FROM other.secret", id="duck-two-part-ambiguous"),
+        # DuckDB quotes identifiers with backticks; sqlglot's DuckDB tokenizer does not
+        # know them and read the rest as a comment (found by the differential fuzz).
+        pytest.param(DUCK, "SELECT `--x` FROM db.main.secret", id="duck-backtick-comment"),
+        pytest.param(PG, "SELECT `--x` FROM app.public.secret", id="pg-backtick"),
+        pytest.param(SF, "SELECT `--x` FROM DB.PUBLIC.SECRET", id="sf-backtick"),
+        pytest.param(BQ, "#legacySQL\nSELECT x FROM proj.ds.ok", id="bq-legacy-sql"),
+        pytest.param(BQ, "  #LegacySQL\nSELECT x FROM proj.ds.ok", id="bq-legacy-sql-spaced"),
+        # Comments: engines differ on nesting, so a '/*' inside a comment is refused.
+        pytest.param(PG, "SELECT 1 /* /* */ , (SELECT 1 FROM app.public.secret) -- */",
+                     id="pg-nested-comment"),
+        pytest.param(BQ, "SELECT 1 /* /* */ FROM proj.ds.ok /* */ */", id="bq-nested-comment"),
+        pytest.param(RS, "SELECT 1 /* /* */ , (SELECT 1 FROM db.public.secret) -- */",
+                     id="rs-nested-comment"),
+        # Backslash in strings: an escape under some settings (PostgreSQL
+        # standard_conforming_strings=off, Spark escapedStringLiterals), not under others.
+        pytest.param(PG, "SELECT 'a\\' , (SELECT 1 FROM app.public.secret) -- '",
+                     id="pg-backslash-string"),
+        pytest.param(RS, "SELECT 'a\\' , (SELECT 1 FROM db.public.secret) -- '",
+                     id="rs-backslash-string"),
+        pytest.param(DBX, "SELECT 'a\\' , (SELECT 1 FROM main.x.secret) -- '",
+                     id="dbx-backslash-string"),
+    ],
+)
+def test_engine_reads_more_than_sqlglot_sees(
+    analyzer: SqlAnalyzer, connection: Connection, query: str
+) -> None:
+    result = analyzer.analyze(query, connection)
+    assert isinstance(result, SqlRefusal), result
+    assert result.hint
+
+
+@pytest.mark.parametrize(
+    ("connection", "query", "tables"),
+    [
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t, t.arr", {("proj", "ds", "t")},
+                     id="bq-alias-array-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t, t.arr AS a", {("proj", "ds", "t")},
+                     id="bq-table-name-array-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t, t.s.arr", {("proj", "ds", "t")},
+                     id="bq-alias-struct-array-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t CROSS JOIN `t`.arr",
+                     {("proj", "ds", "t")}, id="bq-quoted-alias-array-path"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t, t.arr AS a, a.inner_arr",
+                     {("proj", "ds", "t")}, id="bq-chained-array-paths"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS x, proj.ds.secret", {("proj", "ds", "t"),
+                     SECRET}, id="bq-path-not-an-alias-is-a-table"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t, UNNEST([1, 2]) AS x", {("proj", "ds", "t")},
+                     id="bq-unnest-of-a-literal"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t CROSS JOIN UNNEST(GENERATE_ARRAY(1, t.n))",
+                     {("proj", "ds", "t")}, id="bq-unnest-of-a-call"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t, UNNEST(t.arr) WITH OFFSET AS o",
+                     {("proj", "ds", "t")}, id="bq-unnest-with-offset"),
+        pytest.param(BQ, "SELECT * FROM proj.ds.t AS t, UNNEST((t.arr)) AS a",
+                     {("proj", "ds", "t")}, id="bq-unnest-parenthesised"),
+        pytest.param(RS, "SELECT * FROM db.public.t AS t, t.arr AS a",
+                     {("db", "public", "t")}, id="rs-partiql-navigation"),
+        pytest.param(SF, "SELECT * FROM DB.PUBLIC.T", {("DB", "PUBLIC", "T")}, id="sf-plain"),
+        pytest.param(DUCK, "SELECT * FROM db.main.t JOIN t2 USING (id)",
+                     {("db", "main", "t"), ("db", "main", "t2")}, id="duck-one-and-three"),
+    ],
+)
+def test_shapes_the_engine_reads_as_columns_stay_allowed(
+    analyzer: SqlAnalyzer, connection: Connection, query: str, tables: set[tuple[str, ...]]
+) -> None:
+    result = analyzer.analyze(query, connection)
+    assert isinstance(result, QueryAnalysis), result
+    assert set(result.tables) == tables
+
+
+def test_implicit_unnest_fingerprint_matches_explicit_unnest(analyzer: SqlAnalyzer) -> None:
+    a = analyzer.fingerprint("SELECT * FROM proj.ds.t AS t, t.arr", BQ)
+    b = analyzer.fingerprint("SELECT * FROM proj.ds.t AS t CROSS JOIN UNNEST(t.arr)", BQ)
+    assert isinstance(a, str) and a == b
+
+
+@pytest.mark.parametrize(
+    ("connection", "name"),
+    [
+        pytest.param(SFA, "RAW..SECRET", id="sf-empty-schema"),
+        pytest.param(SF, ".PUBLIC.SECRET", id="sf-leading-dot"),
+        pytest.param(PG, "app..secret", id="pg-empty-part"),
+        pytest.param(DUCK, "other.secret", id="duck-two-part"),
+    ],
+)
+def test_ambiguous_names_are_refused(
+    analyzer: SqlAnalyzer, connection: Connection, name: str
+) -> None:
+    assert isinstance(analyzer.table_key(name, connection), SqlRefusal)
+
+
+@pytest.mark.parametrize(
+    ("connection", "source"),
+    [
+        pytest.param(SFA, "RAW..*", id="sf-empty-schema"),
+        pytest.param(PG, "app..*", id="pg-empty-part"),
+    ],
+)
+def test_ambiguous_wildcards_are_refused(
+    analyzer: SqlAnalyzer, connection: Connection, source: str
+) -> None:
+    assert isinstance(analyzer.wildcard_prefix(source, connection), SqlRefusal)
+
+
+def test_redshift_quoted_names_keep_their_case(analyzer: SqlAnalyzer) -> None:
+    # With enable_case_sensitive_identifier on, "Secret" and secret are two tables.
+    assert analyzer.table_key('db.public."Secret"', RS) != analyzer.table_key(
+        "db.public.secret", RS
+    )
+
+
+def test_bigquery_cte_names_match_only_as_written(analyzer: SqlAnalyzer) -> None:
+    result = analyzer.analyze("WITH Secret AS (SELECT 1 AS x) SELECT * FROM secret", BQD)
+    assert isinstance(result, QueryAnalysis)
+    assert result.tables == {("carto-demo-data", "demo_tables", "secret")}
+
+
+@pytest.mark.parametrize(
+    ("connection", "allowed", "query"),
+    [
+        # BigQuery dataset names (and UDF names) are case-sensitive.
+        pytest.param(BQ, {"carto-un.carto.*"}, "SELECT `carto-un`.CARTO.H3_X(h) FROM proj.ds.t",
+                     id="bq-dataset-case"),
+        pytest.param(BQ, {"carto-un.carto.h3_x"}, "SELECT `carto-un`.carto.H3_X(h) FROM p.d.t",
+                     id="bq-udf-case"),
+        pytest.param(BQ, {"carto-un.carto.*"}, "SELECT `carto-un.CARTO`.H3_X(h) FROM p.d.t",
+                     id="bq-dataset-case-quoted-path"),
+        # A quoted name is exact in PostgreSQL/Snowflake: not the built-in it resembles.
+        pytest.param(PG, {"st_area"}, 'SELECT "ST_Area"(g) FROM app.public.t', id="pg-quoted"),
+        pytest.param(SF, {"st_area"}, 'SELECT "st_area"(g) FROM DB.PUBLIC.T', id="sf-quoted"),
+    ],
+)
+def test_function_names_compare_by_the_dialect_rule(
+    connection: Connection, allowed: set[str], query: str
+) -> None:
+    result = SqlAnalyzer(allowed_functions=allowed).analyze(query, connection)
+    assert isinstance(result, SqlRefusal), result
+
+
+@pytest.mark.parametrize(
+    ("connection", "allowed", "query"),
+    [
+        pytest.param(BQ, {"carto-un.carto.*"}, "SELECT `carto-un`.carto.H3_X(h) FROM p.d.t",
+                     id="bq-schema-wildcard"),
+        pytest.param(BQ, {"carto-un.carto.H3_X"}, "SELECT `carto-un.carto.H3_X`(h) FROM p.d.t",
+                     id="bq-quoted-path"),
+        pytest.param(BQ, {"carto-un.carto.H3_X"}, "SELECT `Carto-Un`.carto.H3_X(h) FROM p.d.t",
+                     id="bq-project-case-insensitive"),
+        pytest.param(PG, {"st_area"}, "SELECT ST_Area(g) FROM app.public.t", id="pg-unquoted"),
+        pytest.param(SF, {"st_area"}, "SELECT st_area(g) FROM DB.PUBLIC.T", id="sf-unquoted"),
+    ],
+)
+def test_function_names_that_the_rule_allows(
+    connection: Connection, allowed: set[str], query: str
+) -> None:
+    result = SqlAnalyzer(allowed_functions=allowed).analyze(query, connection)
+    assert isinstance(result, QueryAnalysis), result
+
+
+# --- PostgreSQL's own parser must agree (pglast) -----------------------------------------
+
+PG_BOTH = pg_parser
+
+
+@pytest.mark.skipif(not PG_BOTH.AVAILABLE, reason="pglast is not installed")
+def test_postgres_parser_must_accept_the_query() -> None:
+    query = "SELECT 1 FROM app.public.s UNION ALL WITH t AS (SELECT 1) SELECT 1 FROM t"
+    assert isinstance(SqlAnalyzer(postgres_parser_check=False).analyze(query, PG), QueryAnalysis)
+    result = SqlAnalyzer(postgres_parser_check=True).analyze(query, PG)
+    assert isinstance(result, SqlRefusal) and "PostgreSQL's parser rejects" in result.reason
+
+
+@pytest.mark.skipif(not PG_BOTH.AVAILABLE, reason="pglast is not installed")
+def test_relation_only_postgres_reads_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = PG_BOTH.relations
+    monkeypatch.setattr(PG_BOTH, "relations", lambda q: real(q) | {(None, "x", "hidden")})
+    result = SqlAnalyzer(postgres_parser_check=True).analyze("SELECT * FROM s", PG)
+    assert isinstance(result, SqlRefusal) and "'x.hidden'" in result.reason
+
+
+@pytest.mark.skipif(not PG_BOTH.AVAILABLE, reason="pglast is not installed")
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("SELECT * FROM s WHERE a = :a AND b = ? AND c::int = 1", id="placeholders"),
+        pytest.param("SELECT a[1:2], a[x:y] FROM s WHERE t = :t", id="slices"),
+        pytest.param("WITH c AS (SELECT * FROM s) SELECT * FROM c JOIN app.public.u ON TRUE",
+                     id="cte"),
+    ],
+)
+def test_postgres_parser_agrees_on_plain_queries(query: str) -> None:
+    assert isinstance(SqlAnalyzer(postgres_parser_check=True).analyze(query, PG), QueryAnalysis)
+
+
+def test_postgres_parser_check_needs_pglast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PG_BOTH, "AVAILABLE", False)
+    with pytest.raises(ValueError, match="pglast"):
+        SqlAnalyzer(postgres_parser_check=True)
+    assert isinstance(SqlAnalyzer().analyze("SELECT * FROM s", PG), QueryAnalysis)
+
+
+@pytest.mark.parametrize(
+    ("connection", "name"),
+    [
+        pytest.param(PG, "app.public." + "a" * 64, id="pg-64-bytes"),
+        pytest.param(RS, "db.public." + "a" * 128, id="rs-128-bytes"),
+    ],
+)
+def test_names_the_database_would_truncate_are_refused(
+    analyzer: SqlAnalyzer, connection: Connection, name: str
+) -> None:
+    assert isinstance(analyzer.table_key(name, connection), SqlRefusal)
+    assert isinstance(analyzer.analyze(f"SELECT * FROM {name}", connection), SqlRefusal)
+    assert isinstance(analyzer.table_key(name[:-1], connection), tuple)

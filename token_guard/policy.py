@@ -11,7 +11,9 @@ Security choices (fail closed):
 - a wildcard ``proj.ds.*`` covers the tables directly in ``proj.ds``, nothing deeper;
 - catalog views (INFORMATION_SCHEMA) need an exact grant: neither a wildcard nor ``*``
   covers them;
-- a grant the guard cannot parse for its connection grants nothing (and is logged);
+- a grant the guard cannot parse, analyse or compile for its connection grants nothing
+  (logged once, as a warning naming the token id, never the secret); the token's other
+  grants keep working, so one bad query grant never turns the token into a 401;
 - a query that matches a granted query must still pass the SQL safety checks.
 """
 
@@ -103,7 +105,7 @@ class Policy:
         sql = self.sql
         everything: set[str] = set()
         per_conn: dict[str, tuple[set[tuple[str, ...]], set[tuple[str, ...]], set[str]]] = {}
-        for grant in spec.grants:
+        for number, grant in enumerate(spec.grants, 1):
             name = grant.connection_name
             conn = self.connections.get(name)
             if conn is None:
@@ -113,15 +115,21 @@ class Policy:
             if kind == "all":
                 everything.add(name)
                 continue
-            if kind == "table":
-                compiled: tuple[str, ...] | str | SqlRefusal = sql.table_key(grant.source, conn)
-            elif kind == "wildcard":
-                compiled = sql.wildcard_prefix(grant.source, conn)
-            else:
-                compiled = sql.fingerprint(grant.source, conn)
+            compiled: tuple[str, ...] | str | SqlRefusal
+            try:
+                if kind == "table":
+                    compiled = sql.table_key(grant.source, conn)
+                elif kind == "wildcard":
+                    compiled = sql.wildcard_prefix(grant.source, conn)
+                else:
+                    compiled = sql.fingerprint(grant.source, conn)
+            except Exception as exc:
+                # One grant never breaks a token: the others keep working.
+                compiled = SqlRefusal(f"it could not be compiled ({type(exc).__name__})", "")
             if isinstance(compiled, SqlRefusal):
                 log.warning(
-                    "token %s: %s grant on %r ignored: %s", record.id, kind, name, compiled.reason
+                    "token %s: grant #%d (%s on %r) grants nothing: %s",
+                    record.id, number, kind, name, compiled.reason,
                 )
             elif isinstance(compiled, str):
                 queries.add(compiled)

@@ -22,7 +22,41 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
   functions).
 * Names compare per dialect: Postgres folds unquoted identifiers to lower case, Snowflake
   to upper case, case-insensitive dialects fold everything; BigQuery keeps dataset and
-  table names as written (they are case-sensitive) and lower-cases the project.
+  table names as written (they are case-sensitive) and lower-cases the project. Redshift
+  keeps PostgreSQL's rule (quoted names exact) although sqlglot folds them: with
+  ``enable_case_sensitive_identifier`` on, ``"Secret"`` and ``secret`` are two tables. A
+  rule that tells more names apart than the engine only over-asks; the reverse leaks.
+* Never narrower than the engine (dialect rules live in the ``_RULES`` table):
+  - implicit UNNEST: sqlglot's BigQuery/Redshift parsers turn a joined path whose first
+    part names an earlier FROM item (``FROM t, t.arr``) into ``UNNEST(t.arr)``. That is
+    accepted only in the engine's own shape: the first identifier is exactly one token of
+    the text and matches the range variable by the engine's rule (BigQuery: any case;
+    Redshift: PostgreSQL folding). A quoted path (`` `proj.ds.secret` ``, which BigQuery
+    reads as a table even when ``proj`` is an alias or CTE) is refused;
+  - empty name parts (``a..b``, ``.a.b``, `` `a..b` ``) are refused: sqlglot drops them,
+    Snowflake reads ``a..b`` as ``a.PUBLIC.b``;
+  - DuckDB two-part names are refused: ``a.b`` is schema.table or catalog.table
+    depending on what exists;
+  - a comment holding ``/*`` or ``*/`` is refused: engines differ on nesting comments;
+    so is BigQuery's ``#legacySQL`` (another language: commas are UNION ALL there);
+  - a character sqlglot's tokenizer does not know (an ``UNKNOWN`` token) is refused: it
+    may be a quote to the engine (DuckDB quotes identifiers with backticks, so
+    ``SELECT `--x` FROM secret`` read secret while sqlglot saw a comment);
+  - where a setting decides whether a backslash escapes a quote (PostgreSQL/Redshift
+    ``standard_conforming_strings``, Databricks ``escapedStringLiterals``), a query that
+    tokenizes differently under the two rules is refused;
+  - a BigQuery CTE name matches only as written (sqlglot matches it in any case);
+  - only BigQuery names a catalog view with one part more than a table;
+  - PostgreSQL (63 bytes) and Redshift (127) truncate longer identifiers: refused;
+  - PostgreSQL connections, where ``pglast`` is installed: PostgreSQL's own parser
+    (libpg_query) must parse the query and name no relation the guard did not list
+    (``token_guard.pg_parser``; about a tenth of the analysis cost, cold path only).
+* ``allowed_functions`` compare by the dialect's rule, not lower-cased: BigQuery built-in
+  (one-part) names in any case, qualified UDF paths with the project lower-cased and the
+  dataset and function as written (a quoted `` `a.b.c` `` is the path a.b.c); elsewhere
+  each part folds as an identifier (a quoted ``"ST_Area"`` is not ``st_area``).
+* Any exception out of sqlglot while analysing (parse, generation, optimisation) is a
+  refusal saying the query could not be analysed; the guard never raises on input.
 * In Postgres-like dialects an unqualified name starting like a catalog relation
   (``pg_``, Redshift ``stl_``...) is refused: ``pg_catalog`` is searched before the
   default schema, so ``default_path`` cannot say which table it is.
@@ -42,18 +76,25 @@ by a lock because the WSGI adapter calls it from several threads.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable
+import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
-import sqlglot
 from cachetools import LRUCache
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError
 from sqlglot.tokenizer_core import Token, TokenType
+from sqlglot.tokens import Tokenizer
 
+from token_guard import pg_parser
 from token_guard.connections import DIALECT_DEPTH, Connection
+from token_guard.errors import ConfigurationError
+
+log = logging.getLogger("token_guard.sql")
 
 __all__ = [
     "DEFAULT_ALLOWED_FUNCTIONS",
@@ -167,6 +208,64 @@ _QUALIFY_HINT: dict[str, str] = {
     "databricks": "catalog.schema.table",
 }
 
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """Where a dialect's engine reads names or text differently from sqlglot's defaults."""
+
+    # ``FROM t, t.arr`` navigates a column of the range variable ``t`` (BigQuery arrays,
+    # Redshift PartiQL); sqlglot rewrites such joins to UNNEST, the guard decides itself.
+    implicit_unnest: bool = False
+    # A quoted identifier holding dots is a path (BigQuery `a.b.c`).
+    quoted_paths: bool = False
+    # The engine setting that makes a backslash in '...' an escape, or not (None: fixed).
+    escape_setting: str | None = None
+    # A two-part name may be catalog.table or schema.table, depending on what exists.
+    two_part_ambiguous: bool = False
+    # Fold identifiers with this dialect's rule instead of sqlglot's for the dialect.
+    fold_as: str | None = None
+    # A catalog view may take one part more than a table (BigQuery
+    # `proj.region-us.INFORMATION_SCHEMA.TABLES`); elsewhere the engine reads such a name
+    # otherwise (DuckDB drops a part of `a.b.information_schema.tables`).
+    system_extra_part: bool = False
+    # Longer identifiers are truncated by the engine, so two spellings name one table.
+    max_identifier_bytes: int | None = None
+    # Comments that switch the engine to another SQL language (lower case, stripped).
+    mode_comments: tuple[str, ...] = ()
+
+
+_RULES: dict[str, _Rules] = {
+    # "#legacySQL" runs the query as legacy SQL: commas are UNION ALL, [p:d.t] names.
+    "bigquery": _Rules(
+        implicit_unnest=True,
+        quoted_paths=True,
+        system_extra_part=True,
+        mode_comments=("legacysql",),
+    ),
+    "snowflake": _Rules(),
+    "postgres": _Rules(escape_setting="standard_conforming_strings", max_identifier_bytes=63),
+    # sqlglot folds quoted Redshift names too; with enable_case_sensitive_identifier on,
+    # "Secret" and secret are two tables, so names keep PostgreSQL's rule (finer is safe).
+    "redshift": _Rules(
+        implicit_unnest=True,
+        escape_setting="standard_conforming_strings",
+        fold_as="postgres",
+        max_identifier_bytes=127,
+    ),
+    "databricks": _Rules(escape_setting="spark.sql.parser.escapedStringLiterals"),
+    "duckdb": _Rules(two_part_ambiguous=True),
+    "sqlite": _Rules(),
+}
+
+# Tokens after which a '.' starts a name with an empty first part (``FROM .a.b``).
+_NO_NAME_BEFORE_DOT = frozenset(
+    {TokenType.DOT, TokenType.COMMA, TokenType.FROM, TokenType.JOIN, TokenType.L_PAREN,
+     TokenType.SELECT}
+)
+_NO_NAME_AFTER_DOT = frozenset(
+    {TokenType.DOT, TokenType.COMMA, TokenType.FROM, TokenType.R_PAREN}
+)
+
 _ALLOW = 0
 _TABLE = 1
 _FUNCTION = 2
@@ -263,14 +362,19 @@ def _refuse_node(node: exp.Expr) -> SqlRefusal:
 class _Context:
     """State of one analysis: the connection's rules and what the walk found."""
 
-    __slots__ = ("dialect", "name", "prefix", "rewrites", "tables")
+    __slots__ = ("dialect", "name", "prefix", "rewrites", "rules", "starts", "tables", "tokens")
 
-    def __init__(self, dialect: Dialect, name: str, prefix: tuple[str, ...]) -> None:
+    def __init__(
+        self, dialect: Dialect, name: str, prefix: tuple[str, ...], tokens: list[Token]
+    ) -> None:
         self.dialect = dialect
         self.name = name
+        self.rules = _RULES[name]
         self.prefix = prefix
         self.tables: set[tuple[str, ...]] = set()
         self.rewrites: list[tuple[exp.Table, tuple[str, ...]]] = []
+        self.tokens = tokens
+        self.starts: dict[int, int] | None = None  # token index by start offset, on demand
 
 
 class SqlAnalyzer:
@@ -289,6 +393,8 @@ class SqlAnalyzer:
         "_lock",
         "_max_bytes",
         "_names",
+        "_other_tokenizers",
+        "_pg_check",
         "_queries",
     )
 
@@ -298,7 +404,17 @@ class SqlAnalyzer:
         max_query_bytes: int = 65536,
         cache_size: int = 4096,
         allowed_functions: Iterable[str] = DEFAULT_ALLOWED_FUNCTIONS,
+        postgres_parser_check: bool | None = None,
     ) -> None:
+        if postgres_parser_check and not pg_parser.AVAILABLE:
+            raise ConfigurationError(
+                "postgres_parser_check: needs pglast; install token_guard[pgparser], or "
+                "leave it unset to check only where pglast is installed"
+            )
+        # PostgreSQL connections: PostgreSQL's own parser must agree (None: if installed).
+        self._pg_check = (
+            pg_parser.AVAILABLE if postgres_parser_check is None else postgres_parser_check
+        )
         self._max_bytes = max_query_bytes
         self._queries: LRUCache[tuple[str, str, tuple[str, ...], int], QueryAnalysis | SqlRefusal]
         self._queries = LRUCache(maxsize=cache_size)
@@ -309,10 +425,32 @@ class SqlAnalyzer:
         self._lock = threading.Lock()
         self._dialects = {name: Dialect.get_or_raise(name) for name in DIALECT_DEPTH}
         self._kinds: dict[type[exp.Expression], int] = {}
-        names = {f.strip().lower() for f in allowed_functions}
-        # "schema.*" allows every function of a schema, e.g. CARTO's "carto-un.carto.*".
-        self._functions = frozenset(n for n in names if not n.endswith(".*"))
-        self._function_prefixes = tuple(n[:-1] for n in names if n.endswith(".*"))
+        # The same tokenizer with the other backslash rule, where a setting decides it.
+        self._other_tokenizers: dict[str, type[Tokenizer]] = {}
+        for name, d in self._dialects.items():
+            if _RULES[name].escape_setting is not None:
+                escapes = list(d.tokenizer_class.STRING_ESCAPES)
+                other = [e for e in escapes if e != "\\"] if "\\" in escapes else [
+                    *escapes, "\\"]
+                self._other_tokenizers[name] = type(
+                    "OtherEscapes", (d.tokenizer_class,), {"STRING_ESCAPES": other}
+                )
+        # Per dialect: exact function paths, and "schema.*" prefixes (every function of a
+        # schema, e.g. CARTO's "carto-un.carto.*"), folded by the dialect's rule.
+        names = [f.strip() for f in allowed_functions]
+        self._functions: dict[str, frozenset[tuple[str, ...]]] = {}
+        self._function_prefixes: dict[str, frozenset[tuple[str, ...]]] = {}
+        for dname in self._dialects:
+            exact: set[tuple[str, ...]] = set()
+            prefixes: set[tuple[str, ...]] = set()
+            for n in names:
+                wildcard = n.endswith(".*")
+                path = n[:-2] if wildcard else n
+                idents = [exp.Identifier(this=p, quoted=False) for p in path.split(".")]
+                folded = self._function_path(idents, dname)
+                (prefixes if wildcard else exact).add(folded)
+            self._functions[dname] = frozenset(exact)
+            self._function_prefixes[dname] = frozenset(prefixes)
 
     # -- public -------------------------------------------------------------------------
 
@@ -333,7 +471,7 @@ class SqlAnalyzer:
                 f"the query is longer than {self._max_bytes} bytes",
                 "send a shorter query",
             )
-        result = self._analyze(query, connection)
+        result = _guarded(self._analyze, query, connection)
         with self._lock:
             self._queries[key] = result
         return result
@@ -357,7 +495,7 @@ class SqlAnalyzer:
                 f"{name[:80]!r} is not a plain table name",
                 "send a name such as proj.dataset.table, without comments, ';' or newlines",
             )
-        result = self._table_key(name, connection)
+        result = _guarded(self._table_key, name, connection)
         with self._lock:
             self._names[key] = result
         return result
@@ -371,8 +509,15 @@ class SqlAnalyzer:
             or any(mark in source for mark in _NAME_MARKS)
         ):
             return SqlRefusal(f"{source[:80]!r} is not a wildcard source", hint)
-        dialect = self._dialects[connection.dialect]
-        parts = self._parse_name(source[:-2], dialect)
+        return _guarded(self._wildcard_prefix, source, connection)
+
+    # -- names --------------------------------------------------------------------------
+
+    def _wildcard_prefix(
+        self, source: str, connection: Connection
+    ) -> tuple[str, ...] | SqlRefusal:
+        hint = f"write it as '{self._example(connection).rsplit('.', 1)[0]}.*'"
+        parts = self._parse_name(source[:-2], connection.dialect)
         if isinstance(parts, SqlRefusal):
             return parts
         want = connection.depth - 1
@@ -382,8 +527,6 @@ class SqlAnalyzer:
             )
         return self._qualify(parts, want, connection, source[:80], hint)
 
-    # -- names --------------------------------------------------------------------------
-
     def _example(self, connection: Connection) -> str:
         hint = _QUALIFY_HINT.get(connection.dialect)
         if hint is not None and connection.depth == 3:
@@ -391,20 +534,25 @@ class SqlAnalyzer:
         return ".".join(["database", "schema", "table"][-connection.depth :])
 
     def _table_key(self, name: str, connection: Connection) -> tuple[str, ...] | SqlRefusal:
-        dialect = self._dialects[connection.dialect]
-        parts = self._parse_name(name, dialect)
+        parts = self._parse_name(name, connection.dialect)
         if isinstance(parts, SqlRefusal):
             return parts
         return self._resolve(parts, name[:80], connection)
 
-    def _parse_name(self, name: str, dialect: Dialect) -> tuple[str, ...] | SqlRefusal:
+    def _parse_name(self, name: str, dialect_name: str) -> tuple[str, ...] | SqlRefusal:
         """Parse a bare table name with the dialect's own rules; anything more is refused."""
         bad = SqlRefusal(
             f"{name[:80]!r} is not a table name",
             "send a name such as proj.dataset.table, quoting parts that need it",
         )
+        dialect = self._dialects[dialect_name]
+        text = f"SELECT * FROM {name}"
         try:
-            statements = sqlglot.parse(f"SELECT * FROM {name}", dialect=dialect)
+            tokens = dialect.tokenize(text)
+            ambiguous = self._token_refusal(tokens, text, dialect_name)
+            if ambiguous is not None:
+                return ambiguous
+            statements = dialect.parser().parse(tokens, text)
         except Exception:
             return bad
         if len(statements) != 1 or not isinstance(statements[0], exp.Select):
@@ -432,11 +580,18 @@ class SqlAnalyzer:
     def _parts(self, table: exp.Table, dialect: Dialect) -> tuple[str, ...] | SqlRefusal:
         parts = table.parts
         names: list[str] = []
+        limit = _MAX_IDENTIFIER_BYTES.get(type(dialect))
         for part in parts:
             if not isinstance(part, exp.Identifier) or not part.name:
                 return SqlRefusal(
                     f"table {table.sql(dialect=dialect)[:80]!r} has an empty or computed part",
                     "name the table as proj.dataset.table",
+                )
+            if limit is not None and len(part.name.encode("utf-8", "surrogatepass")) > limit:
+                return SqlRefusal(
+                    f"the name {part.name[:40]!r}... is longer than {limit} bytes; the "
+                    "database truncates it, so the guard cannot tell which table it names",
+                    f"use the table's real name (at most {limit} bytes)",
                 )
             names.append(self._normalize(part, dialect))
         return tuple(names)
@@ -447,12 +602,13 @@ class SqlAnalyzer:
             # Dataset and table names are case-sensitive in BigQuery, quoted or not.
             return identifier.name
         copy = exp.Identifier(this=identifier.name, quoted=identifier.quoted)
-        return dialect.normalize_identifier(copy).name
+        return _FOLD_AS.get(type(dialect), dialect).normalize_identifier(copy).name
 
     def _cte_name(self, identifier: exp.Identifier, dialect: Dialect) -> str:
         if isinstance(dialect, _BIGQUERY):
-            # CTE names are case-insensitive in BigQuery (sqlglot's rule too).
-            return identifier.name.lower()
+            # Matched as written: a name that differs from a CTE only in case is read as a
+            # table (asking for a grant the engine may not need is safe; the reverse is not).
+            return identifier.name
         return self._normalize(identifier, dialect)
 
     def _default_path(self, connection: Connection) -> tuple[str, ...] | SqlRefusal:
@@ -462,11 +618,10 @@ class SqlAnalyzer:
                 return self._defaults[key]
         except KeyError:
             pass
-        dialect = self._dialects[connection.dialect]
         out: list[str] = []
         result: tuple[str, ...] | SqlRefusal
         for part in connection.default_path:
-            parsed = self._parse_name(part, dialect)
+            parsed = self._parse_name(part, connection.dialect)
             if isinstance(parsed, SqlRefusal) or len(parsed) != 1:
                 result = SqlRefusal(
                     f"the connection's default_path part {part[:80]!r} is not one name",
@@ -517,9 +672,18 @@ class SqlAnalyzer:
                 "load the file into a table and grant that table",
             )
         depth = connection.depth
-        system = len(parts) == depth + 1 and is_system_table(parts)
+        system = (
+            len(parts) == depth + 1
+            and _RULES[connection.dialect].system_extra_part
+            and is_system_table(parts)
+        )
         if len(parts) > depth and not system:
             return SqlRefusal(f"{shown!r} has more than {depth} parts", f"write it as {example}")
+        if len(parts) == 2 and depth == 3 and _RULES[connection.dialect].two_part_ambiguous:
+            return SqlRefusal(
+                f"{shown!r} may name catalog.table or schema.table, depending on what exists",
+                f"write it as {example}, or as the table name alone",
+            )
         if len(parts) == 1:
             prefixes = _CATALOG_PREFIXES.get(connection.dialect)
             if prefixes and parts[0].lower().startswith(prefixes):
@@ -528,25 +692,44 @@ class SqlAnalyzer:
                 )
         return self._qualify(parts, depth, connection, shown, hint)
 
-    def _function_allowed(self, node: exp.Expression) -> bool:
-        names = [node.name.lower()]
+    def _function_path(self, idents: list[exp.Identifier], dialect_name: str) -> tuple[str, ...]:
+        """A function's name parts folded by the dialect's rule (for the allow-list)."""
+        if dialect_name == "bigquery":
+            # A quoted `proj.ds.fn` is a path. Built-in names are case-insensitive; in a
+            # qualified UDF name the dataset and the function are case-sensitive, the
+            # project is not (project ids are lower case).
+            parts = [p for i in idents for p in i.name.split(".")]
+            if len(parts) == 1:
+                return (parts[0].lower(),)
+            if len(parts) >= 3:
+                parts[0] = parts[0].lower()
+            return tuple(parts)
+        dialect = self._dialects[dialect_name]
+        return tuple(self._normalize(i, dialect) for i in idents)
+
+    def _function_allowed(self, node: exp.Expression, dialect_name: str) -> bool:
+        this = node.this
+        idents = [this if isinstance(this, exp.Identifier) else exp.Identifier(
+            this=node.name, quoted=False)]
         parent = node.parent
         # BigQuery writes UDFs as `proj`.ds.fn(...): a Dot chain whose last part is the call.
         while isinstance(parent, exp.Dot) and parent.expression is node:
             left = parent.this
             if isinstance(left, exp.Dot | exp.Identifier | exp.Column):
-                prefix = [p.name.lower() for p in _flatten(left)]
+                prefix = _flatten(left)
                 if not prefix:
                     return False
-                names = prefix + names
+                idents = prefix + idents
             else:
                 return False
             node = parent
             parent = node.parent
-        full = ".".join(names)
-        if not names[-1]:
+        path = self._function_path(idents, dialect_name)
+        if not path or not all(path):
             return False
-        return full in self._functions or full.startswith(self._function_prefixes)
+        if path in self._functions[dialect_name]:
+            return True
+        return len(path) > 1 and path[:-1] in self._function_prefixes[dialect_name]
 
     # -- queries ------------------------------------------------------------------------
 
@@ -559,6 +742,9 @@ class SqlAnalyzer:
             too_nested = _nesting_refusal(tokens)
             if too_nested is not None:
                 return too_nested
+            ambiguous = self._token_refusal(tokens, query, connection.dialect)
+            if ambiguous is not None:
+                return ambiguous
             parsed = dialect.parser().parse(tokens, query)
         except ParseError as exc:
             first = exc.errors[0] if exc.errors else {}
@@ -593,7 +779,7 @@ class SqlAnalyzer:
         prefix = self._default_path(connection)
         if isinstance(prefix, SqlRefusal):
             return prefix
-        ctx = _Context(dialect, connection.dialect, prefix)
+        ctx = _Context(dialect, connection.dialect, prefix, tokens)
         try:
             refusal = self._walk(root, frozenset(), ctx, connection)
             if refusal is not None:
@@ -603,7 +789,38 @@ class SqlAnalyzer:
             text = root.sql(dialect=dialect, comments=False)
         except RecursionError:
             return _TOO_DEEP
-        return QueryAnalysis(frozenset(ctx.tables), text)
+        analysis = QueryAnalysis(frozenset(ctx.tables), text)
+        if self._pg_check and connection.dialect == "postgres":
+            disagreement = self._postgres_disagrees(
+                _bound_for_postgres(query, tokens), analysis, connection
+            )
+            if disagreement is not None:
+                return disagreement
+        return analysis
+
+    def _postgres_disagrees(
+        self, query: str, analysis: QueryAnalysis, connection: Connection
+    ) -> SqlRefusal | None:
+        """Refuse when PostgreSQL's own parser reads a relation the guard did not list."""
+        try:
+            names = pg_parser.relations(query)
+        except pg_parser.PgParseError as exc:
+            return SqlRefusal(
+                f"PostgreSQL's parser rejects the query: {str(exc)[:160]}",
+                "fix the SQL; it is read in the postgres dialect",
+            )
+        hint = f"qualify it as {self._example(connection)}"
+        for catalog, schema, name in names:
+            parts = tuple(p for p in (catalog, schema, name) if p is not None)
+            key = self._qualify(parts, connection.depth, connection, name, hint)
+            if isinstance(key, SqlRefusal) or key not in analysis.tables:
+                shown = ".".join(parts)[:80]
+                return SqlRefusal(
+                    f"PostgreSQL's parser reads {shown!r}, which the guard's reading of the "
+                    "query does not list",
+                    "write the query more plainly (name each table once, fully qualified)",
+                )
+        return None
 
     def _kind(self, node_type: type[exp.Expression]) -> int:
         kind = self._kinds.get(node_type)
@@ -611,6 +828,149 @@ class SqlAnalyzer:
             kind = _classify(node_type)
             self._kinds[node_type] = kind
         return kind
+
+    def _token_refusal(
+        self, tokens: list[Token], query: str, dialect_name: str
+    ) -> SqlRefusal | None:
+        """Refuse text that the engine may split into tokens or names unlike sqlglot."""
+        rules = _RULES[dialect_name]
+        last = len(tokens) - 1
+        for i, token in enumerate(tokens):
+            kind = token.token_type
+            if kind is TokenType.UNKNOWN:
+                # A character sqlglot's tokenizer does not know may be a quote to the engine:
+                # DuckDB quotes identifiers with `, so `--x` FROM t is no comment there.
+                return SqlRefusal(
+                    f"the query contains {token.text[:20]!r}, which the guard's "
+                    f"{dialect_name} tokenizer does not know; the database may read it "
+                    "as a quote or an operator",
+                    "remove that character, or quote names the dialect's own way",
+                )
+            if kind is TokenType.DOT and (
+                i == 0
+                or i == last
+                or tokens[i - 1].token_type in _NO_NAME_BEFORE_DOT
+                or tokens[i + 1].token_type in _NO_NAME_AFTER_DOT
+            ):
+                return SqlRefusal(
+                    "a name in the query has an empty part (as in a..b); engines fill it "
+                    "differently (Snowflake reads a..b as a.PUBLIC.b)",
+                    "write every part of the name, e.g. database.schema.table",
+                )
+            if (
+                rules.quoted_paths
+                and kind is TokenType.IDENTIFIER
+                and "." in token.text
+                and "" in token.text.split(".")
+            ):
+                return SqlRefusal(
+                    f"the quoted name {token.text[:80]!r} has an empty part",
+                    "write every part of the name, e.g. `proj.dataset.table`",
+                )
+            for comment in token.comments or ():
+                if rules.mode_comments and comment.strip().lower().startswith(
+                    rules.mode_comments
+                ):
+                    return SqlRefusal(
+                        f"the comment {comment.strip()[:40]!r} switches {dialect_name} to "
+                        "another SQL language, which the guard does not read",
+                        "remove the comment; queries are read as standard SQL",
+                    )
+                if "/*" in comment or "*/" in comment:
+                    return SqlRefusal(
+                        "a comment in the query contains '/*' or '*/'; engines differ on "
+                        "whether comments nest, so the guard cannot tell where it ends",
+                        "remove the comment, or the '/*' inside it",
+                    )
+        other = self._other_tokenizers.get(dialect_name)
+        if other is not None and "\\" in query:
+            mine = [(t.token_type, t.start, t.end) for t in tokens]
+            theirs = other(dialect=self._dialects[dialect_name]).tokenize(query)
+            if mine != [(t.token_type, t.start, t.end) for t in theirs]:
+                return SqlRefusal(
+                    "a string in the query ends at a different place depending on whether "
+                    f"a backslash escapes a quote ({rules.escape_setting})",
+                    "write a quote inside a string as '' and avoid a backslash before it",
+                )
+        return None
+
+    def _range_name(self, identifier: exp.Identifier, ctx: _Context) -> str:
+        if ctx.name == "bigquery":
+            return identifier.name.lower()  # range variables are case-insensitive there
+        return self._normalize(identifier, ctx.dialect)
+
+    def _implicit_unnests(self, select: exp.Select, ctx: _Context) -> SqlRefusal | None:
+        """``FROM t, t.arr``: check each path sqlglot turned into an UNNEST of a column.
+
+        sqlglot's BigQuery and Redshift parsers rewrite a joined path whose first part
+        names an earlier FROM item into ``UNNEST(path)``, so the guard sees no table. The
+        engine agrees only when the first identifier, as written, is that range variable:
+        a quoted identifier holding dots (`t.ds.x`) is a table path there, and a match that
+        holds only after sqlglot's case folding may not hold in the engine. Anything but
+        the plain shape is refused.
+        """
+        source = select.args.get("from_")
+        names: set[str] = set()
+        if isinstance(source, exp.From):
+            name = _range_identifier(source.this)
+            if name is not None:
+                names.add(self._range_name(name, ctx))
+        for join in select.args.get("joins") or ():
+            item = join.this
+            if isinstance(item, exp.Unnest) and not self._written_unnest(item, ctx):
+                column = item.expressions[0] if len(item.expressions) == 1 else None
+                idents = _flatten(column) if isinstance(column, exp.Column | exp.Dot) else []
+                shown = ".".join(p.name for p in idents)[:80]
+                if (
+                    len(idents) < 2
+                    or self._range_name(idents[0], ctx) not in names
+                    or any(self._quoted_path(i, ctx) for i in idents)
+                ):
+                    first = idents[0].name if idents else ""
+                    return SqlRefusal(
+                        f"{shown!r} starts like the range variable {first!r} but the engine "
+                        "may read it as a table path",
+                        f"write UNNEST({first}.column) for an array column, or give the "
+                        "table an alias that no other name starts with",
+                    )
+            name = _range_identifier(item)
+            if name is not None:
+                names.add(self._range_name(name, ctx))
+        return None
+
+    def _written_unnest(self, unnest: exp.Unnest, ctx: _Context) -> bool:
+        """True when the query text says UNNEST( right before the unnested expression."""
+        expressions = unnest.expressions
+        if len(expressions) != 1 or not isinstance(expressions[0], exp.Column | exp.Dot):
+            return True  # sqlglot's rewrite makes UNNEST(<column path>) only
+        starts = [i.meta.get("start") for i in expressions[0].find_all(exp.Identifier)]
+        if not starts or not all(isinstance(v, int) for v in starts):
+            return False
+        start = min(v for v in starts if isinstance(v, int))
+        if ctx.starts is None:
+            ctx.starts = {t.start: i for i, t in enumerate(ctx.tokens)}
+        index = ctx.starts.get(start)
+        if index is None or index < 2:
+            return False
+        tokens = ctx.tokens
+        return (
+            tokens[index - 1].token_type is TokenType.L_PAREN
+            and tokens[index - 2].token_type is TokenType.UNNEST
+        )
+
+    def _quoted_path(self, identifier: exp.Identifier, ctx: _Context) -> bool:
+        """True unless the identifier is exactly one token of the text (not split from `a.b`).
+
+        sqlglot splits a quoted `a.b` into identifiers that all carry the position of the
+        path's last token, so a name that differs from the token at its position was split.
+        """
+        if "." in identifier.name:
+            return True
+        start = identifier.meta.get("start")
+        if not isinstance(start, int) or ctx.starts is None:
+            return True
+        index = ctx.starts.get(start)
+        return index is None or ctx.tokens[index].text != identifier.name
 
     def _walk(
         self,
@@ -622,7 +982,7 @@ class SqlAnalyzer:
         kind = self._kind(type(node))
         if kind == _DENY:
             return _refuse_node(node)
-        if kind == _FUNCTION and not self._function_allowed(node):
+        if kind == _FUNCTION and not self._function_allowed(node, ctx.name):
             call = node.name or type(node).__name__
             return SqlRefusal(
                 f"the query calls {call}, which the guard does not know to be read-only",
@@ -637,6 +997,12 @@ class SqlAnalyzer:
             node.this, (exp.Subquery, *_ROW_SOURCES)
         ):
             return _table_function(node.this, ctx)
+        elif ctx.rules.implicit_unnest and isinstance(node, exp.Select) and node.args.get(
+            "joins"
+        ):
+            refusal = self._implicit_unnests(node, ctx)
+            if refusal is not None:
+                return refusal
         with_ = node.args.get("with_")
         if with_ is not None:
             result = self._with(with_, visible, ctx, connection)
@@ -752,9 +1118,46 @@ def _nesting_refusal(tokens: list[Token]) -> SqlRefusal | None:
     return None
 
 
+_R = TypeVar("_R")
+
+
+def _guarded(
+    analyse: Callable[[str, Connection], _R | SqlRefusal], text: str, connection: Connection
+) -> _R | SqlRefusal:
+    """Run one analysis step; any exception out of sqlglot becomes a refusal, never a 500."""
+    try:
+        return analyse(text, connection)
+    except RecursionError:
+        return _TOO_DEEP
+    except Exception as exc:
+        # sqlglot raises from generation and optimisation on trees it parsed (KeyError,
+        # TypeError, OptimizeError...). The text is not logged: it may hold literals.
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        log.debug(
+            "%s SQL analysis failed: %s at %s:%s", connection.dialect, type(exc).__name__,
+            frame.filename, frame.lineno,
+        )
+        return SqlRefusal(
+            f"the query could not be analysed by the guard ({type(exc).__name__} "
+            f"in the {connection.dialect} SQL analyser)",
+            "rewrite the query more plainly (another spelling of the same function or "
+            "clause usually works)",
+        )
+
+
 _NAME_MARKS = ("--", "/*", "*/", ";", "#", "\n", "\r", "\x00")
 
 _BIGQUERY = type(Dialect.get_or_raise("bigquery"))
+_MAX_IDENTIFIER_BYTES: dict[type[Dialect], int] = {
+    type(Dialect.get_or_raise(name)): rules.max_identifier_bytes
+    for name, rules in _RULES.items()
+    if rules.max_identifier_bytes is not None
+}
+_FOLD_AS: dict[type[Dialect], Dialect] = {
+    type(Dialect.get_or_raise(name)): Dialect.get_or_raise(rules.fold_as)
+    for name, rules in _RULES.items()
+    if rules.fold_as is not None
+}
 
 _TOO_DEEP = SqlRefusal(
     "the query nests too deeply for the guard to analyse",
@@ -767,6 +1170,48 @@ _TOO_DEEP = SqlRefusal(
 _FILE_FORMATS = frozenset(
     {"avro", "binaryfile", "csv", "delta", "json", "orc", "parquet", "text", "xml"}
 )
+
+
+# Tokens after which ':' is not a placeholder's start (a slice ``a[x:y]``, a label).
+_OPERAND_ENDS = frozenset(
+    {TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.STRING,
+     TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.NULL, TokenType.TRUE, TokenType.FALSE}
+)
+
+
+def _bound_for_postgres(query: str, tokens: list[Token]) -> str:
+    """The query with ``:name`` and ``?`` placeholders as ``$1``, as PostgreSQL receives it.
+
+    The backend binds these before PostgreSQL parses the query; PostgreSQL's parser would
+    reject them. A span misjudged here only makes that parser refuse (a false refusal).
+    """
+    pieces: list[str] = []
+    last = 0
+    i = 0
+    n = len(tokens)
+    while i < n:
+        token = tokens[i]
+        end = -1
+        if token.token_type is TokenType.PLACEHOLDER and token.text == "?":
+            end = token.end
+        elif (
+            token.token_type is TokenType.COLON
+            and i + 1 < n
+            and tokens[i + 1].start == token.end + 1
+            and tokens[i + 1].token_type is TokenType.VAR
+            and (i == 0 or tokens[i - 1].token_type not in _OPERAND_ENDS)
+        ):
+            end = tokens[i + 1].end
+            i += 1
+        if end >= 0:
+            pieces.append(query[last : token.start])
+            pieces.append("$1")
+            last = end + 1
+        i += 1
+    if not pieces:
+        return query
+    pieces.append(query[last:])
+    return "".join(pieces)
 
 
 def _reads_a_file(parts: tuple[str, ...], dialect: str) -> bool:
@@ -826,3 +1271,25 @@ def _write_key(table: exp.Table, key: tuple[str, ...]) -> None:
         table.set("this", idents[0])
         table.set("db", None)
         table.set("catalog", None)
+
+
+def _range_identifier(item: exp.Expression) -> exp.Identifier | None:
+    """The range variable a FROM item defines: its alias, else a table's last name part."""
+    alias = item.args.get("alias")
+    if isinstance(alias, exp.TableAlias):
+        if isinstance(alias.this, exp.Identifier):
+            return alias.this
+        # BigQuery's UNNEST(x) AS a keeps the alias as the only column name.
+        columns = alias.args.get("columns") or []
+        if isinstance(item, exp.Unnest) and len(columns) == 1:
+            column = columns[0]
+            return column if isinstance(column, exp.Identifier) else None
+    if isinstance(item, exp.Unnest) and len(item.expressions) == 1:
+        path = _flatten(item.expressions[0])
+        return path[-1] if path else None
+    if isinstance(item, exp.Table):
+        parts = item.parts
+        if parts and isinstance(parts[-1], exp.Identifier):
+            return parts[-1]
+    return None
+
