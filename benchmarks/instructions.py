@@ -15,7 +15,8 @@ How it is counted, so the figure is deterministic:
   ``PYTHONHASHSEED=0``, imports everything once, then forks one process per workload (two
   at a time, one per core). That one does the set-up uninstrumented (at a fraction of
   callgrind's cost): tokens created through ``store.create_token``, each used once (warm
-  cache), the floods' 5,000 pre-requests, every measured request built; then
+  cache), the floods' 5,000 pre-requests (TokenGuard's alone: the other variants keep
+  no state), every measured request built; then
   ``gc.collect()`` and ``gc.freeze()``.
 - It then ``fork``s one child per (variant, N): every child starts from the very same
   memory, so only the loop count differs between the two runs of a variant. The child
@@ -139,9 +140,12 @@ def build(name: str, count: int, *, tokens: int = 100, mixed_tokens: int = 1000,
     apps = {"bare": inner, "authmw": AuthenticationMiddleware(inner, backend=backend),
             "tokenguard": guard}
     stream = workload.requests(secrets)
-    before = workload.warmup(secrets) + take(stream, workload.prefill)
+    warm = workload.warmup(secrets)
+    prefill = take(stream, workload.prefill)
     measured = take(stream, count)
     for variant, app in apps.items():
+        # Only TokenGuard keeps state across requests: the floods' prefill is its alone.
+        before = warm + prefill if variant == "tokenguard" else warm
         statuses = loop.run_until_complete(drive(app, [r.scope() for r in before]))
         if variant == "tokenguard":
             check_statuses(before, statuses)
