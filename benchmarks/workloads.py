@@ -264,7 +264,9 @@ class Workload:
         return self.stream(self.plans, secrets, random.Random(f"{self.name}/{seed}"))
 
     def warmup(self, secrets: Sequence[str]) -> list[Request]:
-        """One allowed request per token, none of them part of the stream."""
+        """One allowed request per token, then each shared table and each query text once
+        (their first sight parses them with sqlglot: a one-off, not the cached path); none
+        of them part of the stream."""
         out = []
         for plan, secret in zip(self.plans, secrets, strict=True):
             origin = None if plan.kind == "server" else ORIGINS[0]
@@ -273,6 +275,19 @@ class Workload:
                 out.append(sql_request(plan.query, filter_params(-1), hdrs))
             else:
                 out.append(table_request(plan.table, secret, hdrs))
+        first = next((i for i, p in enumerate(self.plans) if p.kind != "server"), None)
+        if first is not None:
+            hdrs = headers(secrets[first], ORIGINS[0], None)
+            out += [table_request(f"proj.shared.layer_{k}", secrets[first], hdrs)
+                    for k in range(SHARED_TABLES)]
+        for plan, secret in list(zip(self.plans, secrets, strict=True))[:QUERY_TEXTS]:
+            origin = None if plan.kind == "server" else ORIGINS[0]
+            hdrs = headers(secret, origin, None)
+            if "sql" in plan.body["allowed_apis"]:
+                out.append(sql_request(plan.query, filter_params(-2), hdrs))
+            else:
+                out.append(tile_request("query", plan.query, (0, 0, 0), secret, hdrs,
+                                        filter_params(-2)))
         return out
 
 
