@@ -22,7 +22,9 @@ from benchmarks.report import Budget, Results, Row, Threshold, draw_chart, forma
 SectionRun = Callable[[Budget], tuple[list[Row], list[Threshold]]]
 
 SECTIONS = {
+    "instructions": "benchmarks.instructions",
     "inprocess": "benchmarks.inprocess",
+    "realistic": "benchmarks.realistic",
     "http": "benchmarks.http_load",
     "wsgi": "benchmarks.wsgi_bench",
     "cold": "benchmarks.cold",

@@ -233,8 +233,9 @@ def _run(loop: asyncio.AbstractEventLoop, budget: Budget) -> tuple[list[Row], li
         Threshold("TokenGuard full check / AuthenticationMiddleware (overheads)",
                   full_vs_auth, 1.0, True, "x"),
         Threshold("cached query check (overhead over bare)", over["tg_query"], 5.0, True, "µs"),
-        Threshold("full check > 2x AuthenticationMiddleware", full_vs_auth, 2.0, True, "x",
-                  gross=True),
+        # Reported, not failing: time drifts with load (the instruction count is the guardrail).
+        Threshold("full check > 2x AuthenticationMiddleware (time)", full_vs_auth, 2.0, True,
+                  "x"),
     ]
     return rows, thresholds
 

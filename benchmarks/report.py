@@ -27,23 +27,24 @@ class Budget:
     memory_tokens: int
     grants: int
     revocations: int
+    traffic_tokens: int = 0  # tokens that each serve 100 distinct tile URLs (memory row)
 
     @classmethod
     def full(cls) -> Budget:
         """The documented run: about ten minutes on two cores."""
         return cls("full", 15, 0.25, 10, 5, 2000, 5000, 5000, 1_000_000, 10_000,
-                   100_000, 10_000, 100)
+                   100_000, 10_000, 100, traffic_tokens=5000)
 
     @classmethod
     def quick(cls) -> Budget:
         """CI: every row, smaller tables and fewer rounds; well under three minutes."""
         return cls("quick", 7, 0.08, 2, 5, 300, 500, 500, 100_000, 10_000,
-                   5_000, 10_000, 10)
+                   5_000, 10_000, 10, traffic_tokens=400)
 
     @classmethod
     def smoke(cls) -> Budget:
         """Tests: tiny counts, checks that each section runs and reports well-formed rows."""
-        return cls("smoke", 2, 0.002, 1, 1, 5, 20, 20, 2_000, 200, 300, 300, 2)
+        return cls("smoke", 2, 0.002, 1, 1, 5, 20, 20, 2_000, 200, 300, 300, 2, traffic_tokens=20)
 
 
 @dataclass(frozen=True, slots=True)

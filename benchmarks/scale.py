@@ -7,6 +7,9 @@
   token has a table grant (one of 1,000 tables: a catalogue many tokens share, which also
   keeps sqlglot's parse of every name out of a fill traced by tracemalloc), a shared
   wildcard, two referers and two APIs. The rows after the total say which modules hold it.
+- Memory per cached token under traffic: the peak (tracemalloc) while 5,000 tokens (400
+  quick) each serve 100 distinct tile URLs through ``TokenGuard`` — memos are bounded
+  globally, so the peak per token must stay near the one-request figure.
 - Decision time with 10,000 grants on one token (tables, wildcards and queries) against a
   token with the one grant the request needs; interleaved, medians. It must not grow with
   the number of grants.
@@ -17,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import random
 import time
 import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from benchmarks.bench_postgres import bench_id, bench_secret
 from benchmarks.inprocess import CONNECTIONS, ORIGIN, TOKEN_BODY
@@ -92,6 +97,60 @@ def _short(filename: str) -> str:
         if marker in filename:
             return filename[filename.index(marker):].removeprefix("site-packages/")
     return filename
+
+
+URLS_PER_TOKEN = 100
+
+
+async def _traffic(count: int) -> tuple[int, int, int]:
+    """Peak and final traced bytes while ``count`` tokens each serve 100 distinct tile URLs
+    through TokenGuard (5 views of 20 tiles per token, tokens taking turns); cached tokens."""
+    from benchmarks.instructions import drive
+    from benchmarks.workloads import browser, inner_app, tile_request
+    from token_guard.asgi import TokenGuard
+
+    store = ColumnStore(count + 1)
+    guard = TokenGuard(inner_app(), store=store, connections=CONNECTIONS)
+    rng = random.Random("traffic")
+    shared = [f"proj.shared.layer_{k}" for k in range(20)]
+
+    def request(i: int, k: int) -> dict[str, Any]:
+        # Tile k of token i: distinct per token (the view's place), 70 % its table.
+        secret = bench_secret(i)
+        table = f"proj.ds{i % 10}.table_{i % 1000}" if k % 10 < 7 else shared[k % 20]
+        tile = (14, i, k)
+        return tile_request("table", table, tile, secret, browser(rng, secret)).scope()
+
+    await drive(guard, [request(count, k) for k in range(3)])  # lazy imports, the flusher
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    for view in range(URLS_PER_TOKEN // 20):
+        for i in range(count):
+            statuses = await drive(guard, [request(i, view * 20 + j) for j in range(20)])
+            if statuses != [200] * 20:
+                raise RuntimeError(f"token {i} was refused: {statuses}")
+    gc.collect()
+    after, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    cached = guard.guard.resolver.stats()["positive_entries"]
+    await guard.guard.resolver.close()
+    return peak - before, after - before, cached
+
+
+def traffic_rows(budget: Budget) -> tuple[list[Row], list[Threshold]]:
+    """Peak bytes per cached token after each token served 100 distinct tile URLs."""
+    count = budget.traffic_tokens
+    started = time.perf_counter()
+    peak, final, cached = asyncio.run(_traffic(count))
+    note = (f"{count:,} tokens x {URLS_PER_TOKEN} distinct tile URLs through TokenGuard, "
+            f"{cached - 1:,} cached; {time.perf_counter() - started:.0f} s under tracemalloc")
+    return ([Row(SECTION, "memory per cached token under traffic: peak", peak / count, "B",
+                 note),
+             Row(SECTION, "memory per cached token under traffic: after", final / count, "B")],
+            [Threshold("peak memory per cached token after 100 distinct URLs each",
+                       peak / count, 2048, True, "B")])
 
 
 def memory_rows(budget: Budget) -> tuple[list[Row], list[Threshold]]:
@@ -184,4 +243,6 @@ def run(budget: Budget) -> tuple[list[Row], list[Threshold]]:
     """Memory per cached token and decision time against the number of grants."""
     rows, thresholds = grants_rows(budget)
     more_rows, more_thresholds = memory_rows(budget)
-    return more_rows + rows, more_thresholds + thresholds
+    traffic, traffic_thresholds = traffic_rows(budget)
+    return (more_rows + traffic + rows,
+            more_thresholds + traffic_thresholds + thresholds)

@@ -84,3 +84,49 @@ def test_command_prints_one_table_and_writes_the_same_figures_as_json(tmp_path: 
         "Flask wrapped / bare per request",
     }
     assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_workloads_are_seeded_distinct_and_answered_as_expected() -> None:
+    import asyncio
+
+    from benchmarks.workloads import create_tokens, inner_app, status_of, take, workloads
+    from token_guard.asgi import TokenGuard
+    from token_guard.secret import is_well_formed
+    from token_guard.stores.memory import MemoryStore
+
+    async def check() -> None:
+        for name, workload in workloads(tokens=10, mixed_tokens=50).items():
+            store = MemoryStore()
+            secrets = await create_tokens(store, workload.plans)
+            first = take(workload.requests(secrets), 200)
+            assert first == take(workload.requests(secrets), 200), f"{name} is not seeded"
+            targets = {(r.target(), r.header(b"authorization")) for r in first}
+            assert len(targets) == (1 if name == "repeated" else 200), name
+            guard = TokenGuard(inner_app(), store=store, connections={"carto_dw": "bigquery"})
+            for r in workload.warmup(secrets):
+                assert await status_of(guard, r) == 200, r.target()
+            for r in first:
+                assert await status_of(guard, r) == r.status, (name, r.target(), r.status)
+            await guard.guard.resolver.close()
+            if name == "mixed":
+                paths = {r.path.split("/")[2] for r in first}
+                assert paths == {"maps", "sql", "lds"}
+                assert 0 < sum(r.status != 200 for r in first) < 30
+            if name == "flood_tokens":
+                tokens = {r.header(b"authorization") for r in first}
+                assert len(tokens) == 200 and all(
+                    is_well_formed(t.decode()[len("Bearer "):]) for t in tokens if t)
+    asyncio.run(check())
+
+
+def test_instruction_counts_come_back_from_callgrind() -> None:
+    import shutil
+
+    from benchmarks.instructions import section
+
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    rows, _ = section(Budget.smoke(), ["repeated"])
+    added = {r.name: r.value for r in rows}
+    assert added["repeated: bare app per request"] is not None
+    assert added["repeated: TokenGuard added"] is not None
