@@ -39,17 +39,16 @@ from urllib.parse import quote, unquote
 
 __all__ = [
     "MAX_HEADER_LENGTH",
-    "MEMO_SIZE",
     "OriginMatcher",
     "OriginPattern",
+    "RequestSite",
     "parse_origin_pattern",
+    "read_site",
 ]
 
 MAX_HEADER_LENGTH = 4096
 """Longer ``Origin``/``Referer`` values (and patterns) are refused before any parsing."""
 
-MEMO_SIZE = 256
-"""Entries in each matcher's memo of (Origin, Referer) -> result; cleared when full."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
@@ -144,12 +143,13 @@ class _Rule:
 class OriginMatcher:
     """Decides whether a request's ``Origin``/``Referer`` names a website in a pattern list.
 
-    Build one per token (patterns are compiled once); ``check`` is cheap to call on every
-    request and remembers recent header values. Sharing one matcher across threads is safe: the
-    memo is a plain dict whose single operations are atomic, and a race costs only a recompute.
+    Build one per token (patterns are compiled once); it holds no state that changes, so any
+    number of threads may share it. ``check`` reads the headers and matches; the guard reads
+    each request's headers once (``read_site``, remembered per header pair) and asks each
+    token's matcher ``check_site``: set lookups.
     """
 
-    __slots__ = ("_any_port", "_exact", "_memo", "_paths", "_patterns", "_wild")
+    __slots__ = ("_any_port", "_exact", "_paths", "_patterns", "_wild")
 
     def __init__(self, patterns: Sequence[str | OriginPattern]) -> None:
         if isinstance(patterns, str):
@@ -197,7 +197,6 @@ class OriginMatcher:
         self._any_port = frozenset(any_port)
         self._wild = tuple(wild)
         self._paths = tuple(paths)
-        self._memo: dict[tuple[str | None, str | None], str] = {}
 
     @property
     def patterns(self) -> tuple[OriginPattern, ...]:
@@ -208,63 +207,15 @@ class OriginMatcher:
         """None if allowed; otherwise the reason, saying what was wrong and what to add."""
         if not self._patterns:
             return None
-        # Length first: hashing a huge value for the memo would already be work.
-        if (origin is not None and len(origin) > MAX_HEADER_LENGTH) or (
-            referer is not None and len(referer) > MAX_HEADER_LENGTH
-        ):
-            return (
-                f"The Origin or Referer header is longer than {MAX_HEADER_LENGTH} characters, "
-                f"so the website cannot be checked; {_REFUSED}."
-            )
-        key = (origin, referer)
-        memo = self._memo
-        # The memo stores "" for "allowed" so a miss (None) needs no sentinel.
-        hit = memo.get(key)
-        if hit is not None:
-            return hit or None
-        result = self._decide(origin, referer)
-        if len(memo) >= MEMO_SIZE:
-            memo.clear()
-        memo[key] = result or ""
-        return result
+        return self.check_site(read_site(origin, referer))
 
-    def _decide(self, origin: str | None, referer: str | None) -> str | None:
-        if origin is None and referer is None:
-            return (
-                "The request has no Origin or Referer header, so the website calling cannot be "
-                f"checked; {_REFUSED}. Call from a page on one of them in a browser, or remove "
-                "the token's referers restriction."
-            )
-        site: tuple[str, str, int] | None = None
-        if origin is not None:
-            if origin == "null":
-                return (
-                    "The request's Origin is 'null' (a sandboxed frame, a file:// page or a "
-                    f"privacy redirect), which names no website; {_REFUSED}. Serve the page "
-                    "from an http(s) site listed in the token's referers."
-                )
-            try:
-                scheme, host, port, _, rest = _split(origin, pattern=False)
-                if rest:
-                    raise ValueError("has a path; an Origin is scheme://host[:port]")
-            except ValueError as exc:
-                return f"The Origin header {exc}; {_REFUSED}."
-            site = (scheme, host, port or _DEFAULT_PORTS[scheme])
-        path: str | None = None
-        if referer is not None:
-            try:
-                scheme, host, port, _, rest = _split(referer, pattern=False)
-            except ValueError as exc:
-                return f"The Referer header {exc}; {_REFUSED}."
-            ref_site = (scheme, host, port or _DEFAULT_PORTS[scheme])
-            if site is not None and site != ref_site:
-                return (
-                    f"The Origin header ({_site_text(site)}) and the Referer header "
-                    f"({_site_text(ref_site)}) name different websites; {_REFUSED}."
-                )
-            site = ref_site
-            path = rest.partition("?")[0].partition("#")[0] or "/"
-        assert site is not None
+    def check_site(self, read: RequestSite | str) -> str | None:
+        """``check`` for headers already read by ``read_site`` (shared by every token)."""
+        if not self._patterns:
+            return None
+        if isinstance(read, str):
+            return read
+        site, path = read
         if self._allows(site, path):
             return None
         return self._refusal(site, path)
@@ -311,6 +262,64 @@ class OriginMatcher:
             f"The page on {text} is not under {listed}; add that page's path, or '{text}' for "
             "the whole site, to the token's referers."
         )
+
+
+RequestSite = tuple[tuple[str, str, int], str | None]
+"""The website a request comes from, ``(scheme, host, port)``, and its Referer's path
+(None when only ``Origin`` was sent)."""
+
+
+def read_site(origin: str | None, referer: str | None) -> RequestSite | str:
+    """The website the ``Origin``/``Referer`` headers name, or the reason they name none.
+
+    Pure, and the same for every token: ``Policy`` remembers it per header pair, and each
+    token's matcher then needs only set lookups (``check_site``).
+    """
+    # Length first: anything longer is refused before any parsing.
+    if (origin is not None and len(origin) > MAX_HEADER_LENGTH) or (
+        referer is not None and len(referer) > MAX_HEADER_LENGTH
+    ):
+        return (
+            f"The Origin or Referer header is longer than {MAX_HEADER_LENGTH} characters, "
+            f"so the website cannot be checked; {_REFUSED}."
+        )
+    if origin is None and referer is None:
+        return (
+            "The request has no Origin or Referer header, so the website calling cannot be "
+            f"checked; {_REFUSED}. Call from a page on one of them in a browser, or remove "
+            "the token's referers restriction."
+        )
+    site: tuple[str, str, int] | None = None
+    if origin is not None:
+        if origin == "null":
+            return (
+                "The request's Origin is 'null' (a sandboxed frame, a file:// page or a "
+                f"privacy redirect), which names no website; {_REFUSED}. Serve the page "
+                "from an http(s) site listed in the token's referers."
+            )
+        try:
+            scheme, host, port, _, rest = _split(origin, pattern=False)
+            if rest:
+                raise ValueError("has a path; an Origin is scheme://host[:port]")
+        except ValueError as exc:
+            return f"The Origin header {exc}; {_REFUSED}."
+        site = (scheme, host, port or _DEFAULT_PORTS[scheme])
+    path: str | None = None
+    if referer is not None:
+        try:
+            scheme, host, port, _, rest = _split(referer, pattern=False)
+        except ValueError as exc:
+            return f"The Referer header {exc}; {_REFUSED}."
+        ref_site = (scheme, host, port or _DEFAULT_PORTS[scheme])
+        if site is not None and site != ref_site:
+            return (
+                f"The Origin header ({_site_text(site)}) and the Referer header "
+                f"({_site_text(ref_site)}) name different websites; {_REFUSED}."
+            )
+        site = ref_site
+        path = rest.partition("?")[0].partition("#")[0] or "/"
+    assert site is not None
+    return site, path
 
 
 def _split(text: str, *, pattern: bool) -> tuple[str, str, int | None, bool, str]:

@@ -21,24 +21,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from token_guard import decision as codes
 from token_guard.connections import Connection, normalize_connections
 from token_guard.decision import Denial
 from token_guard.facts import RequestFacts, Source
-from token_guard.origins import OriginMatcher
+from token_guard.origins import OriginMatcher, RequestSite, read_site
 from token_guard.records import TokenRecord
 from token_guard.sql import SqlAnalyzer, SqlRefusal, is_system_table
 
 log = logging.getLogger("token_guard.policy")
 _T = TypeVar("_T")
 
-_UNCHECKED: Any = object()
 _EMPTY_KEYS: frozenset[tuple[str, ...]] = frozenset()
 _EMPTY_TEXTS: frozenset[str] = frozenset()
-_CHECKED_SIZE = 256  # remembered source answers per token
+SOURCES_MEMO_SIZE = 65_536
+"""Remembered answers per (compiled grants, source): one dict for every token, cleared when
+full. Tokens with equal grants on a connection share one ``ConnectionGrants`` (interned)."""
+SITES_MEMO_SIZE = 4096
+"""Remembered readings of (Origin, Referer) header pairs, for every token; cleared when full."""
 _CHECKED_MAX_VALUE = 2048  # longer source values (big queries) are not remembered
 _MATCHERS_SIZE = 10_000  # distinct referer lists whose matcher is shared
 
@@ -66,12 +69,8 @@ class ConnectionGrants:
 class CompiledToken:
     """A token record compiled against the guard's connections; what the cache holds.
 
-    ``checked`` remembers the answer per (connection, kind, source value) for this token:
-    the answer is a pure function of those and of the compiled grants, so a repeated
-    source (a map's tiles, a polled query) costs one dict lookup. ``decided`` remembers
-    the whole answer (but expiry) per ``RequestFacts`` object: the transports reuse one
-    object for a repeated request, and the entry keeps that object, so an ``id`` reused by
-    a later object never matches. Both bounded.
+    It holds no memo of its own: answers are remembered by the ``Policy``, bounded for all
+    tokens together, so a token's size does not grow with the requests it serves.
     """
 
     record: TokenRecord
@@ -79,8 +78,6 @@ class CompiledToken:
     expires_at: float | None
     origins: OriginMatcher | None
     grants: Mapping[str, ConnectionGrants]
-    checked: dict[tuple[str, str, str], Denial | None] = field(default_factory=dict)
-    decided: dict[int, tuple[RequestFacts, Denial | None]] = field(default_factory=dict)
 
 
 class Policy:
@@ -97,6 +94,11 @@ class Policy:
         # Tokens with the same referers share one matcher (and its memo of header values).
         self._matchers: dict[tuple[str, ...], OriginMatcher] = {}
         self._interned: dict[frozenset[Any], frozenset[Any]] = {}
+        self._grants: dict[ConnectionGrants, ConnectionGrants] = {}
+        # (id of interned grants, kind, value) -> (those grants, answer); the entry keeps
+        # the grants, so an id reused by a later object never matches.
+        self._sources: dict[tuple[int, str, str], tuple[ConnectionGrants, Denial | None]] = {}
+        self._sites: dict[tuple[str | None, str | None], RequestSite | str] = {}
 
     # -- compile (once per cache fill) -------------------------------------------------
     def compile(self, record: TokenRecord) -> CompiledToken:
@@ -137,7 +139,7 @@ class Policy:
                 (tables if kind == "table" else prefixes).add(compiled)
         grants: dict[str, ConnectionGrants] = {}
         for name, (tables, prefixes, queries) in per_conn.items():
-            grants[name] = ConnectionGrants(
+            built = ConnectionGrants(
                 connection=self.connections[name],
                 everything=name in everything,
                 tables=self._intern(frozenset(tables)) if tables else _EMPTY_KEYS,
@@ -145,6 +147,7 @@ class Policy:
                 prefix_lengths=tuple(sorted({len(p) for p in prefixes})),
                 queries=self._intern(frozenset(queries)) if queries else _EMPTY_TEXTS,
             )
+            grants[name] = self._grants.setdefault(built, built)
         exp = spec.expiration_date
         return CompiledToken(
             record=record,
@@ -177,22 +180,18 @@ class Policy:
         """None to allow; otherwise the Denial saying what is wrong and how to fix it."""
         if token.expires_at is not None and now >= token.expires_at:
             return _EXPIRED
-        decided = token.decided
-        seen = decided.get(id(facts))
-        if seen is not None and seen[0] is facts:
-            return seen[1]
-        answer = self._decide(token, facts)
-        if all(len(source.value) <= _CHECKED_MAX_VALUE for source in facts.sources):
-            if len(decided) >= _CHECKED_SIZE:
-                decided.clear()
-            decided[id(facts)] = (facts, answer)
-        return answer
-
-    def _decide(self, token: CompiledToken, facts: RequestFacts) -> Denial | None:
         if facts.api not in token.apis:
             return _api_denial(token, facts.api)
         if token.origins is not None:
-            reason = token.origins.check(facts.origin, facts.referer)
+            key = (facts.origin, facts.referer)
+            sites = self._sites
+            read = sites.get(key)
+            if read is None:
+                read = read_site(facts.origin, facts.referer)
+                if len(sites) >= SITES_MEMO_SIZE:
+                    sites.clear()
+                sites[key] = read
+            reason = token.origins.check_site(read)
             if reason is not None:
                 return Denial(
                     403,
@@ -207,16 +206,18 @@ class Policy:
         grants = token.grants.get(name)
         if grants is None:
             return self._connection_denial(name)
-        checked = token.checked
-        for source in facts.sources:
-            key = (name, source.kind, source.value)
-            denial: Denial | None = checked.get(key, _UNCHECKED)
-            if denial is _UNCHECKED:
-                denial = self._check_source(grants, name, source)
-                if len(source.value) <= _CHECKED_MAX_VALUE:
-                    if len(checked) >= _CHECKED_SIZE:
-                        checked.clear()
-                    checked[key] = denial
+        memo = self._sources
+        for kind, value in facts.sources:
+            source_key = (id(grants), kind, value)
+            hit = memo.get(source_key)
+            if hit is not None and hit[0] is grants:
+                denial = hit[1]
+            else:
+                denial = self._check_source(grants, name, Source(kind, value))
+                if len(value) <= _CHECKED_MAX_VALUE:
+                    if len(memo) >= SOURCES_MEMO_SIZE:
+                        memo.clear()
+                    memo[source_key] = (grants, denial)
             if denial is not None:
                 return denial
         return None

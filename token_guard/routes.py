@@ -493,11 +493,13 @@ def _unknown_route(prefix: str) -> Denial:
 class RouteMap:
     """Classifies requests under a prefix into ``RequestFacts``; precompiled at start-up.
 
-    Not mutated after ``__init__``, so one instance may serve any number of threads and
-    event loops.
+    Its configuration is not mutated after ``__init__``; its one memo (decoded parameter
+    values) is a plain dict whose single operations are atomic, so one instance may serve
+    any number of threads and event loops.
     """
 
     __slots__ = (
+        "_decoded",
         "_groups",
         "_head",
         "_plans",
@@ -528,6 +530,8 @@ class RouteMap:
         self._groups = self._compile(all_routes)
         # Keyed by id(): hashing a Route per request costs more than the whole lookup.
         self._plans = {id(route): _Plan.of(route) for route in all_routes}
+        # Long escaped parameter values, decoded (querystrings.DECODED_MEMO_SIZE, bounded).
+        self._decoded: dict[str, str] = {}
         self._head = prefix.strip("/").split("/") if self._prefix_segments else []
 
     # -- start-up ---------------------------------------------------------------------
@@ -702,7 +706,7 @@ class RouteMap:
         plan = self._plans.get(id(route))
         if plan is None or plan.route is not route:
             plan = _Plan.of(route)  # a RouteMatch built by hand, not by match()
-        found = parse_wanted(query_string, plan.names)
+        found = parse_wanted(query_string, plan.names, self._decoded)
         if isinstance(found, Denial):
             return found
 
