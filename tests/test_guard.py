@@ -111,7 +111,7 @@ async def test_an_exception_inside_a_step_is_a_refusal_never_a_pass() -> None:
     def broken(*_: Any) -> Denial | None:
         raise KeyError("a bug")
 
-    guard._policy_decide = broken  # type: ignore[assignment]
+    guard._decide_parts = broken  # type: ignore[assignment]
     step = guard.check("GET", *TABLE, bearer(secret), None, None)
     assert isinstance(step, Denial)
     assert (step.status, step.code) == (500, "internal_error")

@@ -520,3 +520,22 @@ def test_parse_pattern_raises_only_value_error(text: str) -> None:
         assert str(exc)
     else:
         assert parse_origin_pattern(str(pattern)) == pattern
+
+
+@given(
+    origin=st.one_of(st.none(), st.sampled_from(
+        ["https://a.example.com", "http://localhost:3000", "null", "https://b.example.com:443",
+         "https://x@evil.com", "HTTPS://A.EXAMPLE.COM", "https://a.example.com/"])),
+    head=st.sampled_from(["https://a.example.com", "http://localhost:3000", "https://a.example.com:8443",
+                          "https://evil.com\\@a.example.com", "ftp://a.example.com", "https://[::1]",
+                          "https://xn--bcher-kva.example", "https://a.example.com.", "https://"]),
+    rest=st.text(alphabet="/?#\\ %.a-z0-9\x00", max_size=12),
+)
+def test_remembered_authorities_read_exactly_as_a_fresh_parse(
+    origin: str | None, head: str, rest: str
+) -> None:
+    memo: dict[str, tuple[str, str, int | None] | str] = {}
+    referer = head + rest
+    fresh = read_site(origin, referer)
+    assert read_site(origin, referer, memo) == fresh
+    assert read_site(origin, referer, memo) == fresh  # from the memo this time

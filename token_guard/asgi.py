@@ -84,23 +84,18 @@ class TokenGuard:
                 receive = self._lifespan_receive(receive)
             await self.app(scope, receive, send)
             return
-        authorization: bytes | None = None
-        origin: str | None = None
-        referer: str | None = None
-        preflight = False
-        conflict = False
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                conflict = conflict or (authorization is not None and authorization != value)
-                authorization = value
-            elif name == b"origin":
-                text = value.decode("latin-1")
-                origin = text if origin in (None, text) else CONFLICTING_HEADERS
-            elif name == b"referer":
-                text = value.decode("latin-1")
-                referer = text if referer in (None, text) else CONFLICTING_HEADERS
-            elif name == b"access-control-request-method":
-                preflight = True
+        headers = scope["headers"]
+        named = dict(headers)  # one C call; the loop below only when a name repeats
+        if len(named) == len(headers):
+            authorization = named.get(b"authorization")
+            found = named.get(b"origin")
+            origin = None if found is None else found.decode("latin-1")
+            found = named.get(b"referer")
+            referer = None if found is None else found.decode("latin-1")
+            preflight = b"access-control-request-method" in named
+            conflict = False
+        else:
+            authorization, origin, referer, preflight, conflict = _read_headers(headers)
         method: str = scope.get("method", "GET")
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         if scope.get("root_path"):
@@ -180,6 +175,31 @@ class TokenGuard:
         status, headers, body = self.guard.deny_response(denial)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _read_headers(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[bytes | None, str | None, str | None, bool, bool]:
+    """Authorization, Origin, Referer, preflight and two-Authorizations, header by header
+    (a name sent twice: equal values are one, different ones a conflict)."""
+    authorization: bytes | None = None
+    origin: str | None = None
+    referer: str | None = None
+    preflight = False
+    conflict = False
+    for name, value in headers:
+        if name == b"authorization":
+            conflict = conflict or (authorization is not None and authorization != value)
+            authorization = value
+        elif name == b"origin":
+            text = value.decode("latin-1")
+            origin = text if origin in (None, text) else CONFLICTING_HEADERS
+        elif name == b"referer":
+            text = value.decode("latin-1")
+            referer = text if referer in (None, text) else CONFLICTING_HEADERS
+        elif name == b"access-control-request-method":
+            preflight = True
+    return authorization, origin, referer, preflight, conflict
 
 
 OUTSIDE_ROOT = Denial(

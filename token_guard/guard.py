@@ -146,8 +146,11 @@ TWO_ORIGINS = Denial(
     "The request has two different Origin or Referer headers.",
     "Send each header once; browsers never send two.",
 )
-_MEMO_SIZE = 4096
-_MEMO_MAX_KEY = 2048
+FACTS_MEMO_SIZE = 8192
+"""Remembered facts per (route answer, query string); cleared when full."""
+BEARER_MEMO_SIZE = 8192
+"""Remembered tokens per Authorization header; cleared when full."""
+_MEMO_MAX_QUERY = 2048  # longer query strings are read afresh every time
 CONFLICTING_HEADERS = "\x00conflict"
 """What adapters pass for an Origin/Referer header sent twice with different values."""
 
@@ -271,10 +274,17 @@ class Guard:
         # headers it reads: remembered, so a repeated request (a map's tiles, a polled
         # query) skips path, query-string and header parsing. Bounded; cleared when full.
         # Facts that depend on a body are never part of it (Pending.known is None).
-        self._begun: dict[tuple[Any, ...], Pending | Denial | PassThrough] = {}
+        # The memos of check(), each bounded for all requests and cleared when full:
+        # (id of a RouteMatch, query string) -> (that match, facts without headers or Denial)
+        self._facts: dict[tuple[Any, ...], tuple[RouteMatch, RequestFacts | Denial]] = {}
+        # Authorization header -> its token (or why it has none)
+        self._bearers: dict[bytes, str | Denial] = {}
         # Bound once: attribute chains cost on a path this short.
+        self._match = self.routes.match
+        self._route_facts = self.routes.facts
         self._lookup = self.resolver.lookup
         self._policy_decide = self.policy.decide
+        self._decide_parts = self.policy.decide_parts
         self._note_used = self.resolver.note_used
 
     def check(
@@ -288,86 +298,106 @@ class Guard:
         preflight: bool = False,
         conflicting_authorization: bool = False,
     ) -> Step:
-        """The first step of a request (see the module docstring for the steps)."""
+        """The first step of a request (see the module docstring for the steps).
+
+        Each step remembers its own answer by what that answer depends on, never by the
+        whole request: the route by its path (a tile's coordinates aside: ``RouteMap.match``),
+        the facts by (route answer, query string), the token by its Authorization header,
+        the decision by (token, facts) and the website by its headers (``Policy``). So a map's
+        distinct tiles, many tokens and varying bound parameters each cost a few lookups.
+        """
         if preflight and method == "OPTIONS" and origin is not None:
             return PASS
-        key = (method, raw_path, query_string, origin, referer, authorization,
-               conflicting_authorization)
-        found = self._begun.get(key)
-        if found is None:
-            try:
-                found = self._begin(
-                    method, raw_path, query_string, authorization, origin, referer,
-                    conflicting_authorization,
-                )
-            except Exception:
-                log.exception("token_guard failed routing %s %r", method, raw_path[:200])
-                found = INTERNAL_ERROR
-            if len(raw_path) + len(query_string) <= _MEMO_MAX_KEY:
-                if len(self._begun) >= _MEMO_SIZE:
-                    self._begun.clear()
-                self._begun[key] = found
-        if isinstance(found, Pending):
-            try:
-                compiled = self._lookup(found.token)
-                facts = found.known
+        try:
+            match = self._match(method, raw_path)
+            if match is None:
+                return PASS
+            if isinstance(match, Denial):
+                self.observe(method, raw_path, query_string, None, match)
+                return match
+            # What the request reads, without its headers (origin and referer None): the
+            # same object for every request with this route answer and query string.
+            what: RequestFacts | None = None
+            if not match.needs_body:
+                key = (id(match), query_string)
+                known = self._facts.get(key)
+                if known is not None and known[0] is match:
+                    read = known[1]
+                else:
+                    read = self._route_facts(match, query_string, None, None, None)
+                    if len(query_string) <= _MEMO_MAX_QUERY:
+                        if len(self._facts) >= FACTS_MEMO_SIZE:
+                            self._facts.clear()
+                        self._facts[key] = (match, read)
+                if isinstance(read, Denial):
+                    self.observe(method, raw_path, query_string, None, read)
+                    return read
+                what = read
+            token = None if authorization is None else self._bearers.get(authorization)
+            if (
+                token is None
+                or conflicting_authorization
+                or origin == CONFLICTING_HEADERS
+                or referer == CONFLICTING_HEADERS
+                or b"access_token" in query_string
+            ):
+                token = self._token(authorization, origin, referer, query_string,
+                                    conflicting_authorization)
+            if isinstance(token, Denial):
+                self.observe(method, raw_path, query_string, _with(what, origin, referer),
+                             token)
+                return token
+            compiled = self._lookup(token)
+            if compiled is None or what is None or isinstance(compiled, Denial):
+                pending = Pending(method, raw_path, match, token, query_string, origin,
+                                  referer, _with(what, origin, referer))
                 if compiled is None:
                     return Awaiting(
-                        partial(self.resolver.resolve, found.token),
-                        partial(self._resolved, found),
+                        partial(self.resolver.resolve, token), partial(self._resolved, pending)
                     )
-                if facts is None or isinstance(compiled, Denial):
-                    return self._resolved(found, compiled)
-                # _decide, written out: the path every cached request takes.
-                record = compiled.record
-                denial = self._policy_decide(compiled, facts, time())
-                if denial is not None:
-                    self.observe(method, raw_path, query_string, facts, denial, record.id)
-                    return denial
-                self._note_used(record.id)
-                if self.on_decision is not None:
-                    self.observe(method, raw_path, query_string, facts, record)
-                return record
-            except Exception:
-                return self._failed(found)
-        if isinstance(found, Denial):
-            self.observe(method, raw_path, query_string, None, found)
-        return found
+                return self._resolved(pending, compiled)
+            # _decide, written out: the path every cached request takes.
+            record = compiled.record
+            denial = self._decide_parts(compiled, what, origin, referer, time())
+            if denial is not None:
+                self.observe(method, raw_path, query_string, _with(what, origin, referer),
+                             denial, record.id)
+                return denial
+            self._note_used(record.id)
+            if self.on_decision is not None:
+                self.observe(method, raw_path, query_string, _with(what, origin, referer),
+                             record)
+            return record
+        except Exception:
+            log.exception("token_guard failed deciding %s %r", method, raw_path[:200])
+            return INTERNAL_ERROR
 
-    def _begin(
+    def _token(
         self,
-        method: str,
-        raw_path: bytes,
-        query_string: bytes,
         authorization: bytes | None,
         origin: str | None,
         referer: str | None,
+        query_string: bytes,
         conflicting_authorization: bool,
-    ) -> Pending | Denial | PassThrough:
-        """Routing and token extraction: a pure function of its arguments (remembered)."""
-        match = self.routes.match(method, raw_path)
-        if match is None:
-            return PASS
-        if isinstance(match, Denial):
-            return match
-        known: RequestFacts | None = None
-        if not match.needs_body:
-            facts = self.routes.facts(match, query_string, None, origin, referer)
-            if isinstance(facts, Denial):
-                return facts
-            known = facts
+    ) -> str | Denial:
+        """The request's one token, or why it has none (checked in this order)."""
         if origin == CONFLICTING_HEADERS or referer == CONFLICTING_HEADERS:
             return TWO_ORIGINS
         if conflicting_authorization:
             return TWO_TOKENS
-        token = None if authorization is None else _bearer(authorization)
+        token: str | Denial | None = None
+        if authorization is not None:
+            token = self._bearers.get(authorization)
+            if token is None:
+                token = _bearer(authorization)
+                if len(self._bearers) >= BEARER_MEMO_SIZE:
+                    self._bearers.clear()
+                self._bearers[authorization] = token
         if b"access_token" in query_string and not isinstance(token, Denial):
             token = self._query_token(query_string, token)
-        if isinstance(token, Denial):
-            return token
         if token is None:
             return MISSING
-        return Pending(method, raw_path, match, token, query_string, origin, referer, known)
+        return token
 
     def _resolved(self, pending: Pending, compiled: CompiledToken | Denial) -> Step:
         """The token is known (or refused): decide, or ask for the body first."""
@@ -487,6 +517,14 @@ class Guard:
 
 # RFC 6750 b64token characters: a header of "Bearer " and these is read without the slow path.
 _B64TOKEN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/="
+
+
+def _with(what: RequestFacts | None, origin: str | None, referer: str | None
+          ) -> RequestFacts | None:
+    """The request's whole facts: what it reads, and its headers."""
+    if what is None or (origin is None and referer is None):
+        return what
+    return what._replace(origin=origin, referer=referer)
 
 
 def _bearer(value: bytes) -> str | Denial:

@@ -269,11 +269,21 @@ RequestSite = tuple[tuple[str, str, int], str | None]
 (None when only ``Origin`` was sent)."""
 
 
-def read_site(origin: str | None, referer: str | None) -> RequestSite | str:
+AUTHORITIES_MEMO_SIZE = 4096
+"""Entries of a ``read_site`` ``authorities`` memo (``scheme://authority`` -> parsed)."""
+_AUTHORITY = re.compile(r"[^/?#]*://[^/?#]*")
+
+
+def read_site(
+    origin: str | None, referer: str | None,
+    authorities: dict[str, tuple[str, str, int | None] | str] | None = None,
+) -> RequestSite | str:
     """The website the ``Origin``/``Referer`` headers name, or the reason they name none.
 
     Pure, and the same for every token: ``Policy`` remembers it per header pair, and each
-    token's matcher then needs only set lookups (``check_site``).
+    token's matcher then needs only set lookups (``check_site``). ``authorities`` remembers
+    the parse of each ``scheme://authority`` part, so a site's many pages (Referers) parse
+    its host once; a Referer's own path is still checked every time.
     """
     # Length first: anything longer is refused before any parsing.
     if (origin is not None and len(origin) > MAX_HEADER_LENGTH) or (
@@ -298,7 +308,7 @@ def read_site(origin: str | None, referer: str | None) -> RequestSite | str:
                 "from an http(s) site listed in the token's referers."
             )
         try:
-            scheme, host, port, _, rest = _split(origin, pattern=False)
+            scheme, host, port, rest = _split_request(origin, authorities)
             if rest:
                 raise ValueError("has a path; an Origin is scheme://host[:port]")
         except ValueError as exc:
@@ -307,7 +317,7 @@ def read_site(origin: str | None, referer: str | None) -> RequestSite | str:
     path: str | None = None
     if referer is not None:
         try:
-            scheme, host, port, _, rest = _split(referer, pattern=False)
+            scheme, host, port, rest = _split_request(referer, authorities)
         except ValueError as exc:
             return f"The Referer header {exc}; {_REFUSED}."
         ref_site = (scheme, host, port or _DEFAULT_PORTS[scheme])
@@ -320,6 +330,37 @@ def read_site(origin: str | None, referer: str | None) -> RequestSite | str:
         path = rest.partition("?")[0].partition("#")[0] or "/"
     assert site is not None
     return site, path
+
+
+def _split_request(
+    text: str, authorities: dict[str, tuple[str, str, int | None] | str] | None
+) -> tuple[str, str, int | None, str]:
+    """``_split`` of a request header; its ``scheme://authority`` part remembered."""
+    if authorities is None:
+        scheme, host, port, _, rest = _split(text, pattern=False)
+        return scheme, host, port, rest
+    found = _AUTHORITY.match(text)
+    if found is None:
+        scheme, host, port, _, rest = _split(text, pattern=False)
+        return scheme, host, port, rest
+    head, rest = text[: found.end()], text[found.end():]
+    # What _split checks on the rest of the text (the whole of it checks the head too).
+    if not rest.isprintable() or " " in rest or "\\" in rest.partition("?")[0].partition("#")[0]:
+        scheme, host, port, _, rest = _split(text, pattern=False)
+        return scheme, host, port, rest
+    parsed = authorities.get(head)
+    if parsed is None:
+        try:
+            scheme, host, port, _, _ = _split(head, pattern=False)
+            parsed = (scheme, host, port)
+        except ValueError as exc:
+            parsed = str(exc)
+        if len(authorities) >= AUTHORITIES_MEMO_SIZE:
+            authorities.clear()
+        authorities[head] = parsed
+    if isinstance(parsed, str):
+        raise ValueError(parsed)
+    return (*parsed, rest)
 
 
 def _split(text: str, *, pattern: bool) -> tuple[str, str, int | None, bool, str]:

@@ -40,6 +40,9 @@ _EMPTY_TEXTS: frozenset[str] = frozenset()
 SOURCES_MEMO_SIZE = 65_536
 """Remembered answers per (compiled grants, source): one dict for every token, cleared when
 full. Tokens with equal grants on a connection share one ``ConnectionGrants`` (interned)."""
+DECISIONS_MEMO_SIZE = 16_384
+"""Remembered answers per (compiled token, facts object, headers' reading), all tokens;
+cleared when full. An entry keeps the objects, so an ``id`` reused later never matches."""
 SITES_MEMO_SIZE = 4096
 """Remembered readings of (Origin, Referer) header pairs, for every token; cleared when full."""
 _CHECKED_MAX_VALUE = 2048  # longer source values (big queries) are not remembered
@@ -99,6 +102,11 @@ class Policy:
         # the grants, so an id reused by a later object never matches.
         self._sources: dict[tuple[int, str, str], tuple[ConnectionGrants, Denial | None]] = {}
         self._sites: dict[tuple[str | None, str | None], RequestSite | str] = {}
+        self._authorities: dict[str, tuple[str, str, int | None] | str] = {}
+        self._decided: dict[
+            tuple[int, int, int],
+            tuple[CompiledToken, RequestFacts, RequestSite | str | None, Denial | None],
+        ] = {}
 
     # -- compile (once per cache fill) -------------------------------------------------
     def compile(self, record: TokenRecord) -> CompiledToken:
@@ -178,19 +186,52 @@ class Policy:
     # -- decide (every request) --------------------------------------------------------
     def decide(self, token: CompiledToken, facts: RequestFacts, now: float) -> Denial | None:
         """None to allow; otherwise the Denial saying what is wrong and how to fix it."""
+        return self.decide_parts(token, facts, facts.origin, facts.referer, now)
+
+    def decide_parts(
+        self,
+        token: CompiledToken,
+        what: RequestFacts,
+        origin: str | None,
+        referer: str | None,
+        now: float,
+    ) -> Denial | None:
+        """``decide`` with the headers apart: ``what``'s own origin and referer are not read.
+
+        Expiry is checked every time. The headers are read once per (Origin, Referer) pair
+        for all tokens (``SITES_MEMO_SIZE``); the answer is remembered per (compiled token,
+        ``what`` object, that reading) — the guard hands one ``what`` to every request with
+        the same route answer and query string (``DECISIONS_MEMO_SIZE``, all tokens).
+        """
         if token.expires_at is not None and now >= token.expires_at:
             return _EXPIRED
-        if facts.api not in token.apis:
-            return _api_denial(token, facts.api)
+        read: RequestSite | str | None = None
         if token.origins is not None:
-            key = (facts.origin, facts.referer)
+            site_key = (origin, referer)
             sites = self._sites
-            read = sites.get(key)
+            read = sites.get(site_key)
             if read is None:
-                read = read_site(facts.origin, facts.referer)
+                read = read_site(origin, referer, self._authorities)
                 if len(sites) >= SITES_MEMO_SIZE:
                     sites.clear()
-                sites[key] = read
+                sites[site_key] = read
+        key = (id(token), id(what), id(read))
+        decided = self._decided
+        hit = decided.get(key)
+        if hit is not None and hit[0] is token and hit[1] is what and hit[2] is read:
+            return hit[3]
+        answer = self._decide_request(token, what, read)
+        if len(decided) >= DECISIONS_MEMO_SIZE:
+            decided.clear()
+        decided[key] = (token, what, read, answer)
+        return answer
+
+    def _decide_request(
+        self, token: CompiledToken, what: RequestFacts, read: RequestSite | str | None
+    ) -> Denial | None:
+        if what.api not in token.apis:
+            return _api_denial(token, what.api)
+        if token.origins is not None and read is not None:
             reason = token.origins.check_site(read)
             if reason is not None:
                 return Denial(
@@ -200,6 +241,9 @@ class Policy:
                     "Add the website's origin to the token's referers, or call from a "
                     "website the token lists.",
                 )
+        return self._sources_denial(token, what)
+
+    def _sources_denial(self, token: CompiledToken, facts: RequestFacts) -> Denial | None:
         name = facts.connection
         if name is None:
             return None

@@ -117,6 +117,11 @@ __all__ = [
 
 DEFAULT_PREFIX = "/v3/"
 MAX_PATH_BYTES = 4096
+ROUTE_MEMO_SIZE = 8192
+"""Remembered route answers (see ``RouteMap.match``), for all requests; cleared when full."""
+_MEMO_MAX_PATH = 512  # longer paths are classified afresh every time
+# A path's trailing run of digit segments (tile coordinates), each of at most 10 digits.
+_DIGIT_TAIL = re.compile(rb"(?:/[0-9]{1,10}){1,8}\Z")
 MAX_CONNECTION_LENGTH = 128
 
 _KINDS: frozenset[str] = frozenset(get_args(SourceKind))
@@ -226,9 +231,9 @@ class Route:
 
 
 class RouteMatch(NamedTuple):
-    """A classified path: the route, its decoded path parameters, whether to read the body.
-
-    A named tuple: built on every request, at C speed."""
+    """A classified path: the route, the decoded path parameters the decision reads
+    (connection, source, checked placeholders; not a tile's ``z/x/y``), whether to read the
+    body. A named tuple: built at C speed, and shared by every request with the same answer."""
 
     route: Route
     params: Mapping[str, str]
@@ -384,6 +389,8 @@ class _Target:
     route: Route
     names: tuple[tuple[str, int], ...]
     needs_body: bool
+    # how many trailing segments are placeholders the decision never reads (a tile's z/x/y)
+    free_tail: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,8 +507,10 @@ class RouteMap:
 
     __slots__ = (
         "_decoded",
+        "_digit_literals",
         "_groups",
         "_head",
+        "_matched",
         "_plans",
         "_prefix",
         "_prefix_bytes",
@@ -527,11 +536,14 @@ class RouteMap:
         self._unknown = _unknown_route(prefix)
         all_routes = (*DEFAULT_ROUTES, *routes) if include_defaults else tuple(routes)
         self.routes: tuple[Route, ...] = all_routes
+        self._digit_literals = False  # set by _compile: a route with an all-digit literal
         self._groups = self._compile(all_routes)
         # Keyed by id(): hashing a Route per request costs more than the whole lookup.
         self._plans = {id(route): _Plan.of(route) for route in all_routes}
         # Long escaped parameter values, decoded (querystrings.DECODED_MEMO_SIZE, bounded).
         self._decoded: dict[str, str] = {}
+        # See match(): (method, raw path) or (method, head, digit segments) -> (answer,)
+        self._matched: dict[tuple[Any, ...], tuple[RouteMatch | Denial | None]] = {}
         self._head = prefix.strip("/").split("/") if self._prefix_segments else []
 
     # -- start-up ---------------------------------------------------------------------
@@ -542,7 +554,21 @@ class RouteMap:
         for route in routes:
             segments = _check_route(route, self._prefix)
             literal_at = tuple(i for i, s in enumerate(segments) if not s.startswith("{"))
-            names = tuple((s[1:-1], i) for i, s in enumerate(segments) if s.startswith("{"))
+            # Only the placeholders the decision reads become RouteMatch.params.
+            read = {"connection", "source"} | {
+                p.name[1:-1] for p in _declared(route) if p.name.startswith("{")
+            }
+            names = tuple(
+                (s[1:-1], i) for i, s in enumerate(segments)
+                if s.startswith("{") and s[1:-1] in read
+            )
+            free_tail = 0
+            for s in reversed(segments):
+                if not s.startswith("{") or s[1:-1] in read:
+                    break
+                free_tail += 1
+            if any(s.isdigit() for s in segments):
+                self._digit_literals = True
             shape = (len(segments), literal_at)
             if shape not in getters:
                 getters[shape] = _key_getter(literal_at)
@@ -564,7 +590,8 @@ class RouteMap:
                     )
                 owners[(*shape, key, method)] = route
                 by_method[method] = _Target(
-                    route, names, route.source_in_body and param_borne and method in _BODY_METHODS
+                    route, names, route.source_in_body and param_borne and method in _BODY_METHODS,
+                    free_tail,
                 )
         groups: dict[int, list[tuple[tuple[int, ...], _Group]]] = {}
         for (count, literal_at), table in shapes.items():
@@ -575,7 +602,39 @@ class RouteMap:
 
     # -- per request ------------------------------------------------------------------
     def match(self, method: str, raw_path: bytes) -> RouteMatch | Denial | None:
-        """Classify a raw path; ``None``: outside the prefix (pass through untouched)."""
+        """Classify a raw path; ``None``: outside the prefix (pass through untouched).
+
+        Remembered per (method, raw path), and a path ending in tile coordinates per
+        (method, path without them): no route has an all-digit literal segment (else this
+        is off), so trailing digit segments can only fill placeholders, and where the
+        matched route never reads them (a tile's ``z/x/y``) every such path gets the same
+        answer. ``ROUTE_MEMO_SIZE`` entries for all requests; cleared when full.
+        """
+        memo = self._matched
+        head = b""
+        tail = 0
+        if raw_path[-1:].isdigit() and not self._digit_literals:
+            found = _DIGIT_TAIL.search(raw_path)
+            if found is not None and len(raw_path) <= MAX_PATH_BYTES:
+                head = raw_path[: found.start()]
+                tail = raw_path.count(b"/", found.start())
+                hit = memo.get((method, head, tail))
+                if hit is not None:
+                    return hit[0]
+        hit = memo.get((method, raw_path))
+        if hit is not None:
+            return hit[0]
+        result, free_tail = self._match(method, raw_path)
+        if len(memo) >= ROUTE_MEMO_SIZE:
+            memo.clear()
+        if tail and tail <= free_tail:
+            memo[(method, head, tail)] = (result,)
+        elif len(raw_path) <= _MEMO_MAX_PATH:
+            memo[(method, raw_path)] = (result,)
+        return result
+
+    def _match(self, method: str, raw_path: bytes) -> tuple[RouteMatch | Denial | None, int]:
+        """``match`` without its memo; with the matched target's ``free_tail``."""
         # Fast path: an ordinary ASCII path with no escapes, dots or doubled slashes.
         # (Substring tests run on str: ``bytes in bytes`` costs several times more.)
         path = ""
@@ -585,22 +644,22 @@ class RouteMap:
                 path = ""
             elif not path.startswith(self._prefix):
                 # Clean, so no decoding or normalising can move it: only case can.
-                return self._unknown if self._under(raw_path.lower()) else None
+                return (self._unknown if self._under(raw_path.lower()) else None), 0
         if path:
             rest = path[len(self._prefix) :]
             if not rest:
-                return self._unknown
+                return self._unknown, 0
             if rest[-1] == "/":  # a trailing "/" is an empty last segment
-                return _PATH_DENIALS["empty"]
+                return _PATH_DENIALS["empty"], 0
             segments = rest.split("/")
         else:
             found = self._slow_segments(raw_path)
             if not isinstance(found, list):
-                return found
+                return found, 0
             segments = found
         groups = self._groups.get(len(segments))
         if groups is None:
-            return self._unknown
+            return self._unknown, 0
         declared: dict[str, _Target] | None = None
         for getter, table in groups:
             by_method = table.get(getter(segments))
@@ -610,16 +669,11 @@ class RouteMap:
             if target is None and method == "HEAD":
                 target = by_method.get("GET")
             if target is not None:
-                names = target.names
-                if len(names) == 1:
-                    name, at = names[0]
-                    params = {name: segments[at]}
-                else:
-                    params = {name: segments[at] for name, at in names}
-                return RouteMatch(target.route, params, target.needs_body)
+                params = {name: segments[at] for name, at in target.names}
+                return RouteMatch(target.route, params, target.needs_body), target.free_tail
             if declared is None:
                 declared = by_method
-        return self._wrong_method(method, declared)
+        return self._wrong_method(method, declared), 0
 
     def _wrong_method(self, method: str, declared: dict[str, _Target] | None) -> Denial:
         if declared is None:
