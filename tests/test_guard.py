@@ -171,3 +171,34 @@ def test_extra_sql_functions_are_opt_in() -> None:
     assert opened.policy.decide(opened.policy.compile(record), facts, time.time()) is None
     with pytest.raises(tg.ConfigurationError, match="allowed_functions"):
         Guard(store=MemoryStore(), connections=CONNECTIONS, allowed_functions="udf")
+
+
+async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
+    from token_guard.guard import BEARER_MEMO_SIZE, FACTS_MEMO_SIZE
+    from token_guard.policy import DECISIONS_MEMO_SIZE, SITES_MEMO_SIZE
+    from token_guard.secret import new_secret
+
+    guard, secret = await guard_and_secret()
+    referers = {**BODY, "referers": ["https://*.example.com"]}
+    browser = (await guard.store.create_token(referers)).token  # type: ignore[attr-defined]
+    for token in (secret, browser):
+        await drive(guard.check("GET", *TABLE, bearer(token), "https://a.example.com", None))
+    flood = max(FACTS_MEMO_SIZE, BEARER_MEMO_SIZE, DECISIONS_MEMO_SIZE, SITES_MEMO_SIZE) + 300
+    for i in range(flood):
+        page = f"https://s{i % 5000}.example.com/p/{i}"
+        step = guard.check("GET", f"/v3/maps/carto_dw/table/9/{i}/{i}".encode(),
+                           f"name=proj.ds.stores&v={i}".encode(), bearer(browser), None, page)
+        assert isinstance(step, TokenRecord)
+        if i % 7 == 0:
+            unknown = guard.check("GET", *TABLE, bearer(new_secret()), None, None)
+            assert isinstance(unknown, Awaiting)
+    assert len(guard._facts) <= FACTS_MEMO_SIZE
+    assert len(guard._bearers) <= BEARER_MEMO_SIZE
+    assert len(guard.policy._decided) <= DECISIONS_MEMO_SIZE
+    assert len(guard.policy._sites) <= SITES_MEMO_SIZE
+    # After the flood, the same requests get the same answers as before it.
+    evil = guard.check("GET", *TABLE, bearer(browser), "https://evil.com", None)
+    assert isinstance(evil, Denial) and evil.code == "origin_not_allowed"
+    secret_table = guard.check("GET", b"/v3/maps/carto_dw/table", b"name=proj.ds.secret",
+                               bearer(secret), None, None)
+    assert isinstance(secret_table, Denial) and secret_table.code == "source_not_granted"

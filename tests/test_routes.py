@@ -1522,3 +1522,65 @@ def test_deep_json_in_query_and_body_is_refused_not_crashed() -> None:
     text = b"/v3/sql/dw/model/formula?type=table&source=proj.ds.t&params=" + b"%5B" * 100_000
     found = classify("GET", text)
     assert isinstance(found, Denial) and found.code == codes.MALFORMED_REQUEST
+
+
+# -- the route memo: tile coordinates masked, never a different answer ---------------------
+def test_tile_coordinates_share_one_remembered_answer() -> None:
+    routes = RouteMap()
+    first = routes.match("GET", b"/v3/maps/dw/table/1/2/3")
+    again = routes.match("GET", b"/v3/maps/dw/table/12/4095/77")
+    assert isinstance(first, RouteMatch) and again is first
+    assert first.params == {"connection": "dw"}
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        pytest.param(b"/v3/maps/dw/table/1/2/3/4", "unknown_route", id="one-more-segment"),
+        pytest.param(b"/v3/maps/dw/table/1/2", "unknown_route", id="one-fewer-segment"),
+        pytest.param(b"/v3/maps/dw/table/1/2/" + b"9" * 11, "match", id="long-digits-afresh"),
+        pytest.param(b"/v3/maps/dw/table/1/2/3" + b"/1" * 3000, "malformed_request",
+                     id="path-over-the-limit"),
+        pytest.param(b"/v3/maps/dw/table/1/2/3/", "malformed_request", id="trailing-slash"),
+        pytest.param(b"/v3/maps/dw/query/1/2/3", "match", id="other-endpoint"),
+    ],
+)
+def test_masked_memo_answers_exactly_as_a_fresh_classification(path: bytes, kind: str) -> None:
+    routes = RouteMap()
+    warm = routes.match("GET", b"/v3/maps/dw/table/1/2/3")
+    assert isinstance(warm, RouteMatch)
+    answer = routes.match("GET", path)
+    assert answer == RouteMap().match("GET", path)
+    if kind == "match":
+        assert isinstance(answer, RouteMatch) and answer is not warm
+    else:
+        assert isinstance(answer, Denial) and answer.code == kind
+
+
+def test_digit_literal_routes_turn_masking_off() -> None:
+    routes = RouteMap(routes=[
+        Route("maps", "/v3/t/{connection}/{z}"),
+        Route("lds", "/v3/t/{connection}/5"),
+    ])
+    assert routes._digit_literals
+    general = routes.match("GET", b"/v3/t/dw/7")
+    special = routes.match("GET", b"/v3/t/dw/5")
+    assert isinstance(general, RouteMatch) and general.route.api == "maps"
+    assert isinstance(special, RouteMatch) and special.route.api == "lds"
+
+
+def test_a_digit_placeholder_the_decision_reads_is_never_masked() -> None:
+    routes = RouteMap()
+    one = routes.match("GET", b"/v3/stats/dw/proj.ds.t/123")
+    two = routes.match("GET", b"/v3/stats/dw/proj.ds.u/123")
+    assert isinstance(one, RouteMatch) and isinstance(two, RouteMatch)
+    assert one.params["source"] == "proj.ds.t" and two.params["source"] == "proj.ds.u"
+
+
+def test_route_memo_stays_bounded_under_a_flood() -> None:
+    from token_guard.routes import ROUTE_MEMO_SIZE
+
+    routes = RouteMap()
+    for i in range(ROUTE_MEMO_SIZE + 500):
+        routes.match("GET", f"/v3/sql/c{i}/query".encode())
+    assert len(routes._matched) <= ROUTE_MEMO_SIZE
