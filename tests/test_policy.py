@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests import tokens
 from token_guard.connections import Connection
 from token_guard.decision import Denial
 from token_guard.facts import RequestFacts, Source
@@ -21,20 +22,12 @@ from token_guard.sql import SqlAnalyzer, SqlRefusal
 NOW = time.time()
 POLICY = Policy({"carto_dw": "bigquery", "sf": "snowflake", "pg": "postgres"})
 
-BODY: dict[str, Any] = {
-    "name": "storefront map",
-    "grants": [
-        {"connection_name": "carto_dw", "source": "carto-demo-data.demo_tables.retail_stores"},
-        {"connection_name": "carto_dw", "source": "carto-demo-data.shared.*"},
-        {
-            "connection_name": "carto_dw",
-            "source": "SELECT * FROM `carto-demo-data`.demo_tables.stores WHERE city = @city",
-        },
-        {"connection_name": "sf", "source": "*"},
-    ],
-    "referers": [],
-    "allowed_apis": ["maps", "sql"],
-}
+# The design's body with a star grant on Snowflake, no website restriction and no expiry.
+BODY: dict[str, Any] = tokens.body(
+    grants=[*tokens.BODY["grants"], {"connection_name": "sf", "source": "*"}],
+    referers=[],
+    expiration_date=...,
+)
 
 
 def compiled(body: dict[str, Any] | None = None) -> CompiledToken:
