@@ -31,34 +31,14 @@ from typing import Any
 
 import pytest
 
+from tests.tokens import BODY, body
 from token_guard.errors import InvalidTokenSpec, NotFound, StoreError, StoreUnavailable
 from token_guard.records import ChangeEvent
 from token_guard.secret import hash_secret, is_well_formed
 from token_guard.spec import TOKEN_FIELDS, parse_token_spec
 from token_guard.stores.base import TokenStore
 
-BODY: dict[str, Any] = {
-    "name": "storefront map",
-    "grants": [
-        {"connection_name": "carto_dw", "source": "carto-demo-data.demo_tables.retail_stores"},
-        {"connection_name": "carto_dw", "source": "carto-demo-data.shared.*"},
-        {
-            "connection_name": "carto_dw",
-            "source": "SELECT * FROM `carto-demo-data`.demo_tables.stores WHERE city = @city",
-        },
-    ],
-    "referers": ["https://*.example.com", "http://localhost:*"],
-    "allowed_apis": ["maps", "sql"],
-    "expiration_date": "2099-01-01T00:00:00Z",
-}
-
 EVENT_WAIT = 10.0  # seconds; a bound for slow machines, not a performance claim
-
-
-def body(**changes: Any) -> dict[str, Any]:
-    """The example body with some fields replaced (a field set to ... is removed)."""
-    out = {**BODY, **changes}
-    return {k: v for k, v in out.items() if v is not ...}
 
 
 def full_body() -> dict[str, Any]:

@@ -294,6 +294,50 @@ def test_page_can_be_left_out_of_an_api_only_app(tmp_path: Path) -> None:
     assert asyncio.run(go()) == 404
 
 
+def _allowed_apis_enum(document: dict[str, Any]) -> list[str]:
+    schema = document["components"]["schemas"]["TokenCreate"]
+    enum: list[str] = schema["properties"]["allowed_apis"]["items"]["enum"]
+    return enum
+
+
+def _open_create_form(page: Page, site: Served) -> None:
+    _sign_in(page, site)
+    page.get_by_role("link", name="Create token").first.click()
+    expect(page.get_by_role("heading", name="Create an API access token")).to_be_visible()
+
+
+def test_api_checkboxes_are_the_openapi_documents_allowed_apis(tab: Tab, site: Served) -> None:
+    enum = _allowed_apis_enum(httpx.get(f"{site.url}/openapi.json", timeout=10).json())
+    page = tab.page
+    _open_create_form(page, site)
+    boxes = page.locator("#apis input[type=checkbox][name=allowed_apis]")
+    expect(boxes).to_have_count(len(enum))
+    assert [boxes.nth(i).get_attribute("value") for i in range(len(enum))] == enum
+    expect(page.get_by_label("SQL", exact=True)).to_have_attribute("value", "sql")
+    assert tab.csp_errors == []
+
+
+def test_an_api_the_page_has_no_word_for_gets_its_name_as_label(tab: Tab, site: Served) -> None:
+    document = httpx.get(f"{site.url}/openapi.json", timeout=10).json()
+    schema = document["components"]["schemas"]["TokenCreate"]["properties"]["allowed_apis"]
+    schema["items"]["enum"] = ["sql", "tiles"]
+    page = tab.page
+    page.route("**/openapi.json", lambda route: route.fulfill(json=document))
+    _open_create_form(page, site)
+    boxes = page.locator("#apis input[name=allowed_apis]")
+    expect(boxes).to_have_count(2)
+    expect(page.get_by_label("tiles", exact=True)).to_have_attribute("value", "tiles")
+    expect(page.get_by_label("SQL", exact=True)).to_have_attribute("value", "sql")
+
+
+def test_the_form_says_so_when_the_api_list_cannot_be_loaded(tab: Tab, site: Served) -> None:
+    page = tab.page
+    page.route("**/openapi.json", lambda route: route.fulfill(status=503, body="down"))
+    _open_create_form(page, site)
+    expect(page.locator("#api-choices [role=alert]")).to_contain_text("could not be loaded")
+    assert page.locator("#apis input").count() == 0
+
+
 # --- the main flow ----------------------------------------------------------------------
 
 

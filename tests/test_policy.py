@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,31 +12,27 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests import tokens
+from token_guard import decision
+from token_guard import policy as policy_module
 from token_guard.connections import Connection
 from token_guard.decision import Denial
 from token_guard.facts import RequestFacts, Source
 from token_guard.policy import CompiledToken, Policy
 from token_guard.records import TokenRecord
+from token_guard.secret import new_secret
 from token_guard.spec import parse_token_spec
 from token_guard.sql import SqlAnalyzer, SqlRefusal
 
 NOW = time.time()
 POLICY = Policy({"carto_dw": "bigquery", "sf": "snowflake", "pg": "postgres"})
 
-BODY: dict[str, Any] = {
-    "name": "storefront map",
-    "grants": [
-        {"connection_name": "carto_dw", "source": "carto-demo-data.demo_tables.retail_stores"},
-        {"connection_name": "carto_dw", "source": "carto-demo-data.shared.*"},
-        {
-            "connection_name": "carto_dw",
-            "source": "SELECT * FROM `carto-demo-data`.demo_tables.stores WHERE city = @city",
-        },
-        {"connection_name": "sf", "source": "*"},
-    ],
-    "referers": [],
-    "allowed_apis": ["maps", "sql"],
-}
+# The design's body with a star grant on Snowflake, no website restriction and no expiry.
+BODY: dict[str, Any] = tokens.body(
+    grants=[*tokens.BODY["grants"], {"connection_name": "sf", "source": "*"}],
+    referers=[],
+    expiration_date=...,
+)
 
 
 def compiled(body: dict[str, Any] | None = None) -> CompiledToken:
@@ -125,7 +123,8 @@ def test_decide(request_facts: RequestFacts, code: str | None) -> None:
 def test_expired_token_is_refused_with_401() -> None:
     body = dict(BODY, expiration_date=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
     token = compiled(body)
-    assert POLICY.decide(token, facts("lds", None), NOW) is not None  # lds not allowed
+    early = POLICY.decide(token, facts("lds", None), NOW)
+    assert early is not None and early.code == "api_not_allowed"
     ok = facts("maps", "carto_dw", table("carto-demo-data.shared.t"))
     assert POLICY.decide(token, ok, NOW) is None
     late = POLICY.decide(token, ok, NOW + 7200)
@@ -143,10 +142,112 @@ def test_origin_checked_when_referers_set() -> None:
         assert denial is not None and denial.code == "origin_not_allowed", origin
 
 
-def test_denials_never_contain_query_parameters_or_secrets() -> None:
-    denial = POLICY.decide(TOKEN, facts("maps", "carto_dw", table("a.b.c")), NOW)
-    assert denial is not None
-    assert "tgk_" not in denial.message + denial.hint
+# --- denials never repeat header values, literals or comments -----------------------
+
+SECRET = new_secret()
+LISTED = compiled(dict(BODY, referers=["https://*.example.com"]))
+UNDER_MAPS = compiled(dict(BODY, referers=["https://*.example.com/maps"]))
+IN_AN_HOUR = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+EXPIRING = compiled(dict(BODY, expiration_date=IN_AN_HOUR))
+# A Referer that passes LISTED's check and carries the secret in its query and fragment.
+REFERER = f"https://app.example.com/maps/page?access_token={SECRET}#{SECRET}"
+
+
+def leaky(api: str, connection: str | None, *sources: Source, origin: str | None = None,
+          referer: str | None = REFERER) -> RequestFacts:
+    return facts(api, connection, *sources, origin=origin, referer=referer)
+
+
+# Every kind of denial the policy gives, each with the secret somewhere in the facts (the
+# Referer's query or path, the Origin, a query's literal or comment). Denials name tables,
+# connections and functions (what to grant); never these.
+SECRET_CASES = [
+    pytest.param(EXPIRING, leaky("maps", "carto_dw"), NOW + 7200, "expired_token",
+                 id="expired"),
+    pytest.param(LISTED, leaky("lds", None), NOW, "api_not_allowed", id="api"),
+    pytest.param(LISTED, leaky("maps", "carto_dw", referer=f"https://evil.com/{SECRET}?t={SECRET}"),
+                 NOW, "origin_not_allowed", id="origin-not-listed"),
+    pytest.param(LISTED, leaky("maps", "carto_dw", origin="null"), NOW, "origin_not_allowed",
+                 id="origin-null"),
+    pytest.param(LISTED, leaky("maps", "carto_dw", origin="https://other.example.com"), NOW,
+                 "origin_not_allowed", id="origin-conflicts-with-referer"),
+    pytest.param(LISTED, leaky("maps", "carto_dw", origin=f"https://app.example.com/{SECRET}"),
+                 NOW, "origin_not_allowed", id="origin-unparseable"),
+    pytest.param(LISTED, leaky("maps", "carto_dw", referer=f"ht!tp://{SECRET}"), NOW,
+                 "origin_not_allowed", id="referer-unparseable"),
+    pytest.param(LISTED, leaky("maps", "carto_dw", referer=REFERER + "x" * 5000), NOW,
+                 "origin_not_allowed", id="referer-too-long"),
+    pytest.param(UNDER_MAPS, leaky("maps", "carto_dw",
+                                   referer=f"https://app.example.com/{SECRET}?t={SECRET}"),
+                 NOW, "origin_not_allowed", id="referer-not-under-path"),
+    pytest.param(UNDER_MAPS, leaky("maps", "carto_dw",
+                                   referer=f"https://app.example.com/maps/../{SECRET}"),
+                 NOW, "origin_not_allowed", id="referer-dot-segment"),
+    pytest.param(LISTED, leaky("maps", "nowhere"), NOW, "unknown_connection",
+                 id="unknown-connection"),
+    pytest.param(LISTED, leaky("maps", "pg"), NOW, "connection_not_granted",
+                 id="connection-not-granted"),
+    pytest.param(LISTED, leaky("maps", "carto_dw", table("p.private.t")), NOW,
+                 "source_not_granted", id="table-not-granted"),
+    pytest.param(LISTED, leaky("maps", "carto_dw", table("p..t")), NOW,
+                 "source_not_granted", id="table-name-refused"),
+    pytest.param(LISTED, leaky("sql", "carto_dw", query(
+        f"SELECT * FROM p.private.t WHERE k = '{SECRET}' -- {SECRET}")), NOW,
+                 "source_not_granted", id="query-reads-ungranted"),
+    pytest.param(LISTED, leaky("sql", "carto_dw", query(
+        f"DELETE FROM p.private.t WHERE k = '{SECRET}'")), NOW,
+                 "query_not_allowed", id="query-writes"),
+    pytest.param(LISTED, leaky("sql", "carto_dw", query(
+        f"SELECT * FROM p.d.t WHERE k = '{SECRET}' )")), NOW,
+                 "query_not_allowed", id="query-does-not-parse"),
+    pytest.param(LISTED, leaky("sql", "carto_dw", query(f"SELECT '{SECRET}'; SELECT 1")), NOW,
+                 "query_not_allowed", id="query-two-statements"),
+    pytest.param(LISTED, leaky("sql", "carto_dw", query(
+        f"SELECT x FROM p.d.t /* {SECRET} /* */")), NOW,
+                 "query_not_allowed", id="query-nested-comment"),
+    pytest.param(LISTED, leaky("sql", "carto_dw", query(
+        f"SELECT my_fn('{SECRET}') FROM p.d.t")), NOW,
+                 "query_not_allowed", id="query-unknown-function"),
+    pytest.param(LISTED, leaky("sql", "carto_dw", query(
+        f"SELECT * FROM EXTERNAL_QUERY('{SECRET}', 'SELECT 1')")), NOW,
+                 "query_not_allowed", id="query-table-function"),
+]
+
+
+def assert_denied_without_secret(
+    policy: Policy, token: CompiledToken, request_facts: RequestFacts, now: float, code: str
+) -> None:
+    denial = policy.decide(token, request_facts, now)
+    assert denial is not None and denial.code == code, denial
+    assert SECRET not in denial.message + denial.hint, denial
+
+
+def test_every_denial_code_the_policy_gives_has_a_secret_case() -> None:
+    given_codes = {
+        getattr(decision, name)
+        for name in re.findall(r"codes\.([A-Z_]+)", inspect.getsource(policy_module))
+    }
+    assert {p.values[3] for p in SECRET_CASES} == given_codes
+
+
+@pytest.mark.parametrize(("token", "request_facts", "now", "code"), SECRET_CASES)
+def test_denials_never_contain_header_values_literals_or_comments(
+    token: CompiledToken, request_facts: RequestFacts, now: float, code: str
+) -> None:
+    assert_denied_without_secret(POLICY, token, request_facts, now, code)
+
+
+def test_the_secret_check_fails_on_a_denial_that_echoes_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def echoing(self: Policy, grants: object, name: str, source: Source) -> Denial:
+        return Denial(403, "query_not_allowed", f"refused {source.value}", "fix it")
+
+    monkeypatch.setattr(Policy, "_check_source", echoing)
+    policy = Policy({"carto_dw": "bigquery", "sf": "snowflake", "pg": "postgres"})
+    case = next(p for p in SECRET_CASES if p.id == "query-writes")
+    with pytest.raises(AssertionError):
+        assert_denied_without_secret(policy, *case.values)  # type: ignore[arg-type]
 
 
 def test_grant_for_unconfigured_connection_grants_nothing() -> None:
@@ -163,7 +264,8 @@ def test_decision_cost_does_not_depend_on_grant_count() -> None:
     assert token.grants["carto_dw"].prefix_lengths == (2,)
     assert POLICY.decide(token, facts("maps", "carto_dw", table("p.w4999.x")), NOW) is None
     assert POLICY.decide(token, facts("maps", "carto_dw", table("p.d7.t7")), NOW) is None
-    assert POLICY.decide(token, facts("maps", "carto_dw", table("p.d7.t8")), NOW) is not None
+    denied = POLICY.decide(token, facts("maps", "carto_dw", table("p.d7.t8")), NOW)
+    assert denied is not None and denied.code == "source_not_granted"
 
 
 segment = st.text(alphabet="abcxyz_", min_size=1, max_size=4)

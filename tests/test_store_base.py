@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.store_contract import body
+from tests.tokens import body
 from token_guard import TokenGuard
 from token_guard.records import TokenRecord
 from token_guard.resolver import Resolver

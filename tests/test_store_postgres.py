@@ -19,7 +19,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.store_contract import EVENT_WAIT, StoreContract, body, wait_for
+from tests.store_contract import EVENT_WAIT, StoreContract, wait_for
+from tests.tokens import body
 from token_guard.errors import ConfigurationError, StoreError, StoreUnavailable
 from token_guard.records import ChangeEvent
 from token_guard.secret import hash_secret, new_secret

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.store_contract import body
+from tests.tokens import body
 from token_guard.errors import StoreError
 from token_guard.secret import hash_secret
 from token_guard.stores.base import TokenStore

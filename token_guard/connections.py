@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
+from token_guard.dialects import DIALECTS
 from token_guard.errors import ConfigurationError
 
 # Dialects whose names token_guard knows how to qualify, with the number of name parts
-# a fully qualified table has there.
-DIALECT_DEPTH: dict[str, int] = {
-    "bigquery": 3,  # project.dataset.table
-    "snowflake": 3,  # database.schema.table
-    "databricks": 3,  # catalog.schema.table
-    "postgres": 3,  # database.schema.table, as CARTO names them
-    "redshift": 3,  # database.schema.table
-    "duckdb": 3,  # catalog.schema.table
-    "sqlite": 1,  # table
-}
+# a fully qualified table has there (the table of their rules is token_guard.dialects).
+DIALECT_DEPTH: Mapping[str, int] = MappingProxyType(
+    {name: rules.depth for name, rules in DIALECTS.items()}
+)
 
 
 @dataclass(frozen=True, slots=True)

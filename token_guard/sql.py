@@ -5,9 +5,10 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
 
 * A query is parsed with sqlglot in the connection's dialect. Exactly one statement is
   allowed, and it must be a ``SELECT`` (or a set operation of them). Every node of the
-  parsed tree must be of a kind the guard knows: DML/DDL anywhere (also inside a CTE, as
-  in Postgres ``WITH x AS (DELETE ...)``), ``SELECT ... INTO``, locking clauses, sqlglot's
-  ``Command`` fallback and any unknown node type are refused.
+  parsed tree must be of a kind the guard knows (``token_guard.sql_nodes`` lists them):
+  DML/DDL anywhere (also inside a CTE, as in Postgres ``WITH x AS (DELETE ...)``),
+  ``SELECT ... INTO``, locking clauses, sqlglot's ``Command`` fallback and any unknown
+  node type are refused.
 * Every table reference is resolved: a one-part name that a visible CTE defines is that
   CTE; anything else is a real table, qualified with ``Connection.default_path`` to
   ``Connection.depth`` parts, or refused. A non-recursive CTE does not see itself or the
@@ -26,7 +27,7 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
   keeps PostgreSQL's rule (quoted names exact) although sqlglot folds them: with
   ``enable_case_sensitive_identifier`` on, ``"Secret"`` and ``secret`` are two tables. A
   rule that tells more names apart than the engine only over-asks; the reverse leaks.
-* Never narrower than the engine (dialect rules live in the ``_RULES`` table):
+* Never narrower than the engine (dialect rules live in the ``token_guard.dialects`` table):
   - implicit UNNEST: sqlglot's BigQuery/Redshift parsers turn a joined path whose first
     part names an earlier FROM item (``FROM t, t.arr``) into ``UNNEST(t.arr)``. That is
     accepted only in the engine's own shape: the first identifier is exactly one token of
@@ -91,8 +92,19 @@ from sqlglot.tokenizer_core import Token, TokenType
 from sqlglot.tokens import Tokenizer
 
 from token_guard import pg_parser
-from token_guard.connections import DIALECT_DEPTH, Connection
+from token_guard.connections import Connection
+from token_guard.dialects import DIALECTS, DialectRules
 from token_guard.errors import ConfigurationError
+from token_guard.sql_nodes import (
+    DEFAULT_ALLOWED_FUNCTIONS,
+    DENY,
+    FUNCTION,
+    NAMED_FUNCTIONS,
+    ROW_SOURCES,
+    STATEMENT_WORDS,
+    TABLE,
+    classify,
+)
 
 log = logging.getLogger("token_guard.sql")
 
@@ -104,159 +116,15 @@ __all__ = [
     "is_system_table",
 ]
 
-# Read-only spatial functions sqlglot parses as unknown ("Anonymous") calls. Functions that
-# take a table or a URI (PostGIS ST_EstimatedExtent, BigQuery ST_REGIONSTATS) are left out
-# on purpose: they read data no grant names.
-DEFAULT_ALLOWED_FUNCTIONS: frozenset[str] = frozenset(
-    {
-        "st_area", "st_asbinary", "st_asgeojson", "st_asmvt", "st_asmvtgeom", "st_astext",
-        "st_aswkb", "st_aswkt", "st_boundary", "st_buffer", "st_centroid",
-        "st_closestpoint", "st_clusterdbscan", "st_collect", "st_contains", "st_convexhull",
-        "st_coveredby", "st_covers", "st_difference", "st_dimension", "st_disjoint",
-        "st_distance", "st_dwithin", "st_endpoint", "st_envelope", "st_equals", "st_extent",
-        "st_geogfrom", "st_geogfromgeojson", "st_geogfromtext", "st_geogfromwkb",
-        "st_geogpoint", "st_geogpointfromgeohash", "st_geographyfromtext", "st_geohash",
-        "st_geometrytype", "st_geomfromgeojson", "st_geomfromtext", "st_geomfromwkb",
-        "st_intersection", "st_intersects", "st_intersectsbox", "st_isclosed", "st_isempty",
-        "st_isvalid", "st_length", "st_makeenvelope", "st_makeline", "st_makepoint",
-        "st_makepolygon", "st_maxdistance", "st_npoints", "st_numpoints", "st_perimeter",
-        "st_point", "st_pointn", "st_setsrid", "st_simplify", "st_snaptogrid", "st_srid",
-        "st_startpoint", "st_tileenvelope", "st_touches", "st_transform", "st_union",
-        "st_union_agg", "st_within", "st_x", "st_xmax", "st_xmin", "st_y", "st_ymax",
-        "st_ymin", "to_geography", "to_geometry", "try_to_geography", "h3_latlng_to_cell",
-        "h3_latlng_to_cell_string", "h3_cell_to_boundary", "h3_cell_to_parent",
-        "h3_cell_to_children", "h3_int_to_string", "h3_string_to_int",
-        "h3_polygon_to_cells", "h3_point_to_cell", "h3_point_to_cell_string",
-    }
-)
+# Parse cost: sqlglot's BigQuery parser copies every derived table once per enclosing
+# SELECT, so nested subqueries cost time quadratic in their size (64 KiB of them: ~2.5 s).
+# Both limits sit far above hand-written queries; the mass is the summed token length of
+# all parenthesised subqueries.
+MAX_NESTING = 32
+MAX_SUBQUERY_MASS = 25_000
 
-# Known sqlglot functions that reach outside the query: models, AI services, files,
-# sequences (a write), dynamic names.
-_DENIED_FUNCTIONS: tuple[type[exp.Expression], ...] = tuple(
-    getattr(exp, name)
-    for name in (
-        "AIAgg", "AIClassify", "AIEmbed", "AIForecast", "AIGenerate", "AISimilarity",
-        "AISummarizeAgg", "DynamicIdentifier", "FeaturesAtTime", "GapFill", "GenerateBool",
-        "GenerateDouble", "GenerateEmbedding", "GenerateInt", "GenerateTable", "GenerateText",
-        "MLForecast", "MLTranslate", "NextValueFor", "Predict", "ReadCSV", "ReadParquet",
-        "Secret", "ToFile", "VectorSearch",
-    )
-    if hasattr(exp, name)
-)
-
-# Functions sqlglot does not know: checked against the allow-list by name.
-_NAMED_FUNCTIONS: tuple[type[exp.Expression], ...] = (
-    exp.Anonymous,
-    exp.AnonymousAggFunc,
-    exp.CombinedAggFunc,
-    exp.ParameterizedAgg,
-    exp.CombinedParameterizedAgg,
-)
-
-# Clause and structure nodes of a plain read. Func and Condition subclasses are handled
-# by kind below; everything not listed here is refused.
-_STRUCTURE: frozenset[type[exp.Expression]] = frozenset(
-    getattr(exp, name)
-    for name in (
-        "Alias", "Aliases", "AtTimeZone", "CTE", "CharacterSet", "Cluster", "Connect",
-        "Cube", "DataType", "DataTypeParam", "Distinct", "Distribute", "Except", "Fetch",
-        "Filter", "FormatJson", "From", "FromTimeZone", "Group", "GroupingSets", "Having",
-        "HavingMax", "HistoricalData", "Identifier", "IgnoreNulls", "Intersect", "Interval",
-        "IntervalSpan", "Introducer", "JSONColumnDef", "JSONPath", "JSONPathFilter",
-        "JSONPathKey", "JSONPathPart", "JSONPathRecursive", "JSONPathRoot",
-        "JSONPathSelector", "JSONPathSlice", "JSONPathSubscript", "JSONPathUnion",
-        "JSONPathWildcard", "JSONSchema", "Join", "Lambda", "Lateral", "Limit",
-        "LimitOptions", "MatchRecognize", "MatchRecognizeMeasure", "National", "Offset",
-        "Order", "Ordered", "Pivot", "PivotAlias", "PivotAny", "Prior", "PseudoType",
-        "ObjectIdentifier", "Qualify", "RecursiveWithSearch", "RespectNulls", "Rollup",
-        "Select", "Slice", "Sort", "Star", "Subquery", "Table", "TableAlias", "TableColumn",
-        "TableFromRows", "TableSample", "Tuple", "Union", "Values", "Var", "Version",
-        "Where", "WindowSpec", "With", "WithinGroup",
-    )
-    if hasattr(exp, name)
-)
-
-# Statement nodes, named in refusals so people see what was wrong.
-_STATEMENT_WORDS: dict[str, str] = {
-    "Insert": "INSERT", "Update": "UPDATE", "Delete": "DELETE", "Merge": "MERGE",
-    "Create": "CREATE", "Drop": "DROP", "Alter": "ALTER", "Copy": "COPY", "Set": "SET",
-    "Use": "USE", "Transaction": "BEGIN", "Commit": "COMMIT", "Rollback": "ROLLBACK",
-    "Grant": "GRANT", "Revoke": "REVOKE", "Declare": "DECLARE", "Execute": "EXECUTE",
-    "ExecuteSql": "EXECUTE", "Export": "EXPORT DATA", "TruncateTable": "TRUNCATE",
-    "Describe": "DESCRIBE", "Show": "SHOW", "Pragma": "PRAGMA", "Cache": "CACHE",
-    "Uncache": "UNCACHE", "LoadData": "LOAD DATA", "Put": "PUT", "Get": "GET",
-    "Kill": "KILL", "Analyze": "ANALYZE", "Refresh": "REFRESH", "Attach": "ATTACH",
-    "Detach": "DETACH", "Install": "INSTALL", "Summarize": "SUMMARIZE", "Values": "VALUES",
-    "StoredProcedure": "CALL", "Block": "a script block",
-}
-
-# Table sources that are functions over values, never over named tables.
-_ROW_SOURCES: tuple[type[exp.Expression], ...] = (exp.Unnest, exp.Explode)
-
-# Unqualified names that Postgres-like databases may resolve in a catalog schema searched
-# before the default one.
-_CATALOG_PREFIXES: dict[str, tuple[str, ...]] = {
-    "postgres": ("pg_",),
-    "redshift": ("pg_", "stl_", "stv_", "svl_", "svv_", "svcs_", "stcs_", "sys_"),
-    "duckdb": ("pg_", "duckdb_", "sqlite_"),
-    "sqlite": ("sqlite_",),
-}
-
-_QUALIFY_HINT: dict[str, str] = {
-    "bigquery": "proj.dataset.table",
-    "snowflake": "database.schema.table",
-    "databricks": "catalog.schema.table",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Rules:
-    """Where a dialect's engine reads names or text differently from sqlglot's defaults."""
-
-    # ``FROM t, t.arr`` navigates a column of the range variable ``t`` (BigQuery arrays,
-    # Redshift PartiQL); sqlglot rewrites such joins to UNNEST, the guard decides itself.
-    implicit_unnest: bool = False
-    # A quoted identifier holding dots is a path (BigQuery `a.b.c`).
-    quoted_paths: bool = False
-    # The engine setting that makes a backslash in '...' an escape, or not (None: fixed).
-    escape_setting: str | None = None
-    # A two-part name may be catalog.table or schema.table, depending on what exists.
-    two_part_ambiguous: bool = False
-    # Fold identifiers with this dialect's rule instead of sqlglot's for the dialect.
-    fold_as: str | None = None
-    # A catalog view may take one part more than a table (BigQuery
-    # `proj.region-us.INFORMATION_SCHEMA.TABLES`); elsewhere the engine reads such a name
-    # otherwise (DuckDB drops a part of `a.b.information_schema.tables`).
-    system_extra_part: bool = False
-    # Longer identifiers are truncated by the engine, so two spellings name one table.
-    max_identifier_bytes: int | None = None
-    # Comments that switch the engine to another SQL language (lower case, stripped).
-    mode_comments: tuple[str, ...] = ()
-
-
-_RULES: dict[str, _Rules] = {
-    # "#legacySQL" runs the query as legacy SQL: commas are UNION ALL, [p:d.t] names.
-    "bigquery": _Rules(
-        implicit_unnest=True,
-        quoted_paths=True,
-        system_extra_part=True,
-        mode_comments=("legacysql",),
-    ),
-    "snowflake": _Rules(),
-    "postgres": _Rules(escape_setting="standard_conforming_strings", max_identifier_bytes=63),
-    # sqlglot folds quoted Redshift names too; with enable_case_sensitive_identifier on,
-    # "Secret" and secret are two tables, so names keep PostgreSQL's rule (finer is safe).
-    "redshift": _Rules(
-        implicit_unnest=True,
-        escape_setting="standard_conforming_strings",
-        fold_as="postgres",
-        max_identifier_bytes=127,
-    ),
-    "databricks": _Rules(escape_setting="spark.sql.parser.escapedStringLiterals"),
-    "duckdb": _Rules(two_part_ambiguous=True),
-    "sqlite": _Rules(),
-}
-
+# Tokens that start a subquery after '(' (for the nesting limits).
+_SUBQUERY_STARTS = frozenset({TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN})
 # Tokens after which a '.' starts a name with an empty first part (``FROM .a.b``).
 _NO_NAME_BEFORE_DOT = frozenset(
     {TokenType.DOT, TokenType.COMMA, TokenType.FROM, TokenType.JOIN, TokenType.L_PAREN,
@@ -265,11 +133,35 @@ _NO_NAME_BEFORE_DOT = frozenset(
 _NO_NAME_AFTER_DOT = frozenset(
     {TokenType.DOT, TokenType.COMMA, TokenType.FROM, TokenType.R_PAREN}
 )
+# Tokens after which ':' is not a placeholder's start (a slice ``a[x:y]``, a label).
+_OPERAND_ENDS = frozenset(
+    {TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.STRING,
+     TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.NULL, TokenType.TRUE, TokenType.FALSE}
+)
+# Text that makes a table name (request ``name=``, a grant) more than a name.
+_NAME_MARKS = ("--", "/*", "*/", ";", "#", "\n", "\r", "\x00")
 
-_ALLOW = 0
-_TABLE = 1
-_FUNCTION = 2
-_DENY = 3
+# Each dialect's rules by its sqlglot class, for the steps that are handed only a Dialect.
+_RULES_OF: dict[type[Dialect], DialectRules] = {
+    type(Dialect.get_or_raise(name)): rules for name, rules in DIALECTS.items()
+}
+_FOLD_AS: dict[type[Dialect], Dialect] = {
+    type(Dialect.get_or_raise(name)): Dialect.get_or_raise(rules.fold_as)
+    for name, rules in DIALECTS.items()
+    if rules.fold_as is not None
+}
+# System names of every dialect together: the policy asks is_system_table without a
+# dialect, and calling more names system only narrows '*' and wildcard grants.
+_SYSTEM_SCHEMAS: frozenset[str] = frozenset().union(*(r.system_schemas for r in DIALECTS.values()))
+_SYSTEM_SCHEMA_PREFIXES = tuple(
+    dict.fromkeys(p for r in DIALECTS.values() for p in r.system_schema_prefixes)
+)
+_SYSTEM_CATALOGS: frozenset[str] = frozenset().union(
+    *(r.system_catalogs for r in DIALECTS.values())
+)
+_DUNDER_META_TABLES = any(r.dunder_meta_tables for r in DIALECTS.values())
+
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +180,12 @@ class SqlRefusal:
     hint: str
 
 
+_TOO_DEEP = SqlRefusal(
+    "the query nests too deeply for the guard to analyse",
+    "flatten the query: fewer nested subqueries or parentheses",
+)
+
+
 def is_system_table(key: tuple[str, ...]) -> bool:
     """True for INFORMATION_SCHEMA and other catalog names: only an exact grant allows these."""
     for part in key:
@@ -295,35 +193,14 @@ def is_system_table(key: tuple[str, ...]) -> bool:
         if upper == "INFORMATION_SCHEMA" or upper.startswith("INFORMATION_SCHEMA."):
             return True
         lower = part.lower()
-        if lower in ("pg_catalog", "pg_toast", "pg_internal") or lower.startswith(
-            ("pg_temp", "pg_toast_temp")
-        ):
+        if lower in _SYSTEM_SCHEMAS or lower.startswith(_SYSTEM_SCHEMA_PREFIXES):
             return True
     if not key:
         return False
     last = key[-1]
-    # BigQuery meta-tables (`ds.__TABLES__`) list a dataset's tables.
-    if len(last) > 4 and last.startswith("__") and last.endswith("__"):
+    if _DUNDER_META_TABLES and len(last) > 4 and last.startswith("__") and last.endswith("__"):
         return True
-    first = key[0].lower()
-    # Snowflake's shared SNOWFLAKE database (ACCOUNT_USAGE) and Databricks' `system` catalog.
-    return len(key) >= 3 and first in ("snowflake", "system")
-
-
-def _classify(kind: type[exp.Expression]) -> int:
-    if kind is exp.Table:
-        return _TABLE
-    if issubclass(kind, _NAMED_FUNCTIONS):
-        return _FUNCTION
-    if issubclass(kind, _DENIED_FUNCTIONS):
-        return _DENY
-    if issubclass(kind, exp.Func):
-        return _ALLOW
-    if issubclass(kind, exp.Condition) and not issubclass(kind, exp.Operator):
-        return _ALLOW
-    if kind in _STRUCTURE:
-        return _ALLOW
-    return _DENY
+    return len(key) >= 3 and key[0].lower() in _SYSTEM_CATALOGS
 
 
 def _refuse_node(node: exp.Expr) -> SqlRefusal:
@@ -343,9 +220,9 @@ def _refuse_node(node: exp.Expr) -> SqlRefusal:
             f"the query runs {word}, which the guard cannot analyse; only a SELECT is allowed",
             "send one plain SELECT",
         )
-    if name in _STATEMENT_WORDS:
+    if name in STATEMENT_WORDS:
         return SqlRefusal(
-            f"the query contains {_STATEMENT_WORDS[name]}; only a plain SELECT is allowed",
+            f"the query contains {STATEMENT_WORDS[name]}; only a plain SELECT is allowed",
             "send one plain SELECT",
         )
     if isinstance(node, exp.Func):
@@ -369,7 +246,7 @@ class _Context:
     ) -> None:
         self.dialect = dialect
         self.name = name
-        self.rules = _RULES[name]
+        self.rules = DIALECTS[name]
         self.prefix = prefix
         self.tables: set[tuple[str, ...]] = set()
         self.rewrites: list[tuple[exp.Table, tuple[str, ...]]] = []
@@ -423,12 +300,12 @@ class SqlAnalyzer:
         self._defaults: LRUCache[tuple[str, tuple[str, ...]], tuple[str, ...] | SqlRefusal]
         self._defaults = LRUCache(maxsize=256)
         self._lock = threading.Lock()
-        self._dialects = {name: Dialect.get_or_raise(name) for name in DIALECT_DEPTH}
+        self._dialects = {name: Dialect.get_or_raise(name) for name in DIALECTS}
         self._kinds: dict[type[exp.Expression], int] = {}
         # The same tokenizer with the other backslash rule, where a setting decides it.
         self._other_tokenizers: dict[str, type[Tokenizer]] = {}
         for name, d in self._dialects.items():
-            if _RULES[name].escape_setting is not None:
+            if DIALECTS[name].escape_setting is not None:
                 escapes = list(d.tokenizer_class.STRING_ESCAPES)
                 other = [e for e in escapes if e != "\\"] if "\\" in escapes else [
                     *escapes, "\\"]
@@ -528,9 +405,9 @@ class SqlAnalyzer:
         return self._qualify(parts, want, connection, source[:80], hint)
 
     def _example(self, connection: Connection) -> str:
-        hint = _QUALIFY_HINT.get(connection.dialect)
-        if hint is not None and connection.depth == 3:
-            return hint
+        rules = DIALECTS[connection.dialect]
+        if rules.example and connection.depth == rules.depth:
+            return rules.example
         return ".".join(["database", "schema", "table"][-connection.depth :])
 
     def _table_key(self, name: str, connection: Connection) -> tuple[str, ...] | SqlRefusal:
@@ -580,7 +457,7 @@ class SqlAnalyzer:
     def _parts(self, table: exp.Table, dialect: Dialect) -> tuple[str, ...] | SqlRefusal:
         parts = table.parts
         names: list[str] = []
-        limit = _MAX_IDENTIFIER_BYTES.get(type(dialect))
+        limit = _RULES_OF[type(dialect)].max_identifier_bytes
         for part in parts:
             if not isinstance(part, exp.Identifier) or not part.name:
                 return SqlRefusal(
@@ -598,17 +475,16 @@ class SqlAnalyzer:
 
     @staticmethod
     def _normalize(identifier: exp.Identifier, dialect: Dialect) -> str:
-        if isinstance(dialect, _BIGQUERY):
+        if _RULES_OF[type(dialect)].names_as_written:
             # Dataset and table names are case-sensitive in BigQuery, quoted or not.
             return identifier.name
         copy = exp.Identifier(this=identifier.name, quoted=identifier.quoted)
         return _FOLD_AS.get(type(dialect), dialect).normalize_identifier(copy).name
 
     def _cte_name(self, identifier: exp.Identifier, dialect: Dialect) -> str:
-        if isinstance(dialect, _BIGQUERY):
-            # Matched as written: a name that differs from a CTE only in case is read as a
-            # table (asking for a grant the engine may not need is safe; the reverse is not).
-            return identifier.name
+        # Folded as table names are, not as sqlglot matches CTEs: where names keep their
+        # case (BigQuery), one that differs from a CTE only in case is read as a table
+        # (asking for a grant the engine may not need is safe; the reverse is not).
         return self._normalize(identifier, dialect)
 
     def _default_path(self, connection: Connection) -> tuple[str, ...] | SqlRefusal:
@@ -651,7 +527,7 @@ class SqlAnalyzer:
             if missing > len(default):
                 return SqlRefusal(f"{shown!r} is not fully qualified", hint)
             parts = default[:missing] + parts
-        if connection.dialect == "bigquery" and parts:
+        if parts and DIALECTS[connection.dialect].lower_first_part:
             # GCP project ids are lower case; BigQuery accepts them in any case.
             parts = (parts[0].lower(), *parts[1:])
         return parts
@@ -666,7 +542,8 @@ class SqlAnalyzer:
                 f"{shown!r} is a wildcard table; the guard cannot tell which tables it reads",
                 "name each table, or union the tables you need",
             )
-        if _reads_a_file(parts, connection.dialect):
+        rules = DIALECTS[connection.dialect]
+        if _reads_a_file(parts, rules):
             return SqlRefusal(
                 f"{shown!r} names a file, not a table; files are not granted sources",
                 "load the file into a table and grant that table",
@@ -674,18 +551,18 @@ class SqlAnalyzer:
         depth = connection.depth
         system = (
             len(parts) == depth + 1
-            and _RULES[connection.dialect].system_extra_part
+            and rules.system_extra_part
             and is_system_table(parts)
         )
         if len(parts) > depth and not system:
             return SqlRefusal(f"{shown!r} has more than {depth} parts", f"write it as {example}")
-        if len(parts) == 2 and depth == 3 and _RULES[connection.dialect].two_part_ambiguous:
+        if len(parts) == 2 and depth == 3 and rules.two_part_ambiguous:
             return SqlRefusal(
                 f"{shown!r} may name catalog.table or schema.table, depending on what exists",
                 f"write it as {example}, or as the table name alone",
             )
         if len(parts) == 1:
-            prefixes = _CATALOG_PREFIXES.get(connection.dialect)
+            prefixes = rules.catalog_prefixes
             if prefixes and parts[0].lower().startswith(prefixes):
                 return SqlRefusal(
                     f"{shown!r} may name a system catalog table, which is searched first", hint
@@ -694,14 +571,17 @@ class SqlAnalyzer:
 
     def _function_path(self, idents: list[exp.Identifier], dialect_name: str) -> tuple[str, ...]:
         """A function's name parts folded by the dialect's rule (for the allow-list)."""
-        if dialect_name == "bigquery":
-            # A quoted `proj.ds.fn` is a path. Built-in names are case-insensitive; in a
-            # qualified UDF name the dataset and the function are case-sensitive, the
+        rules = DIALECTS[dialect_name]
+        if rules.names_as_written:
+            # BigQuery: a quoted `proj.ds.fn` is a path. Built-in names are case-insensitive;
+            # in a qualified UDF name the dataset and the function are case-sensitive, the
             # project is not (project ids are lower case).
-            parts = [p for i in idents for p in i.name.split(".")]
+            parts = [
+                p for i in idents for p in (i.name.split(".") if rules.quoted_paths else (i.name,))
+            ]
             if len(parts) == 1:
                 return (parts[0].lower(),)
-            if len(parts) >= 3:
+            if len(parts) >= 3 and rules.lower_first_part:
                 parts[0] = parts[0].lower()
             return tuple(parts)
         dialect = self._dialects[dialect_name]
@@ -790,7 +670,7 @@ class SqlAnalyzer:
         except RecursionError:
             return _TOO_DEEP
         analysis = QueryAnalysis(frozenset(ctx.tables), text)
-        if self._pg_check and connection.dialect == "postgres":
+        if self._pg_check and DIALECTS[connection.dialect].postgres_parser:
             disagreement = self._postgres_disagrees(
                 _bound_for_postgres(query, tokens), analysis, connection
             )
@@ -825,7 +705,7 @@ class SqlAnalyzer:
     def _kind(self, node_type: type[exp.Expression]) -> int:
         kind = self._kinds.get(node_type)
         if kind is None:
-            kind = _classify(node_type)
+            kind = classify(node_type)
             self._kinds[node_type] = kind
         return kind
 
@@ -833,7 +713,7 @@ class SqlAnalyzer:
         self, tokens: list[Token], query: str, dialect_name: str
     ) -> SqlRefusal | None:
         """Refuse text that the engine may split into tokens or names unlike sqlglot."""
-        rules = _RULES[dialect_name]
+        rules = DIALECTS[dialect_name]
         last = len(tokens) - 1
         for i, token in enumerate(tokens):
             kind = token.token_type
@@ -895,8 +775,8 @@ class SqlAnalyzer:
         return None
 
     def _range_name(self, identifier: exp.Identifier, ctx: _Context) -> str:
-        if ctx.name == "bigquery":
-            return identifier.name.lower()  # range variables are case-insensitive there
+        if ctx.rules.range_names_any_case:
+            return identifier.name.lower()  # BigQuery range variables are case-insensitive
         return self._normalize(identifier, ctx.dialect)
 
     def _implicit_unnests(self, select: exp.Select, ctx: _Context) -> SqlRefusal | None:
@@ -980,21 +860,21 @@ class SqlAnalyzer:
         connection: Connection,
     ) -> SqlRefusal | None:
         kind = self._kind(type(node))
-        if kind == _DENY:
+        if kind == DENY:
             return _refuse_node(node)
-        if kind == _FUNCTION and not self._function_allowed(node, ctx.name):
+        if kind == FUNCTION and not self._function_allowed(node, ctx.name):
             call = node.name or type(node).__name__
             return SqlRefusal(
                 f"the query calls {call}, which the guard does not know to be read-only",
                 "remove it, or ask the operator to list it in allowed_functions",
             )
-        if kind == _TABLE:
+        if kind == TABLE:
             assert isinstance(node, exp.Table)
             refusal = self._table(node, visible, ctx, connection)
             if refusal is not None:
                 return refusal
         elif isinstance(node, exp.Lateral | exp.TableFromRows) and not isinstance(
-            node.this, (exp.Subquery, *_ROW_SOURCES)
+            node.this, (exp.Subquery, *ROW_SOURCES)
         ):
             return _table_function(node.this, ctx)
         elif ctx.rules.implicit_unnest and isinstance(node, exp.Select) and node.args.get(
@@ -1063,7 +943,7 @@ class SqlAnalyzer:
         connection: Connection,
     ) -> SqlRefusal | None:
         target = table.this
-        if isinstance(target, _ROW_SOURCES):
+        if isinstance(target, ROW_SOURCES):
             return None
         if not isinstance(target, exp.Identifier | exp.Dot):
             return _table_function(target, ctx)
@@ -1084,15 +964,6 @@ class SqlAnalyzer:
         ctx.tables.add(key)
         ctx.rewrites.append((table, key))
         return None
-
-
-# Parse cost: sqlglot's BigQuery parser copies every derived table once per enclosing
-# SELECT, so nested subqueries cost time quadratic in their size (64 KiB of them: ~2.5 s).
-# Both limits sit far above hand-written queries; the mass is the summed token length of
-# all parenthesised subqueries.
-MAX_NESTING = 32
-MAX_SUBQUERY_MASS = 25_000
-_SUBQUERY_STARTS = frozenset({TokenType.SELECT, TokenType.WITH, TokenType.L_PAREN})
 
 
 def _nesting_refusal(tokens: list[Token]) -> SqlRefusal | None:
@@ -1118,9 +989,6 @@ def _nesting_refusal(tokens: list[Token]) -> SqlRefusal | None:
     return None
 
 
-_R = TypeVar("_R")
-
-
 def _guarded(
     analyse: Callable[[str, Connection], _R | SqlRefusal], text: str, connection: Connection
 ) -> _R | SqlRefusal:
@@ -1143,40 +1011,6 @@ def _guarded(
             "rewrite the query more plainly (another spelling of the same function or "
             "clause usually works)",
         )
-
-
-_NAME_MARKS = ("--", "/*", "*/", ";", "#", "\n", "\r", "\x00")
-
-_BIGQUERY = type(Dialect.get_or_raise("bigquery"))
-_MAX_IDENTIFIER_BYTES: dict[type[Dialect], int] = {
-    type(Dialect.get_or_raise(name)): rules.max_identifier_bytes
-    for name, rules in _RULES.items()
-    if rules.max_identifier_bytes is not None
-}
-_FOLD_AS: dict[type[Dialect], Dialect] = {
-    type(Dialect.get_or_raise(name)): Dialect.get_or_raise(rules.fold_as)
-    for name, rules in _RULES.items()
-    if rules.fold_as is not None
-}
-
-_TOO_DEEP = SqlRefusal(
-    "the query nests too deeply for the guard to analyse",
-    "flatten the query: fewer nested subqueries or parentheses",
-)
-
-
-# Spark/Databricks read files with `format`.`path`; DuckDB reads a file when a table name
-# looks like a path ('data.csv', 's3://...') and no table has that name.
-_FILE_FORMATS = frozenset(
-    {"avro", "binaryfile", "csv", "delta", "json", "orc", "parquet", "text", "xml"}
-)
-
-
-# Tokens after which ':' is not a placeholder's start (a slice ``a[x:y]``, a label).
-_OPERAND_ENDS = frozenset(
-    {TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.STRING,
-     TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.NULL, TokenType.TRUE, TokenType.FALSE}
-)
 
 
 def _bound_for_postgres(query: str, tokens: list[Token]) -> str:
@@ -1214,14 +1048,12 @@ def _bound_for_postgres(query: str, tokens: list[Token]) -> str:
     return "".join(pieces)
 
 
-def _reads_a_file(parts: tuple[str, ...], dialect: str) -> bool:
-    if dialect == "duckdb":
-        return any(ch in part for part in parts for ch in "./\\:")
-    if dialect == "databricks":
-        return any("/" in part or ":" in part for part in parts) or (
-            len(parts) == 2 and parts[0].lower() in _FILE_FORMATS
-        )
-    return False
+def _reads_a_file(parts: tuple[str, ...], rules: DialectRules) -> bool:
+    """True when the engine may read the name as a file: a path, or Spark's format.path."""
+    chars = rules.file_path_chars
+    return any(ch in part for part in parts for ch in chars) or (
+        len(parts) == 2 and parts[0].lower() in rules.file_formats
+    )
 
 
 def _flatten(node: exp.Expression) -> list[exp.Identifier]:
@@ -1241,7 +1073,7 @@ def _table_function(target: exp.Expression | None, ctx: _Context) -> SqlRefusal:
             "load the files into a table and grant that table",
         )
     if isinstance(target, exp.Func):
-        name = target.name if isinstance(target, _NAMED_FUNCTIONS) else target.sql_name()
+        name = target.name if isinstance(target, NAMED_FUNCTIONS) else target.sql_name()
         what = f"the table function {name}" if name else "a table function"
     else:
         what = "a computed table source"

@@ -12,6 +12,8 @@
   const PAGE_LIMIT = 500;
   // A safety stop: a store with more tokens than this is paged, not loaded into one table.
   const MAX_PAGES = 20;
+  // Words for the APIs this page knows; the list of APIs itself is the server's
+  // (loadApiChoices), and an API without a word here is shown by its name.
   const API_LABELS = { maps: "Maps", sql: "SQL", lds: "LDS", imports: "Imports" };
 
   const $ = (id) => {
@@ -66,8 +68,12 @@
     return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
   }
 
+  function apiLabel(api) {
+    return Object.prototype.hasOwnProperty.call(API_LABELS, api) ? API_LABELS[api] : api;
+  }
+
   function apisText(apis) {
-    return apis.map((api) => API_LABELS[api] || api).join(", ");
+    return apis.map(apiLabel).join(", ");
   }
 
   function grantsSummary(grants) {
@@ -146,6 +152,39 @@
     }
     if (!response.ok) throw new ApiError(response.status, body);
     return body;
+  }
+
+  // The APIs a token may call, as the server's OpenAPI document lists them, so the form
+  // offers exactly what the Tokens API accepts (no sign-in needed: the document is public).
+  async function loadApiChoices() {
+    const box = $("api-choices");
+    let names = null;
+    try {
+      const { response, body } = await send("GET", "openapi.json", {
+        headers: { Accept: "application/json" },
+      });
+      const schema = response.ok && body && body.components && body.components.schemas
+        && body.components.schemas.TokenCreate;
+      const apis = schema && schema.properties && schema.properties.allowed_apis;
+      const list = apis && apis.items && apis.items.enum;
+      if (Array.isArray(list) && list.length && list.every((n) => typeof n === "string")) {
+        names = list;
+      }
+    } catch (_) {
+      names = null;
+    }
+    box.removeAttribute("aria-busy");
+    clear(box);
+    if (!names) {
+      // In the box, not in #apis-error: clearing the form's errors must not hide it.
+      box.append(el("p", { role: "alert" },
+        "The list of APIs could not be loaded from the server; reload the page."));
+      return;
+    }
+    for (const name of names) {
+      box.append(el("label", {},
+        el("input", { type: "checkbox", name: "allowed_apis", value: name }), ` ${apiLabel(name)}`));
+    }
   }
 
   // --- session ----------------------------------------------------------------------------
@@ -691,6 +730,7 @@
     });
     // Another tab cannot see our access token, and this one forgets it on leaving.
     window.addEventListener("pagehide", () => signOut(""));
+    loadApiChoices();
     route();
   }
 
