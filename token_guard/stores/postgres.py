@@ -256,6 +256,7 @@ class PostgresStore:
         )
         self._closed = False
         self._opened_before = False
+        self._pool_failed = False  # a query failed since the pool was made: renew on reset
         # Queries abandoned at their deadline, still being cancelled by psycopg.
         self._abandoned: set[asyncio.Task[Any]] = set()
 
@@ -282,16 +283,7 @@ class PostgresStore:
             if self._pool is not None:
                 return
             self._closed = False
-            pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-                self._dsn,
-                min_size=self._pool_min,
-                max_size=self._pool_max,
-                kwargs=self._conn_kwargs,
-                open=False,
-                timeout=self._timeout,
-                name=f"token_guard.{self._schema}",
-            )
-            await pool.open(wait=False)
+            pool = await self._new_pool()
             try:
                 await self._bounded(
                     self._migrate(pool), "the schema migration", max(self._timeout, 10.0)
@@ -341,6 +333,35 @@ class PostgresStore:
             await migrate_postgres(conn, self._schema)
 
     # -- bounded execution ---------------------------------------------------------------
+    async def _new_pool(self) -> AsyncConnectionPool[Conn]:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self._dsn,
+            min_size=self._pool_min,
+            max_size=self._pool_max,
+            kwargs=self._conn_kwargs,
+            open=False,
+            timeout=self._timeout,
+            name=f"token_guard.{self._schema}",
+        )
+        await pool.open(wait=False)
+        return pool
+
+    async def _renew_pool_then(self, event: ChangeEvent) -> None:
+        """The server answers again (the feed reconnected) after queries failed: a fresh
+        pool connects at once, where the old one would still be in its reconnect backoff
+        (seconds of 503s for tokens that are cached nowhere any more after the reset)."""
+        old = self._pool
+        try:
+            if old is not None and not self._closed:
+                self._pool = await self._new_pool()
+                self._pool_failed = False
+        finally:
+            self._listeners.emit(event)
+        if old is not None and old is not self._pool:
+            await old.close(timeout=1.0)
+
     async def _bounded(
         self, coro: Coroutine[Any, Any, T], what: str, limit: float | None = None
     ) -> T:
@@ -360,6 +381,7 @@ class PostgresStore:
             raise
         if not done:
             self._abandon(task)
+            self._pool_failed = True
             raise StoreUnavailable(
                 f"PostgreSQL at {self._where} did not answer {what} within {limit:g} s; "
                 "check that the server is up and reachable, or raise timeout="
@@ -369,6 +391,7 @@ class PostgresStore:
         except StoreError:
             raise
         except _UNAVAILABLE as exc:
+            self._pool_failed = True
             raise StoreUnavailable(
                 f"PostgreSQL at {self._where} could not answer {what} "
                 f"({type(exc).__name__}: {first_line(exc)}); check that the server is up "
@@ -614,6 +637,11 @@ class PostgresStore:
 
     def _emit(self, event: ChangeEvent) -> None:
         # Listeners.emit logs a failing subscriber and goes on: the feed never stops for one.
+        if event.kind == "reset" and self._pool_failed and self._pool is not None:
+            task = asyncio.ensure_future(self._renew_pool_then(event))
+            self._abandoned.add(task)
+            task.add_done_callback(_discard_result(self._abandoned))
+            return
         self._listeners.emit(event)
 
     # -- OAuth clients and audit ---------------------------------------------------------
