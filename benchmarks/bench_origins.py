@@ -10,7 +10,7 @@ from __future__ import annotations
 import timeit
 from collections.abc import Callable
 
-from token_guard.origins import OriginMatcher, read_site
+from token_guard.core.origins import OriginMatcher, read_site
 
 PATTERNS = [
     "https://example.com",

@@ -36,11 +36,11 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from token_guard.asgi import Receive, Scope, Send
-from token_guard.records import TokenRecord
+from token_guard.adapters.asgi import Receive, Scope, Send
+from token_guard.core.records import TokenRecord
+from token_guard.core.secret import hash_secret, is_well_formed, secret_from_body
+from token_guard.core.spec import parse_token_spec
 from token_guard.resolver import CacheSettings, Resolver
-from token_guard.secret import hash_secret, is_well_formed, secret_from_body
-from token_guard.spec import parse_token_spec
 from token_guard.stores.postgres import PostgresStore
 from token_guard.stores.rows import body_json
 
@@ -219,7 +219,7 @@ def serve(port: int, dsn: str, schema: str) -> None:
     """Run one worker: TokenGuard over a PostgresStore, on 127.0.0.1:``port``."""
     import uvicorn
 
-    from token_guard.asgi import TokenGuard
+    from token_guard.adapters.asgi import TokenGuard
 
     app = TokenGuard(
         _inner_app,

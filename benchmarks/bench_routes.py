@@ -6,8 +6,8 @@ import time
 import timeit
 from collections.abc import Callable
 
-from token_guard.facts import RequestFacts, Source
-from token_guard.routes import RouteMap, RouteMatch
+from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.routes import RouteMap, RouteMatch
 
 CASES: list[tuple[str, str, bytes, bytes]] = [
     ("maps table GET", "GET", b"/v3/maps/carto_dw/table", b"name=proj.ds.t&v=3.4&client=deck"),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import timeit
 from collections.abc import Callable
 
-from token_guard.connections import Connection
-from token_guard.sql import SqlAnalyzer, SqlRefusal
+from token_guard.core.connections import Connection
+from token_guard.core.sql import SqlAnalyzer, SqlRefusal
 
 JOIN = (
     "SELECT a.name, b.revenue, c.region FROM `carto-demo-data`.demo_tables.retail_stores AS a "

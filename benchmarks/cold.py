@@ -35,10 +35,10 @@ from benchmarks.inprocess import (
 )
 from benchmarks.report import Budget, Row, Threshold
 from benchmarks.timing import percentile
-from token_guard.asgi import TokenGuard
-from token_guard.connections import normalize_connections
-from token_guard.secret import hash_secret
-from token_guard.sql import SqlAnalyzer
+from token_guard.adapters.asgi import TokenGuard
+from token_guard.core.connections import normalize_connections
+from token_guard.core.secret import hash_secret
+from token_guard.core.sql import SqlAnalyzer
 from token_guard.stores.base import TokenStore
 from token_guard.stores.postgres import PostgresStore
 from token_guard.stores.sqlite import SQLiteStore

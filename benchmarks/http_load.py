@@ -27,7 +27,7 @@ from benchmarks.inprocess import CONNECTIONS, ORIGIN, TABLE_PATH, TABLE_QUERY, T
 from benchmarks.report import Budget, Row, Threshold
 from benchmarks.timing import median
 from benchmarks.workloads import Request, create_tokens, inner_app, take, workloads
-from token_guard.asgi import ASGIApp, TokenGuard
+from token_guard.adapters.asgi import ASGIApp, TokenGuard
 from token_guard.stores.sqlite import SQLiteStore
 
 SECTION = "2. HTTP, uvicorn (httptools) loaded by wrk over loopback"

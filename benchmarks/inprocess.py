@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from benchmarks.report import Budget, Row, Threshold
 from benchmarks.timing import interleaved, median
-from token_guard.asgi import ASGIApp, Message, Scope, TokenGuard
+from token_guard.adapters.asgi import ASGIApp, Message, Scope, TokenGuard
 from token_guard.stores.memory import MemoryStore
 
 SECTION = "1. in-process ASGI, per request"

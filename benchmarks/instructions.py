@@ -128,7 +128,7 @@ def build(name: str, count: int, *, tokens: int = 100, mixed_tokens: int = 1000,
     from starlette.middleware.authentication import AuthenticationMiddleware
 
     from benchmarks.inprocess import DictBackend
-    from token_guard.asgi import TokenGuard
+    from token_guard.adapters.asgi import TokenGuard
     from token_guard.stores.memory import MemoryStore
 
     workload = workloads(tokens, mixed_tokens)[name]
@@ -214,7 +214,7 @@ def child_main(names: Sequence[str], lengths: Sequence[int], parallel: int = 2) 
     import starlette.middleware.authentication  # noqa: F401 (imported once, before forking)
 
     import benchmarks.inprocess  # noqa: F401
-    import token_guard.asgi  # noqa: F401
+    import token_guard.adapters.asgi  # noqa: F401
 
     running: dict[int, str] = {}
     failed = 0

@@ -45,7 +45,7 @@ def variants_for(loop: asyncio.AbstractEventLoop, name: str, tokens: int, mixed_
     from starlette.middleware.authentication import AuthenticationMiddleware
 
     from benchmarks.inprocess import DictBackend
-    from token_guard.asgi import TokenGuard
+    from token_guard.adapters.asgi import TokenGuard
     from token_guard.stores.memory import MemoryStore
 
     workload = workloads(tokens, mixed_tokens)[name]

@@ -31,12 +31,12 @@ from benchmarks.bench_postgres import bench_id, bench_secret
 from benchmarks.inprocess import CONNECTIONS, ORIGIN, TOKEN_BODY
 from benchmarks.report import Budget, Row, Threshold
 from benchmarks.timing import interleaved, median
-from token_guard.facts import RequestFacts, Source
-from token_guard.policy import CompiledToken, Policy
-from token_guard.records import TokenRecord
+from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.policy import CompiledToken, Policy
+from token_guard.core.records import TokenRecord
+from token_guard.core.secret import hash_secret
+from token_guard.core.spec import parse_token_spec
 from token_guard.resolver import CacheSettings, Resolver
-from token_guard.secret import hash_secret
-from token_guard.spec import parse_token_spec
 from token_guard.stores.memory import MemoryStore
 from token_guard.stores.schema import spec_from_columns
 
@@ -107,7 +107,7 @@ async def _traffic(count: int) -> tuple[int, int, int]:
     through TokenGuard (5 views of 20 tiles per token, tokens taking turns); cached tokens."""
     from benchmarks.instructions import drive
     from benchmarks.workloads import browser, inner_app, tile_request
-    from token_guard.asgi import TokenGuard
+    from token_guard.adapters.asgi import TokenGuard
 
     store = ColumnStore(count + 1)
     guard = TokenGuard(inner_app(), store=store, connections=CONNECTIONS)

@@ -40,7 +40,7 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from token_guard.secret import secret_from_body
+from token_guard.core.secret import secret_from_body
 
 CONNECTIONS = {"carto_dw": "bigquery"}
 CONNECTION = "carto_dw"

@@ -20,8 +20,8 @@ from benchmarks.instructions import check_statuses
 from benchmarks.report import Budget, Row, Threshold
 from benchmarks.timing import interleaved, median
 from benchmarks.workloads import Request, take, workloads
+from token_guard.adapters.wsgi import TokenGuardWSGI
 from token_guard.stores.memory import MemoryStore
-from token_guard.wsgi import TokenGuardWSGI
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

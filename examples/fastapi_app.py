@@ -24,8 +24,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from token_guard.asgi import TokenGuard
-from token_guard.fastapi import ApiToken
+from token_guard.adapters.asgi import TokenGuard
+from token_guard.adapters.fastapi import ApiToken
 from token_guard.stores import open_store
 
 CONNECTIONS = {"carto_dw": "bigquery"}  # connection name -> its SQL dialect

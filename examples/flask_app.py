@@ -16,7 +16,7 @@ inside Flask, behind the guard, so a browser could not read the guard's 401/403;
 WSGI ``cors`` layer below wraps the guard instead. Views read the token with
 ``current_token()``. In production serve it with a threaded server, e.g.
 ``waitress-serve --call examples.flask_app:create_app`` (waitress passes the raw request
-path the guard checks; see ``token_guard.wsgi``).
+path the guard checks; see ``token_guard.adapters.wsgi``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify, request
 
+from token_guard.adapters.wsgi import TokenGuardWSGI, current_token
 from token_guard.stores import open_store
-from token_guard.wsgi import TokenGuardWSGI, current_token
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from token_guard.asgi import TokenGuard, get_token
+from token_guard.adapters.asgi import TokenGuard, get_token
 from token_guard.stores import open_store
 
 CONNECTIONS = {"carto_dw": "bigquery"}  # connection name -> its SQL dialect

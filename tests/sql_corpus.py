@@ -6,7 +6,7 @@ for an allowed query, or a string that the refusal's ``reason`` must contain.
 
 from __future__ import annotations
 
-from token_guard.connections import Connection
+from token_guard.core.connections import Connection
 
 BQ = Connection("bigquery")
 BQD = Connection("bigquery", default_path=("carto-demo-data", "demo_tables"))

@@ -32,10 +32,10 @@ from typing import Any
 import pytest
 
 from tests.tokens import BODY, body
-from token_guard.errors import InvalidTokenSpec, NotFound, StoreError, StoreUnavailable
-from token_guard.records import ChangeEvent
-from token_guard.secret import hash_secret, is_well_formed
-from token_guard.spec import TOKEN_FIELDS, parse_token_spec
+from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreError, StoreUnavailable
+from token_guard.core.records import ChangeEvent
+from token_guard.core.secret import hash_secret, is_well_formed
+from token_guard.core.spec import TOKEN_FIELDS, parse_token_spec
 from token_guard.stores.base import TokenStore
 
 EVENT_WAIT = 10.0  # seconds; a bound for slow machines, not a performance claim

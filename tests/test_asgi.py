@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 import token_guard as tg
 from tests.servers import ServerThread, serve
 from tests.tokens import CONNECTIONS, FULL
-from token_guard.asgi import TokenGuard, get_token
+from token_guard.adapters.asgi import TokenGuard, get_token
 from token_guard.guard import DecisionEvent
 from token_guard.stores.memory import MemoryStore
 

@@ -90,8 +90,8 @@ def test_workloads_are_seeded_distinct_and_answered_as_expected() -> None:
     import asyncio
 
     from benchmarks.workloads import create_tokens, inner_app, status_of, take, workloads
-    from token_guard.asgi import TokenGuard
-    from token_guard.secret import is_well_formed
+    from token_guard.adapters.asgi import TokenGuard
+    from token_guard.core.secret import is_well_formed
     from token_guard.stores.memory import MemoryStore
 
     async def check() -> None:

@@ -1,4 +1,4 @@
-"""Bodies are read as the application reads them: by Content-Type (token_guard.bodies)."""
+"""Bodies are read as the application reads them: by Content-Type (token_guard.core.bodies)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from werkzeug.serving import make_server
 
 from tests.servers import serve
 from tests.tokens import CONNECTIONS
-from token_guard.asgi import TokenGuard
-from token_guard.bodies import CONFLICTING_TYPES, one_content_type, parse_body
-from token_guard.decision import Denial
+from token_guard.adapters.asgi import TokenGuard
+from token_guard.adapters.wsgi import TokenGuardWSGI
+from token_guard.core.bodies import CONFLICTING_TYPES, one_content_type, parse_body
+from token_guard.core.decision import Denial
 from token_guard.stores.memory import MemoryStore
-from token_guard.wsgi import TokenGuardWSGI
 
 FORM = "application/x-www-form-urlencoded"
 

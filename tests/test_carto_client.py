@@ -20,7 +20,7 @@ import pytest
 from tests.demo_process import demo_process
 from tests.servers import serve
 from tests.services import service_missing
-from token_guard.asgi import TokenGuard
+from token_guard.adapters.asgi import TokenGuard
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.demo.data import DATABASE_FILE, STORE_COUNT, ensure_database
 from token_guard.demo.tokens import SECRETS_FILE, read_secrets

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from token_guard import decision
-from token_guard.decision import ERROR_CODES, Denial, error_body
+from token_guard.core import decision
+from token_guard.core.decision import ERROR_CODES, Denial, error_body
 
 
 def test_every_code_constant_is_registered() -> None:

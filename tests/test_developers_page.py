@@ -33,9 +33,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.servers import ServerThread, serve
 from tests.services import service_missing
-from token_guard.asgi import TokenGuard
+from token_guard.adapters.asgi import TokenGuard
+from token_guard.core.errors import InvalidTokenSpec
+from token_guard.core.spec import parse_token_spec
 from token_guard.demo.app import CONNECTIONS, build_app
-from token_guard.errors import InvalidTokenSpec
 from token_guard.management import (
     READ_SCOPE,
     WRITE_SCOPE,
@@ -43,7 +44,6 @@ from token_guard.management import (
     create_management_app,
     revoke_client,
 )
-from token_guard.spec import parse_token_spec
 from token_guard.stores import SQLiteStore
 
 CHROMIUM = "/usr/bin/chromium"

@@ -12,8 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from tests.servers import ServerThread, serve
 from tests.tokens import CONNECTIONS
-from token_guard.asgi import TokenGuard
-from token_guard.fastapi import ApiToken, OptionalApiToken
+from token_guard.adapters.asgi import TokenGuard
+from token_guard.adapters.fastapi import ApiToken, OptionalApiToken
 from token_guard.stores import MemoryStore
 
 FULL: dict[str, Any] = {

@@ -10,10 +10,10 @@ import pytest
 
 import token_guard as tg
 from tests.tokens import CONNECTIONS, FULL
-from token_guard.decision import Denial
+from token_guard.core.decision import Denial
+from token_guard.core.records import TokenRecord
+from token_guard.core.spec import parse_token_spec
 from token_guard.guard import PASS, Awaiting, Guard, ReadBody, Step
-from token_guard.records import TokenRecord
-from token_guard.spec import parse_token_spec
 from token_guard.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
@@ -86,7 +86,7 @@ async def test_body_is_asked_for_only_after_the_token_is_known() -> None:
 
 async def test_unknown_token_is_refused_before_any_body_is_read() -> None:
     guard, _ = await guard_and_secret()
-    from token_guard.secret import new_secret
+    from token_guard.core.secret import new_secret
 
     final, seen = await drive(
         guard.check("POST", QUERY_PATH, b"", bearer(new_secret()), None, None), b"x" * 10
@@ -150,7 +150,7 @@ async def test_check_async_decides_as_the_steps_do() -> None:
 def test_a_store_that_is_not_one_fails_at_start_up_naming_the_field(
     store: Any, needle: str
 ) -> None:
-    from token_guard.errors import ConfigurationError
+    from token_guard.core.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError) as raised:
         Guard(store=store, connections=CONNECTIONS)
@@ -174,9 +174,9 @@ def test_extra_sql_functions_are_opt_in() -> None:
 
 
 async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
+    from token_guard.core.policy import DECISIONS_MEMO_SIZE, SITES_MEMO_SIZE
+    from token_guard.core.secret import new_secret
     from token_guard.guard import BEARER_MEMO_SIZE, FACTS_MEMO_SIZE
-    from token_guard.policy import DECISIONS_MEMO_SIZE, SITES_MEMO_SIZE
-    from token_guard.secret import new_secret
 
     guard, secret = await guard_and_secret()
     referers = {**BODY, "referers": ["https://*.example.com"]}

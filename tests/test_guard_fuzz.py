@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.sql_corpus import CORPUS
-from token_guard.connections import DIALECT_DEPTH
-from token_guard.decision import Denial
+from token_guard.core.connections import DIALECT_DEPTH
+from token_guard.core.decision import Denial
+from token_guard.core.records import TokenRecord
 from token_guard.guard import Guard
-from token_guard.records import TokenRecord
 from token_guard.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio

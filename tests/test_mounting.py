@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 import token_guard as tg
 from tests.servers import ServerThread, serve
 from tests.tokens import CONNECTIONS
-from token_guard.asgi import TokenGuard, get_token, route_path
+from token_guard.adapters.asgi import TokenGuard, get_token, route_path
 from token_guard.stores.memory import MemoryStore
 
 ALLOWED = {

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from token_guard.errors import ConfigurationError
+from token_guard.core.errors import ConfigurationError
+from token_guard.core.secret import new_secret
 from token_guard.management.oauth import (
     READ_SCOPE,
     WRITE_SCOPE,
@@ -39,7 +40,6 @@ from token_guard.management.oauth import (
     parse_scopes,
     revoke_client,
 )
-from token_guard.secret import new_secret
 from token_guard.stores import MemoryStore, SQLiteStore
 
 ISSUER = "https://tokens.test"

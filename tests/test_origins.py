@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from token_guard.origins import (
+from token_guard.core.origins import (
     MAX_HEADER_LENGTH,
     OriginMatcher,
     OriginPattern,

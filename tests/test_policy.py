@@ -13,16 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests import tokens
-from token_guard import decision
-from token_guard import policy as policy_module
-from token_guard.connections import Connection
-from token_guard.decision import Denial
-from token_guard.facts import RequestFacts, Source
-from token_guard.policy import CompiledToken, Policy
-from token_guard.records import TokenRecord
-from token_guard.secret import new_secret
-from token_guard.spec import parse_token_spec
-from token_guard.sql import SqlAnalyzer, SqlRefusal
+from token_guard.core import decision
+from token_guard.core import policy as policy_module
+from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
+from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.policy import CompiledToken, Policy
+from token_guard.core.records import TokenRecord
+from token_guard.core.secret import new_secret
+from token_guard.core.spec import parse_token_spec
+from token_guard.core.sql import SqlAnalyzer, SqlRefusal
 
 NOW = time.time()
 POLICY = Policy({"carto_dw": "bigquery", "sf": "snowflake", "pg": "postgres"})
@@ -335,7 +335,7 @@ def test_unanalysable_query_grant_grants_nothing_and_spares_the_other_grants(
     body = {"grants": [{"connection_name": connection, "source": text},
                        {"connection_name": connection, "source": good}],
             "allowed_apis": ["sql", "maps"]}
-    with caplog.at_level("WARNING", logger="token_guard.policy"):
+    with caplog.at_level("WARNING", logger="token_guard.core.policy"):
         token = compiled(body)
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "tgk_" not in warnings[0].getMessage()
@@ -354,7 +354,7 @@ def test_grant_whose_compilation_raises_is_skipped(caplog: pytest.LogCaptureFixt
     spec = parse_token_spec({"grants": [
         {"connection_name": "carto_dw", "source": "SELECT 1 FROM proj.ds.t"},
         {"connection_name": "carto_dw", "source": "proj.ds.ok"}], "allowed_apis": ["maps"]})
-    with caplog.at_level("WARNING", logger="token_guard.policy"):
+    with caplog.at_level("WARNING", logger="token_guard.core.policy"):
         token = policy.compile(TokenRecord(id="tok_x", spec=spec, created_at=datetime.now(UTC)))
     assert sum(r.levelname == "WARNING" for r in caplog.records) == 1
     assert policy.decide(token, facts("maps", "carto_dw", table("proj.ds.ok")), NOW) is None

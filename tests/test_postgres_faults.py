@@ -28,11 +28,11 @@ from psycopg.conninfo import make_conninfo
 from tests.store_contract import EVENT_WAIT, wait_for
 from tests.tcp_proxy import TcpProxy
 from tests.tokens import body
-from token_guard.decision import Denial
-from token_guard.errors import StoreUnavailable
-from token_guard.records import ChangeEvent, TokenRecord
+from token_guard.core.decision import Denial
+from token_guard.core.errors import StoreUnavailable
+from token_guard.core.records import ChangeEvent, TokenRecord
+from token_guard.core.secret import hash_secret, new_secret
 from token_guard.resolver import CacheSettings, Resolver
-from token_guard.secret import hash_secret, new_secret
 from token_guard.stores.postgres import PostgresStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]

@@ -1,4 +1,4 @@
-"""token_guard.querystrings: one strict reading of query strings and form bodies."""
+"""token_guard.core.querystrings: one strict reading of query strings and form bodies."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from token_guard.decision import Denial
-from token_guard.querystrings import parse_all, parse_wanted, redact, values_of
-from token_guard.secret import new_secret
+from token_guard.core.decision import Denial
+from token_guard.core.querystrings import parse_all, parse_wanted, redact, values_of
+from token_guard.core.secret import new_secret
 
 NAMES = frozenset({"name", "q"})
 

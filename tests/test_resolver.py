@@ -24,17 +24,17 @@ import pytest
 
 from tests.store_contract import EVENT_WAIT, wait_for
 from tests.tokens import body
-from token_guard.decision import (
+from token_guard.core.decision import (
     INVALID_TOKEN,
     MALFORMED_TOKEN,
     REVOKED_TOKEN,
     STORE_UNAVAILABLE,
     Denial,
 )
-from token_guard.errors import ConfigurationError
-from token_guard.records import ChangeEvent, TokenRecord
+from token_guard.core.errors import ConfigurationError
+from token_guard.core.records import ChangeEvent, TokenRecord
+from token_guard.core.secret import is_well_formed, new_secret
 from token_guard.resolver import CacheSettings, Resolver
-from token_guard.secret import is_well_formed, new_secret
 from token_guard.stores import MemoryStore, SQLiteStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from token_guard import decision as codes
-from token_guard.decision import Denial
-from token_guard.errors import ConfigurationError
-from token_guard.facts import RequestFacts, Source
-from token_guard.routes import DEFAULT_ROUTES, Route, RouteMap, RouteMatch, SqlParam
+from token_guard.core import decision as codes
+from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
+from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.routes import DEFAULT_ROUTES, Route, RouteMap, RouteMatch, SqlParam
 
 ROUTES = RouteMap()
 TOKEN = "tgk_" + "A" * 32 + "BBBBBB"
@@ -1578,7 +1578,7 @@ def test_a_digit_placeholder_the_decision_reads_is_never_masked() -> None:
 
 
 def test_route_memo_stays_bounded_under_a_flood() -> None:
-    from token_guard.routes import ROUTE_MEMO_SIZE
+    from token_guard.core.routes import ROUTE_MEMO_SIZE
 
     routes = RouteMap()
     for i in range(ROUTE_MEMO_SIZE + 500):

@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from token_guard.secret import (
+from token_guard.core.secret import (
     TOKEN_LENGTH,
     TOKEN_PREFIX,
     hash_secret,

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.tokens import BODY as VALID
-from token_guard.errors import InvalidTokenSpec
-from token_guard.spec import apply_update, classify_source, parse_token_spec, split_name
+from token_guard.core.errors import InvalidTokenSpec
+from token_guard.core.spec import apply_update, classify_source, parse_token_spec, split_name
 
 
 def with_(**changes: Any) -> dict[str, Any]:
@@ -144,14 +144,14 @@ def test_expiration_compared_to_now() -> None:
 def test_token_fields_declare_every_token_spec_attribute() -> None:
     from dataclasses import fields
 
-    from token_guard.spec import TOKEN_FIELDS, TokenSpec
+    from token_guard.core.spec import TOKEN_FIELDS, TokenSpec
 
     assert [f.name for f in TOKEN_FIELDS] == [f.name for f in fields(TokenSpec)]
 
 
 def test_openapi_token_bodies_follow_the_field_table() -> None:
+    from token_guard.core.spec import TOKEN_FIELDS
     from token_guard.management.openapi import openapi_schema
-    from token_guard.spec import TOKEN_FIELDS
 
     schemas = openapi_schema()["components"]["schemas"]
     assert list(schemas["TokenCreate"]["properties"]) == [

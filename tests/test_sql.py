@@ -1,4 +1,4 @@
-"""token_guard.sql: which tables a query reads, name normalisation, fingerprints, refusals."""
+"""token_guard.core.sql: which tables a query reads, name normalisation, fingerprints, refusals."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.sql_corpus import BQ, BQD, CORPUS, PG, SF, Expected
-from token_guard import pg_parser
-from token_guard.connections import Connection
-from token_guard.sql import QueryAnalysis, SqlAnalyzer, SqlRefusal, is_system_table
+from token_guard.core import pg_parser
+from token_guard.core.connections import Connection
+from token_guard.core.sql import QueryAnalysis, SqlAnalyzer, SqlRefusal, is_system_table
 
 # What refusals say (a part of ``SqlRefusal.reason``), for the tables below.
 UNQUALIFIED = "is not fully qualified"

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.sql_corpus import CORPUS
-from token_guard.connections import Connection
-from token_guard.sql import QueryAnalysis, SqlAnalyzer
+from token_guard.core.connections import Connection
+from token_guard.core.sql import QueryAnalysis, SqlAnalyzer
 
 pglast = pytest.importorskip("pglast")
 duckdb = pytest.importorskip("duckdb")

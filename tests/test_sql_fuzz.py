@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from sqlglot.dialects.dialect import Dialect
 
 from tests.sql_corpus import CORPUS
-from token_guard.connections import DIALECT_DEPTH, Connection
-from token_guard.decision import Denial
-from token_guard.facts import RequestFacts, Source
-from token_guard.policy import Policy
-from token_guard.records import TokenRecord
-from token_guard.spec import parse_token_spec
-from token_guard.sql import QueryAnalysis, SqlAnalyzer, SqlRefusal
+from token_guard.core.connections import DIALECT_DEPTH, Connection
+from token_guard.core.decision import Denial
+from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.policy import Policy
+from token_guard.core.records import TokenRecord
+from token_guard.core.spec import parse_token_spec
+from token_guard.core.sql import QueryAnalysis, SqlAnalyzer, SqlRefusal
 
 LONG = os.environ.get("TOKEN_GUARD_LONG_FUZZ") == "1"
 EXAMPLES = int(os.environ.get("TOKEN_GUARD_FUZZ_EXAMPLES", 20_000 if LONG else 200))

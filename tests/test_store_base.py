@@ -15,9 +15,9 @@ import pytest
 
 from tests.tokens import body
 from token_guard import TokenGuard
-from token_guard.records import TokenRecord
+from token_guard.core.records import TokenRecord
+from token_guard.core.secret import hash_secret
 from token_guard.resolver import Resolver
-from token_guard.secret import hash_secret
 from token_guard.stores import MemoryStore, SQLiteStore
 from token_guard.stores.base import (
     AuditLog,

@@ -21,10 +21,10 @@ from psycopg import sql
 
 from tests.store_contract import EVENT_WAIT, StoreContract, wait_for
 from tests.tokens import body
-from token_guard.errors import ConfigurationError, StoreError, StoreUnavailable
-from token_guard.records import ChangeEvent
-from token_guard.secret import hash_secret, new_secret
-from token_guard.spec import parse_token_spec
+from token_guard.core.errors import ConfigurationError, StoreError, StoreUnavailable
+from token_guard.core.records import ChangeEvent
+from token_guard.core.secret import hash_secret, new_secret
+from token_guard.core.spec import parse_token_spec
 from token_guard.stores.base import TokenStore
 from token_guard.stores.postgres import (
     POSTGRES_MIGRATIONS,

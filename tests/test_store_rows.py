@@ -20,8 +20,8 @@ import pytest
 from psycopg import sql
 
 from tests.tokens import body
-from token_guard.errors import StoreError
-from token_guard.secret import hash_secret
+from token_guard.core.errors import StoreError
+from token_guard.core.secret import hash_secret
 from token_guard.stores.base import TokenStore
 from token_guard.stores.postgres import PostgresStore
 from token_guard.stores.sqlite import SQLiteStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from token_guard.cli.store import default_key_path
-from token_guard.errors import ConfigurationError
+from token_guard.core.errors import ConfigurationError
 from token_guard.stores import SQLiteStore, open_store
 from token_guard.stores.urls import ENV_VAR, StoreURL, parse_store_url
 

@@ -30,11 +30,11 @@ from starlette.routing import Route
 import token_guard as tg
 from tests.servers import Reply, bearer, send, serve, serve_wsgi
 from tests.tokens import CONNECTIONS, FULL
-from token_guard.asgi import TokenGuard, get_token
+from token_guard.adapters.asgi import TokenGuard, get_token
+from token_guard.adapters.wsgi import TokenGuardWSGI
+from token_guard.core.secret import new_secret
 from token_guard.guard import DecisionEvent
-from token_guard.secret import new_secret
 from token_guard.stores import MemoryStore
-from token_guard.wsgi import TokenGuardWSGI
 
 TOKENS: dict[str, dict[str, Any]] = {
     "full": FULL,

@@ -19,10 +19,10 @@ from flask import Flask, Response, jsonify, request
 import token_guard as tg
 from tests.servers import Reply, ServerKind, WSGIServer, bearer, send, serve_wsgi
 from tests.tokens import CONNECTIONS, FULL
+from token_guard.adapters.wsgi import ENVIRON_KEY, TokenGuardWSGI, current_token, get_token
 from token_guard.guard import DecisionEvent
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore
-from token_guard.wsgi import ENVIRON_KEY, TokenGuardWSGI, current_token, get_token
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from token_guard.asgi import SCOPE_KEY, TokenGuard, get_token
-from token_guard.connections import Connection
-from token_guard.decision import Denial
-from token_guard.errors import (
+from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
+from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
+from token_guard.core.errors import (
     ConfigurationError,
     InvalidTokenSpec,
     NotFound,
@@ -21,20 +21,22 @@ from token_guard.errors import (
     StoreUnavailable,
     TokenGuardError,
 )
-from token_guard.facts import RequestFacts, Source
+from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.records import IssuedToken, TokenRecord
+from token_guard.core.routes import Route, SqlParam
+from token_guard.core.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.guard import DecisionEvent
-from token_guard.records import IssuedToken, TokenRecord
 from token_guard.resolver import CacheSettings
-from token_guard.routes import Route, SqlParam
-from token_guard.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
 
 if TYPE_CHECKING:
+    from token_guard.adapters.fastapi import ApiToken, api_token
+    from token_guard.adapters.wsgi import TokenGuardWSGI, current_token
     from token_guard.stores.postgres import PostgresStore
-    from token_guard.wsgi import TokenGuardWSGI
 
 __all__ = [
     "SCOPE_KEY",
+    "ApiToken",
     "CacheSettings",
     "ConfigurationError",
     "Connection",
@@ -59,19 +61,30 @@ __all__ = [
     "TokenRecord",
     "TokenSpec",
     "TokenStore",
+    "api_token",
+    "current_token",
     "get_token",
     "parse_token_spec",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # Optional extras load on first use: psycopg (postgres) and the WSGI adapter.
+    # Optional extras load on first use: psycopg (postgres), the WSGI adapter (Flask's
+    # current_token) and FastAPI's dependency (ApiToken, api_token).
     if name == "PostgresStore":
         from token_guard.stores.postgres import PostgresStore
 
         return PostgresStore
     if name == "TokenGuardWSGI":
-        from token_guard.wsgi import TokenGuardWSGI
+        from token_guard.adapters.wsgi import TokenGuardWSGI
 
         return TokenGuardWSGI
+    if name == "current_token":
+        from token_guard.adapters.wsgi import current_token
+
+        return current_token
+    if name in ("ApiToken", "api_token"):
+        from token_guard.adapters import fastapi
+
+        return getattr(fastapi, name)
     raise AttributeError(f"module 'token_guard' has no attribute {name!r}")

@@ -31,18 +31,18 @@ from functools import partial
 from time import time
 from typing import Any, TypedDict
 
-from token_guard import decision as codes
-from token_guard.bodies import parse_body
-from token_guard.connections import Connection
-from token_guard.decision import Denial
-from token_guard.errors import ConfigurationError
-from token_guard.facts import RequestFacts
-from token_guard.policy import CompiledToken, Policy
-from token_guard.querystrings import redact, values_of
-from token_guard.records import TokenRecord
+from token_guard.core import decision as codes
+from token_guard.core.bodies import parse_body
+from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
+from token_guard.core.facts import RequestFacts
+from token_guard.core.policy import CompiledToken, Policy
+from token_guard.core.querystrings import redact, values_of
+from token_guard.core.records import TokenRecord
+from token_guard.core.routes import Route, RouteMap, RouteMatch
+from token_guard.core.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
 from token_guard.resolver import CacheSettings, Resolver
-from token_guard.routes import Route, RouteMap, RouteMatch
-from token_guard.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
 from token_guard.stores.base import TokenReader
 
 log = logging.getLogger("token_guard")

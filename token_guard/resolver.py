@@ -47,16 +47,16 @@ from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
 
-from token_guard.decision import (
+from token_guard.core.decision import (
     INVALID_TOKEN,
     MALFORMED_TOKEN,
     REVOKED_TOKEN,
     STORE_UNAVAILABLE,
     Denial,
 )
-from token_guard.errors import ConfigurationError, StoreError
-from token_guard.records import ChangeEvent, TokenRecord
-from token_guard.secret import TOKEN_PREFIX, hash_secret, is_well_formed
+from token_guard.core.errors import ConfigurationError, StoreError
+from token_guard.core.records import ChangeEvent, TokenRecord
+from token_guard.core.secret import TOKEN_PREFIX, hash_secret, is_well_formed
 from token_guard.stores.base import TokenReader
 from token_guard.usage import UsageRecorder
 

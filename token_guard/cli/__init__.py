@@ -33,7 +33,7 @@ from token_guard.cli.errors import EXIT_REFUSED, EXIT_USAGE, Refused, UsageError
 from token_guard.cli.parser import Parser, common_flags
 from token_guard.cli.store import open_store
 from token_guard.cli.tokens import parse_expires
-from token_guard.errors import (
+from token_guard.core.errors import (
     ConfigurationError,
     InvalidTokenSpec,
     NotFound,

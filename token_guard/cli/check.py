@@ -12,7 +12,7 @@ from token_guard.cli.errors import EXIT_OK, EXIT_REFUSED, UsageError
 from token_guard.cli.output import print_json
 from token_guard.cli.parser import Parser
 from token_guard.cli.store import run_with_store
-from token_guard.records import TokenRecord
+from token_guard.core.records import TokenRecord
 from token_guard.stores.base import TokenStore
 
 
@@ -28,7 +28,7 @@ def _connections(items: Sequence[str]) -> dict[str, str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``check TOKEN METHOD URL``: what the guard would decide, and why."""
-    from token_guard.decision import Denial
+    from token_guard.core.decision import Denial
     from token_guard.guard import DecisionEvent, Guard
 
     parts = urlsplit(args.url)
@@ -42,7 +42,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not connections:
             # Without --connection, every connection the token names is taken as BigQuery
             # (CARTO's data warehouse default); the output says so.
-            from token_guard.secret import hash_secret
+            from token_guard.core.secret import hash_secret
 
             record = await store.get_by_secret_hash(hash_secret(args.token))
             for g in record.grants if record is not None else ():
@@ -79,7 +79,7 @@ def _report_check(
     args: argparse.Namespace, outcome: Any, facts: Any, token: tuple[str, str | None] | None,
     assumed: Sequence[str],
 ) -> None:
-    from token_guard.decision import Denial
+    from token_guard.core.decision import Denial
 
     facts_json = None
     if facts is not None:

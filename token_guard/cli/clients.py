@@ -9,7 +9,7 @@ from token_guard.cli.errors import EXIT_OK, Refused, UsageError
 from token_guard.cli.output import client_json, print_json, table, when
 from token_guard.cli.parser import Parser
 from token_guard.cli.store import actor, run_with_store
-from token_guard.errors import NotFound
+from token_guard.core.errors import NotFound
 from token_guard.management.clients import SCOPES, create_client, revoke_client
 from token_guard.stores.base import TokenStore
 

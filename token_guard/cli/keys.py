@@ -10,8 +10,8 @@ from token_guard.cli.errors import EXIT_OK
 from token_guard.cli.output import print_json, table
 from token_guard.cli.parser import Parser
 from token_guard.cli.store import actor, default_key_path, run_with_store
+from token_guard.core.spec import format_datetime
 from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SigningKeys
-from token_guard.spec import format_datetime
 from token_guard.stores.base import TokenStore
 
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from token_guard.records import AuditEntry, OAuthClient, TokenRecord
-from token_guard.spec import format_datetime
+from token_guard.core.records import AuditEntry, OAuthClient, TokenRecord
+from token_guard.core.spec import format_datetime
 
 
 def print_json(value: Any, out: TextIO | None = None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from token_guard import stores
 from token_guard.cli.errors import UsageError
-from token_guard.errors import ConfigurationError
+from token_guard.core.errors import ConfigurationError
 from token_guard.stores.base import TokenStore
 from token_guard.stores.urls import DEFAULT_URL, parse_store_url
 

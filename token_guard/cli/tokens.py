@@ -1,6 +1,6 @@
 """``token-guard tokens create|list|show|update|revoke``: API access tokens.
 
-The flags of ``create`` and ``update`` follow from ``token_guard.spec.TOKEN_FIELDS``: every
+The flags of ``create`` and ``update`` follow from ``token_guard.core.spec.TOKEN_FIELDS``: every
 creatable field has a flag (``update`` refuses the ones that are not patchable). Most have a
 shorter form for people (``--api maps,sql``, ``--grant CONN:SOURCE``, ``--expires 30d``);
 a field without one takes its JSON value, e.g. ``--some-field '{...}'``.
@@ -22,8 +22,8 @@ from token_guard.cli.errors import EXIT_OK, Refused, UsageError
 from token_guard.cli.output import print_json, token_detail, token_rows
 from token_guard.cli.parser import Parser
 from token_guard.cli.store import actor, run_with_store
-from token_guard.records import TokenRecord
-from token_guard.spec import TOKEN_FIELDS, TokenField, format_datetime
+from token_guard.core.records import TokenRecord
+from token_guard.core.spec import TOKEN_FIELDS, TokenField, format_datetime
 from token_guard.stores.base import TokenStore
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")

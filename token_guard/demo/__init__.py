@@ -28,7 +28,7 @@ from pathlib import Path
 
 import uvicorn
 
-from token_guard.asgi import ASGIApp
+from token_guard.adapters.asgi import ASGIApp
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.demo.compose import build_demo_server
 from token_guard.demo.tokens import (

@@ -32,7 +32,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 
-from token_guard.asgi import ASGIApp, Message, Receive, Scope, Send, TokenGuard
+from token_guard.adapters.asgi import ASGIApp, Message, Receive, Scope, Send, TokenGuard
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.management.app import create_management_app
 from token_guard.management.keys import SigningKeys

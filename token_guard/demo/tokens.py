@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from token_guard import decision as codes
+from token_guard.core import decision as codes
+from token_guard.core.secret import hash_secret
 from token_guard.demo.app import CONNECTION_NAME
 from token_guard.management.clients import (
     READ_SCOPE,
@@ -30,7 +31,6 @@ from token_guard.management.clients import (
     create_client,
     hash_client_secret,
 )
-from token_guard.secret import hash_secret
 from token_guard.stores.base import TokenStore
 
 SECRETS_FILE = "demo-secrets.json"

@@ -5,7 +5,7 @@ API access token (``tgk_...``) gets 401 saying so. ``read:tokens`` reads, ``writ
 changes (403 ``insufficient_scope`` otherwise). Every change is audited by the store with
 the OAuth client id as actor; the secret of a created token is in the creation response
 only. Errors are ``{"error", "hint", "code"}`` (+ ``field`` on a 400), codes from
-``token_guard.decision.ERROR_CODES``.
+``token_guard.core.decision.ERROR_CODES``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from token_guard.decision import INVALID_TOKEN_SPEC, NOT_FOUND, STORE_UNAVAILABLE
-from token_guard.errors import InvalidTokenSpec, NotFound, StoreUnavailable
+from token_guard.core.decision import INVALID_TOKEN_SPEC, NOT_FOUND, STORE_UNAVAILABLE
+from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreUnavailable
+from token_guard.core.records import AuditEntry
+from token_guard.core.spec import format_datetime
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
 from token_guard.management.http import NO_STORE, REALM, BadRequest, error_response, read_body
 from token_guard.management.verify import AccessClaims, AccessDenied, AccessTokenVerifier
-from token_guard.records import AuditEntry
-from token_guard.spec import format_datetime
 from token_guard.stores.base import TokenStore
 
 MAX_PAGE = 500

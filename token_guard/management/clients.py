@@ -18,7 +18,7 @@ import hmac
 import secrets
 from collections.abc import Sequence
 
-from token_guard.records import OAuthClient
+from token_guard.core.records import OAuthClient
 from token_guard.stores.base import TokenStore
 
 READ_SCOPE = "read:tokens"

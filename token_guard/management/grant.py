@@ -25,11 +25,11 @@ import jwt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from token_guard.errors import StoreUnavailable, TokenGuardError
+from token_guard.core.errors import StoreUnavailable, TokenGuardError
+from token_guard.core.records import OAuthClient
 from token_guard.management.clients import SCOPES, authenticate_client, parse_scopes
 from token_guard.management.http import NO_STORE, REALM, BadRequest, read_body
 from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SIGNING_ALGORITHM, SigningKeys
-from token_guard.records import OAuthClient
 from token_guard.stores.base import TokenStore
 
 ACCESS_TOKEN_TYPE = "at+jwt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from token_guard.decision import INVALID_REQUEST, error_body
+from token_guard.core.decision import INVALID_REQUEST, error_body
 
 #: Every management answer that may carry a secret or a caller's data is kept out of caches.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

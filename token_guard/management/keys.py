@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from token_guard.errors import ConfigurationError
+from token_guard.core.errors import ConfigurationError
 
 DEFAULT_TOKEN_LIFETIME = 86_400  # seconds; the ``expires_in`` of an access token
 SIGNING_ALGORITHM = "EdDSA"

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the management app, served at ``GET /openapi.json``.
 
 The token body's schemas (``TokenCreate``, ``TokenUpdate``, ``Token``) are generated from
-``token_guard.spec.TOKEN_FIELDS``, the one declaration of the body's fields; the OAuth error
+``token_guard.core.spec.TOKEN_FIELDS``, the one declaration of the body's fields; the OAuth error
 codes come from ``grant.OAUTH_ERROR_CODES``.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from token_guard.core.spec import GRANT_SCHEMA, TOKEN_FIELDS, TokenField
 from token_guard.management.api import MAX_PAGE
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
 from token_guard.management.grant import OAUTH_ERROR_CODES
-from token_guard.spec import GRANT_SCHEMA, TOKEN_FIELDS, TokenField
 
 _ERROR = {
     "type": "object",

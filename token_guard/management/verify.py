@@ -20,8 +20,8 @@ from typing import Any
 import anyio.to_thread
 import jwt
 
-from token_guard.decision import INSUFFICIENT_SCOPE, INVALID_TOKEN, MISSING_TOKEN, error_body
-from token_guard.errors import ConfigurationError, TokenGuardError
+from token_guard.core.decision import INSUFFICIENT_SCOPE, INVALID_TOKEN, MISSING_TOKEN, error_body
+from token_guard.core.errors import ConfigurationError, TokenGuardError
 from token_guard.management.grant import ACCESS_TOKEN_TYPE
 from token_guard.management.keys import SIGNING_ALGORITHM, SigningKeys
 from token_guard.stores.base import TokenStore

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-from token_guard.records import (
+from token_guard.core.records import (
     AuditEntry,
     ChangeEvent,
     ChangeKind,

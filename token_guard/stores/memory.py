@@ -12,10 +12,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from token_guard.errors import NotFound, StoreError, StoreUnavailable
-from token_guard.records import AuditEntry, IssuedToken, OAuthClient, TokenRecord
-from token_guard.secret import hash_secret, new_secret, new_token_id
-from token_guard.spec import apply_update, parse_token_spec
+from token_guard.core.errors import NotFound, StoreError, StoreUnavailable
+from token_guard.core.records import AuditEntry, IssuedToken, OAuthClient, TokenRecord
+from token_guard.core.secret import hash_secret, new_secret, new_token_id
+from token_guard.core.spec import apply_update, parse_token_spec
 from token_guard.stores.base import (
     AUDIT_CREATE,
     AUDIT_REVOKE,

@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar
 import psycopg
 from psycopg import sql
 
-from token_guard.records import ChangeEvent
+from token_guard.core.records import ChangeEvent
 
 __all__ = ["PgChangeFeed"]
 

@@ -76,16 +76,16 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "PostgresStore needs psycopg 3 with its pool; install token_guard[postgres]"
     ) from exc
 
-from token_guard.errors import ConfigurationError, NotFound, StoreError, StoreUnavailable
-from token_guard.records import (
+from token_guard.core.errors import ConfigurationError, NotFound, StoreError, StoreUnavailable
+from token_guard.core.records import (
     AuditEntry,
     ChangeEvent,
     IssuedToken,
     OAuthClient,
     TokenRecord,
 )
-from token_guard.secret import hash_secret, new_secret, new_token_id
-from token_guard.spec import apply_update, parse_token_spec
+from token_guard.core.secret import hash_secret, new_secret, new_token_id
+from token_guard.core.spec import apply_update, parse_token_spec
 from token_guard.stores.base import (
     AUDIT_CREATE,
     AUDIT_REVOKE,

@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from token_guard.records import AuditEntry, OAuthClient, TokenRecord
-from token_guard.spec import TOKEN_FIELDS, TokenSpec, parse_token_spec
+from token_guard.core.records import AuditEntry, OAuthClient, TokenRecord
+from token_guard.core.spec import TOKEN_FIELDS, TokenSpec, parse_token_spec
 from token_guard.stores.schema import parse_timestamp
 
 __all__ = [

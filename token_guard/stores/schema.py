@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from token_guard.errors import StoreError
-from token_guard.spec import TokenSpec
+from token_guard.core.errors import StoreError
+from token_guard.core.spec import TokenSpec
 
 
 @dataclass(frozen=True, slots=True)

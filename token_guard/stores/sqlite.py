@@ -37,10 +37,10 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from token_guard.errors import ConfigurationError, NotFound, StoreError, StoreUnavailable
-from token_guard.records import AuditEntry, ChangeEvent, IssuedToken, OAuthClient, TokenRecord
-from token_guard.secret import hash_secret, new_secret, new_token_id
-from token_guard.spec import apply_update, parse_token_spec
+from token_guard.core.errors import ConfigurationError, NotFound, StoreError, StoreUnavailable
+from token_guard.core.records import AuditEntry, ChangeEvent, IssuedToken, OAuthClient, TokenRecord
+from token_guard.core.secret import hash_secret, new_secret, new_token_id
+from token_guard.core.spec import apply_update, parse_token_spec
 from token_guard.stores.base import (
     AUDIT_CREATE,
     AUDIT_REVOKE,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from token_guard.errors import ConfigurationError
+from token_guard.core.errors import ConfigurationError
 
 __all__ = ["DEFAULT_URL", "ENV_VAR", "StoreURL", "parse_store_url"]
 

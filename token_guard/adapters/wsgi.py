@@ -7,8 +7,8 @@ Usage::
                                   connections={"carto_dw": "bigquery"})
 
 Views find the resolved ``TokenRecord`` (never the secret) at ``environ["token_guard.token"]``:
-``token_guard.wsgi.current_token()`` reads it from ``flask.request`` (401 if the guard did not
-run), ``token_guard.wsgi.get_token(environ)`` from any WSGI environ.
+``token_guard.current_token()`` reads it from ``flask.request`` (401 if the guard did not
+run), ``token_guard.get_token(environ)`` from any WSGI environ.
 
 It makes exactly the decisions of the ASGI ``TokenGuard`` (same ``Guard`` steps, same status
 codes, JSON bodies and headers); its security choices are stated there. What is WSGI's own:
@@ -63,11 +63,13 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 from urllib.parse import quote, unquote_to_bytes
 
-from token_guard import decision as codes
-from token_guard.asgi import SCOPE_KEY, get_token
-from token_guard.bodies import one_content_type
-from token_guard.connections import Connection
-from token_guard.decision import Denial
+from token_guard.adapters.asgi import SCOPE_KEY, get_token
+from token_guard.core import decision as codes
+from token_guard.core.bodies import one_content_type
+from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
+from token_guard.core.policy import CompiledToken
+from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     CONFLICTING_HEADERS,
     Awaiting,
@@ -76,8 +78,6 @@ from token_guard.guard import (
     ReadBody,
     body_too_large,
 )
-from token_guard.policy import CompiledToken
-from token_guard.records import TokenRecord
 from token_guard.resolver import UNAVAILABLE
 from token_guard.stores.base import TokenReader
 

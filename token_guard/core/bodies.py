@@ -24,9 +24,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from token_guard import decision as codes
-from token_guard.decision import Denial
-from token_guard.querystrings import parse_all
+from token_guard.core import decision as codes
+from token_guard.core.decision import Denial
+from token_guard.core.querystrings import parse_all
 
 __all__ = ["CONFLICTING_TYPES", "media_type", "one_content_type", "parse_body"]
 

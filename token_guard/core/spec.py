@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from token_guard.errors import InvalidTokenSpec
-from token_guard.facts import API_NAMES
-from token_guard.origins import parse_origin_pattern
+from token_guard.core.errors import InvalidTokenSpec
+from token_guard.core.facts import API_NAMES
+from token_guard.core.origins import parse_origin_pattern
 
 GrantKind = Literal["table", "wildcard", "all", "query"]
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-from token_guard import decision as codes
-from token_guard.decision import Denial
+from token_guard.core import decision as codes
+from token_guard.core.decision import Denial
 
 __all__ = ["BAD_ESCAPES", "SEMICOLON", "decode", "parse_all", "parse_wanted", "redact",
            "values_of"]

@@ -1,6 +1,6 @@
 """The node vocabulary of the SQL walk: which sqlglot nodes and functions a read may use.
 
-``token_guard.sql`` walks a parsed query and asks ``classify`` what each node's type is to
+``token_guard.core.sql`` walks a parsed query and asks ``classify`` what each node's type is to
 it; the sets here are the whole answer. A node type named nowhere here (and neither a
 function nor a condition) is refused, so a sqlglot upgrade that adds node types fails
 closed. Names missing from the installed sqlglot are skipped (``hasattr``).

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from token_guard.dialects import DIALECTS
-from token_guard.errors import ConfigurationError
+from token_guard.core.dialects import DIALECTS
+from token_guard.core.errors import ConfigurationError
 
 # Dialects whose names token_guard knows how to qualify, with the number of name parts
-# a fully qualified table has there (the table of their rules is token_guard.dialects).
+# a fully qualified table has there (the table of their rules is token_guard.core.dialects).
 DIALECT_DEPTH: Mapping[str, int] = MappingProxyType(
     {name: rules.depth for name, rules in DIALECTS.items()}
 )

@@ -13,7 +13,7 @@ Security choices, stated once:
 - A body is read only when the route's source may travel in it, only after the token is
   resolved (a missing, malformed, unknown, revoked or expired token is refused first), up
   to ``max_body_bytes`` (413 above); it is read by its Content-Type as the app reads it
-  (``token_guard.bodies``) and replayed intact to the app.
+  (``token_guard.core.bodies``) and replayed intact to the app.
 - The path judged is the one the app beneath routes: ``path`` minus ``root_path``
   (``Mount``, FastAPI ``mount``, ``uvicorn --root-path``); see ``route_path``.
 - The request's steps are the guard's (``token_guard.guard``); this adapter only reads
@@ -22,7 +22,7 @@ Security choices, stated once:
 - A refused websocket is closed with 1008 (policy violation) before ``accept``.
 
 Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_guard.token"]``
-(``token_guard.get_token(request.scope)``; FastAPI: ``Depends(token_guard.fastapi.api_token)``).
+(``token_guard.get_token(request.scope)``; FastAPI: ``token: token_guard.ApiToken``).
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Unpack
 from urllib.parse import unquote_to_bytes
 
-from token_guard import decision as codes
-from token_guard.bodies import one_content_type
-from token_guard.connections import Connection
-from token_guard.decision import Denial
+from token_guard.core import decision as codes
+from token_guard.core.bodies import one_content_type
+from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
+from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     CONFLICTING_HEADERS,
     Awaiting,
@@ -43,7 +44,6 @@ from token_guard.guard import (
     ReadBody,
     body_too_large,
 )
-from token_guard.records import TokenRecord
 from token_guard.stores.base import TokenReader
 
 Scope = MutableMapping[str, Any]

@@ -23,8 +23,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from token_guard.asgi import get_token
-from token_guard.records import TokenRecord
+from token_guard.adapters.asgi import get_token
+from token_guard.core.records import TokenRecord
 
 __all__ = ["ApiToken", "OptionalApiToken", "api_token", "optional_api_token"]
 

@@ -5,7 +5,7 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
 
 * A query is parsed with sqlglot in the connection's dialect. Exactly one statement is
   allowed, and it must be a ``SELECT`` (or a set operation of them). Every node of the
-  parsed tree must be of a kind the guard knows (``token_guard.sql_nodes`` lists them):
+  parsed tree must be of a kind the guard knows (``token_guard.core.sql_nodes`` lists them):
   DML/DDL anywhere (also inside a CTE, as in Postgres ``WITH x AS (DELETE ...)``),
   ``SELECT ... INTO``, locking clauses, sqlglot's ``Command`` fallback and any unknown
   node type are refused.
@@ -27,7 +27,7 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
   keeps PostgreSQL's rule (quoted names exact) although sqlglot folds them: with
   ``enable_case_sensitive_identifier`` on, ``"Secret"`` and ``secret`` are two tables. A
   rule that tells more names apart than the engine only over-asks; the reverse leaks.
-* Never narrower than the engine (dialect rules live in the ``token_guard.dialects`` table):
+* Never narrower than the engine (dialect rules live in the ``token_guard.core.dialects`` table):
   - implicit UNNEST: sqlglot's BigQuery/Redshift parsers turn a joined path whose first
     part names an earlier FROM item (``FROM t, t.arr``) into ``UNNEST(t.arr)``. That is
     accepted only in the engine's own shape: the first identifier is exactly one token of
@@ -51,7 +51,7 @@ refused with a ``SqlRefusal`` saying why and what would fix it):
   - PostgreSQL (63 bytes) and Redshift (127) truncate longer identifiers: refused;
   - PostgreSQL connections, where ``pglast`` is installed: PostgreSQL's own parser
     (libpg_query) must parse the query and name no relation the guard did not list
-    (``token_guard.pg_parser``; about a tenth of the analysis cost, cold path only).
+    (``token_guard.core.pg_parser``; about a tenth of the analysis cost, cold path only).
 * ``allowed_functions`` compare by the dialect's rule, not lower-cased: BigQuery built-in
   (one-part) names in any case, qualified UDF paths with the project lower-cased and the
   dataset and function as written (a quoted `` `a.b.c` `` is the path a.b.c); elsewhere
@@ -91,11 +91,11 @@ from sqlglot.errors import ParseError
 from sqlglot.tokenizer_core import Token, TokenType
 from sqlglot.tokens import Tokenizer
 
-from token_guard import pg_parser
-from token_guard.connections import Connection
-from token_guard.dialects import DIALECTS, DialectRules
-from token_guard.errors import ConfigurationError
-from token_guard.sql_nodes import (
+from token_guard.core import pg_parser
+from token_guard.core.connections import Connection
+from token_guard.core.dialects import DIALECTS, DialectRules
+from token_guard.core.errors import ConfigurationError
+from token_guard.core.sql_nodes import (
     DEFAULT_ALLOWED_FUNCTIONS,
     DENY,
     FUNCTION,
@@ -106,7 +106,7 @@ from token_guard.sql_nodes import (
     classify,
 )
 
-log = logging.getLogger("token_guard.sql")
+log = logging.getLogger("token_guard.core.sql")
 
 __all__ = [
     "DEFAULT_ALLOWED_FUNCTIONS",

@@ -24,15 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from token_guard import decision as codes
-from token_guard.connections import Connection, normalize_connections
-from token_guard.decision import Denial
-from token_guard.facts import RequestFacts, Source
-from token_guard.origins import OriginMatcher, RequestSite, read_site
-from token_guard.records import TokenRecord
-from token_guard.sql import SqlAnalyzer, SqlRefusal, is_system_table
+from token_guard.core import decision as codes
+from token_guard.core.connections import Connection, normalize_connections
+from token_guard.core.decision import Denial
+from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.origins import OriginMatcher, RequestSite, read_site
+from token_guard.core.records import TokenRecord
+from token_guard.core.sql import SqlAnalyzer, SqlRefusal, is_system_table
 
-log = logging.getLogger("token_guard.policy")
+log = logging.getLogger("token_guard.core.policy")
 _T = TypeVar("_T")
 
 _EMPTY_KEYS: frozenset[tuple[str, ...]] = frozenset()

@@ -1,7 +1,7 @@
 """What each SQL dialect's engine does with names and text: one ``DialectRules`` per dialect.
 
-``DIALECTS`` is the one table of per-dialect rules; ``token_guard.connections`` takes the
-dialect names and depths from it and ``token_guard.sql`` reads every other rule from it.
+``DIALECTS`` is the one table of per-dialect rules; ``token_guard.core.connections`` takes the
+dialect names and depths from it and ``token_guard.core.sql`` reads every other rule from it.
 Adding a dialect (one that sqlglot knows by the same name) is adding one entry here.
 
 Security choice: a rule that tells more names apart than the engine, or calls more names

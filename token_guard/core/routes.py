@@ -99,11 +99,11 @@ from operator import itemgetter
 from typing import Any, Literal, NamedTuple, get_args
 from urllib.parse import unquote_to_bytes
 
-from token_guard import decision as codes
-from token_guard.decision import Denial
-from token_guard.errors import ConfigurationError
-from token_guard.facts import API_NAMES, RequestFacts, Source, SourceKind
-from token_guard.querystrings import parse_wanted
+from token_guard.core import decision as codes
+from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
+from token_guard.core.facts import API_NAMES, RequestFacts, Source, SourceKind
+from token_guard.core.querystrings import parse_wanted
 
 __all__ = [
     "DEFAULT_PREFIX",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from token_guard.spec import Grant, TokenSpec, format_datetime
+from token_guard.core.spec import Grant, TokenSpec, format_datetime
 
 
 @dataclass(frozen=True, slots=True)
