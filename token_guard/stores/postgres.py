@@ -124,6 +124,10 @@ _UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError
 SCHEMA_VERSION: Final = POSTGRES_MIGRATIONS[-1].version
 
 
+MIGRATION_DEADLINE = 600.0
+"""Seconds the schema migration at open() may take (a big token table is rewritten once)."""
+
+
 async def migrate_postgres(
     conn: Conn, schema: str, migrations: Sequence[Migration] = POSTGRES_MIGRATIONS
 ) -> int:
@@ -152,6 +156,13 @@ async def migrate_postgres(
                 f"schema {schema!r} is at version {version}, newer than this token_guard "
                 f"knows ({target}); upgrade token_guard"
             )
+        if version < target:
+            # Rewriting every token row (v3 moves bodies into JSON) can outlast the
+            # connection's statement_timeout on a big table; the caller's deadline is
+            # MIGRATION_DEADLINE, not the per-query one.
+            _log.warning("migrating token store schema %r from version %d to %d",
+                        schema, version, target)
+            await conn.execute("SET LOCAL statement_timeout = 0")
         for step in migrations:
             if step.version <= version:
                 continue
@@ -286,7 +297,8 @@ class PostgresStore:
             pool = await self._new_pool()
             try:
                 await self._bounded(
-                    self._migrate(pool), "the schema migration", max(self._timeout, 10.0)
+                    self._migrate(pool), "the schema migration",
+                    max(self._timeout, MIGRATION_DEADLINE),
                 )
             except BaseException:
                 await pool.close(timeout=1.0)
