@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.store_contract import EVENT_WAIT, StoreContract, wait_for
+from tests.store_contract import EVENT_WAIT, StoredBodyContract, wait_for
 from tests.tokens import body
 from token_guard.core.errors import ConfigurationError, StoreError, StoreUnavailable
 from token_guard.core.records import ChangeEvent
@@ -55,7 +55,7 @@ async def execute(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> lis
         return await cur.fetchall() if cur.description else []
 
 
-class TestPostgresStore(StoreContract):
+class TestPostgresStore(StoredBodyContract):
     """The contract on the real PostgreSQL, each test in its own schema."""
 
     @pytest.fixture
@@ -75,7 +75,7 @@ class TestPostgresStore(StoreContract):
             out += [r[0] for r in rows]
         return "\n".join(out).encode()
 
-    async def stored_body(self, store: TokenStore, token_id: str) -> dict[str, Any] | None:
+    async def stored_body(self, store: TokenStore, token_id: str) -> dict[str, Any]:
         """The body column (psycopg decodes JSONB)."""
         assert isinstance(store, PostgresStore)
         rows = await execute(

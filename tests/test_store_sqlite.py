@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.store_contract import EVENT_WAIT, StoreContract, wait_for
+from tests.store_contract import EVENT_WAIT, StoredBodyContract, wait_for
 from tests.tokens import body
 from token_guard.core.errors import ConfigurationError, StoreError, StoreUnavailable
 from token_guard.core.records import ChangeEvent
@@ -49,7 +49,7 @@ def file_bytes(path: Path) -> bytes:
     return out
 
 
-class TestSQLiteStore(StoreContract):
+class TestSQLiteStore(StoredBodyContract):
     """The contract on a real SQLite file under tmp_path."""
 
     @pytest.fixture
@@ -64,7 +64,7 @@ class TestSQLiteStore(StoreContract):
         assert isinstance(store, SQLiteStore)
         return file_bytes(Path(store.path))
 
-    async def stored_body(self, store: TokenStore, token_id: str) -> dict[str, Any] | None:
+    async def stored_body(self, store: TokenStore, token_id: str) -> dict[str, Any]:
         """The body column, decoded."""
         assert isinstance(store, SQLiteStore)
         with contextlib.closing(sqlite3.connect(store.path)) as conn:
