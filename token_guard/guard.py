@@ -15,9 +15,10 @@ result back, until the step is final:
 
 The order is the guard's alone: route, facts from the query string and token extraction
 (each remembered by what it depends on: see ``Guard.check``), token resolution, then the
-body if the route needs it, then the decision, usage and ``on_decision``. Nothing an adapter does changes a decision, so ASGI, WSGI and the CLI's
-``check`` decide alike. A token is resolved (and a missing, malformed, unknown, revoked or
-expired one refused) before any body is read. Any exception inside a step is caught and
+body if the route needs it, then the decision, usage and ``on_decision``. Nothing an
+adapter does changes a decision, so ASGI, WSGI and the CLI's ``check`` decide alike. A
+token is resolved (and a missing, malformed, unknown, revoked or expired one refused)
+before any body is read. Any exception inside a step is caught and
 becomes a refusal (500 ``internal_error``, logged), never a pass.
 """
 
