@@ -23,23 +23,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.secret import new_secret
-from token_guard.management.oauth import (
+from token_guard.management.clients import (
     READ_SCOPE,
     WRITE_SCOPE,
-    AccessDenied,
-    AccessTokenVerifier,
-    ExternalIssuer,
-    OAuthError,
-    SigningKeys,
     authenticate_client,
-    client_credentials_grant,
-    client_from_basic,
     create_client,
     hash_client_secret,
-    issue_access_token,
     parse_scopes,
     revoke_client,
 )
+from token_guard.management.grant import (
+    OAuthError,
+    client_credentials_grant,
+    client_from_basic,
+    issue_access_token,
+)
+from token_guard.management.keys import SigningKeys
+from token_guard.management.verify import AccessDenied, AccessTokenVerifier, ExternalIssuer
 from token_guard.stores import MemoryStore, SQLiteStore
 
 ISSUER = "https://tokens.test"

@@ -8,24 +8,23 @@
 from __future__ import annotations
 
 from token_guard.management.app import create_management_app
-from token_guard.management.oauth import (
+from token_guard.management.clients import (
     READ_SCOPE,
     SCOPES,
     WRITE_SCOPE,
+    authenticate_client,
+    create_client,
+    revoke_client,
+)
+from token_guard.management.grant import IssuedAccessToken, OAuthError, issue_access_token
+from token_guard.management.keys import SigningKey, SigningKeys
+from token_guard.management.openapi import openapi_schema
+from token_guard.management.verify import (
     AccessClaims,
     AccessDenied,
     AccessTokenVerifier,
     ExternalIssuer,
-    IssuedAccessToken,
-    OAuthError,
-    SigningKey,
-    SigningKeys,
-    authenticate_client,
-    create_client,
-    issue_access_token,
-    revoke_client,
 )
-from token_guard.management.openapi import openapi_schema
 
 __all__ = [
     "READ_SCOPE",
