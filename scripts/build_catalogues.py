@@ -88,8 +88,13 @@ def pg_classify(name: str, volatility: str, argtypes: Iterable[str]) -> str | No
     if volatility == "v" and name not in SAFE_VOLATILE:
         return "volatile: may write or change state (not a pure read)"
     if name not in SAFE_CATALOG_ARGS and any(t in PG_CATALOG_TYPES for t in argtypes):
-        return NAMES_TABLES
+        return WEAK + NAMES_TABLES
     return None
+
+
+# A refusal only for catalog-typed overloads (max(oid), length(tsvector)...): the name is
+# refused only when every overload takes such an argument (see merge).
+WEAK = "weak:"
 
 
 def postgres_builtins() -> dict[str, str | None]:
@@ -109,7 +114,7 @@ def postgres_builtins() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for row in rows:
         name, volatility, _kind, args = row.split("\t")
-        if "_in" == name[-3:] or name.endswith(("_recv", "_send", "_out", "_support")):
+        if name.endswith("_in") or name.endswith(("_recv", "_send", "_out", "_support")):
             # Type I/O functions: called by casts, not by people; leave them unlisted.
             continue
         types = [a for a in args.split(",") if a]
@@ -144,9 +149,7 @@ def postgis(mirror: Path) -> dict[str, str | None]:
             end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
             chunk = text[m.end():end]
             tail = chunk.rsplit("$$", 1)[-1]
-            if kind == "AGGREGATE":
-                volatility = "i"
-            elif re.search(r"\bIMMUTABLE\b|_IMMUTABLE", tail, re.IGNORECASE):
+            if kind == "AGGREGATE" or re.search(r"\bIMMUTABLE\b", tail, re.IGNORECASE):
                 volatility = "i"
             elif re.search(r"\bSTABLE\b|_STABLE", tail, re.IGNORECASE):
                 volatility = "s"
@@ -162,16 +165,21 @@ def postgis(mirror: Path) -> dict[str, str | None]:
 
 def duckdb_core() -> dict[str, str | None]:
     """duckdb_functions() of the installed duckdb, classified."""
-    import duckdb  # noqa: PLC0415 - build-time only
+    import duckdb  # build-time only: the package does not need duckdb
 
     rows = duckdb.connect().sql(
         "SELECT DISTINCT function_name, function_type FROM duckdb_functions() "
         "WHERE schema_name IN ('main', 'pg_catalog')"
     ).fetchall()
     out: dict[str, str | None] = {}
+    values = {str(n).lower() for n, k in rows if k not in ("table", "table_macro", "pragma")}
     for name, kind in rows:
         lname = str(name).lower()
         reason: str | None = None
+        if kind == "pragma":
+            continue  # PRAGMA names are statements, not callable in a SELECT
+        if kind in ("table", "table_macro") and (lname in values or lname == "unnest"):
+            continue  # also a scalar (range, unnest...): listed by that entry
         if kind in ("table", "table_macro"):
             reason = "a table function (reads files, the catalog or SQL text), not a value"
         elif kind == "pragma":
@@ -234,10 +242,14 @@ def curated(dialect: str) -> dict[str, str | None]:
 
 
 def merge(out: dict[str, str | None], name: str, reason: str | None) -> None:
-    """A name is refused if any overload or source refuses it."""
-    if name in out and out[name] is not None:
-        return
-    out[name] = reason
+    """Add one overload's verdict: a firm refusal wins; a weak one only if none is pure."""
+    old = out.get(name, WEAK)
+    if old is not None and not old.startswith(WEAK):
+        return  # firmly refused already
+    if reason is None or not reason.startswith(WEAK):
+        out[name] = reason  # firm refusal, or a pure overload lifting a weak refusal
+    elif name not in out:
+        out[name] = reason
 
 
 def git_show(repo: Path, path: str) -> str:
@@ -254,6 +266,7 @@ def write(dialect: str, entries: dict[str, str | None], provenance: str) -> None
              "# name<TAB>read | name<TAB>refused<TAB>reason"]
     for name in sorted(entries):
         reason = entries[name]
+        reason = reason.removeprefix(WEAK) if reason is not None else None
         lines.append(f"{name}\tread" if reason is None else f"{name}\trefused\t{reason}")
     (OUT / f"{dialect}.tsv").write_text("\n".join(lines) + "\n")
     refused = sum(r is not None for r in entries.values())

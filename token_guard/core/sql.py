@@ -92,6 +92,7 @@ from sqlglot.tokenizer_core import Token, TokenType
 from sqlglot.tokens import Tokenizer
 
 from token_guard.core import pg_parser
+from token_guard.core.catalogue import CATALOGUES
 from token_guard.core.connections import Connection
 from token_guard.core.dialects import DIALECTS, DialectRules
 from token_guard.core.errors import ConfigurationError
@@ -161,7 +162,32 @@ _SYSTEM_CATALOGS: frozenset[str] = frozenset().union(
 )
 _DUNDER_META_TABLES = any(r.dunder_meta_tables for r in DIALECTS.values())
 
+
+def _fold_builtin(name: str, dialect_name: str) -> str:
+    """A catalogue name (lower case) as the analyser folds an unquoted call in the dialect."""
+    if DIALECTS[dialect_name].names_as_written:
+        return name  # BigQuery built-ins compare lower-cased (see _function_path)
+    dialect = Dialect.get_or_raise(dialect_name)
+    ident = exp.Identifier(this=name, quoted=False)
+    return _FOLD_AS.get(type(dialect), dialect).normalize_identifier(ident).name
+
+
+# Each dialect's catalogue folded once, at import: built-in reads (one-part paths) and the
+# refused names with their reasons. Lookups on the analysis path are set/dict lookups.
+_BUILTIN_READS: dict[str, frozenset[tuple[str, ...]]] = {
+    d: frozenset((_fold_builtin(n, d),) for n in CATALOGUES[d].reads)
+    for d in DIALECTS if d in CATALOGUES
+}
+_BUILTIN_REFUSED: dict[str, dict[tuple[str, ...], str]] = {
+    d: {(_fold_builtin(n, d),): why for n, why in CATALOGUES[d].refused.items()}
+    for d in DIALECTS if d in CATALOGUES
+}
+
 _R = TypeVar("_R")
+# sqlglot's wrapper of BigQuery's NET.* functions (absent from older sqlglot versions).
+_NET_FUNC: tuple[type[exp.Expression], ...] = (
+    (exp.NetFunc,) if hasattr(exp, "NetFunc") else ()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +341,7 @@ class SqlAnalyzer:
         # Per dialect: exact function paths, and "schema.*" prefixes (every function of a
         # schema, e.g. CARTO's "carto-un.carto.*"), folded by the dialect's rule.
         names = [f.strip() for f in allowed_functions]
+        _check_not_refused(names)
         self._functions: dict[str, frozenset[tuple[str, ...]]] = {}
         self._function_prefixes: dict[str, frozenset[tuple[str, ...]]] = {}
         for dname in self._dialects:
@@ -326,7 +353,10 @@ class SqlAnalyzer:
                 idents = [exp.Identifier(this=p, quoted=False) for p in path.split(".")]
                 folded = self._function_path(idents, dname)
                 (prefixes if wildcard else exact).add(folded)
-            self._functions[dname] = frozenset(exact)
+            # Refused built-ins stay out even when a wildcard or a default names them.
+            refused = _BUILTIN_REFUSED.get(dname, {})
+            reads = _BUILTIN_READS.get(dname, frozenset())
+            self._functions[dname] = frozenset(exact.union(reads).difference(refused))
             self._function_prefixes[dname] = frozenset(prefixes)
 
     # -- public -------------------------------------------------------------------------
@@ -592,6 +622,9 @@ class SqlAnalyzer:
         idents = [this if isinstance(this, exp.Identifier) else exp.Identifier(
             this=node.name, quoted=False)]
         parent = node.parent
+        if isinstance(parent, _NET_FUNC):
+            # sqlglot reads BigQuery's NET.HOST(x) as NetFunc(HOST(x)).
+            idents = [exp.Identifier(this="net", quoted=False), *idents]
         # BigQuery writes UDFs as `proj`.ds.fn(...): a Dot chain whose last part is the call.
         while isinstance(parent, exp.Dot) and parent.expression is node:
             left = parent.this
@@ -609,7 +642,18 @@ class SqlAnalyzer:
             return False
         if path in self._functions[dialect_name]:
             return True
-        return len(path) > 1 and path[:-1] in self._function_prefixes[dialect_name]
+        if len(path) == 2 and DIALECTS[dialect_name].names_as_written:
+            # BigQuery: SAFE.fn() is fn returning NULL on error; NET.HOST, HLL_COUNT.MERGE,
+            # KEYS.*... are dotted built-ins (case-insensitive, unlike a dataset.udf path).
+            head = path[0].lower()
+            tail = ((path[1].lower(),) if head == "safe" else (f"{head}.{path[1].lower()}",))
+            if tail in self._functions[dialect_name]:
+                return True
+        return (
+            len(path) > 1
+            and path[:-1] in self._function_prefixes[dialect_name]
+            and path[-1:] not in _BUILTIN_REFUSED.get(dialect_name, {})
+        )
 
     # -- queries ------------------------------------------------------------------------
 
@@ -864,6 +908,14 @@ class SqlAnalyzer:
             return _refuse_node(node)
         if kind == FUNCTION and not self._function_allowed(node, ctx.name):
             call = node.name or type(node).__name__
+            why = _BUILTIN_REFUSED.get(ctx.name, {}).get(
+                self._function_path([exp.Identifier(this=call, quoted=False)], ctx.name)
+            )
+            if why is not None:
+                return SqlRefusal(
+                    f"the query calls {call}, which {why}",
+                    "remove that function; read granted tables with a plain SELECT",
+                )
             return SqlRefusal(
                 f"the query calls {call}, which the guard does not know to be read-only",
                 "remove it, or ask the operator to list it in allowed_functions",
@@ -964,6 +1016,25 @@ class SqlAnalyzer:
         ctx.tables.add(key)
         ctx.rewrites.append((table, key))
         return None
+
+
+def _check_not_refused(names: Iterable[str]) -> None:
+    """allowed_functions may not name a refused built-in: it would read what no grant covers."""
+    for name in names:
+        last = name.rsplit(".", 1)[-1].lower()
+        schema = name.rsplit(".", 1)[0].lower() if "." in name else ""
+        for dialect, catalogue in CATALOGUES.items():
+            why = catalogue.refused.get(last)
+            if why is not None and schema in ("", "pg_catalog", "main"):
+                raise ConfigurationError(
+                    f"allowed_functions: {name!r} is a {dialect} built-in that {why}; it "
+                    "stays refused (remove it from allowed_functions)"
+                )
+        if schema in ("pg_catalog", "information_schema") and last == "*":
+            raise ConfigurationError(
+                f"allowed_functions: {name!r} would allow the catalog's functions, some of "
+                "which read or change what no grant covers; list the functions you need"
+            )
 
 
 def _nesting_refusal(tokens: list[Token]) -> SqlRefusal | None:
