@@ -96,6 +96,7 @@ from token_guard.core.catalogue import CATALOGUES
 from token_guard.core.connections import Connection
 from token_guard.core.dialects import DIALECTS, DialectRules
 from token_guard.core.errors import ConfigurationError
+from token_guard.core.postgis import PostGIS, is_spatial_operator
 from token_guard.core.sql_nodes import (
     DEFAULT_ALLOWED_FUNCTIONS,
     DENY,
@@ -142,12 +143,19 @@ _OPERAND_ENDS = frozenset(
 # Text that makes a table name (request ``name=``, a grant) more than a name.
 _NAME_MARKS = ("--", "/*", "*/", ";", "#", "\n", "\r", "\x00")
 
+
+
+def _sqlglot_dialect(name: str) -> Dialect:
+    """The sqlglot dialect a connection's queries are read in (PostGIS operators added)."""
+    return PostGIS() if DIALECTS[name].postgis_operators else Dialect.get_or_raise(name)
+
+
 # Each dialect's rules by its sqlglot class, for the steps that are handed only a Dialect.
 _RULES_OF: dict[type[Dialect], DialectRules] = {
-    type(Dialect.get_or_raise(name)): rules for name, rules in DIALECTS.items()
+    type(_sqlglot_dialect(name)): rules for name, rules in DIALECTS.items()
 }
 _FOLD_AS: dict[type[Dialect], Dialect] = {
-    type(Dialect.get_or_raise(name)): Dialect.get_or_raise(rules.fold_as)
+    type(_sqlglot_dialect(name)): Dialect.get_or_raise(rules.fold_as)
     for name, rules in DIALECTS.items()
     if rules.fold_as is not None
 }
@@ -167,7 +175,7 @@ def _fold_builtin(name: str, dialect_name: str) -> str:
     """A catalogue name (lower case) as the analyser folds an unquoted call in the dialect."""
     if DIALECTS[dialect_name].names_as_written:
         return name  # BigQuery built-ins compare lower-cased (see _function_path)
-    dialect = Dialect.get_or_raise(dialect_name)
+    dialect = _sqlglot_dialect(dialect_name)
     ident = exp.Identifier(this=name, quoted=False)
     return _FOLD_AS.get(type(dialect), dialect).normalize_identifier(ident).name
 
@@ -326,7 +334,7 @@ class SqlAnalyzer:
         self._defaults: LRUCache[tuple[str, tuple[str, ...]], tuple[str, ...] | SqlRefusal]
         self._defaults = LRUCache(maxsize=256)
         self._lock = threading.Lock()
-        self._dialects = {name: Dialect.get_or_raise(name) for name in DIALECTS}
+        self._dialects = {name: _sqlglot_dialect(name) for name in DIALECTS}
         self._kinds: dict[type[exp.Expression], int] = {}
         # The same tokenizer with the other backslash rule, where a setting decides it.
         self._other_tokenizers: dict[str, type[Tokenizer]] = {}
@@ -904,7 +912,7 @@ class SqlAnalyzer:
         connection: Connection,
     ) -> SqlRefusal | None:
         kind = self._kind(type(node))
-        if kind == DENY:
+        if kind == DENY and not (ctx.rules.postgis_operators and is_spatial_operator(node)):
             return _refuse_node(node)
         if kind == FUNCTION and not self._function_allowed(node, ctx.name):
             call = node.name or type(node).__name__
