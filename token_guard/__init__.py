@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from token_guard import presets
 from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
@@ -65,6 +66,7 @@ __all__ = [
     "current_token",
     "get_token",
     "parse_token_spec",
+    "presets",
 ]
 
 

@@ -91,6 +91,7 @@ from sqlglot.errors import ParseError
 from sqlglot.tokenizer_core import Token, TokenType
 from sqlglot.tokens import Tokenizer
 
+from token_guard import presets
 from token_guard.core import pg_parser
 from token_guard.core.catalogue import CATALOGUES
 from token_guard.core.connections import Connection
@@ -348,7 +349,7 @@ class SqlAnalyzer:
                 )
         # Per dialect: exact function paths, and "schema.*" prefixes (every function of a
         # schema, e.g. CARTO's "carto-un.carto.*"), folded by the dialect's rule.
-        names = [f.strip() for f in allowed_functions]
+        names = presets.expand([f.strip() for f in allowed_functions])
         _check_not_refused(names)
         self._functions: dict[str, frozenset[tuple[str, ...]]] = {}
         self._function_prefixes: dict[str, frozenset[tuple[str, ...]]] = {}
