@@ -67,6 +67,10 @@ maps       GET/POST ``/v3/maps/{connection}/table``            ``name`` (table)
 maps       GET/POST ``/v3/maps/{connection}/tileset``          ``name`` (tileset)
 maps       GET/POST ``/v3/maps/{connection}/query``            ``q`` (query)
 maps       GET/POST ``/v3/maps/{connection}/raster``           ``name`` (table) *ours*
+maps       GET/POST ``/v3/maps/{connection}/boundary``         ``tilesetTableName`` (tileset),
+                                                               and each of
+                                                               ``propertiesTableName`` (table),
+                                                               ``propertiesSqlQuery`` (query)
 maps       GET ``/v3/maps/{connection}/{type}/{z}/{x}/{y}``    as the instantiation above
 maps       GET/POST ``/v3/stats/{connection}/{source}/{attr}`` path ``{source}`` (table)
 maps       GET/POST ``/v3/stats/{connection}/{attribute}``     ``q`` (query)
@@ -84,7 +88,7 @@ imports    GET ``/v3/imports/{id}``                            none (API check o
 The data URL a map instantiation returns is the same path with ``format=tilejson`` (and
 ``cache=``) in the query string, so it classifies as the instantiation; its TileJSON
 ``tiles`` templates are ``.../{table,tileset,query,raster}/{z}/{x}/{y}`` with the same
-parameters. ``/v3/maps/public/{id}`` (public maps), ``/v3/tokens`` and boundary sources are
+parameters. ``/v3/maps/public/{id}`` (public maps) and ``/v3/tokens`` are
 not data routes here: declare a ``Route`` if your application serves them.
 """
 
@@ -214,7 +218,9 @@ class Route:
     granted tables and a statement break or escape is refused; a name may be dotted, for
     a key in a JSON-object parameter (see ``SqlParam``). ``sql_params`` declares every
     other parameter the backend puts into SQL (identifiers, keywords, numbers, filters)
-    and how the guard checks it.
+    and how the guard checks it. ``more_sources`` names further optional parameters that
+    each hold a source, with its kind (a boundary request's ``propertiesTableName`` and
+    ``propertiesSqlQuery`` beside ``tilesetTableName``): every one present is checked.
     """
 
     api: str
@@ -228,6 +234,7 @@ class Route:
     source_in_body: bool = True
     expression_params: frozenset[str] = frozenset()
     sql_params: tuple[SqlParam, ...] = ()
+    more_sources: tuple[tuple[str, SourceKind], ...] = ()
 
 
 class RouteMatch(NamedTuple):
@@ -336,6 +343,24 @@ def _maps_routes() -> list[Route]:
                 sql_params=_MAPS_PARAMS,
             )
         )
+    # Boundary sources (@carto/api-client boundaryTableSource / boundaryQuerySource): a
+    # tileset of boundaries joined with properties from a table or a query; each is checked.
+    boundary: tuple[tuple[str, SourceKind], ...] = (
+        ("propertiesTableName", "table"), ("propertiesSqlQuery", "query"),
+    )
+    for path, methods in (("boundary", _ANY_METHODS),
+                          ("boundary/{z}/{x}/{y}", frozenset({"GET"}))):
+        out.append(
+            Route(
+                "maps",
+                f"/v3/maps/{{connection}}/{path}",
+                methods,
+                "tilesetTableName",
+                "tileset",
+                sql_params=_MAPS_PARAMS,
+                more_sources=boundary,
+            )
+        )
     return out
 
 
@@ -412,6 +437,7 @@ class _Plan:
     def of(cls, route: Route) -> _Plan:
         """The plan for ``route``."""
         names = {p for p in (route.source_param, route.kind_param, route.connection_param) if p}
+        names.update(param for param, _ in route.more_sources)
         path: list[SqlParam] = []
         top: list[SqlParam] = []
         objects: dict[str, dict[str, SqlParam]] = {}
@@ -578,6 +604,7 @@ class RouteMap:
             param_borne = (
                 route.source_param is not None
                 or route.connection_param is not None
+                or bool(route.more_sources)
                 or any(not p.name.startswith("{") for p in _declared(route))
             )
             for method in route.methods:
@@ -792,6 +819,12 @@ class RouteMap:
             sources = (Source(kind, value),)
         elif "source" in params:
             sources = (Source(route.source_kind, params["source"]),)
+        for name, more_kind in route.more_sources:
+            if name in found or (body is not None and name in body):
+                more = _param(name, found, body)
+                if isinstance(more, Denial):
+                    return more
+                sources = (*sources, Source(more_kind, more))
         if plan.checks and (
             plan.path
             or not plan.checked_names.isdisjoint(found)
@@ -1149,7 +1182,16 @@ def _check_route(route: Route, prefix: str) -> list[str]:
                 f"{where}: segment {segment!r} is not a plain literal; use letters, digits and "
                 "'-._~' (no '.', '..', '%', ';')"
             )
+    if not isinstance(route.more_sources, tuple) or not all(
+        isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str) and m[0] and m[1] in _KINDS
+        for m in route.more_sources
+    ):
+        raise ConfigurationError(
+            f"{where}: more_sources must be a tuple of (parameter, kind) pairs, kind one of "
+            f"{', '.join(sorted(_KINDS))}, e.g. (('propertiesSqlQuery', 'query'),)"
+        )
     params = [p for p in (route.source_param, route.kind_param, route.connection_param) if p]
+    params += [name for name, _ in route.more_sources]
     for param in (route.source_param, route.kind_param, route.connection_param):
         if param is not None and (not isinstance(param, str) or not param):
             raise ConfigurationError(f"{where}: parameter names must be non-empty strings")
@@ -1159,7 +1201,8 @@ def _check_route(route: Route, prefix: str) -> list[str]:
         )
     if len(set(params)) != len(params):
         raise ConfigurationError(
-            f"{where}: source_param, kind_param and connection_param must differ; got {params!r}"
+            f"{where}: source_param, kind_param, connection_param and more_sources must "
+            f"differ; got {params!r}"
         )
     if "source" in names and route.source_param is not None:
         raise ConfigurationError(
