@@ -136,7 +136,7 @@ _CREATE = re.compile(
 def postgis(mirror: Path) -> dict[str, str | None]:
     """PostGIS functions and aggregates from its install scripts, classified."""
     repo = mirror / "postgis+postgis" / "repo"
-    files = ["postgis/postgis.sql.in", "postgis/geography.sql.in",
+    files = ["postgis/postgis.sql.in", "postgis/geography.sql.in", "postgis/postgis_nurbs.sql.in",
              "raster/rt_pg/rtpostgis.sql.in", "sfcgal/sfcgal.sql.in"]
     out: dict[str, str | None] = {}
     for path in files:
@@ -220,7 +220,7 @@ def bigquery(mirror: Path) -> dict[str, str | None]:
     for path in names:
         if not re.search(r"functions.*\.md$|conditional_expressions\.md$", path):
             continue
-        if "graph" in path or "protocol_buffer" in path:
+        if "docs/graph-" in path or "protocol_buffer" in path:
             continue  # GQL and protocol buffers: not BigQuery functions
         for name in re.findall(r"^## `([A-Za-z0-9_.]+)`", git_show(repo, path), re.MULTILINE):
             merge(out, name.lower(), None)

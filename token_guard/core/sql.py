@@ -934,8 +934,10 @@ class SqlAnalyzer:
             refusal = self._table(node, visible, ctx, connection)
             if refusal is not None:
                 return refusal
-        elif isinstance(node, exp.Lateral | exp.TableFromRows) and not isinstance(
-            node.this, (exp.Subquery, *ROW_SOURCES)
+        elif (
+            isinstance(node, exp.Lateral | exp.TableFromRows)
+            and not isinstance(node.this, (exp.Subquery, *ROW_SOURCES))
+            and not _builtin_row_source(node.this, ctx)
         ):
             return _table_function(node.this, ctx)
         elif ctx.rules.implicit_unnest and isinstance(node, exp.Select) and node.args.get(
@@ -1007,6 +1009,9 @@ class SqlAnalyzer:
         if isinstance(target, ROW_SOURCES):
             return None
         if not isinstance(target, exp.Identifier | exp.Dot):
+            qualified = table.args.get("db") or table.args.get("catalog")
+            if not qualified and _builtin_row_source(target, ctx):
+                return None  # its arguments are walked like any expression's
             return _table_function(target, ctx)
         if (
             isinstance(target, exp.Identifier)
@@ -1146,6 +1151,37 @@ def _flatten(node: exp.Expression) -> list[exp.Identifier]:
     return []
 
 
+# sqlglot's nodes for built-in set-returning functions, by the name the catalogue lists.
+_ROW_FUNCTION_NAMES: dict[type[exp.Expression], str] = {
+    getattr(exp, cls): name
+    for cls, name in (("GenerateSeries", "generate_series"),
+                      ("ExplodingGenerateSeries", "generate_series"))
+    if hasattr(exp, cls)
+}
+
+
+def _builtin_row_source(target: exp.Expression | None, ctx: _Context) -> bool:
+    """True for an unqualified built-in the catalogue lists as a pure read (``FROM ST_Dump(g)``).
+
+    Such a function reads only its arguments, which the walk checks. Functions named only in
+    ``allowed_functions`` (UDFs) are not trusted as table sources: one may read a table.
+    """
+    if not isinstance(target, exp.Func) or isinstance(target.parent, exp.Dot):
+        return False
+    if isinstance(target, NAMED_FUNCTIONS):
+        if not isinstance(target.this, str):
+            return False
+        name = target.this
+    else:
+        name = _ROW_FUNCTION_NAMES.get(type(target), target.sql_name())
+    ident = exp.Identifier(this=name, quoted=False)
+    reads = _BUILTIN_READS.get(ctx.name, frozenset())
+    path = (name.lower(),) if ctx.rules.names_as_written else (
+        _FOLD_AS.get(type(ctx.dialect), ctx.dialect).normalize_identifier(ident).name,
+    )
+    return classify(type(target)) != DENY and path in reads
+
+
 def _table_function(target: exp.Expression | None, ctx: _Context) -> SqlRefusal:
     if isinstance(target, exp.Var) and str(target.this).startswith("@"):
         return SqlRefusal(
@@ -1154,6 +1190,14 @@ def _table_function(target: exp.Expression | None, ctx: _Context) -> SqlRefusal:
         )
     if isinstance(target, exp.Func):
         name = target.name if isinstance(target, NAMED_FUNCTIONS) else target.sql_name()
+        why = _BUILTIN_REFUSED.get(ctx.name, {}).get((name.lower(),)) or _BUILTIN_REFUSED.get(
+            ctx.name, {}).get((name.upper(),))
+        if why is not None:
+            return SqlRefusal(
+                f"the query reads from {name}, which {why}",
+                "read granted tables directly; only UNNEST/FLATTEN of a column may be a table "
+                "source",
+            )
         what = f"the table function {name}" if name else "a table function"
     else:
         what = "a computed table source"
