@@ -303,3 +303,58 @@ def test_refused_builtins_are_refused_by_the_guard_end_to_end() -> None:
     facts = tg.RequestFacts("sql", "c_postgres", (tg.Source("query", query),))
     denial = guard.policy.decide(compiled, facts, time.time())
     assert denial is not None and "changes or reveals session" in denial.message
+
+
+ROW_SOURCES = [
+    pytest.param("SELECT d.geom FROM db.sch.t AS t, ST_Dump(t.g) AS d", {("db", "sch", "t")},
+                 id="st-dump-lateral-comma"),
+    pytest.param("SELECT * FROM db.sch.t CROSS JOIN LATERAL ST_DumpPoints(t.g) AS p",
+                 {("db", "sch", "t")}, id="st-dumppoints-lateral"),
+    pytest.param("SELECT * FROM generate_series(1, 3)", set(), id="generate-series"),
+    pytest.param("SELECT * FROM ST_Dump((SELECT g FROM db.sch.secret))",
+                 {("db", "sch", "secret")}, id="argument-subquery-is-checked"),
+]
+
+
+@pytest.mark.parametrize(("query", "tables"), ROW_SOURCES)
+def test_catalogued_builtins_may_be_table_sources(
+    query: str, tables: set[tuple[str, ...]]
+) -> None:
+    result = ANALYZER.analyze(query, Connection("postgres"))
+    assert not isinstance(result, SqlRefusal), result
+    assert result.tables == tables
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("SELECT * FROM public.ST_Dump(g)", id="qualified"),
+        pytest.param("SELECT * FROM db.sch.t, LATERAL other.st_dump(t.g)", id="qualified-lateral"),
+        pytest.param("SELECT * FROM my_udf(1)", id="udf"),
+        pytest.param("SELECT * FROM query_to_xml('select 1', true, true, '')", id="refused"),
+    ],
+)
+def test_other_table_functions_stay_refused(query: str) -> None:
+    analyzer = SqlAnalyzer(allowed_functions=["my_udf", "other.st_dump"])
+    assert isinstance(analyzer.analyze(query, Connection("postgres")), SqlRefusal)
+
+
+CASE_RULES = [
+    pytest.param("postgres", 'SELECT "ST_Area"(g) FROM db.sch.t', False, id="pg-quoted-mixed-case"),
+    pytest.param("postgres", 'SELECT "st_area"(g) FROM db.sch.t', True, id="pg-quoted-folded"),
+    pytest.param("postgres", "SELECT ST_AREA(g) FROM db.sch.t", True, id="pg-unquoted-folds"),
+    pytest.param("snowflake", 'SELECT "st_area"(g) FROM db.sch.t', False, id="sf-quoted-lower"),
+    pytest.param("snowflake", 'SELECT "ST_AREA"(g) FROM db.sch.t', True, id="sf-quoted-upper"),
+    pytest.param("snowflake", "SELECT st_area(g) FROM db.sch.t", True, id="sf-unquoted-folds"),
+    pytest.param("bigquery", "SELECT st_Area(g) FROM proj.ds.t", True, id="bq-builtin-any-case"),
+    pytest.param("databricks", "SELECT ST_ASTEXT(g) FROM c.s.t", True, id="dbx-any-case"),
+    pytest.param("duckdb", "SELECT St_Area(g) FROM c.s.t", True, id="duckdb-any-case"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "query", "allowed"), CASE_RULES)
+def test_builtin_names_compare_by_the_dialects_case_rule(
+    dialect: str, query: str, allowed: bool
+) -> None:
+    result = ANALYZER.analyze(query, Connection(dialect))
+    assert isinstance(result, SqlRefusal) is not allowed, result
