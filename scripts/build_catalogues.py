@@ -137,6 +137,7 @@ def postgis(mirror: Path) -> dict[str, str | None]:
     """PostGIS functions and aggregates from its install scripts, classified."""
     repo = mirror / "postgis+postgis" / "repo"
     files = ["postgis/postgis.sql.in", "postgis/geography.sql.in", "postgis/postgis_nurbs.sql.in",
+             "postgis/postgis_letters.sql",
              "raster/rt_pg/rtpostgis.sql.in", "sfcgal/sfcgal.sql.in"]
     out: dict[str, str | None] = {}
     for path in files:

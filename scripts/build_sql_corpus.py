@@ -67,7 +67,7 @@ def pg_reads(text: str) -> list[str]:
         except ParseError:
             continue
         if len(tree) == 1 and type(tree[0].stmt).__name__ == "SelectStmt":
-            out.append(" ".join(stmt.split()))
+            out.append("\n".join(line.strip() for line in stmt.splitlines() if line.strip()))
     return out
 
 
@@ -86,7 +86,7 @@ def sqlglot_reads(text: str, dialect: str) -> list[str]:
         except Exception:  # noqa: S112 - not valid in the dialect: not part of the corpus
             continue
         if len(parsed) == 1 and isinstance(parsed[0], exp.Select | exp.SetOperation):
-            out.append(" ".join(stmt.split()))
+            out.append("\n".join(line.strip() for line in stmt.splitlines() if line.strip()))
     return out
 
 

@@ -358,3 +358,18 @@ def test_builtin_names_compare_by_the_dialects_case_rule(
 ) -> None:
     result = ANALYZER.analyze(query, Connection(dialect))
     assert isinstance(result, SqlRefusal) is not allowed, result
+
+
+@pytest.mark.parametrize(
+    ("query", "allowed"),
+    [
+        pytest.param("SELECT ST_LineSubstring(g, .25, 0.5) FROM db.sch.t", True,
+                     id="leading-dot-number"),
+        pytest.param("SELECT * FROM CAST('POINT(0 1)' AS geometry) AS g", True, id="cast-as-row"),
+        pytest.param("SELECT * FROM db..t", False, id="empty-part-still-refused"),
+        pytest.param("SELECT * FROM .5t", False, id="dot-after-from"),
+    ],
+)
+def test_number_and_cast_spellings(query: str, allowed: bool) -> None:
+    result = ANALYZER.analyze(query, Connection("postgres"))
+    assert isinstance(result, SqlRefusal) is not allowed, result

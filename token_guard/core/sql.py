@@ -136,6 +136,8 @@ _NO_NAME_BEFORE_DOT = frozenset(
 _NO_NAME_AFTER_DOT = frozenset(
     {TokenType.DOT, TokenType.COMMA, TokenType.FROM, TokenType.R_PAREN}
 )
+# Tokens after which a value, not a table name, starts (so ``.25`` is a number there).
+_VALUE_STARTS = frozenset({TokenType.COMMA, TokenType.L_PAREN, TokenType.SELECT})
 # Tokens after which ':' is not a placeholder's start (a slice ``a[x:y]``, a label).
 _OPERAND_ENDS = frozenset(
     {TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.STRING,
@@ -784,7 +786,7 @@ class SqlAnalyzer:
                 or i == last
                 or tokens[i - 1].token_type in _NO_NAME_BEFORE_DOT
                 or tokens[i + 1].token_type in _NO_NAME_AFTER_DOT
-            ):
+            ) and not _leading_dot_number(tokens, i):
                 return SqlRefusal(
                     "a name in the query has an empty part (as in a..b); engines fill it "
                     "differently (Snowflake reads a..b as a.PUBLIC.b)",
@@ -1051,6 +1053,19 @@ def _check_not_refused(names: Iterable[str]) -> None:
             )
 
 
+def _leading_dot_number(tokens: list[Token], i: int) -> bool:
+    """True for a number written ``.25`` (a DOT right before digits, where a value starts)."""
+    if i == len(tokens) - 1 or (i > 0 and tokens[i - 1].token_type is TokenType.DOT):
+        return False
+    after = tokens[i + 1]
+    return (
+        after.token_type is TokenType.NUMBER
+        and after.start == tokens[i].end + 1
+        and after.text.isdigit()
+        and (i == 0 or tokens[i - 1].token_type in _VALUE_STARTS)
+    )
+
+
 def _nesting_refusal(tokens: list[Token]) -> SqlRefusal | None:
     starts: list[int] = []
     mass = 0
@@ -1166,6 +1181,8 @@ def _builtin_row_source(target: exp.Expression | None, ctx: _Context) -> bool:
     Such a function reads only its arguments, which the walk checks. Functions named only in
     ``allowed_functions`` (UDFs) are not trusted as table sources: one may read a table.
     """
+    if isinstance(target, exp.Cast):
+        return True  # FROM CAST('POINT(0 1)' AS geometry) AS g: one row, its value
     if not isinstance(target, exp.Func) or isinstance(target.parent, exp.Dot):
         return False
     if isinstance(target, NAMED_FUNCTIONS):
