@@ -48,9 +48,9 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   among them), so the last usage records are written; ``atexit`` would run too late.
 - **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so it never sees a
   refusal made here: use ``token_guard.FlaskTokenGuard`` (it sends refusals through the
-  app's ``after_request`` hooks, Flask-CORS's among them), or answer CORS in a WSGI
-  middleware *around* the guard (see ``examples/flask_app.py``). A preflight passes
-  through the guard untouched.
+  app's ``after_request`` hooks, Flask-CORS's among them; see ``examples/flask_app.py``),
+  or, for another WSGI framework, answer CORS in a WSGI middleware *around* the guard. A
+  preflight passes through the guard untouched.
 """
 
 from __future__ import annotations
