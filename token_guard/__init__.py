@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from token_guard import presets
 from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
+from token_guard.core import presets
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import (

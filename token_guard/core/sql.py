@@ -91,8 +91,7 @@ from sqlglot.errors import ParseError
 from sqlglot.tokenizer_core import Token, TokenType
 from sqlglot.tokens import Tokenizer
 
-from token_guard import presets
-from token_guard.core import pg_parser
+from token_guard.core import pg_parser, presets
 from token_guard.core.catalogue import CATALOGUES
 from token_guard.core.connections import Connection
 from token_guard.core.dialects import DIALECTS, DialectRules
