@@ -30,3 +30,8 @@ class StoreUnavailable(StoreError):
 
 class NotFound(StoreError, LookupError):
     """No token (or client) has that id."""
+
+
+class TokenStateError(StoreError):
+    """The token's state forbids the change: a revoked token is never rotated, disabled or
+    enabled again (revocation is final)."""
