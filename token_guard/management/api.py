@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from token_guard.core.decision import INVALID_TOKEN_SPEC, NOT_FOUND, STORE_UNAVAILABLE
-from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreUnavailable
+from token_guard.core.decision import CONFLICT, INVALID_TOKEN_SPEC, NOT_FOUND, STORE_UNAVAILABLE
+from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreUnavailable, TokenStateError
 from token_guard.core.records import AuditEntry
 from token_guard.core.spec import format_datetime
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
@@ -54,6 +54,10 @@ def _guarded(handler: Handler) -> Handler:
             )
         except BadRequest as exc:
             return error_response(400, exc.code, exc.message, exc.hint, field=exc.field)
+        except TokenStateError as exc:
+            return error_response(
+                409, CONFLICT, str(exc), "create a new token; a revoked one stays revoked"
+            )
         except NotFound:
             token_id = request.path_params.get("token_id", "")
             return error_response(
@@ -67,6 +71,10 @@ def _guarded(handler: Handler) -> Handler:
             )
 
     return wrapped
+
+
+guarded = _guarded
+"""``_guarded`` for the routes of the Tokens API's other modules (``lifecycle``)."""
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

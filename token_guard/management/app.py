@@ -6,6 +6,8 @@ Routes:
 * ``GET /.well-known/jwks.json`` — the public signing keys (retired ones until they expire).
 * ``GET /openapi.json`` — the OpenAPI 3.1 schema of everything here (``openapi``).
 * ``GET|POST /v3/tokens``, ``GET|PATCH|DELETE /v3/tokens/{id}``, ``GET /v3/audit`` (``api``).
+* ``POST /v3/tokens/{id}/rotate``, ``.../rotate/expire``, ``.../disable``, ``.../enable``
+  (``lifecycle``).
 * ``GET /developers`` — the Developers page (``developers``).
 """
 
@@ -22,6 +24,7 @@ from token_guard.management.api import TokensApi
 from token_guard.management.developers import DevelopersPage
 from token_guard.management.grant import TokenEndpoint
 from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SigningKeys
+from token_guard.management.lifecycle import LifecycleApi
 from token_guard.management.openapi import openapi_schema
 from token_guard.management.verify import AccessTokenVerifier, ExternalIssuer
 from token_guard.stores.base import TokenStore
@@ -62,6 +65,7 @@ def create_management_app(
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *TokensApi(store, verifier).routes(),
+        *LifecycleApi(store, verifier).routes(),
     ]
     if developers_page:
         routes += DevelopersPage().routes()

@@ -14,6 +14,7 @@ from token_guard.core.spec import GRANT_SCHEMA, TOKEN_FIELDS, TokenField
 from token_guard.management.api import MAX_PAGE
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
 from token_guard.management.grant import OAUTH_ERROR_CODES
+from token_guard.stores.base import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS
 
 _ERROR = {
     "type": "object",
@@ -54,7 +55,13 @@ _RECORD_FIELDS: dict[str, Any] = {
     "created_at": {"type": "string", "format": "date-time"},
     "last_used_at": _NULLABLE_TIME,
     "revoked_at": _NULLABLE_TIME,
-    "state": {"type": "string", "enum": ["active", "revoked", "expired"]},
+    "disabled_at": _NULLABLE_TIME,
+    "secret_prefix": {
+        "type": ["string", "null"],
+        "description": "The current secret's first characters (tgk_ + 8), to tell which "
+                       "token a secret belongs to; null for secrets issued before they were kept.",
+    },
+    "state": {"type": "string", "enum": ["active", "revoked", "expired", "disabled", "rotated"]},
 }
 _TOKEN = {
     "type": "object",
@@ -97,6 +104,62 @@ _AUTH_ERRORS = {
     "503": _resp("The store cannot answer now", "Error"),
 }
 _ID_PARAM = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ROTATED = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Token"},
+        {
+            "type": "object",
+            "required": ["token", "grace_seconds", "old_secret_expires_at"],
+            "properties": {
+                "token": {"type": "string", "description": "The new secret. Shown this once."},
+                "grace_seconds": {"type": "integer"},
+                "old_secret_expires_at": {"type": "string", "format": "date-time"},
+            },
+        },
+    ]
+}
+
+
+def _lifecycle_paths(write_sec: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """Rotate, end a rotation's grace, disable, enable (``management.lifecycle``)."""
+
+    def action(op_id: str, summary: str, answer: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"parameters": [_ID_PARAM], "post": {
+            "operationId": op_id, "summary": summary, "security": write_sec, **extra,
+            "responses": {
+                "200": answer,
+                "404": _resp("No token has this id", "Error"),
+                "409": _resp("The token is revoked (revocation is final)", "Error"),
+                **_AUTH_ERRORS,
+            },
+        }}
+
+    rotate = action(
+        "rotateToken", "A new secret; the old one works grace_seconds more (default 86400)",
+        _resp("The token with its new secret (shown once)", "RotatedToken"),
+        requestBody={"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"grace_seconds": {
+                "type": "integer", "minimum": 0, "maximum": MAX_GRACE_SECONDS,
+                "default": DEFAULT_GRACE_SECONDS,
+            }},
+        }}}},
+    )
+    rotate["post"]["responses"]["400"] = _resp("grace_seconds is invalid", "Error")
+    return {
+        "/v3/tokens/{token_id}/rotate": rotate,
+        "/v3/tokens/{token_id}/rotate/expire": action(
+            "endRotationGrace", "Replaced secrets stop working now",
+            _resp("The token", "Token"),
+        ),
+        "/v3/tokens/{token_id}/disable": action(
+            "disableToken", "Refuse the token (token_disabled) until enabled",
+            _resp("The disabled token", "Token"),
+        ),
+        "/v3/tokens/{token_id}/enable": action(
+            "enableToken", "Accept a disabled token again", _resp("The enabled token", "Token"),
+        ),
+    }
 
 
 def openapi_schema() -> dict[str, Any]:
@@ -169,6 +232,7 @@ def openapi_schema() -> dict[str, Any]:
                     },
                 },
             },
+            **_lifecycle_paths(write_sec),
             "/v3/audit": {
                 "get": {
                     "operationId": "listAudit",
@@ -228,7 +292,8 @@ def openapi_schema() -> dict[str, Any]:
                         "tokenUrl": "/oauth/token",
                         "scopes": {
                             READ_SCOPE: "list and show tokens, read the audit log",
-                            WRITE_SCOPE: "create, update and revoke tokens",
+                            WRITE_SCOPE: "create, update, rotate, disable, enable and revoke "
+                                         "tokens",
                         },
                     }},
                 },
@@ -241,6 +306,7 @@ def openapi_schema() -> dict[str, Any]:
                 "TokenUpdate": _TOKEN_UPDATE,
                 "Token": _TOKEN,
                 "CreatedToken": _CREATED,
+                "RotatedToken": _ROTATED,
                 "TokenPage": {
                     "type": "object",
                     "required": ["tokens", "next"],
