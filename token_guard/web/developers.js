@@ -255,6 +255,7 @@
     state.tokens = [];
     state.loaded = false;
     forgetCreated();
+    forgetRotated();
     clear($("token-rows"));
     clear($("detail-fields"));
     clear($("detail-grants"));
@@ -302,6 +303,7 @@
     }
     const hash = location.hash.replace(/^#/, "");
     if (hash !== "created") forgetCreated();
+    forgetRotated();
     if (hash === "new") {
       showView("view-new");
       resetCreateForm();
@@ -366,7 +368,7 @@
     for (const token of shown) {
       const name = token.name || "(no name)";
       const detail = el("a", { href: `#token/${encodeURIComponent(token.id)}`, className: "name" }, name);
-      const revoke = token.state === "active"
+      const revoke = token.state === "active" || token.state === "disabled"
         ? el("button", {
           type: "button", className: "button danger small",
           "aria-label": `Revoke ${name}`, onclick: () => openRevoke(token),
@@ -374,7 +376,9 @@
         : null;
       body.append(el("tr", { role: "row", dataset: { tokenId: token.id } },
         cell("Name", detail),
-        cell("Id", el("code", {}, token.id)),
+        // One child: at phone width each cell is a two-column grid (label, value).
+        cell("Id", el("span", {}, el("code", {}, token.id),
+          token.secret_prefix ? secretPrefix(token) : null)),
         cell("APIs", apisText(token.allowed_apis)),
         cell("Grants", grantsSummary(token.grants)),
         cell("Referers", referersText(token.referers)),
@@ -409,6 +413,7 @@
     clear($("detail-grants"));
     $("detail-title").textContent = "Token";
     $("detail-revoke").hidden = true;
+    $("detail-lifecycle").hidden = true;
     let token;
     try {
       token = await api("GET", `v3/tokens/${encodeURIComponent(id)}`);
@@ -440,6 +445,8 @@
       ["Expires", formatTime(token.expiration_date, "Never")],
     ];
     if (token.revoked_at) rows.push(["Revoked", formatTime(token.revoked_at, "")]);
+    if (token.disabled_at) rows.push(["Disabled", formatTime(token.disabled_at, "")]);
+    rows.splice(1, 0, ["Secret", secretPrefix(token)]);
     for (const [label, value] of rows) {
       fields.append(el("div", { className: "field-row" }, el("dt", {}, label), el("dd", {}, value)));
     }
@@ -452,8 +459,96 @@
     }
     $("detail-no-grants").hidden = token.grants.length > 0;
     const revoke = $("detail-revoke");
-    revoke.hidden = token.state !== "active";
+    revoke.hidden = token.state === "revoked" || token.state === "expired";
     revoke.onclick = () => openRevoke(token);
+    renderLifecycle(token);
+  }
+
+  function secretPrefix(token) {
+    // The secret's non-secret start (tgk_ + 8 characters), to match a secret someone holds.
+    return token.secret_prefix
+      ? el("code", { className: "secret-prefix", title: "the start of the current secret" },
+        `${token.secret_prefix}…`)
+      : document.createTextNode("(not kept for this secret)");
+  }
+
+  // --- lifecycle: rotate, end the grace period, disable, enable ---------------------------
+
+  function renderLifecycle(token) {
+    const revoked = token.state === "revoked" || token.state === "expired";
+    $("detail-lifecycle").hidden = revoked;
+    if (revoked) return;
+    const disabled = token.state === "disabled";
+    $("detail-disable").hidden = disabled;
+    $("detail-enable").hidden = !disabled;
+    $("detail-rotate").onclick = () => rotateSecret(token);
+    $("detail-end-grace").onclick = () => endGrace(token);
+    $("detail-disable").onclick = () => setDisabled(token, true);
+    $("detail-enable").onclick = () => setDisabled(token, false);
+  }
+
+  async function lifecycleCall(token, path, payload, done) {
+    const name = token.name || "(no name)";
+    try {
+      const answer = await api("POST", `v3/tokens/${encodeURIComponent(token.id)}/${path}`, payload);
+      renderDetail(answer);
+      done(answer, name);
+    } catch (exc) {
+      if (exc.status !== 401) announce(`Could not change ${name}: ${exc.message}`);
+    }
+  }
+
+  function rotateSecret(token) {
+    const grace = Number($("rotate-grace").value);
+    return lifecycleCall(token, "rotate", { grace_seconds: grace }, (answer, name) => {
+      showRotated(answer);
+      announce(`A new secret was issued for ${name}; copy it now.`);
+    });
+  }
+
+  function endGrace(token) {
+    return lifecycleCall(token, "rotate/expire", undefined, (answer, name) => {
+      announce(`The grace period of ${name}'s old secrets ended: only the current secret works.`);
+    });
+  }
+
+  function setDisabled(token, disable) {
+    return lifecycleCall(token, disable ? "disable" : "enable", undefined, (answer, name) => {
+      announce(disable ? `Token ${name} was disabled; requests with it are refused until it is enabled.`
+        : `Token ${name} was enabled; requests with it are accepted again.`);
+      $(disable ? "detail-enable" : "detail-disable").focus();
+    });
+  }
+
+  function showRotated(answer) {
+    $("rotated-secret").value = answer.token;
+    clear($("rotated-until"));
+    $("rotated-until").append(answer.grace_seconds
+      ? formatTime(answer.old_secret_expires_at, "") : document.createTextNode("now (it is refused already)"));
+    $("rotated-copy-status").textContent = "";
+    $("rotated-box").hidden = false;
+    $("rotated-secret").focus();
+    $("rotated-secret").select();
+  }
+
+  function forgetRotated() {
+    const box = document.getElementById("rotated-box");
+    if (box) box.hidden = true;
+    const secret = document.getElementById("rotated-secret");
+    if (secret) secret.value = "";
+  }
+
+  async function copyRotated() {
+    const input = $("rotated-secret");
+    const status = $("rotated-copy-status");
+    try {
+      await navigator.clipboard.writeText(input.value);
+      status.textContent = "Copied to the clipboard.";
+    } catch (_) {
+      input.focus();
+      input.select();
+      status.textContent = "Could not copy automatically: the secret is selected, press Ctrl+C.";
+    }
   }
 
   // --- revoke -----------------------------------------------------------------------------
@@ -721,6 +816,7 @@
     });
     $("revoke-dialog").addEventListener("close", onRevokeClosed);
     $("copy-secret").addEventListener("click", copySecret);
+    $("copy-rotated").addEventListener("click", copyRotated);
     $("created-done").addEventListener("click", () => { location.hash = "#tokens"; });
     window.addEventListener("hashchange", route);
     // A link to the view already shown gives no hashchange; it should still refresh it.
