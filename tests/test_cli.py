@@ -306,3 +306,16 @@ def test_a_bad_grace_is_a_usage_error(tmp_path: Path, grace: str) -> None:
     token_id = tg_json(tmp_path, *CREATE)["id"]
     done = tg(tmp_path, "tokens", "rotate", token_id, "--grace", grace)
     assert done.returncode == 2 and "--grace" in done.stderr
+
+
+def test_find_names_the_token_of_a_secret_read_from_stdin(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    done = tg(tmp_path, "tokens", "find", stdin=created["token"] + "\n")
+    assert done.returncode == 0, done.stderr
+    assert created["id"] in done.stdout and "the token's current secret" in done.stdout
+    assert created["token"] not in done.stdout
+    tg_json(tmp_path, "tokens", "rotate", created["id"], "--grace", "1h")
+    found = tg(tmp_path, "tokens", "find", "--json", stdin=created["token"])
+    assert json.loads(found.stdout)["secret"]["current"] is False
+    unknown = tg(tmp_path, "tokens", "find", stdin="tgk_" + "0" * 38)
+    assert unknown.returncode == 2 and "no token_guard secret" in unknown.stderr

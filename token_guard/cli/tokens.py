@@ -1,4 +1,4 @@
-"""``token-guard tokens create|list|show|update|revoke|rotate|end-grace|disable|enable``.
+"""``token-guard tokens create|list|show|update|revoke|rotate|end-grace|disable|enable|find``.
 
 The flags of ``create`` and ``update`` follow from ``token_guard.core.spec.TOKEN_FIELDS``: every
 creatable field has a flag (``update`` refuses the ones that are not patchable). Most have a
@@ -23,7 +23,9 @@ from token_guard.cli.output import print_json, token_detail, token_rows
 from token_guard.cli.parser import Parser
 from token_guard.cli.store import actor, run_with_store
 from token_guard.core.records import TokenRecord
+from token_guard.core.secret import hash_secret, is_well_formed
 from token_guard.core.spec import TOKEN_FIELDS, TokenField, format_datetime
+from token_guard.management.leaks import found_json
 from token_guard.stores.base import TokenStore, check_grace
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
@@ -304,6 +306,36 @@ def cmd_tokens_rotate(args: argparse.Namespace) -> int:
     return run_with_store(args, work)
 
 
+def cmd_tokens_find(args: argparse.Namespace) -> int:
+    """``tokens find``: which token is the secret on stdin? (never an argument: shell history)"""
+    secret = sys.stdin.readline().strip()
+    if not is_well_formed(secret):
+        raise UsageError(
+            "stdin holds no token_guard secret (tgk_, 38 characters, checksum); e.g. "
+            "'pbpaste | token-guard tokens find'"
+        )
+
+    async def work(store: TokenStore) -> int:
+        record = await store.get_by_secret_hash(hash_secret(secret))
+        if record is None:
+            raise Refused("no token has this secret (another installation's, or never issued)")
+        now = datetime.now(UTC)
+        if args.json:
+            print_json(found_json(record, now))
+            return EXIT_OK
+        print(token_detail(record, now))
+        info = record.secret
+        if info is None or info.expires_at is None:
+            print("this secret: the token's current secret")
+        else:
+            ends = format_datetime(info.expires_at)
+            how = f"works until {ends}" if info.expires_at > now else f"refused since {ends}"
+            print(f"this secret: replaced by a rotation; {how}")
+        return EXIT_OK
+
+    return run_with_store(args, work)
+
+
 def _lifecycle(change: str) -> Callable[[argparse.Namespace], int]:
     """``tokens end-grace|disable|enable ID``: one store call, then the token."""
 
@@ -350,6 +382,9 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument("--grace", default="24h",
                    help="how long the old secret keeps working: 24h (default), 90m, 0 = now")
     p.set_defaults(func=cmd_tokens_rotate)
+    p = tsub.add_parser("find", parents=[common],
+                        help="which token is the secret given on stdin? (by its hash)")
+    p.set_defaults(func=cmd_tokens_find)
     for change, text in (
         ("end-grace", "end the grace period of the secrets a rotation replaced, now"),
         ("disable", "refuse the token (token_disabled) until it is enabled"),

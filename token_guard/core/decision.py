@@ -40,6 +40,7 @@ INVALID_REQUEST = "invalid_request"
 NOT_FOUND = "not_found"
 INSUFFICIENT_SCOPE = "insufficient_scope"
 CONFLICT = "conflict"
+INVALID_SIGNATURE = "invalid_signature"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,8 @@ ERROR_CODES: Mapping[str, ErrorCode] = MappingProxyType({e.code: e for e in (
     ErrorCode(NOT_FOUND, 404, "no token has this id", management=True),
     ErrorCode(INSUFFICIENT_SCOPE, 403, "the OAuth access token lacks the scope",
               management=True),
+    ErrorCode(INVALID_SIGNATURE, 401,
+              "a secret scanner's report is not signed by a configured key", management=True),
     ErrorCode(CONFLICT, 409,
               "the token's state forbids this change (a revoked token stays revoked)",
               management=True),

@@ -8,12 +8,14 @@ Routes:
 * ``GET|POST /v3/tokens``, ``GET|PATCH|DELETE /v3/tokens/{id}``, ``GET /v3/audit`` (``api``).
 * ``POST /v3/tokens/{id}/rotate``, ``.../rotate/expire``, ``.../disable``, ``.../enable``
   (``lifecycle``).
+* ``POST /v3/tokens/find``; ``POST /v3/secret-scanning/github`` when
+  ``secret_scanning_keys`` are given (``leaks``).
 * ``GET /developers`` — the Developers page (``developers``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +26,7 @@ from token_guard.management.api import TokensApi
 from token_guard.management.developers import DevelopersPage
 from token_guard.management.grant import TokenEndpoint
 from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SigningKeys
+from token_guard.management.leaks import LeakedSecrets
 from token_guard.management.lifecycle import LifecycleApi
 from token_guard.management.openapi import openapi_schema
 from token_guard.management.verify import AccessTokenVerifier, ExternalIssuer
@@ -34,6 +37,7 @@ def create_management_app(
     store: TokenStore, *, issuer: str, audience: str, keys: SigningKeys | None = None,
     external_issuers: Sequence[ExternalIssuer] = (),
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME, developers_page: bool = True,
+    secret_scanning_keys: Mapping[str, str | bytes] | None = None,
 ) -> Starlette:
     """The Tokens API + ``/oauth/token`` + JWKS + OpenAPI (+ ``/developers``) as one Starlette app.
 
@@ -41,6 +45,8 @@ def create_management_app(
     ``keys`` defaults to an in-memory key ring (access tokens die with the process); pass
     ``SigningKeys.open(path)`` to keep them in a key file. ``issuer`` goes in ``iss`` and
     ``audience`` in ``aud`` of the tokens issued here, and both are checked on the way in.
+    ``secret_scanning_keys`` (``{key_identifier: PEM}``, GitHub's secret scanning keys)
+    enables ``POST /v3/secret-scanning/github``.
     """
     ring = keys if keys is not None else SigningKeys.ephemeral()
     verifier = AccessTokenVerifier(
@@ -66,6 +72,7 @@ def create_management_app(
         Route("/openapi.json", openapi, methods=["GET"]),
         *TokensApi(store, verifier).routes(),
         *LifecycleApi(store, verifier).routes(),
+        *LeakedSecrets(store, verifier, secret_scanning_keys).routes(),
     ]
     if developers_page:
         routes += DevelopersPage().routes()

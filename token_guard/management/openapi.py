@@ -120,6 +120,28 @@ _ROTATED = {
 }
 
 
+_FOUND = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Token"},
+        {
+            "type": "object",
+            "required": ["secret"],
+            "properties": {"secret": {
+                "type": "object",
+                "required": ["prefix", "current", "expires_at", "rotated_at"],
+                "properties": {
+                    "prefix": {"type": ["string", "null"]},
+                    "current": {"type": "boolean",
+                                "description": "false: a rotation replaced this secret"},
+                    "expires_at": _NULLABLE_TIME,
+                    "rotated_at": _NULLABLE_TIME,
+                },
+            }},
+        },
+    ]
+}
+
+
 def _lifecycle_paths(write_sec: list[dict[str, list[str]]]) -> dict[str, Any]:
     """Rotate, end a rotation's grace, disable, enable (``management.lifecycle``)."""
 
@@ -146,7 +168,22 @@ def _lifecycle_paths(write_sec: list[dict[str, list[str]]]) -> dict[str, Any]:
         }}}},
     )
     rotate["post"]["responses"]["400"] = _resp("grace_seconds is invalid", "Error")
+    find = {"post": {
+        "operationId": "findToken", "summary": "Which token is this secret? (by its hash)",
+        "security": [{"oauth": [READ_SCOPE]}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["token"], "additionalProperties": False,
+            "properties": {"token": {"type": "string", "description": "the secret, tgk_..."}},
+        }}}},
+        "responses": {
+            "200": _resp("The token, and what this secret is now", "FoundToken"),
+            "400": _resp("Not a token_guard secret", "Error"),
+            "404": _resp("No token has this secret", "Error"),
+            **_AUTH_ERRORS,
+        },
+    }}
     return {
+        "/v3/tokens/find": find,
         "/v3/tokens/{token_id}/rotate": rotate,
         "/v3/tokens/{token_id}/rotate/expire": action(
             "endRotationGrace", "Replaced secrets stop working now",
@@ -307,6 +344,7 @@ def openapi_schema() -> dict[str, Any]:
                 "Token": _TOKEN,
                 "CreatedToken": _CREATED,
                 "RotatedToken": _ROTATED,
+                "FoundToken": _FOUND,
                 "TokenPage": {
                     "type": "object",
                     "required": ["tokens", "next"],
