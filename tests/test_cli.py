@@ -319,3 +319,19 @@ def test_find_names_the_token_of_a_secret_read_from_stdin(tmp_path: Path) -> Non
     assert json.loads(found.stdout)["secret"]["current"] is False
     unknown = tg(tmp_path, "tokens", "find", stdin="tgk_" + "0" * 38)
     assert unknown.returncode == 2 and "no token_guard secret" in unknown.stderr
+
+
+def test_check_in_report_only_mode_says_the_refusal_is_not_enforced(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    url = "/v3/maps/carto_dw/table?name=proj.secret.salaries"
+    done = tg(tmp_path, "check", created["token"], "GET", url, "--origin",
+              "https://a.example.com", "--report-only")
+    assert done.returncode == 1
+    assert done.stdout.startswith("WOULD_REFUSE (403 source_not_granted)")
+    assert "NOT enforced" in done.stdout and "REPORT-ONLY" in done.stderr
+    as_json = tg(tmp_path, "check", created["token"], "GET", url, "--origin",
+                 "https://a.example.com", "--report-only", "sql", "--json")
+    result = json.loads(as_json.stdout)  # maps is not in report-only: enforced
+    assert (result["decision"], result["enforced"]) == ("denied", True)
+    bad = tg(tmp_path, "check", created["token"], "GET", url, "--report-only", "ftp")
+    assert bad.returncode == 2 and "report_only" in bad.stderr
