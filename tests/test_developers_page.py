@@ -800,3 +800,44 @@ def test_disable_refuses_and_enable_accepts_again(
     assert _until(site, secret, 200).status_code == 200
     _tmp_shot(page, shots, "05-enabled")
     assert tab.csp_errors == [] and tab.alerts == []
+
+
+# --- the token list fits its container: no action is clipped --------------------------------
+_CLIPPED_ACTIONS = """() => {
+  const wrap = document.querySelector('#view-tokens .table-wrap').getBoundingClientRect();
+  const out = [];
+  for (const b of document.querySelectorAll('#token-rows button, #token-rows a')) {
+    const r = b.getBoundingClientRect();
+    if (r.left < wrap.left - 0.5 || r.right > wrap.right + 0.5
+        || r.right > document.documentElement.clientWidth + 0.5) {
+      out.push(`${b.textContent.trim()} ${Math.round(r.left)}-${Math.round(r.right)}`
+               + ` outside ${Math.round(wrap.left)}-${Math.round(wrap.right)}`);
+    }
+  }
+  const box = document.querySelector('#view-tokens .table-wrap');
+  if (box.scrollWidth > box.clientWidth + 1) out.push(`table ${box.scrollWidth} > ${box.clientWidth}`);
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 1440, 1920, 390])
+def test_no_action_in_the_token_list_is_clipped(
+    browser: Browser, site: Served, width: int, tmp_path: Path
+) -> None:
+    long_grants = [{"connection_name": "carto_dw_production_warehouse",
+                    "source": f"carto-demo-data.demo_tables.retail_stores_in_region_{i}"}
+                   for i in range(3)]
+    site.seed({"name": "storefront map for the public website of the retail chain",
+               "allowed_apis": ["maps", "sql"], "grants": long_grants,
+               "referers": ["https://*.storefront.example.com", "http://localhost:*",
+                            "https://staging.storefront.example.com"]})
+    site.seed({"name": "geocoder", "allowed_apis": ["lds"]})
+    opened = _open_tab(browser, site, width=width, height=900)
+    try:
+        _sign_in(opened.page, site)
+        expect(opened.page.locator("#token-rows tr")).to_have_count(2)
+        _tmp_shot(opened.page, tmp_path, f"list-{width}")
+        assert opened.page.evaluate(_CLIPPED_ACTIONS) == []
+        assert opened.page.evaluate("document.documentElement.scrollWidth") <= width
+    finally:
+        opened.context.close()
