@@ -815,7 +815,9 @@ _CLIPPED_ACTIONS = """() => {
     }
   }
   const box = document.querySelector('#view-tokens .table-wrap');
-  if (box.scrollWidth > box.clientWidth + 1) out.push(`table ${box.scrollWidth} > ${box.clientWidth}`);
+  if (box.scrollWidth > box.clientWidth + 1) {
+    out.push(`table ${box.scrollWidth} > ${box.clientWidth}`);
+  }
   return out;
 }"""
 
@@ -841,3 +843,77 @@ def test_no_action_in_the_token_list_is_clipped(
         assert opened.page.evaluate("document.documentElement.scrollWidth") <= width
     finally:
         opened.context.close()
+
+
+# --- edit, expiration presets, snippets -----------------------------------------------------
+def test_edit_a_token_and_the_guard_follows_the_new_grants(tab: Tab, site: Served) -> None:
+    token_id, secret = _issue(site)
+    assert _until(site, secret, 200).status_code == 200
+    page = tab.page
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#token/{token_id}")
+    page.get_by_role("link", name="Edit token").click()
+    expect(page.get_by_role("heading", name="Edit token: lifecycle token")).to_be_visible()
+    expect(page.get_by_label("Name")).to_have_value("lifecycle token")
+    expect(page.get_by_label("SQL")).to_be_checked()
+    expect(page.get_by_label("Source, grant 1")).to_have_value("stores")
+    expect(page.get_by_label("Expiration (optional)")).to_be_hidden()  # set only at creation
+    page.get_by_label("Name").fill("renamed token")
+    page.get_by_label("Source, grant 1").fill("cities")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_role("heading", name="Token: renamed token")).to_be_visible()
+    expect(page.locator("#detail-grants")).to_contain_text("cities")
+    expect(page.locator("#status")).to_contain_text("saved")
+    # The guard refuses the old grant and serves the new one (the update evicted its cache).
+    assert _demo_query(site, secret).status_code == 403
+    assert _demo_query(site, secret, "SELECT name FROM cities").status_code == 200
+    # A bad edit shows the API's message beside the field, and changes nothing.
+    page.get_by_role("link", name="Edit token").click()
+    page.get_by_label("Source, grant 1").fill("proj.*")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#create-form .grant-error").first).to_contain_text("two segments")
+    assert tab.csp_errors == [] and tab.alerts == []
+
+
+def test_expiration_presets_fill_the_date(tab: Tab, site: Served) -> None:
+    page = tab.page
+    _sign_in(page, site)
+    page.get_by_role("link", name="Create token").first.click()
+    page.get_by_role("button", name="In 90 days").click()
+    value = page.get_by_label("Expiration (optional)").input_value()
+    expected = page.evaluate("new Date(Date.now() + 90 * 86400000).toISOString().slice(0, 10)")
+    assert value.startswith(expected)
+    page.get_by_role("button", name="In 30 days").click()
+    thirty = page.get_by_label("Expiration (optional)").input_value()
+    assert thirty < value
+    page.get_by_label("Name").fill("thirty days")
+    page.get_by_label("LDS").check()
+    page.get_by_role("button", name="Create token").click()
+    expect(page.get_by_role("heading", name="Token created: copy it now")).to_be_visible()
+    page.get_by_role("button", name="I have copied it").click()
+    row = page.locator("#token-rows tr", has_text="thirty days")
+    expect(row.locator("td[data-label='Expires'] time")).to_have_count(1)
+    page.get_by_role("link", name="Create token").first.click()
+    page.get_by_role("button", name="In 30 days").click()
+    page.get_by_role("button", name="Never").click()
+    assert page.get_by_label("Expiration (optional)").input_value() == ""
+
+
+def test_the_snippets_call_the_api_and_never_hold_the_secret(tab: Tab, site: Served) -> None:
+    token_id, secret = _issue(site)
+    page = tab.page
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#token/{token_id}")
+    curl = page.locator("#snippet-curl")
+    expect(curl).to_contain_text('-H "Authorization: Bearer $TOKEN"')
+    expect(curl).to_contain_text(f"{site.url}/v3/sql/demo/query?q=")
+    expect(page.locator("#snippet-js")).to_contain_text('tableName: "stores"')
+    expect(page.locator("#snippet-js")).to_contain_text("process.env.TOKEN")
+    assert secret not in page.content()
+    page.get_by_role("button", name="Copy curl").click()
+    expect(page.locator("#snippet-copy-status")).to_have_text("Copied to the clipboard.")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    # The copied command works as written, with TOKEN set.
+    url = copied.split('"')[-2]
+    answer = httpx.get(url, headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+    assert answer.status_code == 200, answer.text

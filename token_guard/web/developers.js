@@ -23,7 +23,9 @@
   };
 
   const session = { accessToken: null, clientId: "", expiryTimer: 0 };
-  const state = { tokens: [], loaded: false, created: null, revokeTarget: null, view: "" };
+  const state = {
+    tokens: [], loaded: false, created: null, revokeTarget: null, view: "", editing: null,
+  };
 
   // --- small DOM helpers ------------------------------------------------------------------
 
@@ -307,9 +309,12 @@
     if (hash === "new") {
       showView("view-new");
       resetCreateForm();
+      setFormMode(null);
       focusHeading("new-title");
     } else if (hash === "created" && state.created) {
       showView("view-created");
+    } else if (/^token\/[^/]+\/edit$/.test(hash)) {
+      showEdit(decodeURIComponent(hash.slice("token/".length, -"/edit".length)));
     } else if (hash.startsWith("token/")) {
       showDetail(decodeURIComponent(hash.slice("token/".length)));
     } else {
@@ -414,6 +419,8 @@
     $("detail-title").textContent = "Token";
     $("detail-revoke").hidden = true;
     $("detail-lifecycle").hidden = true;
+    $("detail-snippets").hidden = true;
+    $("detail-edit").hidden = true;
     let token;
     try {
       token = await api("GET", `v3/tokens/${encodeURIComponent(id)}`);
@@ -462,6 +469,75 @@
     revoke.hidden = token.state === "revoked" || token.state === "expired";
     revoke.onclick = () => openRevoke(token);
     renderLifecycle(token);
+    $("detail-edit").href = `#token/${encodeURIComponent(token.id)}/edit`;
+    $("detail-edit").hidden = token.state === "revoked";
+    renderSnippets(token);
+  }
+
+  // --- snippets: curl and @carto/api-client, with the secret read from $TOKEN -------------
+
+  function snippetSource(token) {
+    // The first grant the token holds decides the example; LDS needs no grant.
+    const grant = token.grants[0];
+    const isQuery = grant && /^\s*(\(|select\b|with\b)/i.test(grant.source);
+    return { grant, isQuery };
+  }
+
+  function curlSnippet(token, base) {
+    const { grant, isQuery } = snippetSource(token);
+    const apis = token.allowed_apis;
+    let path;
+    if (grant && apis.includes("sql")) {
+      const q = isQuery ? grant.source : `SELECT * FROM ${grant.source.replace(/\*$/, "my_table")} LIMIT 10`;
+      path = `/v3/sql/${grant.connection_name}/query?q=${encodeURIComponent(q)}`;
+    } else if (grant && apis.includes("maps")) {
+      path = isQuery
+        ? `/v3/maps/${grant.connection_name}/query?q=${encodeURIComponent(grant.source)}`
+        : `/v3/maps/${grant.connection_name}/table?name=${encodeURIComponent(grant.source)}`;
+    } else if (apis.includes("lds")) {
+      path = "/v3/lds/geocoding/geocode?address=Madrid";
+    } else {
+      path = "/v3/imports";
+    }
+    return `curl -H "Authorization: Bearer $TOKEN" \\\n  "${base}${path}"`;
+  }
+
+  function jsSnippet(token, base) {
+    const { grant, isQuery } = snippetSource(token);
+    const conn = grant ? grant.connection_name : "carto_dw";
+    const source = grant ? grant.source : "project.dataset.table";
+    const fn = isQuery ? "vectorQuerySource" : "vectorTableSource";
+    const param = isQuery ? `sqlQuery: ${JSON.stringify(source)}` : `tableName: ${JSON.stringify(source)}`;
+    return [
+      `import { ${fn} } from "@carto/api-client";`,
+      "",
+      `const data = await ${fn}({`,
+      `  apiBaseUrl: ${JSON.stringify(base)},`,
+      "  accessToken: process.env.TOKEN, // the secret: never in source code",
+      `  connectionName: ${JSON.stringify(conn)},`,
+      `  ${param},`,
+      "});",
+    ].join("\n");
+  }
+
+  function renderSnippets(token) {
+    const live = token.state === "active" || token.state === "disabled";
+    $("detail-snippets").hidden = !live;
+    if (!live) return;
+    const base = location.origin;
+    $("snippet-curl").textContent = curlSnippet(token, base);
+    $("snippet-js").textContent = jsSnippet(token, base);
+    $("snippet-copy-status").textContent = "";
+  }
+
+  async function copySnippet(id) {
+    const status = $("snippet-copy-status");
+    try {
+      await navigator.clipboard.writeText($(id).textContent);
+      status.textContent = "Copied to the clipboard.";
+    } catch (_) {
+      status.textContent = "Could not copy automatically: select the text and press Ctrl+C.";
+    }
   }
 
   function secretPrefix(token) {
@@ -631,6 +707,43 @@
     });
   }
 
+  // --- edit: the create form, filled with the token and sent as a PATCH -------------------
+
+  function setFormMode(token) {
+    state.editing = token;
+    const submit = document.querySelector("#create-form button[type=submit]");
+    $("expiration").closest(".field").hidden = Boolean(token);
+    if (token) {
+      $("new-title").textContent = `Edit token: ${token.name || "(no name)"}`;
+      submit.textContent = "Save changes";
+    } else {
+      $("new-title").textContent = "Create an API access token";
+      submit.textContent = "Create token";
+    }
+  }
+
+  async function showEdit(id) {
+    showView("view-new");
+    resetCreateForm();
+    let token;
+    try {
+      token = await api("GET", `v3/tokens/${encodeURIComponent(id)}`);
+    } catch (exc) {
+      if (exc.status !== 401) announce(`Could not load the token: ${exc.message}`);
+      return;
+    }
+    setFormMode(token);
+    $("token-name").value = token.name || "";
+    for (const box of document.querySelectorAll("#apis input")) {
+      box.checked = token.allowed_apis.includes(box.value);
+    }
+    clear($("grant-rows"));
+    for (const grant of token.grants) addGrantRow(grant.connection_name, grant.source);
+    if (!token.grants.length) addGrantRow("", "");
+    $("referers").value = token.referers.join("\n");
+    focusHeading("new-title");
+  }
+
   function resetCreateForm() {
     const form = $("create-form");
     form.reset();
@@ -742,6 +855,10 @@
     }
     const submit = event.submitter || null;
     if (submit) submit.disabled = true;
+    if (state.editing) {
+      await saveEdit(state.editing, sent, submit);
+      return;
+    }
     try {
       const created = await api("POST", "v3/tokens", sent.body);
       state.created = created;
@@ -758,6 +875,31 @@
         box.focus();
       } else {
         announce("The token was not created: fix the marked field.");
+      }
+    } finally {
+      if (submit) submit.disabled = false;
+    }
+  }
+
+  async function saveEdit(token, sent, submit) {
+    const changes = { ...sent.body };
+    delete changes.expiration_date; // set only at creation
+    try {
+      await api("PATCH", `v3/tokens/${encodeURIComponent(token.id)}`, changes);
+      state.tokens = [];
+      state.loaded = false;
+      location.hash = `#token/${encodeURIComponent(token.id)}`;
+      announce("Your changes were saved.");
+    } catch (exc) {
+      if (exc.status === 401) return;
+      if (!(exc.status === 400 && exc.field && showFieldError(exc.field, exc.message, sent))) {
+        const box = $("create-error");
+        box.textContent = `The changes were not saved: ${exc.message}${exc.hint ? ` (${exc.hint})` : ""}`;
+        box.hidden = false;
+        box.setAttribute("tabindex", "-1");
+        box.focus();
+      } else {
+        announce("The changes were not saved: fix the marked field.");
       }
     } finally {
       if (submit) submit.disabled = false;
@@ -800,6 +942,22 @@
     }
   }
 
+  // --- expiration presets: fill the date field (30 or 90 days from now, or never) ----------
+
+  function setExpiryPreset(days) {
+    const input = $("expiration");
+    if (!days) {
+      input.value = "";
+      announce("The token will never expire.");
+      return;
+    }
+    const at = new Date(Date.now() + Number(days) * 86400000);
+    const pad = (n) => String(n).padStart(2, "0");
+    input.value = `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}`
+      + `T${pad(at.getHours())}:${pad(at.getMinutes())}`;
+    announce(`The token will expire in ${days} days.`);
+  }
+
   // --- wiring -----------------------------------------------------------------------------
 
   function start() {
@@ -817,6 +975,11 @@
     $("revoke-dialog").addEventListener("close", onRevokeClosed);
     $("copy-secret").addEventListener("click", copySecret);
     $("copy-rotated").addEventListener("click", copyRotated);
+    $("copy-snippet-curl").addEventListener("click", () => copySnippet("snippet-curl"));
+    $("copy-snippet-js").addEventListener("click", () => copySnippet("snippet-js"));
+    for (const preset of document.querySelectorAll("[data-expires-days]")) {
+      preset.addEventListener("click", () => setExpiryPreset(preset.dataset.expiresDays));
+    }
     $("created-done").addEventListener("click", () => { location.hash = "#tokens"; });
     window.addEventListener("hashchange", route);
     // A link to the view already shown gives no hashchange; it should still refresh it.
