@@ -463,6 +463,20 @@ class StoreContract:
         assert issued.token not in repr(entries)
         assert hash_secret(issued.token) not in repr(entries)
 
+    async def test_audit_of_one_token_pages_newest_first(self, store: TokenStore) -> None:
+        a = await store.create_token(body(name="a"))
+        b = await store.create_token(body(name="b"))
+        await store.update_token(a.id, {"name": "a2"})
+        await store.disable_token(b.id)
+        await store.revoke_token(a.id)
+        mine = list(await store.list_audit(token_id=a.id))
+        assert [e.action for e in mine] == ["token.revoke", "token.update", "token.create"]
+        page = list(await store.list_audit(token_id=a.id, limit=1, before=mine[0].id))
+        assert [e.action for e in page] == ["token.update"]
+        assert [e.action for e in await store.list_audit(token_id=b.id)] == [
+            "token.disable", "token.create"]
+        assert list(await store.list_audit(token_id="tok_nope")) == []
+
     async def test_audit_pages_newest_first(self, store: TokenStore) -> None:
         for i in range(5):
             await store.add_audit("cli:bo", "note", None, {"n": i})

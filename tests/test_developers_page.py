@@ -917,3 +917,22 @@ def test_the_snippets_call_the_api_and_never_hold_the_secret(tab: Tab, site: Ser
     url = copied.split('"')[-2]
     answer = httpx.get(url, headers={"Authorization": f"Bearer {secret}"}, timeout=10)
     assert answer.status_code == 200, answer.text
+
+
+def test_the_token_history_shows_each_lifecycle_change(tab: Tab, site: Served) -> None:
+    token_id, _ = _issue(site)
+    page = tab.page
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#token/{token_id}")
+    history = page.locator("#history-entries li")
+    expect(history).to_have_count(1)
+    expect(history.first).to_contain_text("created")
+    page.get_by_role("button", name="Disable token").click()
+    expect(history).to_have_count(2)
+    page.get_by_role("button", name="Enable token").click()
+    page.get_by_role("button", name="Rotate secret").click()
+    expect(history).to_have_count(4)
+    expect(history.nth(0)).to_contain_text("secret rotated")
+    expect(history.nth(1)).to_contain_text("enabled")
+    expect(history.nth(2)).to_contain_text(f"disabled by {site.client_id}")
+    expect(history.nth(3)).to_contain_text("created by test")

@@ -116,8 +116,9 @@ def test_rotate_and_disable_over_http_reach_the_guard_of_another_instance(
             assert r.status_code == 409, r.text
             assert r.json()["code"] == "conflict" and "revocation is final" in r.json()["error"]
 
-        audit = http.get("/v3/audit", headers=auth)
-        mine = [e["action"] for e in audit.json()["entries"] if e["token_id"] == token_id]
+        audit = http.get("/v3/audit", params={"token_id": token_id}, headers=auth)
+        assert {e["token_id"] for e in audit.json()["entries"]} == {token_id}
+        mine = [e["action"] for e in audit.json()["entries"]]
         for action in ("token.rotate", "token.rotate.expire", "token.disable", "token.enable"):
             assert action in mine
         assert old not in audit.text and new not in audit.text

@@ -194,11 +194,16 @@ class TokensApi:
         return JSONResponse(record.as_json(datetime.now(UTC)), headers=NO_STORE)
 
     async def list_audit(self, request: Request) -> Response:
-        """``GET /v3/audit?limit=&before=``: newest first."""
+        """``GET /v3/audit?limit=&before=&token_id=``: newest first (one token's with token_id)."""
         await self.caller(request, READ_SCOPE)
         limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE) or DEFAULT_PAGE
         before = _int_param(request, "before", None, 1, 2**62)
-        entries = list(await self.store.list_audit(limit=limit + 1, before=before))
+        token_ids = request.query_params.getlist("token_id")
+        if len(token_ids) > 1:
+            raise BadRequest("token_id", "token_id is given more than once", "give one id")
+        entries = list(await self.store.list_audit(
+            limit=limit + 1, before=before, token_id=token_ids[0] if token_ids else None
+        ))
         page, more = entries[:limit], len(entries) > limit
         return JSONResponse(
             {"entries": [_audit_json(e) for e in page], "next": page[-1].id if more else None},

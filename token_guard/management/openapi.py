@@ -279,6 +279,8 @@ def openapi_schema() -> dict[str, Any]:
                          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
                         {"name": "before", "in": "query",
                          "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "token_id", "in": "query", "schema": {"type": "string"},
+                         "description": "only this token's entries"},
                     ],
                     "responses": {
                         "200": _resp("Audit entries, newest first", "AuditPage"),

@@ -192,9 +192,10 @@ class AuditLog(Protocol):
         """Append an audit entry. Never pass a secret in ``detail``."""
 
     async def list_audit(
-        self, *, limit: int = 100, before: int | None = None
+        self, *, limit: int = 100, before: int | None = None, token_id: str | None = None
     ) -> Sequence[AuditEntry]:
-        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``, only
+        ``token_id``'s when given."""
 
 
 @runtime_checkable

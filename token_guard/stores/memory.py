@@ -273,14 +273,17 @@ class MemoryStore:
         self._append_audit(actor, action, token_id, detail)
 
     async def list_audit(
-        self, *, limit: int = 100, before: int | None = None
+        self, *, limit: int = 100, before: int | None = None, token_id: str | None = None
     ) -> Sequence[AuditEntry]:
-        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``, only
+        ``token_id``'s when given."""
         self._ready()
         check_limit(limit)
         out: list[AuditEntry] = []
         for entry in reversed(self._audit):
             if before is not None and entry.id >= before:
+                continue
+            if token_id is not None and entry.token_id != token_id:
                 continue
             out.append(entry)
             if len(out) == limit:

@@ -849,18 +849,20 @@ class PostgresStore:
         await self._run("writing an audit entry", op)
 
     async def list_audit(
-        self, *, limit: int = 100, before: int | None = None
+        self, *, limit: int = 100, before: int | None = None, token_id: str | None = None
     ) -> Sequence[AuditEntry]:
-        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``, only
+        ``token_id``'s when given."""
         check_limit(limit)
 
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 self._q(
                     f"SELECT {AUDIT_COLUMNS} FROM {{s}}.audit "
-                    "WHERE (%s::bigint IS NULL OR id < %s) ORDER BY id DESC LIMIT %s"
+                    "WHERE (%s::bigint IS NULL OR id < %s) "
+                    "AND (%s::text IS NULL OR token_id = %s) ORDER BY id DESC LIMIT %s"
                 ),
-                (before, before, limit),
+                (before, before, token_id, token_id, limit),
             )
             return await cur.fetchall()
 

@@ -657,16 +657,24 @@ class SQLiteStore:
         await self._run(write)
 
     async def list_audit(
-        self, *, limit: int = 100, before: int | None = None
+        self, *, limit: int = 100, before: int | None = None, token_id: str | None = None
     ) -> Sequence[AuditEntry]:
-        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``, only
+        ``token_id``'s when given (the audit_token_id index)."""
         check_limit(limit)
+        upper = 2**63 - 1 if before is None else before
 
         def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            if token_id is not None:
+                return conn.execute(
+                    f"SELECT {AUDIT_COLUMNS} FROM audit WHERE token_id = ? AND id < ?"
+                    " ORDER BY id DESC LIMIT ?",
+                    (token_id, upper, limit),
+                ).fetchall()
             return conn.execute(
                 f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id < ?"
                 " ORDER BY id DESC LIMIT ?",
-                (2**63 - 1 if before is None else before, limit),
+                (upper, limit),
             ).fetchall()
 
         entries = (audit_from_row(row, self.path) for row in await self._run(read))

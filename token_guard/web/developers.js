@@ -421,6 +421,7 @@
     $("detail-lifecycle").hidden = true;
     $("detail-snippets").hidden = true;
     $("detail-edit").hidden = true;
+    $("detail-history").hidden = true;
     let token;
     try {
       token = await api("GET", `v3/tokens/${encodeURIComponent(id)}`);
@@ -472,6 +473,51 @@
     $("detail-edit").href = `#token/${encodeURIComponent(token.id)}/edit`;
     $("detail-edit").hidden = token.state === "revoked";
     renderSnippets(token);
+    loadHistory(token);
+  }
+
+  // --- history: the token's audit log -----------------------------------------------------
+
+  const HISTORY_LIMIT = 50;
+  const ACTION_WORDS = {
+    "token.create": "created", "token.update": "edited", "token.revoke": "revoked",
+    "token.rotate": "secret rotated", "token.rotate.expire": "grace period ended",
+    "token.disable": "disabled", "token.enable": "enabled",
+    "token.leak_reported": "reported leaked by a secret scanner",
+  };
+
+  function historyDetail(entry) {
+    const d = entry.detail || {};
+    if (entry.action === "token.update" && Array.isArray(d.fields)) return ` (${d.fields.join(", ")})`;
+    if (entry.action === "token.rotate" && typeof d.grace_seconds === "number") {
+      return ` (old secret works ${d.grace_seconds ? `until ${d.old_secret_expires_at}` : "no longer"})`;
+    }
+    if (entry.action === "token.leak_reported" && typeof d.url === "string") return ` (${d.url})`;
+    return "";
+  }
+
+  async function loadHistory(token) {
+    const section = $("detail-history");
+    const list = $("history-entries");
+    let body;
+    try {
+      const query = new URLSearchParams({ token_id: token.id, limit: String(HISTORY_LIMIT) });
+      body = await api("GET", `v3/audit?${query}`);
+    } catch (exc) {
+      section.hidden = true;
+      return;
+    }
+    if (state.view !== "view-detail") return;
+    clear(list);
+    for (const entry of body.entries) {
+      const words = Object.prototype.hasOwnProperty.call(ACTION_WORDS, entry.action)
+        ? ACTION_WORDS[entry.action] : entry.action;
+      list.append(el("li", { dataset: { action: entry.action } },
+        formatTime(entry.at, ""), " ", el("strong", {}, words), historyDetail(entry), " ",
+        el("span", { className: "actor" }, `by ${entry.actor}`)));
+    }
+    $("history-more").hidden = !body.next;
+    section.hidden = !body.entries.length;
   }
 
   // --- snippets: curl and @carto/api-client, with the secret read from $TOKEN -------------
