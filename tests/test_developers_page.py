@@ -936,3 +936,27 @@ def test_the_token_history_shows_each_lifecycle_change(tab: Tab, site: Served) -
     expect(history.nth(1)).to_contain_text("enabled")
     expect(history.nth(2)).to_contain_text(f"disabled by {site.client_id}")
     expect(history.nth(3)).to_contain_text("created by test")
+
+
+def test_every_server_error_of_a_form_is_shown_at_once_beside_its_field(
+    tab: Tab, site: Served
+) -> None:
+    page = tab.page
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#new")
+    page.get_by_label("Imports").check()
+    page.get_by_label("SQL").check()
+    page.get_by_label("Connection, grant 1").fill("demo")
+    page.get_by_label("Source, grant 1").fill("stores")
+    page.get_by_role("button", name="Add grant").click()
+    page.get_by_label("Connection, grant 2").fill("demo")
+    page.get_by_label("Source, grant 2").fill("proj.*")
+    page.get_by_label("Referers (websites)").fill("https://ok.example.com\nnot a url")
+    page.get_by_role("button", name="Create token").click()
+    expect(page.locator("#apis-error")).to_contain_text("imports")
+    expect(page.locator("#grant-rows li").nth(1).locator(".grant-error")).to_contain_text(
+        "two segments")
+    expect(page.locator("#referers-error")).to_contain_text("Line 2: ")
+    expect(page.locator("#apis input").first).to_be_focused()  # the first marked field
+    assert page.locator("#create-form [aria-invalid='true']").count() >= 3
+    assert site.server.call(lambda: site.store.list_tokens(limit=10)) == []

@@ -19,10 +19,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from token_guard.core.decision import CONFLICT, INVALID_TOKEN_SPEC, NOT_FOUND, STORE_UNAVAILABLE
+from token_guard.core.decision import (
+    CONFLICT,
+    INVALID_TOKEN_SPEC,
+    NOT_FOUND,
+    STORE_UNAVAILABLE,
+    error_body,
+)
 from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreUnavailable, TokenStateError
 from token_guard.core.records import AuditEntry
-from token_guard.core.spec import format_datetime
+from token_guard.core.spec import format_datetime, spec_errors
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
 from token_guard.management.http import NO_STORE, REALM, BadRequest, error_response, read_body
 from token_guard.management.verify import AccessClaims, AccessDenied, AccessTokenVerifier
@@ -71,6 +77,18 @@ def _guarded(handler: Handler) -> Handler:
             )
 
     return wrapped
+
+
+def _invalid_spec(first: InvalidTokenSpec, every: list[InvalidTokenSpec]) -> Response:
+    """400 ``invalid_token_spec`` naming the first field, with ``errors``: every field's."""
+    body: dict[str, Any] = error_body(
+        INVALID_TOKEN_SPEC, str(first),
+        f"change '{first.field}' as the message says and send the request again",
+        field=first.field,
+    )
+    listed = every if any(e.field == first.field for e in every) else [first, *every]
+    body["errors"] = [{"field": e.field, "error": str(e)} for e in listed]
+    return JSONResponse(body, status_code=400, headers=NO_STORE)
 
 
 guarded = _guarded
@@ -160,7 +178,10 @@ class TokensApi:
         """``POST /v3/tokens``: the response carries the secret, this once."""
         claims = await self.caller(request, WRITE_SCOPE)
         body = await _json_object(request)
-        issued = await self.store.create_token(body, actor=claims.client_id)
+        try:
+            issued = await self.store.create_token(body, actor=claims.client_id)
+        except InvalidTokenSpec as exc:
+            return _invalid_spec(exc, spec_errors(body, creating=True))
         out = issued.record.as_json(datetime.now(UTC))
         out["token"] = issued.token
         out["warnings"] = issued.record.spec.warnings()
@@ -180,9 +201,12 @@ class TokensApi:
         """``PATCH /v3/tokens/{id}``: name, grants, referers, allowed_apis."""
         claims = await self.caller(request, WRITE_SCOPE)
         body = await _json_object(request)
-        record = await self.store.update_token(
-            request.path_params["token_id"], body, actor=claims.client_id
-        )
+        try:
+            record = await self.store.update_token(
+                request.path_params["token_id"], body, actor=claims.client_id
+            )
+        except InvalidTokenSpec as exc:
+            return _invalid_spec(exc, spec_errors(body, creating=False))
         return JSONResponse(record.as_json(datetime.now(UTC)), headers=NO_STORE)
 
     async def revoke_token(self, request: Request) -> Response:

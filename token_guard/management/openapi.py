@@ -24,6 +24,13 @@ _ERROR = {
         "hint": {"type": "string"},
         "code": {"type": "string"},
         "field": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "on invalid_token_spec: every field's error, for forms",
+            "items": {"type": "object", "required": ["field", "error"], "properties": {
+                "field": {"type": "string"}, "error": {"type": "string"},
+            }},
+        },
     },
 }
 _OAUTH_ERROR = {

@@ -107,6 +107,10 @@
       this.status = status;
       this.field = body && typeof body.field === "string" ? body.field : "";
       this.hint = body && typeof body.hint === "string" ? body.hint : "";
+      // invalid_token_spec: every field's error at once, to show each beside its field.
+      this.errors = body && Array.isArray(body.errors)
+        ? body.errors.filter((e) => e && typeof e.field === "string" && typeof e.error === "string")
+        : [];
       this.description = body && typeof body.error_description === "string"
         ? body.error_description : "";
     }
@@ -891,6 +895,30 @@
     return true;
   }
 
+  // Every error the server gave, each beside its field; those no field holds go in the
+  // form's box. True if at least one was placed beside a field.
+  function showServerErrors(exc, sent, verb) {
+    const all = exc.errors.length ? exc.errors : [{ field: exc.field, error: exc.message }];
+    const loose = [];
+    let placed = 0;
+    for (const item of all) {
+      if (item.field && showFieldError(item.field, item.error, sent)) placed += 1;
+      else loose.push(item.error);
+    }
+    if (loose.length) {
+      const box = $("create-error");
+      box.textContent = `${verb}: ${loose.join("; ")}${exc.hint && !placed ? ` (${exc.hint})` : ""}`;
+      box.hidden = false;
+    }
+    const first = document.querySelector("#create-form [aria-invalid='true']");
+    if (first) first.focus();
+    else if (loose.length) {
+      $("create-error").setAttribute("tabindex", "-1");
+      $("create-error").focus();
+    }
+    return placed > 0;
+  }
+
   async function createToken(event) {
     event.preventDefault();
     clearErrors();
@@ -913,14 +941,14 @@
       showCreated(created);
     } catch (exc) {
       if (exc.status === 401) return;
-      if (!(exc.status === 400 && exc.field && showFieldError(exc.field, exc.message, sent))) {
+      if (!(exc.status === 400 && exc.field)) {
         const box = $("create-error");
         box.textContent = `The token was not created: ${exc.message}${exc.hint ? ` (${exc.hint})` : ""}`;
         box.hidden = false;
         box.setAttribute("tabindex", "-1");
         box.focus();
-      } else {
-        announce("The token was not created: fix the marked field.");
+      } else if (showServerErrors(exc, sent, "The token was not created")) {
+        announce("The token was not created: fix the marked fields.");
       }
     } finally {
       if (submit) submit.disabled = false;
@@ -938,14 +966,14 @@
       announce("Your changes were saved.");
     } catch (exc) {
       if (exc.status === 401) return;
-      if (!(exc.status === 400 && exc.field && showFieldError(exc.field, exc.message, sent))) {
+      if (!(exc.status === 400 && exc.field)) {
         const box = $("create-error");
         box.textContent = `The changes were not saved: ${exc.message}${exc.hint ? ` (${exc.hint})` : ""}`;
         box.hidden = false;
         box.setAttribute("tabindex", "-1");
         box.focus();
-      } else {
-        announce("The changes were not saved: fix the marked field.");
+      } else if (showServerErrors(exc, sent, "The changes were not saved")) {
+        announce("The changes were not saved: fix the marked fields.");
       }
     } finally {
       if (submit) submit.disabled = false;
