@@ -960,3 +960,16 @@ def test_every_server_error_of_a_form_is_shown_at_once_beside_its_field(
     expect(page.locator("#apis input").first).to_be_focused()  # the first marked field
     assert page.locator("#create-form [aria-invalid='true']").count() >= 3
     assert site.server.call(lambda: site.store.list_tokens(limit=10)) == []
+
+
+def test_grant_rows_offer_the_connections_tokens_already_use(tab: Tab, site: Served) -> None:
+    site.seed({"name": "a", "allowed_apis": ["sql"],
+               "grants": [{"connection_name": "carto_dw", "source": "p.d.t"},
+                          {"connection_name": "demo", "source": "stores"}]})
+    page = tab.page
+    _sign_in(page, site)
+    options = page.locator("#known-connections option")
+    expect(options).to_have_count(2)
+    assert [o.get_attribute("value") for o in options.all()] == ["carto_dw", "demo"]
+    page.get_by_role("link", name="Create token").first.click()
+    expect(page.get_by_label("Connection, grant 1")).to_have_attribute("list", "known-connections")

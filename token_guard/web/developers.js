@@ -351,9 +351,19 @@
       state.tokens = await fetchAllTokens();
       state.loaded = true;
       renderTokens();
+      offerConnections(state.tokens);
     } catch (exc) {
       if (exc.status !== 401) announce(`Could not load the tokens: ${exc.message}`);
     }
+  }
+
+  // The connections grants may name, as the tokens already use them (the management app does
+  // not know the guard's configuration): offered by every grant row's connection field.
+  function offerConnections(tokens) {
+    const names = [...new Set(tokens.flatMap((t) => t.grants.map((g) => g.connection_name)))].sort();
+    const list = $("known-connections");
+    clear(list);
+    for (const name of names) list.append(el("option", { value: name }));
   }
 
   function matches(token, needle) {
