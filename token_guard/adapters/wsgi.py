@@ -43,15 +43,21 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   process, so a pre-forking server (gunicorn ``--preload``) is fine if the master served
   nothing before forking.
 - **Shutdown.** ``close()`` (also run at interpreter exit) flushes usage, closes the store
-  and stops the loop thread. Requests after it get 503.
-- **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so browsers could not
-  read the guard's 401/403. Answer CORS in a WSGI middleware *around* the guard (see
-  ``examples/flask_app.py``); a preflight passes through the guard untouched.
+  and stops the loop thread. Requests after it get 503. At exit it runs among threading's
+  exit hooks, before ``concurrent.futures`` stops its worker threads (the SQLite store's
+  among them), so the last usage records are written; ``atexit`` would run too late.
+- **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so it never sees a
+  refusal made here: use ``token_guard.FlaskTokenGuard`` (it sends refusals through the
+  app's ``after_request`` hooks, Flask-CORS's among them; see ``examples/flask_app.py``),
+  or, for another WSGI framework, answer CORS in a WSGI middleware *around* the guard. A
+  preflight passes through the guard untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # its exit hook must be registered before the guard's
+import contextlib
 import io
 import os
 import re
@@ -152,6 +158,7 @@ class TokenGuardWSGI:
         self._finalizer = weakref.finalize(
             self, self._loop.stop, self.guard.resolver.close, *_closer(store)
         )
+        _before_executors_stop(self._finalizer)
 
     def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
         """Run a coroutine on the guard's event loop, where the store lives, and return its
@@ -276,7 +283,7 @@ class TokenGuardWSGI:
         """Answer the refusal, or (report-only) pass the request on as it came."""
         mode = self.guard.report_only
         if mode is None or not self.guard.lets_through(method, path):
-            return self._respond(start_response, denial)
+            return self._respond(environ, start_response, denial)
         if not mode.header:
             return self.app(environ, start_response)
         extra = (HEADER.decode("latin-1"), denial.code)
@@ -286,7 +293,10 @@ class TokenGuardWSGI:
 
         return self.app(environ, starting)
 
-    def _respond(self, start_response: StartResponse, denial: Denial) -> Iterable[bytes]:
+    def _respond(
+        self, environ: WSGIEnvironment, start_response: StartResponse, denial: Denial
+    ) -> Iterable[bytes]:
+        """Answer ``denial`` (the Flask extension sends it through the app's hooks)."""
         status, headers, body = self.guard.deny_response(denial)
         start_response(
             _status_line(status),
@@ -320,6 +330,24 @@ class _Unread(io.RawIOBase):
             return line
         more = -1 if size is None or size < 0 else size - len(line)
         return line + bytes(self._rest.readline(more))
+
+
+def _before_executors_stop(finalizer: weakref.finalize[Any, Any]) -> None:
+    """Run ``finalizer`` at interpreter exit before ``concurrent.futures`` refuses work.
+
+    ``concurrent.futures`` stops its executors from a ``threading`` exit hook, which runs
+    before ``atexit``: a finalizer left to ``atexit`` finds the store's executor gone ("cannot
+    schedule new futures after shutdown") and loses the last usage batch. Threading's hooks
+    run newest first, so one registered after ``concurrent.futures.thread`` was imported
+    runs before it. ``weakref.finalize`` still covers interpreters without the hook.
+    """
+    register: Callable[[Callable[[], object]], None] | None = getattr(
+        threading, "_register_atexit", None
+    )
+    if register is None or concurrent.futures.thread._shutdown:
+        return
+    with contextlib.suppress(RuntimeError):  # the interpreter is already shutting down
+        register(finalizer)
 
 
 def _closer(store: TokenReader) -> tuple[Callable[[], Awaitable[None]], ...]:
