@@ -137,3 +137,22 @@ def test_bad_report_only_settings_fail_at_start_up(options: dict[str, Any], mess
     with pytest.raises(ConfigurationError, match=message):
         TokenGuard(lambda *a: None, store=MemoryStore(), connections=CONNECTIONS,  # type: ignore[arg-type]
                    **options)
+
+
+def test_the_flask_extension_lets_refusals_through_in_report_only_mode() -> None:
+    from flask import Flask, jsonify
+
+    from token_guard.adapters.flask import FlaskTokenGuard
+
+    app = Flask(__name__)
+    app.add_url_rule("/v3/maps/<conn>/table", "table",
+                     lambda conn: jsonify(conn=conn), methods=["GET"])
+    with pytest.warns(ReportOnlyWarning):
+        ext = FlaskTokenGuard(app, store=MemoryStore(), connections=CONNECTIONS,
+                              report_only=True, report_only_header=True)
+    try:
+        answer = app.test_client().get(TABLE)
+        assert answer.status_code == 200 and answer.json == {"conn": "carto_dw"}
+        assert answer.headers["X-Token-Guard-Would-Refuse"] == "missing_token"
+    finally:
+        ext.close()
