@@ -84,6 +84,8 @@ from token_guard.stores.base import TokenReader
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from token_guard.config import ConfigSource
+
 __all__ = ["ENVIRON_KEY", "TokenGuardWSGI", "current_token", "get_token"]
 
 T = TypeVar("T")
@@ -136,12 +138,19 @@ class TokenGuardWSGI:
         self,
         app: WSGIApplication,
         *,
-        store: TokenReader,
-        connections: Mapping[str, str | Connection],
+        store: TokenReader | None = None,
+        connections: Mapping[str, str | Connection] | None = None,
+        config: ConfigSource | None = None,
         **options: Unpack[GuardOptions],
     ) -> None:
+        from token_guard.config import build_guard
+
         self.app = app
-        self.guard = Guard(store=store, connections=connections, **options)
+        self.guard, _ = build_guard(
+            "TokenGuardWSGI", store=store, connections=connections, config=config,
+            options=options,
+        )
+        store = self.guard.store
         self._check = self.guard.check  # bound once: attribute chains cost at this size
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
