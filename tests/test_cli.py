@@ -174,8 +174,8 @@ def test_check_explains_the_decision(
     tmp_path: Path, url: str, origin: str, code: int, says: str
 ) -> None:
     created = tg_json(tmp_path, *CREATE)
-    done = tg(tmp_path, "check", created["token"], "GET", url, "--origin", origin,
-              "--connection", "carto_dw=bigquery")
+    done = tg(tmp_path, "check", "GET", url, "--origin", origin,
+              "--connection", "carto_dw=bigquery", stdin=created["token"] + "\n")
     assert done.returncode == code, done.stdout + done.stderr
     assert says in done.stdout
     assert created["token"] not in done.stdout + done.stderr
@@ -186,12 +186,30 @@ def test_check_explains_the_decision(
 def test_check_of_a_revoked_token_says_revoked(tmp_path: Path) -> None:
     created = tg_json(tmp_path, *CREATE)
     tg(tmp_path, "tokens", "revoke", created["id"])
-    out = tg(tmp_path, "check", created["token"], "GET",
+    out = tg(tmp_path, "check", "GET",
              "/v3/maps/carto_dw/table?name=proj.ds.stores", "--origin", "https://a.example.com",
-             "--json")
+             "--json", stdin=created["token"])
     assert out.returncode == 1
     result = json.loads(out.stdout)
     assert (result["status"], result["code"]) == (401, "revoked_token")
+
+
+def test_check_refuses_a_token_on_the_command_line(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    done = tg(tmp_path, "check", created["token"], "GET", "/v3/maps/carto_dw/table?name=x")
+    assert done.returncode == 2
+    assert "command line" in done.stderr and "TOKEN_GUARD_TOKEN" in done.stderr
+    assert created["token"] not in done.stdout + done.stderr
+
+
+def test_check_reads_the_token_from_the_environment(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    env = {**_env(), "TOKEN_GUARD_TOKEN": created["token"]}
+    done = tg(tmp_path, "check", "GET", "/v3/maps/carto_dw/table?name=proj.ds.stores",
+              "--origin", "https://a.example.com", "--connection", "carto_dw=bigquery",
+              env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ALLOWED" in done.stdout
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[str]) -> None:
