@@ -212,6 +212,63 @@ def test_check_reads_the_token_from_the_environment(tmp_path: Path) -> None:
     assert "ALLOWED" in done.stdout
 
 
+_CONFIG = """
+store = "sqlite:///data/tokens.db"
+
+[connections]
+carto_dw = "bigquery"
+"""
+
+
+@pytest.mark.parametrize(
+    ("grant", "field"),
+    [
+        pytest.param("carto_dwh:proj.ds.stores", "grants[0].connection_name", id="unknown-conn"),
+        pytest.param("carto_dw:stores", "grants[0].source", id="unqualified"),
+    ],
+)
+def test_tokens_create_with_a_config_refuses_grants_the_app_cannot_serve(
+    tmp_path: Path, grant: str, field: str
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "token_guard.toml").write_text(_CONFIG, "utf-8")
+    args = ["tokens", "create", "--config", "token_guard.toml", "--name", "x", "--api", "maps"]
+    done = tg(tmp_path, *args, "--grant", grant)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert field in done.stderr
+    made = tg(tmp_path, *args, "--grant", "carto_dw:proj.ds.stores", "--json")
+    assert made.returncode == 0, made.stderr
+    # the store named in the file (relative to it) got the token, the default one nothing
+    assert (tmp_path / "data" / "tokens.db").exists() and not (tmp_path / "tokens.db").exists()
+    via_env = tg(tmp_path, "tokens", "create", "--name", "y", "--api", "maps", "--grant", grant,
+                 env=_env(TOKEN_GUARD_CONFIG=str(tmp_path / "token_guard.toml")))
+    assert via_env.returncode == 2 and field in via_env.stderr
+
+
+def test_serve_with_a_config_refuses_unservable_grants(tmp_path: Path, free_port: int) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "token_guard.toml").write_text(_CONFIG, "utf-8")
+    client = tg_json(tmp_path, "clients", "create", "--name", "ci", "--store",
+                     "sqlite:///data/tokens.db", "--scope", "write:tokens")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "token_guard.cli", "serve", "--port", str(free_port),
+         "--log-level", "warning", "--config", "token_guard.toml"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for_port(free_port, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{free_port}", timeout=10) as http:
+            access = http.post("/oauth/token", auth=(client["client_id"], client["client_secret"]),
+                               data={"grant_type": "client_credentials"}).json()["access_token"]
+            body = {"name": "x", "allowed_apis": ["maps"],
+                    "grants": [{"connection_name": "elsewhere", "source": "p.d.t"}]}
+            r = http.post("/v3/tokens", json=body, headers={"Authorization": f"Bearer {access}"})
+            assert r.status_code == 400 and r.json()["field"] == "grants[0].connection_name"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def _wait_for_port(port: int, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

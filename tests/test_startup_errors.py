@@ -61,15 +61,19 @@ CORRUPT_SQLITE = """
     from fastapi import FastAPI
 
     app = FastAPI()
-    app.add_middleware(tg.TokenGuard, store=tg.SQLiteStore(r"{db}"), connections={{"c": "bigquery"}})
+    app.add_middleware(tg.TokenGuard, store=tg.SQLiteStore(r"{db}"),
+                       connections={{"c": "bigquery"}})
 """
 POSTGRES_DOWN = """
     import token_guard as tg
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
 
-    store = tg.PostgresStore("postgresql://someone:s3cretpw@127.0.0.1:{port}/test", connect_timeout=2)
-    app = Starlette(middleware=[Middleware(tg.TokenGuard, store=store, connections={{"c": "bigquery"}})])
+    store = tg.PostgresStore("postgresql://someone:s3cretpw@127.0.0.1:{port}/test",
+                             connect_timeout=2)
+    app = Starlette(middleware=[
+        Middleware(tg.TokenGuard, store=store, connections={{"c": "bigquery"}}),
+    ])
 """
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -48,6 +48,7 @@ from typing import Any, get_args
 from token_guard.core.connections import Connection, normalize_connections
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.errors import did_you_mean as suggest
+from token_guard.core.policy import Policy
 from token_guard.core.routes import Route, SqlCheck, SqlParam
 from token_guard.guard import Guard, GuardOptions
 from token_guard.resolver import CacheSettings
@@ -85,6 +86,13 @@ class Settings:
             for f in fields(self)
             if f.name not in _NOT_OPTIONS and getattr(self, f.name) is not None
         }
+
+    def policy(self) -> Policy:
+        """The ``Policy`` the app's guard builds from this configuration (grant checks)."""
+        from token_guard.stores.memory import MemoryStore
+
+        guard = Guard(store=MemoryStore(), connections=self.connections, **self.guard_options())
+        return guard.policy
 
     def open_store(self) -> Any:
         """A new store for ``store`` (a ``TokenStore``); ConfigurationError if none is set."""
@@ -199,7 +207,7 @@ def _sql_param(where: str, value: Any) -> SqlParam:
             f"(one of {', '.join(_SQL_CHECKS)})"
         )
     choices = frozenset(_strings(f"{where}.choices", value.get("choices", [])))
-    return SqlParam(name, check, choices)  # type: ignore[arg-type]  # checked above
+    return SqlParam(name, check, choices)
 
 
 def _cache(where: str, value: Any) -> CacheSettings:
@@ -358,10 +366,8 @@ def load_config(
 def validate(settings: Settings) -> None:
     """Raise ``ConfigurationError`` (naming where it came from) for what the guard would
     refuse at start-up: prefix, routes, functions, sizes."""
-    from token_guard.stores.memory import MemoryStore
-
     try:
-        Guard(store=MemoryStore(), connections=settings.connections, **settings.guard_options())
+        settings.policy()
     except ConfigurationError as exc:
         raise ConfigurationError(f"{settings.origin}: {exc}") from None
 

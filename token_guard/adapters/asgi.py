@@ -31,6 +31,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Unpack
 from urllib.parse import unquote_to_bytes
 
@@ -43,7 +44,6 @@ from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     CONFLICTING_HEADERS,
     Awaiting,
-    Guard,
     GuardOptions,
     ReadBody,
     body_too_large,
@@ -262,7 +262,7 @@ class MisconfiguredGuard(TokenGuard):
 def _built_by_starlette() -> bool:
     """Whether Starlette's (or FastAPI's) ``build_middleware_stack`` is constructing us:
     the lazy forms ``Middleware(TokenGuard, ...)`` and ``app.add_middleware(TokenGuard, ...)``."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     for _ in range(6):
         if frame is None:
             return False

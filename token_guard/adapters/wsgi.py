@@ -73,7 +73,6 @@ from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     CONFLICTING_HEADERS,
     Awaiting,
-    Guard,
     GuardOptions,
     ReadBody,
     body_too_large,

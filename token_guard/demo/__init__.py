@@ -31,6 +31,7 @@ from pathlib import Path
 import uvicorn
 
 from token_guard.adapters.asgi import ASGIApp
+from token_guard.config import load_config
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.demo.compose import build_demo_server
 from token_guard.demo.tokens import (
@@ -45,7 +46,6 @@ from token_guard.demo.tokens import (
     save,
     write_config,
 )
-from token_guard.config import load_config
 from token_guard.management.keys import SigningKeys
 from token_guard.stores.sqlite import SQLiteStore
 

@@ -32,9 +32,9 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 
+from token_guard.adapters.asgi import ASGIApp, Message, Receive, Scope, Send, TokenGuard
 from token_guard.config import Settings
 from token_guard.core.connections import normalize_connections
-from token_guard.adapters.asgi import ASGIApp, Message, Receive, Scope, Send, TokenGuard
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.management.app import create_management_app
 from token_guard.management.keys import SigningKeys
