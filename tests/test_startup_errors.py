@@ -17,6 +17,7 @@ import pytest
 
 import token_guard as tg
 from token_guard.adapters.asgi import MisconfiguredGuard
+from token_guard.core.secret import new_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,3 +191,45 @@ def test_misconfigured_class_is_a_token_guard() -> None:
 def test_default_path_given_as_a_string_is_refused() -> None:
     with pytest.raises(tg.ConfigurationError, match=r"default_path.*\('p', 'ds'\)"):
         tg.Connection("bigquery", default_path="p.ds")  # type: ignore[arg-type]
+
+
+def test_wsgi_start_names_an_unreadable_store(tmp_path: Path) -> None:
+    db = tmp_path / "tokens.db"
+    db.write_bytes(b"not a database at all " * 200)
+    guard = tg.TokenGuardWSGI(lambda e, s: [], store=tg.SQLiteStore(db),
+                              connections={"c": "bigquery"})
+    try:
+        with pytest.raises(tg.ConfigurationError) as caught:
+            guard.start()
+        assert str(caught.value).startswith("TokenGuardWSGI: store: ")
+        assert str(db) in str(caught.value) and "not a database" in str(caught.value)
+    finally:
+        guard.close()
+
+
+def test_wsgi_logs_an_unreadable_store_on_first_use(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "tokens.db"
+    db.write_bytes(b"not a database at all " * 200)
+    guard = tg.TokenGuardWSGI(lambda e, s: [], store=tg.SQLiteStore(db),
+                              connections={"c": "bigquery"})
+    statuses: list[str] = []
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v3/maps/c/table",
+               "QUERY_STRING": "name=p.d.t", "HTTP_AUTHORIZATION": f"Bearer {new_secret()}"}
+    try:
+        with caplog.at_level("ERROR", logger="token_guard"):
+            b"".join(guard(environ, lambda status, headers: statuses.append(status)))
+        assert statuses == ["503 Service Unavailable"]
+        assert any("cannot be read at start-up" in r.getMessage() and str(db) in r.getMessage()
+                   for r in caplog.records), caplog.text
+    finally:
+        guard.close()
+
+
+def test_wsgi_start_passes_on_a_readable_store() -> None:
+    guard = tg.TokenGuardWSGI(lambda e, s: [], store=tg.MemoryStore(),
+                              connections={"c": "bigquery"})
+    try:
+        guard.start()
+    finally:
+        guard.close()

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import re
 import threading
@@ -68,11 +69,13 @@ from token_guard.core import decision as codes
 from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
 from token_guard.core.policy import CompiledToken
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     CONFLICTING_HEADERS,
     Awaiting,
+    Guard,
     GuardOptions,
     ReadBody,
     body_too_large,
@@ -88,6 +91,7 @@ if TYPE_CHECKING:
 __all__ = ["ENVIRON_KEY", "TokenGuardWSGI", "current_token", "get_token"]
 
 T = TypeVar("T")
+log = logging.getLogger("token_guard")
 
 ENVIRON_KEY = SCOPE_KEY
 """The environ key under which views find the resolved ``TokenRecord``."""
@@ -153,12 +157,20 @@ class TokenGuardWSGI:
         self._check = self.guard.check  # bound once: attribute chains cost at this size
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
-        self._loop = _LoopThread(self.guard.resolver.start)
+        self._loop = _LoopThread(_starter(self.guard))
         self._closed = False
         # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
         self._finalizer = weakref.finalize(
             self, self._loop.stop, self.guard.resolver.close, *_closer(store)
         )
+
+    def start(self) -> None:
+        """Start the guard's loop now and read the store once; raise ``ConfigurationError``
+        naming the store if it cannot answer. Call it in each worker process (gunicorn's
+        ``post_fork``, before ``waitress.serve``), not in a parent that forks afterwards."""
+        problem = self.call(lambda: self.guard.probe("TokenGuardWSGI"), timeout=60.0)
+        if problem is not None:
+            raise ConfigurationError(problem)
 
     def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
         """Run a coroutine on the guard's event loop, where the store lives, and return its
@@ -281,6 +293,19 @@ class TokenGuardWSGI:
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
         )
         return [body]
+
+
+def _starter(guard: Guard) -> Callable[[], Coroutine[Any, Any, None]]:
+    """What the loop runs first in each process: the resolver, then one read of the store,
+    whose failure is logged then (WSGI has no start-up to fail), not only as 503s."""
+
+    async def start() -> None:
+        await guard.resolver.start()
+        problem = await guard.probe("TokenGuardWSGI")
+        if problem is not None:
+            log.error("%s", problem)
+
+    return start
 
 
 def _closer(store: TokenReader) -> tuple[Callable[[], Awaitable[None]], ...]:
