@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,11 +215,16 @@ def test_wsgi_logs_an_unreadable_store_on_first_use(tmp_path: Path,
     guard = tg.TokenGuardWSGI(lambda e, s: [], store=tg.SQLiteStore(db),
                               connections={"c": "bigquery"})
     statuses: list[str] = []
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v3/maps/c/table",
+
+    def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> Any:
+        statuses.append(status)
+        return lambda data: None
+
+    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v3/maps/c/table",
                "QUERY_STRING": "name=p.d.t", "HTTP_AUTHORIZATION": f"Bearer {new_secret()}"}
     try:
         with caplog.at_level("ERROR", logger="token_guard"):
-            b"".join(guard(environ, lambda status, headers: statuses.append(status)))
+            b"".join(guard(environ, start_response))
         assert statuses == ["503 Service Unavailable"]
         assert any("cannot be read at start-up" in r.getMessage() and str(db) in r.getMessage()
                    for r in caplog.records), caplog.text
