@@ -240,3 +240,19 @@ def test_token_guard_wsgi_takes_the_file(tmp_path: Path) -> None:
         assert "carto_dw" in guard.guard.policy.connections
     finally:
         guard.close()
+
+
+def test_a_store_opened_from_the_file_is_read_at_start_up_and_closed_at_shutdown(
+    tmp_path: Path,
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    path = _write(tmp_path, 'store = "tokens.db"\n' + CONFIG)
+    guard = tg.TokenGuard(Starlette(), config=path)
+    store = guard.guard.store
+    assert isinstance(store, tg.SQLiteStore)
+    with TestClient(guard):
+        assert (tmp_path / "tokens.db").exists()  # the start-up probe opened it
+        assert store._state == "open"
+    assert store._state == "closed"

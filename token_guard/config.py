@@ -52,6 +52,7 @@ from token_guard.core.policy import Policy
 from token_guard.core.routes import Route, SqlCheck, SqlParam
 from token_guard.guard import Guard, GuardOptions
 from token_guard.resolver import CacheSettings
+from token_guard.stores.base import TokenStore
 
 __all__ = ["CONFIG_ENV", "ENV_PREFIX", "ConfigSource", "Settings", "build_guard", "load_config"]
 
@@ -94,8 +95,8 @@ class Settings:
         guard = Guard(store=MemoryStore(), connections=self.connections, **self.guard_options())
         return guard.policy
 
-    def open_store(self) -> Any:
-        """A new store for ``store`` (a ``TokenStore``); ConfigurationError if none is set."""
+    def open_store(self) -> TokenStore:
+        """A new store for ``store``; ConfigurationError if none is set."""
         from token_guard.stores import open_store
 
         if self.store is None:
