@@ -153,7 +153,7 @@ FACTS_MEMO_SIZE = 8192
 BEARER_MEMO_SIZE = 8192
 """Remembered tokens per Authorization header; cleared when full."""
 _MEMO_MAX_QUERY = 2048  # longer query strings are read afresh every time
-_PROBE_TIMEOUT = 30.0  # the stores bound their own connects; this only guards a hang
+_PROBE_TIMEOUT = 30.0  # the start-up lookup; the stores bound their own connects too
 CONFLICTING_HEADERS = "\x00conflict"
 """What adapters pass for an Origin/Referer header sent twice with different values."""
 
@@ -516,6 +516,10 @@ class Guard:
     async def probe(self, public: str) -> str | None:
         """Read the store once (at start-up): None if it answers, else why, for people."""
         try:
+            # Opening may migrate the schema, under the store's own deadlines: not cut short.
+            opening = getattr(self.store, "open", None)
+            if opening is not None:
+                await opening()
             await asyncio.wait_for(self.store.get_by_secret_hash("0" * 64), _PROBE_TIMEOUT)
         except TimeoutError:
             return (f"{public}: store: {self.store!r} did not answer within "
