@@ -256,3 +256,13 @@ def test_a_store_opened_from_the_file_is_read_at_start_up_and_closed_at_shutdown
         assert (tmp_path / "tokens.db").exists()  # the start-up probe opened it
         assert store._state == "open"
     assert store._state == "closed"
+
+
+def test_flask_token_guard_takes_the_file(tmp_path: Path) -> None:
+    flask = pytest.importorskip("flask")
+    app = flask.Flask(__name__)
+    guard = tg.FlaskTokenGuard(app, store=tg.MemoryStore(), config=_write(tmp_path, CONFIG))
+    try:
+        assert guard.wsgi is not None and guard.wsgi.guard.resolver.settings.ttl == 7
+    finally:
+        guard.close()
