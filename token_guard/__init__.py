@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
+from token_guard.config import Settings, load_config
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import (
@@ -60,6 +61,7 @@ __all__ = [
     "RequestFacts",
     "Route",
     "SQLiteStore",
+    "Settings",
     "Source",
     "SqlParam",
     "StoreError",
@@ -76,6 +78,7 @@ __all__ = [
     "current_token",
     "flask_token",
     "get_token",
+    "load_config",
     "parse_token_spec",
 ]
 

@@ -59,6 +59,7 @@ import asyncio
 import concurrent.futures.thread  # its exit hook must be registered before the guard's
 import contextlib
 import io
+import logging
 import os
 import re
 import threading
@@ -74,6 +75,7 @@ from token_guard.core import decision as codes
 from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
 from token_guard.core.policy import CompiledToken
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
@@ -91,9 +93,12 @@ from token_guard.stores.base import TokenReader
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from token_guard.config import ConfigSource
+
 __all__ = ["ENVIRON_KEY", "TokenGuardWSGI", "current_token", "get_token"]
 
 T = TypeVar("T")
+log = logging.getLogger("token_guard")
 
 ENVIRON_KEY = SCOPE_KEY
 """The environ key under which views find the resolved ``TokenRecord``."""
@@ -143,22 +148,37 @@ class TokenGuardWSGI:
         self,
         app: WSGIApplication,
         *,
-        store: TokenReader,
-        connections: Mapping[str, str | Connection],
+        store: TokenReader | None = None,
+        connections: Mapping[str, str | Connection] | None = None,
+        config: ConfigSource | None = None,
         **options: Unpack[GuardOptions],
     ) -> None:
+        from token_guard.config import build_guard
+
         self.app = app
-        self.guard = Guard(store=store, connections=connections, **options)
+        self.guard, _ = build_guard(
+            "TokenGuardWSGI", store=store, connections=connections, config=config,
+            options=options,
+        )
+        store = self.guard.store
         self._check = self.guard.check  # bound once: attribute chains cost at this size
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
-        self._loop = _LoopThread(self.guard.resolver.start)
+        self._loop = _LoopThread(_starter(self.guard))
         self._closed = False
         # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
         self._finalizer = weakref.finalize(
             self, self._loop.stop, self.guard.resolver.close, *_closer(store)
         )
         _before_executors_stop(self._finalizer)
+
+    def start(self) -> None:
+        """Start the guard's loop now and read the store once; raise ``ConfigurationError``
+        naming the store if it cannot answer. Call it in each worker process (gunicorn's
+        ``post_fork``, before ``waitress.serve``), not in a parent that forks afterwards."""
+        problem = self.call(lambda: self.guard.probe("TokenGuardWSGI"), timeout=60.0)
+        if problem is not None:
+            raise ConfigurationError(problem)
 
     def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
         """Run a coroutine on the guard's event loop, where the store lives, and return its
@@ -330,6 +350,19 @@ class _Unread(io.RawIOBase):
             return line
         more = -1 if size is None or size < 0 else size - len(line)
         return line + bytes(self._rest.readline(more))
+
+
+def _starter(guard: Guard) -> Callable[[], Coroutine[Any, Any, None]]:
+    """What the loop runs first in each process: the resolver, then one read of the store,
+    whose failure is logged then (WSGI has no start-up to fail), not only as 503s."""
+
+    async def start() -> None:
+        await guard.resolver.start()
+        problem = await guard.probe("TokenGuardWSGI")
+        if problem is not None:
+            log.error("%s", problem)
+
+    return start
 
 
 def _before_executors_stop(finalizer: weakref.finalize[Any, Any]) -> None:

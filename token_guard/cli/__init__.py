@@ -6,7 +6,7 @@ Commands::
     token-guard clients create|list|revoke
     token-guard keys rotate|list
     token-guard audit
-    token-guard check TOKEN METHOD URL [--origin ...]
+    token-guard check METHOD URL [--config FILE --origin ...]   (token on stdin)
     token-guard serve [--host --port --issuer --audience --external-issuer ...]
     token-guard demo [...]
 

@@ -21,10 +21,17 @@ from typing import Any
 from token_guard.cli.errors import EXIT_OK, Refused, UsageError
 from token_guard.cli.output import print_json, token_detail, token_rows
 from token_guard.cli.parser import Parser
+from token_guard.cli.settings import add_config_flag, read_config
 from token_guard.cli.store import actor, run_with_store
 from token_guard.core.records import TokenRecord
 from token_guard.core.secret import hash_secret, is_well_formed
-from token_guard.core.spec import TOKEN_FIELDS, TokenField, format_datetime
+from token_guard.core.spec import (
+    TOKEN_FIELDS,
+    TokenField,
+    format_datetime,
+    parse_grants,
+    parse_token_spec,
+)
 from token_guard.management.leaks import found_json
 from token_guard.stores.base import TokenStore, check_grace
 
@@ -172,8 +179,11 @@ def _body_from_flags(args: argparse.Namespace, *, creating: bool) -> dict[str, A
 
 
 def cmd_tokens_create(args: argparse.Namespace) -> int:
-    """``tokens create``."""
+    """``tokens create``: with ``--config``, a grant the app could never serve is refused."""
     body = _body_from_flags(args, creating=True)
+    settings = read_config(args)
+    if settings is not None:
+        settings.policy().check_grants(parse_token_spec(body).grants)
 
     async def work(store: TokenStore) -> int:
         issued = await store.create_token(body, actor=actor())
@@ -275,6 +285,9 @@ def cmd_tokens_update(args: argparse.Namespace) -> int:
     if not body:
         given = [f.flag for f in _FLAGS if f.field.patchable]
         raise UsageError(f"nothing to change: give {', '.join(given)} or --body")
+    settings = read_config(args)
+    if settings is not None and "grants" in body:
+        settings.policy().check_grants(parse_grants(body["grants"]))
 
     async def work(store: TokenStore) -> int:
         await _require_token(store, args.id)
@@ -374,6 +387,7 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     tsub = tokens.add_subparsers(dest="action", required=True, parser_class=Parser)
     p = tsub.add_parser("create", parents=[common], help="create a token (secret shown once)")
     _token_flags(p)
+    add_config_flag(p)
     p.set_defaults(func=cmd_tokens_create)
     p = tsub.add_parser("list", parents=[common], help="list tokens, newest first (never secrets)")
     p.add_argument("--limit", type=int, default=100, choices=range(1, 501), metavar="1..500")
@@ -387,6 +401,7 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument("id")
     _token_flags(p)
     p.add_argument("--no-referers", action="store_true", help="allow any website")
+    add_config_flag(p)
     p.set_defaults(func=cmd_tokens_update)
     p = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     p.add_argument("id")
