@@ -399,14 +399,14 @@ def test_find_names_the_token_of_a_secret_read_from_stdin(tmp_path: Path) -> Non
 def test_check_in_report_only_mode_says_the_refusal_is_not_enforced(tmp_path: Path) -> None:
     created = tg_json(tmp_path, *CREATE)
     url = "/v3/maps/carto_dw/table?name=proj.secret.salaries"
-    done = tg(tmp_path, "check", created["token"], "GET", url, "--origin",
-              "https://a.example.com", "--report-only")
-    assert done.returncode == 1
+    done = tg(tmp_path, "check", "GET", url, "--origin", "https://a.example.com",
+              "--report-only", stdin=created["token"])
+    assert done.returncode == 1, done.stderr
     assert done.stdout.startswith("WOULD_REFUSE (403 source_not_granted)")
     assert "NOT enforced" in done.stdout and "REPORT-ONLY" in done.stderr
-    as_json = tg(tmp_path, "check", created["token"], "GET", url, "--origin",
-                 "https://a.example.com", "--report-only", "sql", "--json")
+    as_json = tg(tmp_path, "check", "GET", url, "--origin", "https://a.example.com",
+                 "--report-only", "sql", "--json", stdin=created["token"])
     result = json.loads(as_json.stdout)  # maps is not in report-only: enforced
     assert (result["decision"], result["enforced"]) == ("denied", True)
-    bad = tg(tmp_path, "check", created["token"], "GET", url, "--report-only", "ftp")
+    bad = tg(tmp_path, "check", "GET", url, "--report-only", "ftp", stdin=created["token"])
     assert bad.returncode == 2 and "report_only" in bad.stderr
