@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
+from token_guard.config import Settings, load_config
 from token_guard.core import presets
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
@@ -22,12 +23,14 @@ from token_guard.core.errors import (
     StoreError,
     StoreUnavailable,
     TokenGuardError,
+    TokenStateError,
 )
 from token_guard.core.facts import RequestFacts, Source
 from token_guard.core.records import IssuedToken, TokenRecord
 from token_guard.core.routes import Route, SqlParam
 from token_guard.core.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.guard import DecisionEvent
+from token_guard.report_only import ReportOnlyWarning
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
 
@@ -55,9 +58,11 @@ __all__ = [
     "MemoryStore",
     "NotFound",
     "PostgresStore",
+    "ReportOnlyWarning",
     "RequestFacts",
     "Route",
     "SQLiteStore",
+    "Settings",
     "Source",
     "SqlParam",
     "StoreError",
@@ -67,12 +72,14 @@ __all__ = [
     "TokenGuardWSGI",
     "TokenRecord",
     "TokenSpec",
+    "TokenStateError",
     "TokenStore",
     "__version__",
     "api_token",
     "current_token",
     "flask_token",
     "get_token",
+    "load_config",
     "parse_token_spec",
     "presets",
 ]
