@@ -174,7 +174,8 @@ def test_extra_sql_functions_are_opt_in() -> None:
 
 
 async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
-    from token_guard.core.policy import DECISIONS_MEMO_SIZE, SITES_MEMO_SIZE
+    from token_guard.core.policy import PREPARED_MEMO_SIZE, SITES_MEMO_SIZE, VERDICTS_MEMO_SIZE
+    from token_guard.core.routes import READ_MEMO_SIZE, ROUTE_MEMO_SIZE
     from token_guard.core.secret import new_secret
     from token_guard.guard import BEARER_MEMO_SIZE, FACTS_MEMO_SIZE
 
@@ -183,19 +184,27 @@ async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
     browser = (await guard.store.create_token(referers)).token  # type: ignore[attr-defined]
     for token in (secret, browser):
         await drive(guard.check("GET", *TABLE, bearer(token), "https://a.example.com", None))
-    flood = max(FACTS_MEMO_SIZE, BEARER_MEMO_SIZE, DECISIONS_MEMO_SIZE, SITES_MEMO_SIZE) + 300
+    flood = max(FACTS_MEMO_SIZE, BEARER_MEMO_SIZE, PREPARED_MEMO_SIZE, SITES_MEMO_SIZE,
+                VERDICTS_MEMO_SIZE, READ_MEMO_SIZE, ROUTE_MEMO_SIZE) + 300
     for i in range(flood):
         page = f"https://s{i % 5000}.example.com/p/{i}"
         step = guard.check("GET", f"/v3/maps/carto_dw/table/9/{i}/{i}".encode(),
                            f"name=proj.ds.stores&v={i}".encode(), bearer(browser), None, page)
         assert isinstance(step, TokenRecord)
+        # A distinct source name each time: new facts, new preparations.
+        other = guard.check("GET", f"/v3/maps/carto_dw/table/1/{i}/2".encode(),
+                            f"name=proj.ds.t{i}".encode(), bearer(browser), None, page)
+        assert isinstance(other, Denial) and other.code == "source_not_granted"
         if i % 7 == 0:
             unknown = guard.check("GET", *TABLE, bearer(new_secret()), None, None)
             assert isinstance(unknown, Awaiting)
     assert len(guard._facts) <= FACTS_MEMO_SIZE
     assert len(guard._bearers) <= BEARER_MEMO_SIZE
-    assert len(guard.policy._decided) <= DECISIONS_MEMO_SIZE
+    assert len(guard.policy._prepared) <= PREPARED_MEMO_SIZE
     assert len(guard.policy._sites) <= SITES_MEMO_SIZE
+    assert len(guard.policy._verdicts) <= VERDICTS_MEMO_SIZE
+    assert len(guard.routes._read) <= READ_MEMO_SIZE
+    assert len(guard.routes._matched) <= ROUTE_MEMO_SIZE
     # After the flood, the same requests get the same answers as before it.
     evil = guard.check("GET", *TABLE, bearer(browser), "https://evil.com", None)
     assert isinstance(evil, Denial) and evil.code == "origin_not_allowed"

@@ -282,7 +282,7 @@ class Guard:
         self._bearers: dict[bytes, str | Denial] = {}
         # Bound once: attribute chains cost on a path this short.
         self._match = self.routes.match
-        self._route_facts = self.routes.facts
+        self._route_facts = self.routes.query_facts
         self._lookup = self.resolver.lookup
         self._policy_decide = self.policy.decide
         self._decide_parts = self.policy.decide_parts
@@ -325,7 +325,7 @@ class Guard:
                 if known is not None and known[0] is match:
                     read = known[1]
                 else:
-                    read = self._route_facts(match, query_string, None, None, None)
+                    read = self._route_facts(match, query_string)
                     if len(query_string) <= _MEMO_MAX_QUERY:
                         if len(self._facts) >= FACTS_MEMO_SIZE:
                             self._facts.clear()

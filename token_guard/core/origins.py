@@ -149,7 +149,7 @@ class OriginMatcher:
     token's matcher ``check_site``: set lookups.
     """
 
-    __slots__ = ("_any_port", "_exact", "_paths", "_patterns", "_wild")
+    __slots__ = ("_any_port", "_exact", "_paths", "_patterns", "_wild", "reads_path")
 
     def __init__(self, patterns: Sequence[str | OriginPattern]) -> None:
         if isinstance(patterns, str):
@@ -197,6 +197,8 @@ class OriginMatcher:
         self._any_port = frozenset(any_port)
         self._wild = tuple(wild)
         self._paths = tuple(paths)
+        # Whether an answer can depend on the Referer's path (else only on the website).
+        self.reads_path: bool = bool(paths)
 
     @property
     def patterns(self) -> tuple[OriginPattern, ...]:

@@ -37,14 +37,16 @@ _T = TypeVar("_T")
 
 _EMPTY_KEYS: frozenset[tuple[str, ...]] = frozenset()
 _EMPTY_TEXTS: frozenset[str] = frozenset()
-SOURCES_MEMO_SIZE = 65_536
-"""Remembered answers per (compiled grants, source): one dict for every token, cleared when
-full. Tokens with equal grants on a connection share one ``ConnectionGrants`` (interned)."""
-DECISIONS_MEMO_SIZE = 16_384
-"""Remembered answers per (compiled token, facts object, headers' reading), all tokens;
-cleared when full. An entry keeps the objects, so an ``id`` reused later never matches."""
+PREPARED_MEMO_SIZE = 8192
+"""Remembered preparations of a request's sources (normalised table keys, query analyses
+and the token-independent refusals), per facts object, for every token; cleared when full.
+The guard hands one facts object to every request with the same route answer and the same
+parameters the route reads, so this grows with distinct sources, not with tokens."""
 SITES_MEMO_SIZE = 4096
 """Remembered readings of (Origin, Referer) header pairs, for every token; cleared when full."""
+VERDICTS_MEMO_SIZE = 4096
+"""Remembered website answers per (referer list, website) (and page, for lists with path
+patterns), for every token; cleared when full. Tokens with one referer list share one."""
 _CHECKED_MAX_VALUE = 2048  # longer source values (big queries) are not remembered
 _MATCHERS_SIZE = 10_000  # distinct referer lists whose matcher is shared
 
@@ -98,15 +100,15 @@ class Policy:
         self._matchers: dict[tuple[str, ...], OriginMatcher] = {}
         self._interned: dict[frozenset[Any], frozenset[Any]] = {}
         self._grants: dict[ConnectionGrants, ConnectionGrants] = {}
-        # (id of interned grants, kind, value) -> (those grants, answer); the entry keeps
-        # the grants, so an id reused by a later object never matches.
-        self._sources: dict[tuple[int, str, str], tuple[ConnectionGrants, Denial | None]] = {}
-        self._sites: dict[tuple[str | None, str | None], RequestSite | str] = {}
+        # Each memo entry keeps the objects whose id() is in its key, so an id reused by a
+        # later object never matches.
+        # id(facts) -> (facts, what its sources need of any token's grants)
+        self._prepared: dict[int, tuple[RequestFacts, _Prepared]] = {}
+        # (Origin, Referer) -> (the reading, what a matcher's answer depends on)
+        self._sites: dict[tuple[str | None, str | None], tuple[RequestSite | str, Any]] = {}
         self._authorities: dict[str, tuple[str, str, int | None] | str] = {}
-        self._decided: dict[
-            tuple[int, int, int],
-            tuple[CompiledToken, RequestFacts, RequestSite | str | None, Denial | None],
-        ] = {}
+        # (id(matcher), website or reading) -> (matcher, the 403 or None)
+        self._verdicts: dict[tuple[int, Any], tuple[OriginMatcher, Denial | None]] = {}
 
     # -- compile (once per cache fill) -------------------------------------------------
     def compile(self, record: TokenRecord) -> CompiledToken:
@@ -198,94 +200,108 @@ class Policy:
     ) -> Denial | None:
         """``decide`` with the headers apart: ``what``'s own origin and referer are not read.
 
-        Expiry is checked every time. The headers are read once per (Origin, Referer) pair
-        for all tokens (``SITES_MEMO_SIZE``); the answer is remembered per (compiled token,
-        ``what`` object, that reading) — the guard hands one ``what`` to every request with
-        the same route answer and query string (``DECISIONS_MEMO_SIZE``, all tokens).
+        Nothing here is remembered per token: the website's answer per (referer list,
+        website) (``VERDICTS_MEMO_SIZE``), the sources' preparation per ``what`` object
+        (``PREPARED_MEMO_SIZE``; the guard hands one to every request with the same route
+        answer and read parameters); then a few set lookups in the token's grants.
         """
         if token.expires_at is not None and now >= token.expires_at:
             return _EXPIRED
-        read: RequestSite | str | None = None
-        if token.origins is not None:
-            site_key = (origin, referer)
-            sites = self._sites
-            read = sites.get(site_key)
-            if read is None:
-                read = read_site(origin, referer, self._authorities)
-                if len(sites) >= SITES_MEMO_SIZE:
-                    sites.clear()
-                sites[site_key] = read
-        key = (id(token), id(what), id(read))
-        decided = self._decided
-        hit = decided.get(key)
-        if hit is not None and hit[0] is token and hit[1] is what and hit[2] is read:
-            return hit[3]
-        answer = self._decide_request(token, what, read)
-        if len(decided) >= DECISIONS_MEMO_SIZE:
-            decided.clear()
-        decided[key] = (token, what, read, answer)
-        return answer
-
-    def _decide_request(
-        self, token: CompiledToken, what: RequestFacts, read: RequestSite | str | None
-    ) -> Denial | None:
         if what.api not in token.apis:
             return _api_denial(token, what.api)
-        if token.origins is not None and read is not None:
-            reason = token.origins.check_site(read)
-            if reason is not None:
-                return Denial(
-                    403,
-                    codes.ORIGIN_NOT_ALLOWED,
-                    reason,
-                    "Add the website's origin to the token's referers, or call from a "
-                    "website the token lists.",
-                )
-        return self._sources_denial(token, what)
-
-    def _sources_denial(self, token: CompiledToken, facts: RequestFacts) -> Denial | None:
-        name = facts.connection
+        matcher = token.origins
+        if matcher is not None:
+            refused = self._site_denial(matcher, origin, referer)
+            if refused is not None:
+                return refused
+        name = what.connection
         if name is None:
             return None
         grants = token.grants.get(name)
         if grants is None:
             return self._connection_denial(name)
-        memo = self._sources
-        for kind, value in facts.sources:
-            source_key = (id(grants), kind, value)
-            hit = memo.get(source_key)
-            if hit is not None and hit[0] is grants:
-                denial = hit[1]
-            else:
-                denial = self._check_source(grants, name, Source(kind, value))
-                if len(value) <= _CHECKED_MAX_VALUE:
-                    if len(memo) >= SOURCES_MEMO_SIZE:
-                        memo.clear()
-                    memo[source_key] = (grants, denial)
-            if denial is not None:
+        prepared = self._prepared.get(id(what))
+        if prepared is None or prepared[0] is not what:
+            checks = self._prepare(what)
+        else:
+            checks = prepared[1]
+        for check in checks:
+            if check.__class__ is tuple:
+                key, denial = check  # type: ignore[misc]
+                if key in grants.tables or _granted(grants, key):
+                    continue
+                return denial  # type: ignore[no-any-return]
+            if check.__class__ is _Query:
+                denial = check.denial(grants)  # type: ignore[union-attr]
+                if denial is None:
+                    continue
                 return denial
+            return check  # type: ignore[return-value]
         return None
 
-    def _check_source(
-        self, grants: ConnectionGrants, name: str, source: Source
+    def _site_denial(
+        self, matcher: OriginMatcher, origin: str | None, referer: str | None
     ) -> Denial | None:
+        """The 403 for a website ``matcher`` does not allow, or None."""
+        site_key = (origin, referer)
+        sites = self._sites
+        read = sites.get(site_key)
+        if read is None:
+            reading = read_site(origin, referer, self._authorities)
+            # A matcher without path patterns reads only the website (or the refusal).
+            read = (reading, reading if isinstance(reading, str) else reading[0])
+            if len(sites) >= SITES_MEMO_SIZE:
+                sites.clear()
+            sites[site_key] = read
+        key = (id(matcher), read[0] if matcher.reads_path else read[1])
+        verdicts = self._verdicts
+        hit = verdicts.get(key)
+        if hit is not None and hit[0] is matcher:
+            return hit[1]
+        reason = matcher.check_site(read[0])
+        denial = None if reason is None else Denial(
+            403,
+            codes.ORIGIN_NOT_ALLOWED,
+            reason,
+            "Add the website's origin to the token's referers, or call from a "
+            "website the token lists.",
+        )
+        if len(verdicts) >= VERDICTS_MEMO_SIZE:
+            verdicts.clear()
+        verdicts[key] = (matcher, denial)
+        return denial
+
+    def _prepare(self, what: RequestFacts) -> _Prepared:
+        """What ``what``'s sources need of a token's grants on its connection (known)."""
+        connection = self.connections[what.connection]  # type: ignore[index]
+        checks: list[_Check] = []
+        remember = True
         sql = self.sql
-        if source.kind != "query":
-            key = sql.table_key(source.value, grants.connection)
-            if isinstance(key, SqlRefusal):
-                return Denial(403, codes.SOURCE_NOT_GRANTED, key.reason, key.hint)
-            if _granted(grants, key):
-                return None
-            return _table_denial(name, key)
-        analysis = sql.analyze(source.value, grants.connection)
-        if isinstance(analysis, SqlRefusal):
-            return Denial(403, codes.QUERY_NOT_ALLOWED, analysis.reason, analysis.hint)
-        if analysis.fingerprint in grants.queries:
-            return None
-        for key in analysis.tables:
-            if not _granted(grants, key):
-                return _table_denial(name, key)
-        return None
+        for kind, value in what.sources:
+            if len(value) > _CHECKED_MAX_VALUE:
+                remember = False  # a big query: its facts object is not remembered either
+            if kind != "query":
+                key = sql.table_key(value, connection)
+                if isinstance(key, SqlRefusal):
+                    checks.append(Denial(403, codes.SOURCE_NOT_GRANTED, key.reason, key.hint))
+                else:
+                    checks.append((key, _table_denial(what.connection, key)))  # type: ignore[arg-type]
+                continue
+            analysis = sql.analyze(value, connection)
+            if isinstance(analysis, SqlRefusal):
+                checks.append(
+                    Denial(403, codes.QUERY_NOT_ALLOWED, analysis.reason, analysis.hint))
+            else:
+                checks.append(_Query(analysis.fingerprint, tuple(
+                    (key, _table_denial(what.connection, key))  # type: ignore[arg-type]
+                    for key in analysis.tables)))
+        prepared = tuple(checks)
+        if remember:
+            memo = self._prepared
+            if len(memo) >= PREPARED_MEMO_SIZE:
+                memo.clear()
+            memo[id(what)] = (what, prepared)
+        return prepared
 
     def _connection_denial(self, name: str) -> Denial:
         if name not in self.connections:
@@ -303,6 +319,29 @@ class Policy:
             f"Add a grant with connection_name '{name}' to the token, or use a token "
             "that has one.",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """A query source, analysed: allowed by its fingerprint, else by all its tables."""
+
+    fingerprint: str
+    tables: tuple[tuple[tuple[str, ...], Denial], ...]
+
+    def denial(self, grants: ConnectionGrants) -> Denial | None:
+        """None if ``grants`` allow the query; else the refusal of its first table not granted."""
+        if self.fingerprint in grants.queries:
+            return None
+        for key, denial in self.tables:
+            if not _granted(grants, key):
+                return denial
+        return None
+
+
+# One source's check: (table key, its refusal if not granted), a query, or a refusal that
+# holds for every token (a name that is not one, a query the SQL checks refuse).
+_Check = tuple[tuple[str, ...], Denial] | _Query | Denial
+_Prepared = tuple[_Check, ...]
 
 
 def _granted(grants: ConnectionGrants, key: tuple[str, ...]) -> bool:
