@@ -174,7 +174,11 @@ def test_extra_sql_functions_are_opt_in() -> None:
 
 
 async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
-    from token_guard.core.policy import PREPARED_MEMO_SIZE, SITES_MEMO_SIZE, VERDICTS_MEMO_SIZE
+    from token_guard.core.policy import (
+        ANSWERS_MEMO_SIZE,
+        PREPARED_MEMO_SIZE,
+        VERDICTS_MEMO_SIZE,
+    )
     from token_guard.core.routes import READ_MEMO_SIZE, ROUTE_MEMO_SIZE
     from token_guard.core.secret import new_secret
     from token_guard.guard import BEARER_MEMO_SIZE, FACTS_MEMO_SIZE
@@ -184,7 +188,7 @@ async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
     browser = (await guard.store.create_token(referers)).token  # type: ignore[attr-defined]
     for token in (secret, browser):
         await drive(guard.check("GET", *TABLE, bearer(token), "https://a.example.com", None))
-    flood = max(FACTS_MEMO_SIZE, BEARER_MEMO_SIZE, PREPARED_MEMO_SIZE, SITES_MEMO_SIZE,
+    flood = max(FACTS_MEMO_SIZE, BEARER_MEMO_SIZE, PREPARED_MEMO_SIZE, ANSWERS_MEMO_SIZE,
                 VERDICTS_MEMO_SIZE, READ_MEMO_SIZE, ROUTE_MEMO_SIZE) + 300
     for i in range(flood):
         page = f"https://s{i % 5000}.example.com/p/{i}"
@@ -201,7 +205,7 @@ async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
     assert len(guard._facts) <= FACTS_MEMO_SIZE
     assert len(guard._bearers) <= BEARER_MEMO_SIZE
     assert len(guard.policy._prepared) <= PREPARED_MEMO_SIZE
-    assert len(guard.policy._sites) <= SITES_MEMO_SIZE
+    assert len(guard.policy._answers) <= ANSWERS_MEMO_SIZE
     assert len(guard.policy._verdicts) <= VERDICTS_MEMO_SIZE
     assert len(guard.routes._read) <= READ_MEMO_SIZE
     assert len(guard.routes._matched) <= ROUTE_MEMO_SIZE

@@ -39,14 +39,15 @@ _EMPTY_KEYS: frozenset[tuple[str, ...]] = frozenset()
 _EMPTY_TEXTS: frozenset[str] = frozenset()
 PREPARED_MEMO_SIZE = 8192
 """Remembered preparations of a request's sources (normalised table keys, query analyses
-and the token-independent refusals), per facts object, for every token; cleared when full.
-The guard hands one facts object to every request with the same route answer and the same
-parameters the route reads, so this grows with distinct sources, not with tokens."""
-SITES_MEMO_SIZE = 4096
-"""Remembered readings of (Origin, Referer) header pairs, for every token; cleared when full."""
+and the refusals that hold for every token), per (connection, sources), for every token;
+cleared when full. It grows with distinct sources, not with tokens."""
 VERDICTS_MEMO_SIZE = 4096
 """Remembered website answers per (referer list, website) (and page, for lists with path
 patterns), for every token; cleared when full. Tokens with one referer list share one."""
+ANSWERS_MEMO_SIZE = 8192
+"""Remembered website answers per (referer list, Origin, Referer): the one lookup a cached
+request makes; for every token, cleared when full. A miss reads the headers and asks the
+answers per website (``VERDICTS_MEMO_SIZE``)."""
 _CHECKED_MAX_VALUE = 2048  # longer source values (big queries) are not remembered
 _MATCHERS_SIZE = 10_000  # distinct referer lists whose matcher is shared
 
@@ -102,13 +103,14 @@ class Policy:
         self._grants: dict[ConnectionGrants, ConnectionGrants] = {}
         # Each memo entry keeps the objects whose id() is in its key, so an id reused by a
         # later object never matches.
-        # id(facts) -> (facts, what its sources need of any token's grants)
-        self._prepared: dict[int, tuple[RequestFacts, _Prepared]] = {}
-        # (Origin, Referer) -> (the reading, what a matcher's answer depends on)
-        self._sites: dict[tuple[str | None, str | None], tuple[RequestSite | str, Any]] = {}
+        # (connection, sources) -> what they need of any token's grants
+        self._prepared: dict[tuple[str, tuple[Source, ...]], _Prepared] = {}
         self._authorities: dict[str, tuple[str, str, int | None] | str] = {}
         # (id(matcher), website or reading) -> (matcher, the 403 or None)
         self._verdicts: dict[tuple[int, Any], tuple[OriginMatcher, Denial | None]] = {}
+        # (id(matcher), Origin, Referer) -> (matcher, the 403 or None)
+        self._answers: dict[tuple[int, str | None, str | None],
+                            tuple[OriginMatcher, Denial | None]] = {}
 
     # -- compile (once per cache fill) -------------------------------------------------
     def compile(self, record: TokenRecord) -> CompiledToken:
@@ -201,7 +203,7 @@ class Policy:
         """``decide`` with the headers apart: ``what``'s own origin and referer are not read.
 
         Nothing here is remembered per token: the website's answer per (referer list,
-        website) (``VERDICTS_MEMO_SIZE``), the sources' preparation per ``what`` object
+        headers) (``ANSWERS_MEMO_SIZE``), the sources' preparation per ``what`` object
         (``PREPARED_MEMO_SIZE``; the guard hands one to every request with the same route
         answer and read parameters); then a few set lookups in the token's grants.
         """
@@ -211,7 +213,11 @@ class Policy:
             return _api_denial(token, what.api)
         matcher = token.origins
         if matcher is not None:
-            refused = self._site_denial(matcher, origin, referer)
+            answer = self._answers.get((id(matcher), origin, referer))
+            if answer is None or answer[0] is not matcher:
+                refused = self._site_denial(matcher, origin, referer)
+            else:
+                refused = answer[1]
             if refused is not None:
                 return refused
         name = what.connection
@@ -220,19 +226,16 @@ class Policy:
         grants = token.grants.get(name)
         if grants is None:
             return self._connection_denial(name)
-        prepared = self._prepared.get(id(what))
-        if prepared is None or prepared[0] is not what:
-            checks = self._prepare(what)
-        else:
-            checks = prepared[1]
+        checks = self._prepared.get((name, what.sources))
+        if checks is None:
+            checks = self._prepare(name, what.sources)
         for check in checks:
             if check.__class__ is tuple:
-                key, denial = check  # type: ignore[misc]
-                if key in grants.tables or _granted(grants, key):
+                if check in grants.tables or _granted(grants, check):  # type: ignore[arg-type]
                     continue
-                return denial  # type: ignore[no-any-return]
+                return _table_denial(name, check)  # type: ignore[arg-type]
             if check.__class__ is _Query:
-                denial = check.denial(grants)  # type: ignore[union-attr]
+                denial = check.denial(name, grants)  # type: ignore[union-attr]
                 if denial is None:
                     continue
                 return denial
@@ -242,23 +245,25 @@ class Policy:
     def _site_denial(
         self, matcher: OriginMatcher, origin: str | None, referer: str | None
     ) -> Denial | None:
-        """The 403 for a website ``matcher`` does not allow, or None."""
-        site_key = (origin, referer)
-        sites = self._sites
-        read = sites.get(site_key)
-        if read is None:
-            reading = read_site(origin, referer, self._authorities)
-            # A matcher without path patterns reads only the website (or the refusal).
-            read = (reading, reading if isinstance(reading, str) else reading[0])
-            if len(sites) >= SITES_MEMO_SIZE:
-                sites.clear()
-            sites[site_key] = read
-        key = (id(matcher), read[0] if matcher.reads_path else read[1])
+        """The 403 for a website ``matcher`` does not allow, or None (remembered)."""
+        answers = self._answers
+        if len(answers) >= ANSWERS_MEMO_SIZE:
+            answers.clear()
+        denial = self._site_verdict(matcher, origin, referer)
+        answers[(id(matcher), origin, referer)] = (matcher, denial)
+        return denial
+
+    def _site_verdict(
+        self, matcher: OriginMatcher, origin: str | None, referer: str | None
+    ) -> Denial | None:
+        read = read_site(origin, referer, self._authorities)
+        # A matcher without path patterns reads only the website (or why there is none).
+        key = (id(matcher), read if matcher.reads_path or isinstance(read, str) else read[0])
         verdicts = self._verdicts
         hit = verdicts.get(key)
         if hit is not None and hit[0] is matcher:
             return hit[1]
-        reason = matcher.check_site(read[0])
+        reason = matcher.check_site(read)
         denial = None if reason is None else Denial(
             403,
             codes.ORIGIN_NOT_ALLOWED,
@@ -271,36 +276,31 @@ class Policy:
         verdicts[key] = (matcher, denial)
         return denial
 
-    def _prepare(self, what: RequestFacts) -> _Prepared:
-        """What ``what``'s sources need of a token's grants on its connection (known)."""
-        connection = self.connections[what.connection]  # type: ignore[index]
+    def _prepare(self, name: str, sources: tuple[Source, ...]) -> _Prepared:
+        """What ``sources`` need of a token's grants on connection ``name`` (a known one)."""
+        connection = self.connections[name]
         checks: list[_Check] = []
-        remember = True
         sql = self.sql
-        for kind, value in what.sources:
-            if len(value) > _CHECKED_MAX_VALUE:
-                remember = False  # a big query: its facts object is not remembered either
+        for kind, value in sources:
             if kind != "query":
                 key = sql.table_key(value, connection)
                 if isinstance(key, SqlRefusal):
                     checks.append(Denial(403, codes.SOURCE_NOT_GRANTED, key.reason, key.hint))
                 else:
-                    checks.append((key, _table_denial(what.connection, key)))  # type: ignore[arg-type]
+                    checks.append(tuple(key))  # decide_parts tells checks apart by class
                 continue
             analysis = sql.analyze(value, connection)
             if isinstance(analysis, SqlRefusal):
                 checks.append(
                     Denial(403, codes.QUERY_NOT_ALLOWED, analysis.reason, analysis.hint))
             else:
-                checks.append(_Query(analysis.fingerprint, tuple(
-                    (key, _table_denial(what.connection, key))  # type: ignore[arg-type]
-                    for key in analysis.tables)))
+                checks.append(_Query(analysis.fingerprint, tuple(analysis.tables)))
         prepared = tuple(checks)
-        if remember:
+        if all(len(value) <= _CHECKED_MAX_VALUE for _, value in sources):
             memo = self._prepared
             if len(memo) >= PREPARED_MEMO_SIZE:
                 memo.clear()
-            memo[id(what)] = (what, prepared)
+            memo[(name, sources)] = prepared
         return prepared
 
     def _connection_denial(self, name: str) -> Denial:
@@ -326,21 +326,21 @@ class _Query:
     """A query source, analysed: allowed by its fingerprint, else by all its tables."""
 
     fingerprint: str
-    tables: tuple[tuple[tuple[str, ...], Denial], ...]
+    tables: tuple[tuple[str, ...], ...]
 
-    def denial(self, grants: ConnectionGrants) -> Denial | None:
+    def denial(self, name: str, grants: ConnectionGrants) -> Denial | None:
         """None if ``grants`` allow the query; else the refusal of its first table not granted."""
         if self.fingerprint in grants.queries:
             return None
-        for key, denial in self.tables:
+        for key in self.tables:
             if not _granted(grants, key):
-                return denial
+                return _table_denial(name, key)
         return None
 
 
-# One source's check: (table key, its refusal if not granted), a query, or a refusal that
-# holds for every token (a name that is not one, a query the SQL checks refuse).
-_Check = tuple[tuple[str, ...], Denial] | _Query | Denial
+# One source's check: a table key, a query, or a refusal that holds for every token (a
+# name that is not one, a query the SQL checks refuse).
+_Check = tuple[str, ...] | _Query | Denial
 _Prepared = tuple[_Check, ...]
 
 

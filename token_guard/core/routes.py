@@ -124,8 +124,6 @@ READ_MEMO_SIZE = 8192
 ``RouteMap.query_facts``), for all requests; cleared when full."""
 _MEMO_MAX_PATH = 512  # longer paths are classified afresh every time
 _MEMO_MAX_WANTED = 2048  # longer read parameters (big queries) are read afresh every time
-# A path's trailing run of digit segments (tile coordinates), each of at most 10 digits.
-_DIGIT_TAIL = re.compile(rb"(?:/[0-9]{1,10}){1,8}\Z")
 MAX_CONNECTION_LENGTH = 128
 
 _KINDS: frozenset[str] = frozenset(get_args(SourceKind))
@@ -621,10 +619,13 @@ class RouteMap:
         head = b""
         tail = 0
         if raw_path[-1:].isdigit() and not self._digit_literals:
-            found = _DIGIT_TAIL.search(raw_path)
-            if found is not None and len(raw_path) <= MAX_PATH_BYTES:
-                head = raw_path[: found.start()]
-                tail = raw_path.count(b"/", found.start())
+            # The trailing run of non-empty digit segments (str methods, not a regex search
+            # that tries every position): head ends where that run's first "/" is.
+            rest = raw_path[len(raw_path.rstrip(b"0123456789/")):]
+            run = rest[rest.find(b"/"):] if b"/" in rest else b""
+            if run and b"//" not in run and len(raw_path) <= MAX_PATH_BYTES:
+                head = raw_path[: len(raw_path) - len(run)]
+                tail = run.count(b"/")
                 hit = memo.get((method, head, tail))
                 if hit is not None:
                     return hit[0]
