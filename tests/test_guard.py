@@ -215,3 +215,75 @@ async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
     secret_table = guard.check("GET", b"/v3/maps/carto_dw/table", b"name=proj.ds.secret",
                                bearer(secret), None, None)
     assert isinstance(secret_table, Denial) and secret_table.code == "source_not_granted"
+
+
+def _equivalent_requests() -> list[tuple[bytes, bytes, str | None, str | None]]:
+    """Requests that differ only where a decision does not look, and where it does."""
+    query = "SELECT name FROM proj.ds.stores WHERE city = @city"
+    out: list[tuple[bytes, bytes, str | None, str | None]] = []
+    pages = ["/", "/a/b", "/a/%2e%2e/b", "/x?y=1#z", "/a b", "/tab\\x", "/map/1"]
+    sites = ["https://maps.example.com", "https://evil.example.org", "http://localhost:3000",
+             "https://maps.example.com:444", "null"]
+    names = ["proj.ds.stores", "proj.ds.secret", "proj.shared.x", "bad;name", "a.b.c.d.e"]
+    for i in range(240):
+        z, x, y = i % 7, i, i * 3
+        site = sites[i % len(sites)]
+        origin = None if i % 3 == 0 else site
+        referer = None if i % 11 == 0 else site + pages[i % len(pages)]
+        name = names[i % len(names)]
+        extra = [f"v={i}", "client=x", f"queryParameters=%7B%22city%22%3A{i}%7D"][i % 3]
+        if i % 4 == 0:
+            path = f"/v3/sql/carto_dw/query/{i}".encode() if i % 8 == 0 else QUERY_PATH
+            text = query if i % 5 else query.replace("name", "secret_col FROM proj.ds.secret, x")
+            qs = f"q={text.replace(' ', '%20')}&{extra}"
+        else:
+            endpoint = "table" if i % 4 != 3 else f"table/{z}/{x}/{y}"
+            qs = f"name={name}&{extra}"
+            if i % 13 == 0:
+                qs += f"&name={name}"  # a read parameter twice: ambiguous
+            if i % 17 == 0:
+                qs += "&x=%zz"  # a bad escape anywhere
+            if i % 19 == 0:
+                qs = qs.replace("name=", "n%61me=", 1)  # an escaped key that is a read one
+            path = f"/v3/maps/carto_dw/{endpoint}".encode()
+        out.append((path, qs.encode(), origin, referer))
+    return out
+
+
+@pytest.mark.parametrize("referers", [
+    pytest.param([], id="no-referers"),
+    pytest.param(["https://*.example.com", "http://localhost:*"], id="sites"),
+    pytest.param(["https://maps.example.com/a", "http://localhost:*"], id="with-a-path"),
+])
+async def test_remembered_answers_equal_a_fresh_guards_on_equivalent_requests(
+    referers: list[str],
+) -> None:
+    """Every memo's answer (allow or the exact refusal) is what a guard with no memory
+    answers: tiles, pages, bound values and refusals that differ only where the decision
+    does not look share answers, and only those."""
+    store = MemoryStore()
+    body = {**BODY, "referers": referers, "grants": [
+        *BODY["grants"], {"connection_name": "carto_dw", "source": "proj.shared.*"},
+        {"connection_name": "carto_dw",
+         "source": "SELECT name FROM proj.ds.stores WHERE city = @city"}]}
+    secret = (await store.create_token(body)).token
+    warm = Guard(store=store, connections=CONNECTIONS)
+    requests = _equivalent_requests()
+    wanted = []
+    for path, qs, origin, referer in requests:
+        fresh = Guard(store=store, connections=CONNECTIONS)
+        wanted.append((await drive(fresh.check("GET", path, qs, bearer(secret), origin,
+                                               referer)))[0])
+    outcomes: set[str] = set()
+    # The second pass answers from memos filled by the first.
+    for (path, qs, origin, referer), want in [*zip(requests, wanted, strict=True)] * 2:
+        got, _ = await drive(warm.check("GET", path, qs, bearer(secret), origin, referer))
+        # A record's last_used_at moves with usage flushes: the same token is what counts.
+        if isinstance(want, TokenRecord):
+            assert isinstance(got, TokenRecord) and got.id == want.id, (path, qs, referer)
+        else:
+            assert got == want, (path, qs, origin, referer)
+        outcomes.add("allowed" if isinstance(got, TokenRecord) else got.code)
+    assert {"allowed", "malformed_request", "ambiguous_request"} <= outcomes
+    if referers:
+        assert "origin_not_allowed" in outcomes

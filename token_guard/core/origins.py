@@ -334,6 +334,26 @@ def read_site(
     return site, path
 
 
+def referer_site(referer: str) -> str | None:
+    """The ``scheme://authority`` part of a Referer whose rest ``read_site`` takes as it is.
+
+    Two such Referers with the same part, sent with the same Origin, name the same website
+    (or fail alike) in ``read_site``: only the page path differs, which only path patterns
+    read (``OriginMatcher.reads_path``). None: read the whole header.
+    """
+    if len(referer) > MAX_HEADER_LENGTH:
+        return None
+    found = _AUTHORITY.match(referer)
+    if found is None:
+        return None
+    end = found.end()
+    rest = referer[end:]
+    # The same test as _split_request's, which otherwise reads the whole header afresh.
+    if not rest.isprintable() or " " in rest or "\\" in rest.partition("?")[0].partition("#")[0]:
+        return None
+    return referer[:end]
+
+
 def _split_request(
     text: str, authorities: dict[str, tuple[str, str, int | None] | str] | None
 ) -> tuple[str, str, int | None, str]:

@@ -28,7 +28,7 @@ from token_guard.core import decision as codes
 from token_guard.core.connections import Connection, normalize_connections
 from token_guard.core.decision import Denial
 from token_guard.core.facts import RequestFacts, Source
-from token_guard.core.origins import OriginMatcher, RequestSite, read_site
+from token_guard.core.origins import OriginMatcher, read_site, referer_site
 from token_guard.core.records import TokenRecord
 from token_guard.core.sql import SqlAnalyzer, SqlRefusal, is_system_table
 
@@ -109,8 +109,9 @@ class Policy:
         # (id(matcher), website or reading) -> (matcher, the 403 or None)
         self._verdicts: dict[tuple[int, Any], tuple[OriginMatcher, Denial | None]] = {}
         # (id(matcher), Origin, Referer) -> (matcher, the 403 or None)
-        self._answers: dict[tuple[int, str | None, str | None],
-                            tuple[OriginMatcher, Denial | None]] = {}
+        # (and (id(matcher), Origin, scheme://authority of the Referer, True), see
+        # _site_denial)
+        self._answers: dict[tuple[Any, ...], tuple[OriginMatcher, Denial | None]] = {}
 
     # -- compile (once per cache fill) -------------------------------------------------
     def compile(self, record: TokenRecord) -> CompiledToken:
@@ -231,11 +232,11 @@ class Policy:
             checks = self._prepare(name, what.sources)
         for check in checks:
             if check.__class__ is tuple:
-                if check in grants.tables or _granted(grants, check):  # type: ignore[arg-type]
+                if check in grants.tables or _granted(grants, check):
                     continue
-                return _table_denial(name, check)  # type: ignore[arg-type]
+                return _table_denial(name, check)
             if check.__class__ is _Query:
-                denial = check.denial(name, grants)  # type: ignore[union-attr]
+                denial = check.denial(name, grants)
                 if denial is None:
                     continue
                 return denial
@@ -247,9 +248,25 @@ class Policy:
     ) -> Denial | None:
         """The 403 for a website ``matcher`` does not allow, or None (remembered)."""
         answers = self._answers
+        # A matcher without path patterns answers a website's pages alike: remembered per
+        # (Origin, the Referer's scheme://authority) too, so a new page is one more lookup.
+        site = None
+        if referer is not None and not matcher.reads_path:
+            site = referer_site(referer)
+        if site is not None:
+            hit = answers.get((id(matcher), origin, site, True))
+            if hit is not None and hit[0] is matcher:
+                denial: Denial | None = hit[1]
+            else:
+                denial = self._site_verdict(matcher, origin, referer)
+                if len(answers) >= ANSWERS_MEMO_SIZE:
+                    answers.clear()
+                answers[(id(matcher), origin, site, True)] = (
+                    matcher, denial)
+        else:
+            denial = self._site_verdict(matcher, origin, referer)
         if len(answers) >= ANSWERS_MEMO_SIZE:
             answers.clear()
-        denial = self._site_verdict(matcher, origin, referer)
         answers[(id(matcher), origin, referer)] = (matcher, denial)
         return denial
 

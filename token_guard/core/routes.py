@@ -622,8 +622,10 @@ class RouteMap:
             # The trailing run of non-empty digit segments (str methods, not a regex search
             # that tries every position): head ends where that run's first "/" is.
             rest = raw_path[len(raw_path.rstrip(b"0123456789/")):]
-            run = rest[rest.find(b"/"):] if b"/" in rest else b""
-            if run and b"//" not in run and len(raw_path) <= MAX_PATH_BYTES:
+            # (find, not ``in``: ``bytes in bytes`` raises and clears a TypeError first.)
+            start = rest.find(b"/")
+            run = rest[start:] if start != -1 else b""
+            if run and run.find(b"//") == -1 and len(raw_path) <= MAX_PATH_BYTES:
                 head = raw_path[: len(raw_path) - len(run)]
                 tail = run.count(b"/")
                 hit = memo.get((method, head, tail))
