@@ -305,9 +305,11 @@ class Guard:
 
         Each step remembers its own answer by what that answer depends on, never by the
         whole request: the route by its path (a tile's coordinates aside: ``RouteMap.match``),
-        the facts by (route answer, query string), the token by its Authorization header,
-        the decision by (token, facts) and the website by its headers (``Policy``). So a map's
-        distinct tiles, many tokens and varying bound parameters each cost a few lookups.
+        the facts by (route answer, query string) and then by the parameters the route
+        reads (``RouteMap.query_facts``), the token by its Authorization header, the website's
+        answer by (referer list, headers) and the sources' preparation by (connection,
+        sources) (``Policy``; nothing per token). So a map's distinct tiles, many tokens and
+        varying bound parameters each cost a few lookups.
         """
         if preflight and method == "OPTIONS" and origin is not None:
             return PASS
