@@ -18,6 +18,7 @@ import jwt
 import pytest
 
 from token_guard.cli import parse_expires
+from token_guard.core.secret import is_well_formed, secret_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,7 @@ CREATE = [
 def test_create_shows_the_secret_once_and_never_again(tmp_path: Path) -> None:
     done = tg(tmp_path, *CREATE)
     assert done.returncode == 0, done.stderr
-    secret = next(w for w in done.stdout.split() if w.startswith("tgk_"))
+    secret = next(w for w in done.stdout.split() if is_well_formed(w))
     assert "only time the token secret is shown" in done.stderr
     token_id = next(w for w in done.stdout.split() if w.startswith("tok_"))
     for args in (["tokens", "list"], ["tokens", "list", "--json"], ["tokens", "show", token_id],
@@ -346,3 +347,66 @@ def test_parse_expires_durations(text: str, seconds: int) -> None:
 
 def test_parse_expires_passes_dates_through() -> None:
     assert parse_expires("2027-01-01T00:00:00Z") == "2027-01-01T00:00:00Z"
+
+
+def test_rotate_disable_enable_from_the_command_line(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    token_id, old = created["id"], created["token"]
+    listed = tg(tmp_path, "tokens", "list")
+    assert secret_prefix(old) + "..." in listed.stdout and old not in listed.stdout
+    done = tg(tmp_path, "tokens", "rotate", token_id, "--grace", "2h")
+    assert done.returncode == 0, done.stderr
+    new = next(w for w in done.stdout.split() if is_well_formed(w))
+    assert new != old and "old secret:  works until" in done.stdout
+    assert "only time the new secret is shown" in done.stderr
+    shown = tg(tmp_path, "tokens", "show", token_id)
+    assert secret_prefix(new) + "..." in shown.stdout and new not in shown.stdout
+    rotated = tg_json(tmp_path, "tokens", "rotate", token_id, "--grace", "0")
+    assert rotated["grace_seconds"] == 0 and rotated["id"] == token_id
+    assert tg_json(tmp_path, "tokens", "end-grace", token_id)["state"] == "active"
+    assert tg_json(tmp_path, "tokens", "disable", token_id)["state"] == "disabled"
+    assert "disabled" in tg(tmp_path, "tokens", "list").stdout
+    assert tg_json(tmp_path, "tokens", "enable", token_id)["state"] == "active"
+    audit = tg(tmp_path, "audit", "--json")
+    for action in ("token.rotate", "token.rotate.expire", "token.disable", "token.enable"):
+        assert action in audit.stdout
+    assert f"cli:{getpass.getuser()}" in audit.stdout
+    assert tg(tmp_path, "tokens", "revoke", token_id).returncode == 0
+    refused = tg(tmp_path, "tokens", "enable", token_id)
+    assert refused.returncode == 1 and "revocation is final" in refused.stderr
+
+
+@pytest.mark.parametrize("grace", ["forever", "-5", "31d", "1y"])
+def test_a_bad_grace_is_a_usage_error(tmp_path: Path, grace: str) -> None:
+    token_id = tg_json(tmp_path, *CREATE)["id"]
+    done = tg(tmp_path, "tokens", "rotate", token_id, "--grace", grace)
+    assert done.returncode == 2 and "--grace" in done.stderr
+
+
+def test_find_names_the_token_of_a_secret_read_from_stdin(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    done = tg(tmp_path, "tokens", "find", stdin=created["token"] + "\n")
+    assert done.returncode == 0, done.stderr
+    assert created["id"] in done.stdout and "the token's current secret" in done.stdout
+    assert created["token"] not in done.stdout
+    tg_json(tmp_path, "tokens", "rotate", created["id"], "--grace", "1h")
+    found = tg(tmp_path, "tokens", "find", "--json", stdin=created["token"])
+    assert json.loads(found.stdout)["secret"]["current"] is False
+    unknown = tg(tmp_path, "tokens", "find", stdin="tgk_" + "0" * 38)
+    assert unknown.returncode == 2 and "no token_guard secret" in unknown.stderr
+
+
+def test_check_in_report_only_mode_says_the_refusal_is_not_enforced(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    url = "/v3/maps/carto_dw/table?name=proj.secret.salaries"
+    done = tg(tmp_path, "check", "GET", url, "--origin", "https://a.example.com",
+              "--report-only", stdin=created["token"])
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("WOULD_REFUSE (403 source_not_granted)")
+    assert "NOT enforced" in done.stdout and "REPORT-ONLY" in done.stderr
+    as_json = tg(tmp_path, "check", "GET", url, "--origin", "https://a.example.com",
+                 "--report-only", "sql", "--json", stdin=created["token"])
+    result = json.loads(as_json.stdout)  # maps is not in report-only: enforced
+    assert (result["decision"], result["enforced"]) == ("denied", True)
+    bad = tg(tmp_path, "check", "GET", url, "--report-only", "ftp", stdin=created["token"])
+    assert bad.returncode == 2 and "report_only" in bad.stderr

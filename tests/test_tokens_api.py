@@ -457,6 +457,23 @@ def test_external_issuer_token_manages_tokens_over_http(
         asyncio.run(store.close())
 
 
+@pytest.mark.anyio
+async def test_an_invalid_body_lists_every_field_error_at_once(api: _Api) -> None:
+    token, _ = await api.token_for([WRITE_SCOPE])
+    bad = {"name": 7, "allowed_apis": ["maps", "ftp"], "referers": ["nope"],
+           "grants": [{"connection_name": "c", "source": "a.b.c"},
+                      {"connection_name": "c", "source": "proj.*"}]}
+    r = await api.http.post("/v3/tokens", json=bad, headers=_bearer(token))
+    assert r.status_code == 400 and r.json()["code"] == "invalid_token_spec"
+    fields = [e["field"] for e in r.json()["errors"]]
+    assert r.json()["field"] in fields
+    assert set(fields) == {"name", "allowed_apis", "referers[0]", "grants[1].source"}
+    issued = await api.store.create_token(BODY)
+    r = await api.http.patch(f"/v3/tokens/{issued.id}", headers=_bearer(token),
+                             json={"name": 1, "expiration_date": "2030-01-01T00:00:00Z"})
+    assert {e["field"] for e in r.json()["errors"]} == {"name", "expiration_date"}
+
+
 # -- grants checked against the app's configuration ------------------------------------------
 
 _CONFIGURED = """

@@ -22,12 +22,14 @@ from token_guard.core.errors import (
     StoreError,
     StoreUnavailable,
     TokenGuardError,
+    TokenStateError,
 )
 from token_guard.core.facts import RequestFacts, Source
 from token_guard.core.records import IssuedToken, TokenRecord
 from token_guard.core.routes import Route, SqlParam
 from token_guard.core.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.guard import DecisionEvent
+from token_guard.report_only import ReportOnlyWarning
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
 
@@ -55,6 +57,7 @@ __all__ = [
     "MemoryStore",
     "NotFound",
     "PostgresStore",
+    "ReportOnlyWarning",
     "RequestFacts",
     "Route",
     "SQLiteStore",
@@ -68,6 +71,7 @@ __all__ = [
     "TokenGuardWSGI",
     "TokenRecord",
     "TokenSpec",
+    "TokenStateError",
     "TokenStore",
     "__version__",
     "api_token",

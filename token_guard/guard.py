@@ -44,6 +44,7 @@ from token_guard.core.querystrings import redact, values_of
 from token_guard.core.records import TokenRecord
 from token_guard.core.routes import Route, RouteMap, RouteMatch
 from token_guard.core.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
+from token_guard.report_only import parse_report_only
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.stores.base import TokenReader
 
@@ -60,6 +61,8 @@ class DecisionEvent:
     token_id: str | None
     facts: RequestFacts | None
     denial: Denial | None
+    report_only: bool = False
+    """True: a refusal the report-only mode let through to the app (``denial`` says why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,8 @@ class GuardOptions(TypedDict, total=False):
     cache: CacheSettings | None
     on_decision: Callable[[DecisionEvent], None] | None
     deny_response: DenyResponder | None
+    report_only: bool | Iterable[str]
+    report_only_header: bool
 
 
 class Guard:
@@ -239,6 +244,8 @@ class Guard:
         cache: CacheSettings | None = None,
         on_decision: Callable[[DecisionEvent], None] | None = None,
         deny_response: DenyResponder | None = None,
+        report_only: bool | Iterable[str] = False,
+        report_only_header: bool = False,
     ) -> None:
         if not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
             raise ConfigurationError("max_body_bytes: must be a positive number of bytes")
@@ -281,6 +288,8 @@ class Guard:
         self.max_body_bytes = max_body_bytes
         self.on_decision = on_decision
         self.deny_response = deny_response or default_deny_response
+        # None unless report_only= was given (token_guard.report_only: warns at start-up).
+        self.report_only = parse_report_only(report_only, report_only_header)
         # What ``begin`` answers is a pure function of the request line and the three
         # headers it reads: remembered, so a repeated request (a map's tiles, a polled
         # query) skips path, query-string and header parsing. Bounded; cleared when full.
@@ -507,15 +516,31 @@ class Guard:
             path = path.decode("latin-1")
         logged = f"{path}?{redact_query(query_string)}" if query_string else path
         if isinstance(outcome, Denial):
-            log.info(
-                "denied %s %s: %s (%s)%s", method, logged, outcome.code, outcome.status,
+            passed = self.report_only is not None and self.lets_through(method, path)
+            log.log(
+                logging.WARNING if passed else logging.INFO,
+                "%s %s %s: %s (%s)%s", "report-only: would refuse" if passed else "denied",
+                method, logged, outcome.code, outcome.status,
                 f" token {token_id}" if token_id else "",
             )
-            event = DecisionEvent(False, method, logged, token_id, facts, outcome)
+            if passed:
+                self.report_only.count(outcome.code)  # type: ignore[union-attr]
+            event = DecisionEvent(False, method, logged, token_id, facts, outcome, passed)
         else:
             event = DecisionEvent(True, method, logged, outcome.id, facts, None)
         if self.on_decision is not None:
             self.on_decision(event)
+
+    def lets_through(self, method: str, path: bytes | str) -> bool:
+        """Whether report-only mode lets a refusal of this request reach the app (an unknown
+        API is enforced when only some APIs are in report-only)."""
+        mode = self.report_only
+        if mode is None:
+            return False
+        if mode.apis is None:
+            return True
+        match = self.routes.match(method, path.encode("utf-8") if isinstance(path, str) else path)
+        return isinstance(match, RouteMatch) and mode.covers(match.route.api)
 
     async def probe(self, public: str) -> str | None:
         """Read the store once (at start-up): None if it answers, else why, for people."""

@@ -20,6 +20,9 @@ Security choices, stated once:
   headers, reads and replays the body, and writes the response.
 - When the store cannot answer and nothing cached can decide, the answer is 503, never a pass.
 - A refused websocket is closed with 1008 (policy violation) before ``accept``.
+- ``report_only=`` (``token_guard.report_only``): a refusal is recorded and the request
+  passed on unchanged (with ``X-Token-Guard-Would-Refuse: <code>`` if
+  ``report_only_header=True``); a loud warning at start-up says nothing is enforced.
 
 Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_guard.token"]``
 (``token_guard.get_token(request.scope)``; FastAPI: ``token: token_guard.ApiToken``).
@@ -48,6 +51,7 @@ from token_guard.guard import (
     ReadBody,
     body_too_large,
 )
+from token_guard.report_only import HEADER
 from token_guard.stores.base import TokenReader
 
 if TYPE_CHECKING:
@@ -135,9 +139,9 @@ class TokenGuard:
         if scope.get("root_path"):
             routed = route_path(scope, raw_path)
             if routed is None:
-                await self._respond(scope, send, self.guard.refused(
+                await self._refuse(scope, receive, send, self.guard.refused(
                     method, scope["path"], scope.get("query_string", b""), OUTSIDE_ROOT
-                ))
+                ), method, scope["path"])
                 return
             raw_path = routed
         step = self._check(
@@ -156,14 +160,18 @@ class TokenGuard:
                 await self.app(scope, receive, send)
                 return
             if isinstance(step, Denial):
-                await self._respond(scope, send, step)
+                await self._refuse(scope, receive, send, step, method, raw_path)
                 return
             if isinstance(step, Awaiting):
                 step = step.then(await step.work())
             elif isinstance(step, ReadBody):
-                raw = await self._read_body(receive) if scope["type"] == "http" else b""
+                seen: list[Message] = []
+                raw = await self._read_body(receive, seen) if scope["type"] == "http" else b""
                 if isinstance(raw, bytes):
                     receive = _replay(raw, receive)
+                elif self.guard.report_only is not None:
+                    # A refusal report-only may let through: the app gets what was read.
+                    receive = _replay_messages(seen, receive)
                 step = step.then(raw, one_content_type(
                     [v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"]
                 ))
@@ -200,13 +208,14 @@ class TokenGuard:
 
         await self.app(scope, wrapped, send)
 
-    async def _read_body(self, receive: Receive) -> bytes | Denial:
+    async def _read_body(self, receive: Receive, seen: list[Message]) -> bytes | Denial:
         limit = self.guard.max_body_bytes
         chunks: list[bytes] = []
         size = 0
         more = True
         while more:
             message = await receive()
+            seen.append(message)
             if message["type"] != "http.request":
                 return Denial(400, "malformed_request", "The client went away.", "Retry.")
             chunk: bytes = message.get("body", b"")
@@ -216,6 +225,19 @@ class TokenGuard:
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
         return b"".join(chunks)
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, denial: Denial, method: str,
+        path: bytes | str,
+    ) -> None:
+        """Answer the refusal, or (report-only) pass the request on as it came."""
+        mode = self.guard.report_only
+        if mode is None or not self.guard.lets_through(method, path):
+            await self._respond(scope, send, denial)
+            return
+        if mode.header and scope["type"] == "http":
+            send = _with_header(send, (HEADER, denial.code.encode("ascii")))
+        await self.app(scope, receive, send)
 
     async def _respond(self, scope: Scope, send: Send, denial: Denial) -> None:
         if scope["type"] == "websocket":
@@ -346,6 +368,26 @@ def route_path(scope: Scope, raw_path: bytes) -> bytes | None:
 def _unquote(raw: bytes) -> str:
     # As uvicorn decodes the path: %-escapes as UTF-8, undecodable bytes replaced.
     return unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
+def _with_header(send: Send, header: tuple[bytes, bytes]) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return sending
+
+
+def _replay_messages(seen: list[Message], receive: Receive) -> Receive:
+    pending = list(seen)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

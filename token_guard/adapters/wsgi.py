@@ -86,6 +86,7 @@ from token_guard.guard import (
     ReadBody,
     body_too_large,
 )
+from token_guard.report_only import HEADER
 from token_guard.resolver import UNAVAILABLE
 from token_guard.stores.base import TokenReader
 
@@ -198,9 +199,10 @@ class TokenGuardWSGI:
         if app_path is not None:
             checked = self._reconcile(method, raw_path, app_path)
             if isinstance(checked, Denial):
-                return self._respond(
+                return self._refuse(
                     environ, start_response,
                     self.guard.refused(method, _path(environ), query_string, checked),
+                    method, raw_path,
                 )
             raw_path = checked
         authorization, conflict = _authorization(environ.get("HTTP_AUTHORIZATION"))
@@ -221,7 +223,7 @@ class TokenGuardWSGI:
                 environ[ENVIRON_KEY] = step
                 return self.app(environ, start_response)
             if isinstance(step, Denial):
-                return self._respond(environ, start_response, step)
+                return self._refuse(environ, start_response, step, method, raw_path)
             if isinstance(step, Awaiting):
                 step = step.then(self._resolve(step.work))
             elif isinstance(step, ReadBody):
@@ -287,11 +289,29 @@ class TokenGuardWSGI:
                 break
             chunks.append(chunk)
             size += len(chunk)
-        if size > limit:
-            return body_too_large(limit)
-        if length_text and size < length:
-            return CLIENT_GONE
+        if size > limit or (length_text and size < length):
+            if self.guard.report_only is not None:
+                # A refusal report-only may let through: the app reads what the client sent.
+                environ["wsgi.input"] = _Unread(b"".join(chunks), stream)
+            return body_too_large(limit) if size > limit else CLIENT_GONE
         return b"".join(chunks)
+
+    def _refuse(
+        self, environ: WSGIEnvironment, start_response: StartResponse, denial: Denial,
+        method: str, path: bytes,
+    ) -> Iterable[bytes]:
+        """Answer the refusal, or (report-only) pass the request on as it came."""
+        mode = self.guard.report_only
+        if mode is None or not self.guard.lets_through(method, path):
+            return self._respond(environ, start_response, denial)
+        if not mode.header:
+            return self.app(environ, start_response)
+        extra = (HEADER.decode("latin-1"), denial.code)
+
+        def starting(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, extra], exc_info)
+
+        return self.app(environ, starting)
 
     def _respond(
         self, environ: WSGIEnvironment, start_response: StartResponse, denial: Denial
@@ -303,6 +323,33 @@ class TokenGuardWSGI:
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
         )
         return [body]
+
+
+class _Unread(io.RawIOBase):
+    """The bytes the guard already read, then the rest of the client's stream."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head = io.BytesIO(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        size = -1 if size is None else size
+        data = self._head.read(size)
+        if size < 0:
+            return data + bytes(self._rest.read())
+        if len(data) < size:
+            data += bytes(self._rest.read(size - len(data)))
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = self._head.readline(-1 if size is None else size)
+        if line.endswith(b"\n") or (size is not None and 0 <= size <= len(line)):
+            return line
+        more = -1 if size is None or size < 0 else size - len(line)
+        return line + bytes(self._rest.readline(more))
 
 
 def _starter(guard: Guard) -> Callable[[], Coroutine[Any, Any, None]]:

@@ -98,6 +98,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     assumed.append(g.connection_name)
         # The same conductor TokenGuard runs; its DecisionEvent says what was read.
         events: list[DecisionEvent] = []
+        if args.report_only is not None:
+            options["report_only"] = _report_only(args.report_only)
         guard = Guard(store=store, connections=connections, on_decision=events.append,
                       **options)
         try:
@@ -117,15 +119,25 @@ def cmd_check(args: argparse.Namespace) -> int:
             token = (step.id, step.name)
         elif event is not None and event.token_id is not None:
             token = (event.token_id, None)
-        _report_check(args, outcome, facts, token, assumed, prefix)
+        passed = event is not None and event.report_only
+        _report_check(args, outcome, facts, token, assumed, prefix, passed)
         return EXIT_OK if outcome in ("allowed", None) else EXIT_REFUSED
 
     return run_with_store(args, work)
 
 
+def _report_only(value: str | None) -> bool | set[str]:
+    """``--report-only`` (every API) or ``--report-only maps,sql``; absent: enforce."""
+    if value is None:
+        return False
+    if value == "all":
+        return True
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
 def _report_check(
     args: argparse.Namespace, outcome: Any, facts: Any, token: tuple[str, str | None] | None,
-    assumed: Sequence[str], prefix: str,
+    assumed: Sequence[str], prefix: str, passed: bool = False,
 ) -> None:
     from token_guard.core.decision import Denial
 
@@ -140,7 +152,12 @@ def _report_check(
     if isinstance(outcome, Denial):
         result: dict[str, Any] = {"decision": "denied", "status": outcome.status,
                                   "code": outcome.code, "reason": outcome.message,
-                                  "hint": outcome.hint}
+                                  "hint": outcome.hint, "enforced": not passed}
+        if passed:
+            # Report-only: the app would get this request; the output must not look enforced.
+            result["decision"] = "would_refuse"
+            result["note"] = ("REPORT-ONLY: this refusal is NOT enforced; the request reaches "
+                              "the app (logged as 'report-only: would refuse')")
     elif outcome is None:
         result = {"decision": "not_guarded",
                   "reason": f"the path is outside the protected prefix ({prefix}); the guard "
@@ -157,6 +174,8 @@ def _report_check(
         head += f" ({result['status']}{' ' + result['code'] if 'code' in result else ''})"
     print(head)
     print(f"reason:  {result['reason']}")
+    if result.get("note"):
+        print(f"note:    {result['note']}")
     if result.get("hint"):
         print(f"hint:    {result['hint']}")
     if token_json:
@@ -189,4 +208,7 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument("--data", help="the JSON body of a POST")
     p.add_argument("--connection", action="append", metavar="NAME=DIALECT",
                    help="e.g. carto_dw=bigquery (repeat)")
+    p.add_argument("--report-only", nargs="?", const="all", metavar="APIS",
+                   help="decide as a report_only guard would (every API, or e.g. maps,sql): "
+                        "a refusal shows as WOULD_REFUSE, not enforced")
     p.set_defaults(func=cmd_check)

@@ -35,6 +35,11 @@ class NotFound(StoreError, LookupError):
     """No token (or client) has that id."""
 
 
+class TokenStateError(StoreError):
+    """The token's state forbids the change: a revoked token is never rotated, disabled or
+    enabled again (revocation is final)."""
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest of ``known`` to ``name``, or ``""``."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)

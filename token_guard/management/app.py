@@ -6,12 +6,16 @@ Routes:
 * ``GET /.well-known/jwks.json`` — the public signing keys (retired ones until they expire).
 * ``GET /openapi.json`` — the OpenAPI 3.1 schema of everything here (``openapi``).
 * ``GET|POST /v3/tokens``, ``GET|PATCH|DELETE /v3/tokens/{id}``, ``GET /v3/audit`` (``api``).
+* ``POST /v3/tokens/{id}/rotate``, ``.../rotate/expire``, ``.../disable``, ``.../enable``
+  (``lifecycle``).
+* ``POST /v3/tokens/find``; ``POST /v3/secret-scanning/github`` when
+  ``secret_scanning_keys`` are given (``leaks``).
 * ``GET /developers`` — the Developers page (``developers``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -23,6 +27,8 @@ from token_guard.management.api import TokensApi
 from token_guard.management.developers import DevelopersPage
 from token_guard.management.grant import TokenEndpoint
 from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SigningKeys
+from token_guard.management.leaks import LeakedSecrets
+from token_guard.management.lifecycle import LifecycleApi
 from token_guard.management.openapi import openapi_schema
 from token_guard.management.verify import AccessTokenVerifier, ExternalIssuer
 from token_guard.stores.base import TokenStore
@@ -36,6 +42,7 @@ def create_management_app(
     external_issuers: Sequence[ExternalIssuer] = (),
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME, developers_page: bool = True,
     config: ConfigSource | None = None,
+    secret_scanning_keys: Mapping[str, str | bytes] | None = None,
 ) -> Starlette:
     """The Tokens API + ``/oauth/token`` + JWKS + OpenAPI (+ ``/developers``) as one Starlette app.
 
@@ -47,6 +54,8 @@ def create_management_app(
     refuse a grant the app's guard could never serve (400 naming ``grants[i]...``), and
     lists its connections in the OpenAPI document (the Developers page offers them);
     without it, any connection name is accepted, as before.
+    ``secret_scanning_keys`` (``{key_identifier: PEM}``, GitHub's secret scanning keys)
+    enables ``POST /v3/secret-scanning/github``.
     """
     from token_guard.config import Settings, load_config
 
@@ -77,6 +86,8 @@ def create_management_app(
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *TokensApi(store, verifier, policy=policy).routes(),
+        *LifecycleApi(store, verifier).routes(),
+        *LeakedSecrets(store, verifier, secret_scanning_keys).routes(),
     ]
     if developers_page:
         routes += DevelopersPage().routes()
