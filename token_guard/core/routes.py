@@ -107,7 +107,7 @@ from token_guard.core import decision as codes
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import API_NAMES, RequestFacts, Source, SourceKind
-from token_guard.core.querystrings import parse_wanted
+from token_guard.core.querystrings import parse_wanted, wanted_text
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -123,9 +123,11 @@ DEFAULT_PREFIX = "/v3/"
 MAX_PATH_BYTES = 4096
 ROUTE_MEMO_SIZE = 8192
 """Remembered route answers (see ``RouteMap.match``), for all requests; cleared when full."""
+READ_MEMO_SIZE = 8192
+"""Remembered facts per (route answer, the parameters its route reads) (see
+``RouteMap.query_facts``), for all requests; cleared when full."""
 _MEMO_MAX_PATH = 512  # longer paths are classified afresh every time
-# A path's trailing run of digit segments (tile coordinates), each of at most 10 digits.
-_DIGIT_TAIL = re.compile(rb"(?:/[0-9]{1,10}){1,8}\Z")
+_MEMO_MAX_WANTED = 2048  # longer read parameters (big queries) are read afresh every time
 MAX_CONNECTION_LENGTH = 128
 
 _KINDS: frozenset[str] = frozenset(get_args(SourceKind))
@@ -542,6 +544,7 @@ class RouteMap:
         "_prefix_bytes",
         "_prefix_lower",
         "_prefix_segments",
+        "_read",
         "_root_lower",
         "_unknown",
         "routes",
@@ -570,6 +573,8 @@ class RouteMap:
         self._decoded: dict[str, str] = {}
         # See match(): (method, raw path) or (method, head, digit segments) -> (answer,)
         self._matched: dict[tuple[Any, ...], tuple[RouteMatch | Denial | None]] = {}
+        # See query_facts(): (id of a RouteMatch, wanted text) -> (that match, answer)
+        self._read: dict[tuple[int, str], tuple[RouteMatch, RequestFacts | Denial]] = {}
         self._head = prefix.strip("/").split("/") if self._prefix_segments else []
 
     # -- start-up ---------------------------------------------------------------------
@@ -641,10 +646,15 @@ class RouteMap:
         head = b""
         tail = 0
         if raw_path[-1:].isdigit() and not self._digit_literals:
-            found = _DIGIT_TAIL.search(raw_path)
-            if found is not None and len(raw_path) <= MAX_PATH_BYTES:
-                head = raw_path[: found.start()]
-                tail = raw_path.count(b"/", found.start())
+            # The trailing run of non-empty digit segments (str methods, not a regex search
+            # that tries every position): head ends where that run's first "/" is.
+            rest = raw_path[len(raw_path.rstrip(b"0123456789/")):]
+            # (find, not ``in``: ``bytes in bytes`` raises and clears a TypeError first.)
+            start = rest.find(b"/")
+            run = rest[start:] if start != -1 else b""
+            if run and run.find(b"//") == -1 and len(raw_path) <= MAX_PATH_BYTES:
+                head = raw_path[: len(raw_path) - len(run)]
+                tail = run.count(b"/")
                 hit = memo.get((method, head, tail))
                 if hit is not None:
                     return hit[0]
@@ -835,6 +845,29 @@ class RouteMap:
                 return checked
             sources = (*sources, *checked)
         return RequestFacts(route.api, connection, sources, origin, referer)
+
+
+    def query_facts(self, match: RouteMatch, query_string: bytes) -> RequestFacts | Denial:
+        """``facts`` without a body or headers, remembered per (match, the raw text of the
+        parameters its route reads): a tile's or a query's other parameters (bound
+        values, client versions) do not make it new. ``READ_MEMO_SIZE``, all requests."""
+        plan = self._plans.get(id(match.route))
+        if plan is None or plan.route is not match.route:
+            return self.facts(match, query_string, None, None, None)
+        wanted = wanted_text(query_string, plan.names)
+        if wanted is None:
+            return self.facts(match, query_string, None, None, None)
+        key = (id(match), wanted)
+        memo = self._read
+        hit = memo.get(key)
+        if hit is not None and hit[0] is match:
+            return hit[1]
+        answer = self.facts(match, query_string, None, None, None)
+        if len(wanted) <= _MEMO_MAX_WANTED:
+            if len(memo) >= READ_MEMO_SIZE:
+                memo.clear()
+            memo[key] = (match, answer)
+        return answer
 
 
 def _param(name: str, found: Mapping[str, str], body: Mapping[str, Any] | None) -> str | Denial:
