@@ -18,12 +18,17 @@ class Parser(argparse.ArgumentParser):
 
 
 def common_flags() -> Parser:
-    """The parent parser with ``--store`` and ``--json``."""
+    """The parent parser with ``--store``, ``--create`` and ``--json``."""
     common = Parser(add_help=False)
     common.add_argument(
         "--store", default=None,
         help="sqlite:///tokens.db, a file path or postgresql://... "
              "(default: $TOKEN_GUARD_STORE, else sqlite:///tokens.db)",
+    )
+    common.add_argument(
+        "--create", action="store_true",
+        help="create the SQLite store if the file does not exist (otherwise a missing file "
+             "is an error, so a mistyped path never becomes an empty store)",
     )
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     return common
