@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,7 +71,9 @@ class Figures:
                     f"  p99 {percentile(values, 0.99):8.2f} ms  max {max(values):8.2f} ms"
                     f"  ({len(values)} requests)"
                 )
-        out.append(f"  cached-token requests refused during the fault: {self.cached_refused_during}")
+        out.append(
+            f"  cached-token requests refused during the fault: {self.cached_refused_during}"
+        )
         if self.recover_s != float("-inf"):
             out.append(f"  recovery (an uncached token resolves) after the link returns: "
                        f"{self.recover_s:.3f} s")
@@ -83,9 +84,11 @@ class Figures:
         return out
 
 
-async def _timed(call: Callable[[], Awaitable[object]]) -> tuple[float, object]:
+async def _timed(
+    call: Callable[[str], Awaitable[object]], token: str
+) -> tuple[float, object]:
     started = time.perf_counter()
-    result = await call()
+    result = await call(token)
     return (time.perf_counter() - started) * 1000.0, result
 
 
@@ -132,10 +135,10 @@ async def _postgres_run(
     stop = time.perf_counter() + duration
     i = 0
     while time.perf_counter() < stop:
-        ms, result = await _timed(lambda: resolver.resolve(cached.token))
+        ms, result = await _timed(resolver.resolve, cached.token)
         figures.cached_ms.append(ms)
         figures.cached_refused_during += isinstance(result, Denial)
-        ms, _ = await _timed(lambda: resolver.resolve(fresh[i % 300].token))
+        ms, _ = await _timed(resolver.resolve, fresh[i % 300].token)
         figures.uncached_ms.append(ms)
         i += 1
         await asyncio.sleep(_PAUSE)
@@ -184,24 +187,24 @@ async def sqlite_lock(duration: float) -> Figures:
         cached = await store.create_token(body(name="cached"))
         fresh = [await store.create_token(body(name=f"uncached {i}")) for i in range(3000)]
         assert isinstance(await resolver.resolve(cached.token), TokenRecord)
-        holder = subprocess.Popen(
-            [sys.executable, "-c", _HOLDER, str(path), str(duration)],
-            stdout=subprocess.PIPE, text=True,
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _HOLDER, str(path), str(duration),
+            stdout=asyncio.subprocess.PIPE,
         )
         assert holder.stdout is not None
-        await asyncio.to_thread(holder.stdout.readline)
+        await holder.stdout.readline()
         i = 0
-        while holder.poll() is None and i < len(fresh):
-            ms, result = await _timed(lambda: resolver.resolve(cached.token))
+        while holder.returncode is None and i < len(fresh):
+            ms, result = await _timed(resolver.resolve, cached.token)
             figures.cached_ms.append(ms)
             figures.cached_refused_during += isinstance(result, Denial)
-            ms, result = await _timed(lambda: resolver.resolve(fresh[i].token))
+            ms, result = await _timed(resolver.resolve, fresh[i].token)
             figures.uncached_ms.append(ms)
             if isinstance(result, Denial):
                 figures.fault += f"; an uncached lookup was refused: {result.code}"
             i += 1
             await asyncio.sleep(_PAUSE)
-        holder.wait()
+        await holder.wait()
         await resolver.close()
         await store.close()
     return figures

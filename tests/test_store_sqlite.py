@@ -94,7 +94,7 @@ def test_sqlite_store_satisfies_the_protocol(tmp_path: Path) -> None:
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(
-    tmp_path: Path, kwargs: dict[str, float], name: str
+    tmp_path: Path, kwargs: dict[str, Any], name: str
 ) -> None:
     with pytest.raises(ConfigurationError, match=name):
         SQLiteStore(tmp_path / "x.db", **kwargs)
@@ -421,7 +421,7 @@ async def test_lookups_do_not_wait_behind_a_write_stuck_on_another_process_lock(
 async def test_create_false_refuses_a_missing_file_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "missing.db"
     store = SQLiteStore(path, create=False)
-    with pytest.raises(StoreUnavailable, match="missing.db.*does not exist"):
+    with pytest.raises(StoreUnavailable, match=r"missing\.db.*does not exist"):
         await store.get_token("tok_x")
     assert not path.exists()
     created = SQLiteStore(path)  # the default creates it

@@ -10,7 +10,8 @@ result back, until the step is final:
 - ``Awaiting`` — a store lookup (a cache miss): ``step.then(await step.work())``; WSGI runs
   ``work`` on its loop thread.
 - ``ReadBody`` — the route's source may travel in the body: read it (up to
-  ``max_body_bytes``, the transport's limits refuse with a ``Denial``) and
+  ``max_body_bytes``, within ``body_timeout`` seconds; the transport's limits refuse with
+  a ``Denial``: 413 ``body_too_large``, 408 ``request_timeout``) and
   ``step.then(raw_or_denial, content_type)``.
 
 The order is the guard's alone: route, facts from the query string and token extraction
@@ -38,7 +39,7 @@ from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import RequestFacts
-from token_guard.core.policy import CompiledToken, Policy
+from token_guard.core.policy import CompiledToken, Policy, expired
 from token_guard.core.querystrings import redact, values_of
 from token_guard.core.records import TokenRecord
 from token_guard.core.routes import Route, RouteMap, RouteMatch
@@ -156,6 +157,16 @@ CONFLICTING_HEADERS = "\x00conflict"
 """What adapters pass for an Origin/Referer header sent twice with different values."""
 
 
+def body_timed_out(seconds: float) -> Denial:
+    """The 408 refusal for a body that did not arrive within ``seconds``."""
+    return Denial(
+        408,
+        codes.REQUEST_TIMEOUT,
+        f"The request body did not arrive within {seconds:g} seconds.",
+        "Send the whole body promptly (the guard's body_timeout bounds how long it waits).",
+    )
+
+
 def body_too_large(limit: int) -> Denial:
     """The 413 refusal for a body over ``limit`` bytes."""
     return Denial(
@@ -205,6 +216,7 @@ class GuardOptions(TypedDict, total=False):
     include_default_routes: bool
     allow_query_token: bool
     max_body_bytes: int
+    body_timeout: float
     max_query_bytes: int
     allowed_functions: Iterable[str]
     cache: CacheSettings | None
@@ -230,6 +242,7 @@ class Guard:
         include_default_routes: bool = True,
         allow_query_token: bool = False,
         max_body_bytes: int = 1024 * 1024,
+        body_timeout: float = 10.0,
         max_query_bytes: int = 64 * 1024,
         allowed_functions: Iterable[str] = (),
         cache: CacheSettings | None = None,
@@ -238,6 +251,13 @@ class Guard:
     ) -> None:
         if not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
             raise ConfigurationError("max_body_bytes: must be a positive number of bytes")
+        if (
+            isinstance(body_timeout, bool) or not isinstance(body_timeout, int | float)
+            or not 0 < body_timeout < float("inf")
+        ):
+            raise ConfigurationError(
+                f"body_timeout: must be a positive number of seconds, got {body_timeout!r}"
+            )
         if not isinstance(max_query_bytes, int) or max_query_bytes <= 0:
             raise ConfigurationError("max_query_bytes: must be a positive number of bytes")
         if isinstance(store, type):
@@ -269,6 +289,8 @@ class Guard:
         )
         self.allow_query_token = allow_query_token
         self.max_body_bytes = max_body_bytes
+        # Seconds a body the decision reads may take to arrive (408 past it).
+        self.body_timeout = float(body_timeout)
         self.on_decision = on_decision
         self.deny_response = deny_response or default_deny_response
         # What ``begin`` answers is a pure function of the request line and the three
@@ -408,6 +430,12 @@ class Guard:
                              compiled)
                 return compiled
             if pending.known is None:
+                # Every refusal that needs no body comes before reading one.
+                late = expired(compiled, time())
+                if late is not None:
+                    self.observe(pending.method, pending.path, pending.query_string, None,
+                                 late, compiled.record.id)
+                    return late
                 return ReadBody(partial(self._with_body, pending, compiled))
             return self._decide(pending, compiled, pending.known)
         except Exception:

@@ -12,7 +12,8 @@ Security choices, stated once:
 - The token is never logged, and ``access_token`` is redacted from every URL the guard logs.
 - A body is read only when the route's source may travel in it, only after the token is
   resolved (a missing, malformed, unknown, revoked or expired token is refused first), up
-  to ``max_body_bytes`` (413 above); it is read by its Content-Type as the app reads it
+  to ``max_body_bytes`` (413 above) and within ``body_timeout`` seconds (408 past it, so a
+  slow sender cannot hold the request open); it is read by its Content-Type as the app reads it
   (``token_guard.core.bodies``) and replayed intact to the app.
 - The path judged is the one the app beneath routes: ``path`` minus ``root_path``
   (``Mount``, FastAPI ``mount``, ``uvicorn --root-path``); see ``route_path``.
@@ -27,6 +28,7 @@ Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Unpack
 from urllib.parse import unquote_to_bytes
@@ -42,6 +44,7 @@ from token_guard.guard import (
     Guard,
     GuardOptions,
     ReadBody,
+    body_timed_out,
     body_too_large,
 )
 from token_guard.stores.base import TokenReader
@@ -149,6 +152,13 @@ class TokenGuard:
         return wrapped
 
     async def _read_body(self, receive: Receive) -> bytes | Denial:
+        try:
+            async with asyncio.timeout(self.guard.body_timeout):
+                return await self._read_chunks(receive)
+        except TimeoutError:
+            return body_timed_out(self.guard.body_timeout)
+
+    async def _read_chunks(self, receive: Receive) -> bytes | Denial:
         limit = self.guard.max_body_bytes
         chunks: list[bytes] = []
         size = 0

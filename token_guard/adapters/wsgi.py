@@ -32,7 +32,9 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   ``Referer`` headers count as conflicting (refused where websites are restricted), as in ASGI.
 - **Bodies.** A body the decision reads is buffered (``CONTENT_LENGTH``, or to EOF when
   ``wsgi.input_terminated`` says the server dechunked it), refused with 413 above
-  ``max_body_bytes`` before it is read, and replayed intact to the app as a new
+  ``max_body_bytes`` before it is read, refused with 408 when it has not arrived within
+  ``body_timeout`` seconds (checked between reads of ``_READ_CHUNK`` bytes; a single read
+  blocks as long as the server's own socket timeout allows), and replayed intact to the app as a new
   ``wsgi.input`` with ``CONTENT_LENGTH`` set.
 - **Threads.** A cache hit is decided synchronously in the request thread
   (``Resolver.lookup`` and ``note_used`` are thread-safe). A miss is resolved on one
@@ -56,6 +58,7 @@ import io
 import os
 import re
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -76,6 +79,7 @@ from token_guard.guard import (
     Guard,
     GuardOptions,
     ReadBody,
+    body_timed_out,
     body_too_large,
 )
 from token_guard.resolver import UNAVAILABLE
@@ -254,12 +258,17 @@ class TokenGuardWSGI:
             return b""  # WSGI: no length and no terminated stream means no readable body
         chunks: list[bytes] = []
         size = 0
+        # One read blocks as long as the server lets it (its socket timeout); between reads
+        # the deadline is checked, so a trickling sender is cut off at body_timeout.
+        deadline = time.monotonic() + self.guard.body_timeout
         while size < length:
             chunk = stream.read(min(_READ_CHUNK, length - size))
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
+            if size < length and time.monotonic() > deadline:
+                return body_timed_out(self.guard.body_timeout)
         if size > limit:
             return body_too_large(limit)
         if length_text and size < length:
