@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -155,6 +156,28 @@ BEARER_MEMO_SIZE = 8192
 _MEMO_MAX_QUERY = 2048  # longer query strings are read afresh every time
 CONFLICTING_HEADERS = "\x00conflict"
 """What adapters pass for an Origin/Referer header sent twice with different values."""
+# Where a server or proxy joined repeated Referer headers: ", " before another URL's scheme.
+_JOINED_URLS = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def one_origin(value: str) -> str:
+    """One Origin value from a header value with a comma in it: a join of equal values is
+    that value, of different ones a conflict (WSGI servers join repeated headers with ", ",
+    so both adapters read a comma this way and decide alike)."""
+    parts = {p.strip() for p in value.split(",")}
+    return parts.pop() if len(parts) == 1 else CONFLICTING_HEADERS
+
+
+def one_referer(value: str) -> str:
+    """One Referer value from a header value with a comma in it: two URLs joined
+    (``"https://a/, https://b/"``) are a conflict unless equal; a comma not followed by a
+    URL stays part of one URL (``/map/@40.7,-74.0``). Two headers whose second is not a URL
+    thus read as one, on ASGI as on WSGI, where a server's join cannot be told apart."""
+    parts = _JOINED_URLS.split(value)
+    if len(parts) == 1:
+        return value
+    distinct = {p.strip() for p in parts}
+    return distinct.pop() if len(distinct) == 1 else CONFLICTING_HEADERS
 
 
 def body_timed_out(seconds: float) -> Denial:

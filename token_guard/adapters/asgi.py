@@ -39,13 +39,14 @@ from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
-    CONFLICTING_HEADERS,
     Awaiting,
     Guard,
     GuardOptions,
     ReadBody,
     body_timed_out,
     body_too_large,
+    one_origin,
+    one_referer,
 )
 from token_guard.stores.base import TokenReader
 
@@ -95,6 +96,11 @@ class TokenGuard:
             origin = None if found is None else found.decode("latin-1")
             found = named.get(b"referer")
             referer = None if found is None else found.decode("latin-1")
+            # A value with a comma is read as WSGI reads a server-joined pair: same decision.
+            if origin is not None and "," in origin:
+                origin = one_origin(origin)
+            if referer is not None and "," in referer:
+                referer = one_referer(referer)
             preflight = b"access-control-request-method" in named
             conflict = False
         else:
@@ -191,7 +197,7 @@ def _read_headers(
     headers: list[tuple[bytes, bytes]],
 ) -> tuple[bytes | None, str | None, str | None, bool, bool]:
     """Authorization, Origin, Referer, preflight and two-Authorizations, header by header
-    (a name sent twice: equal values are one, different ones a conflict)."""
+    (Authorization sent twice: equal values are one, different ones a conflict)."""
     authorization: bytes | None = None
     origin: str | None = None
     referer: str | None = None
@@ -203,12 +209,18 @@ def _read_headers(
             authorization = value
         elif name == b"origin":
             text = value.decode("latin-1")
-            origin = text if origin in (None, text) else CONFLICTING_HEADERS
+            origin = text if origin is None else f"{origin},{text}"
         elif name == b"referer":
             text = value.decode("latin-1")
-            referer = text if referer in (None, text) else CONFLICTING_HEADERS
+            referer = text if referer is None else f"{referer},{text}"
         elif name == b"access-control-request-method":
             preflight = True
+    # Repeated Origin/Referer headers are read as a WSGI server hands them over (joined with
+    # ","), so both adapters decide alike: see ``guard.one_origin`` / ``guard.one_referer``.
+    if origin is not None and "," in origin:
+        origin = one_origin(origin)
+    if referer is not None and "," in referer:
+        referer = one_referer(referer)
     return authorization, origin, referer, preflight, conflict
 
 

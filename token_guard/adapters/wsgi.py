@@ -56,7 +56,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import re
 import threading
 import time
 import weakref
@@ -74,13 +73,14 @@ from token_guard.core.decision import Denial
 from token_guard.core.policy import CompiledToken
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
-    CONFLICTING_HEADERS,
     Awaiting,
     Guard,
     GuardOptions,
     ReadBody,
     body_timed_out,
     body_too_large,
+    one_origin,
+    one_referer,
 )
 from token_guard.resolver import UNAVAILABLE
 from token_guard.stores.base import TokenReader
@@ -114,7 +114,6 @@ BAD_LENGTH = Denial(
 # classifier refuses it inside the prefix exactly as it refuses the encoded form.
 _PCHAR_SAFE = "/!$&'()*+,=:@~"
 # A comma followed by a URL scheme: where a server joined two Referer headers.
-_JOINED_URLS = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 _READ_CHUNK = 64 * 1024
 
 
@@ -188,8 +187,8 @@ class TokenGuardWSGI:
             raw_path,
             query_string,
             authorization,
-            origin if origin is None or "," not in origin else _one_origin(origin),
-            referer if referer is None or "," not in referer else _one_referer(referer),
+            origin if origin is None or "," not in origin else one_origin(origin),
+            referer if referer is None or "," not in referer else one_referer(referer),
             "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ,
             conflict,
         )
@@ -416,25 +415,6 @@ def _authorization(value: str | None) -> tuple[bytes | None, bool]:
         return raw, False
     first = parts[0]
     return first, any(p != first for p in parts)
-
-
-def _one_origin(value: str | None) -> str | None:
-    """One Origin value; a server-joined pair of different ones is a conflict."""
-    if value is None or "," not in value:
-        return value
-    parts = {p.strip() for p in value.split(",")}
-    return parts.pop() if len(parts) == 1 else CONFLICTING_HEADERS
-
-
-def _one_referer(value: str | None) -> str | None:
-    """One Referer value; a server-joined pair of different URLs is a conflict."""
-    if value is None or "," not in value:
-        return value
-    parts = _JOINED_URLS.split(value)
-    if len(parts) == 1:
-        return value  # one URL with a comma in it
-    distinct = {p.strip() for p in parts}
-    return distinct.pop() if len(distinct) == 1 else CONFLICTING_HEADERS
 
 
 def _path(environ: WSGIEnvironment) -> str:
