@@ -18,6 +18,9 @@ The tables since version 3:
   rotation adds the new hash and gives the old one an ``expires_at`` (its grace period).
   A lookup ignores a hash whose ``expires_at`` has passed.
 * ``oauth_clients``, ``audit``, and SQLite's ``changes`` feed, unchanged since v2.
+* ``signing_keys(kid PRIMARY KEY, public_pem, created_at, verify_until, token_lifetime,
+  retired_at)`` (v4) -- the PUBLIC keys of the Tokens API instances on this store
+  (``management.store_keys``). Private keys are never written to the store.
 """
 
 from __future__ import annotations
@@ -141,6 +144,22 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE tokens_v3 RENAME TO tokens",
         ),
     ),
+    Migration(
+        4,
+        "public signing keys of the Tokens API instances (never a private key)",
+        (
+            """
+            CREATE TABLE signing_keys (
+                kid TEXT PRIMARY KEY,               -- RFC 7638 thumbprint of the public key
+                public_pem TEXT NOT NULL,           -- SubjectPublicKeyInfo PEM: public only
+                created_at TEXT NOT NULL,
+                verify_until TEXT NOT NULL,         -- the last token it signed expires by then
+                token_lifetime INTEGER NOT NULL,    -- seconds; retirement: retired_at + this
+                retired_at TEXT
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_SQLITE_VERSION = SQLITE_MIGRATIONS[-1].version
@@ -227,6 +246,20 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 DROP COLUMN referers,
                 DROP COLUMN allowed_apis,
                 DROP COLUMN expiration_date""",
+        ),
+    ),
+    Migration(
+        4,
+        "public signing keys of the Tokens API instances (never a private key)",
+        (
+            """CREATE TABLE {s}.signing_keys (
+                kid text PRIMARY KEY,               -- RFC 7638 thumbprint of the public key
+                public_pem text NOT NULL,           -- SubjectPublicKeyInfo PEM: public only
+                created_at timestamptz NOT NULL,
+                verify_until timestamptz NOT NULL,  -- the last token it signed expires by then
+                token_lifetime integer NOT NULL,    -- seconds; retirement: retired_at + this
+                retired_at timestamptz
+            )""",
         ),
     ),
 )
