@@ -8,6 +8,7 @@ from an allowed website. Tokens live in a store: ``SQLiteStore`` (embedded defau
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
@@ -26,8 +27,12 @@ from token_guard.core.records import IssuedToken, TokenRecord
 from token_guard.core.routes import Route, SqlParam
 from token_guard.core.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.guard import DecisionEvent
+from token_guard.logs import RedactTokens, uvicorn_log_config
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
+
+# A library adds only a NullHandler: the application decides where logs go (logs.py).
+logging.getLogger("token_guard").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from token_guard.adapters.fastapi import ApiToken, api_token
@@ -48,6 +53,7 @@ __all__ = [
     "MemoryStore",
     "NotFound",
     "PostgresStore",
+    "RedactTokens",
     "RequestFacts",
     "Route",
     "SQLiteStore",
@@ -65,6 +71,7 @@ __all__ = [
     "current_token",
     "get_token",
     "parse_token_spec",
+    "uvicorn_log_config",
 ]
 
 

@@ -44,6 +44,10 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   nothing before forking.
 - **Shutdown.** ``close()`` (also run at interpreter exit) flushes usage, closes the store
   and stops the loop thread. Requests after it get 503.
+- **Logs.** ``access_token`` is redacted in place in ``QUERY_STRING``, ``REQUEST_URI`` and
+  ``RAW_URI`` before the app or a refusal answers (gunicorn's access log and paste's
+  TransLogger read them there); werkzeug's development server logs its own copy of the
+  request line, so the ``werkzeug`` logger gets a ``logs.RedactTokens`` filter.
 - **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so browsers could not
   read the guard's 401/403. Answer CORS in a WSGI middleware *around* the guard (see
   ``examples/flask_app.py``); a preflight passes through the guard untouched.
@@ -69,6 +73,7 @@ from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.policy import CompiledToken
+from token_guard.core.querystrings import may_hold_token, redacted_query
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     CONFLICTING_HEADERS,
@@ -78,6 +83,7 @@ from token_guard.guard import (
     ReadBody,
     body_too_large,
 )
+from token_guard.logs import install_redaction
 from token_guard.resolver import UNAVAILABLE
 from token_guard.stores.base import TokenReader
 
@@ -143,6 +149,7 @@ class TokenGuardWSGI:
         self.app = app
         self.guard = Guard(store=store, connections=connections, **options)
         self._check = self.guard.check  # bound once: attribute chains cost at this size
+        install_redaction("werkzeug")  # its dev server logs its own copy of the request line
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
         self._loop = _LoopThread(self.guard.resolver.start)
@@ -168,6 +175,8 @@ class TokenGuardWSGI:
         method: str = environ.get("REQUEST_METHOD", "GET")
         query_string: bytes = environ.get("QUERY_STRING", "").encode("latin-1")
         raw_path, app_path = _raw_path(environ)
+        if may_hold_token(query_string):
+            _redact_environ(environ, query_string)
         if app_path is not None:
             checked = self._reconcile(method, raw_path, app_path)
             if isinstance(checked, Denial):
@@ -350,6 +359,20 @@ class _LoopThread:
             thread.join(30)
             if not thread.is_alive():
                 loop.close()
+
+
+def _redact_environ(environ: WSGIEnvironment, query_string: bytes) -> None:
+    """Redact ``access_token`` in place where servers log from: QUERY_STRING and the raw URI
+    (gunicorn's access log reads ``RAW_URI``/``QUERY_STRING``, paste's TransLogger these)."""
+    redacted = redacted_query(query_string)
+    if redacted is None:
+        return
+    text = redacted.decode("latin-1")
+    environ["QUERY_STRING"] = text
+    for key in ("REQUEST_URI", "RAW_URI"):
+        uri = environ.get(key)
+        if isinstance(uri, str) and "?" in uri:
+            environ[key] = f"{uri.partition('?')[0]}?{text}"
 
 
 def _raw_path(environ: WSGIEnvironment) -> tuple[bytes, bytes | None]:
