@@ -37,6 +37,7 @@ logging.getLogger("token_guard").addHandler(logging.NullHandler())
 if TYPE_CHECKING:
     from token_guard.adapters.fastapi import ApiToken, api_token
     from token_guard.adapters.wsgi import TokenGuardWSGI, current_token
+    from token_guard.management import create_management_app, one_port
     from token_guard.stores.postgres import PostgresStore
 
 __all__ = [
@@ -68,8 +69,10 @@ __all__ = [
     "TokenSpec",
     "TokenStore",
     "api_token",
+    "create_management_app",
     "current_token",
     "get_token",
+    "one_port",
     "parse_token_spec",
     "uvicorn_log_config",
 ]
@@ -94,4 +97,9 @@ def __getattr__(name: str) -> Any:
         from token_guard.adapters import fastapi
 
         return getattr(fastapi, name)
+    if name in ("one_port", "create_management_app"):
+        # The management package (the Tokens API, OAuth) loads only when a one-port app asks.
+        from token_guard import management
+
+        return getattr(management, name)
     raise AttributeError(f"module 'token_guard' has no attribute {name!r}")
