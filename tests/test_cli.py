@@ -175,8 +175,8 @@ def test_check_explains_the_decision(
     tmp_path: Path, url: str, origin: str, code: int, says: str
 ) -> None:
     created = tg_json(tmp_path, *CREATE)
-    done = tg(tmp_path, "check", created["token"], "GET", url, "--origin", origin,
-              "--connection", "carto_dw=bigquery")
+    done = tg(tmp_path, "check", "GET", url, "--origin", origin,
+              "--connection", "carto_dw=bigquery", stdin=created["token"] + "\n")
     assert done.returncode == code, done.stdout + done.stderr
     assert says in done.stdout
     assert created["token"] not in done.stdout + done.stderr
@@ -187,12 +187,87 @@ def test_check_explains_the_decision(
 def test_check_of_a_revoked_token_says_revoked(tmp_path: Path) -> None:
     created = tg_json(tmp_path, *CREATE)
     tg(tmp_path, "tokens", "revoke", created["id"])
-    out = tg(tmp_path, "check", created["token"], "GET",
+    out = tg(tmp_path, "check", "GET",
              "/v3/maps/carto_dw/table?name=proj.ds.stores", "--origin", "https://a.example.com",
-             "--json")
+             "--json", stdin=created["token"])
     assert out.returncode == 1
     result = json.loads(out.stdout)
     assert (result["status"], result["code"]) == (401, "revoked_token")
+
+
+def test_check_refuses_a_token_on_the_command_line(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    done = tg(tmp_path, "check", created["token"], "GET", "/v3/maps/carto_dw/table?name=x")
+    assert done.returncode == 2
+    assert "command line" in done.stderr and "TOKEN_GUARD_TOKEN" in done.stderr
+    assert created["token"] not in done.stdout + done.stderr
+
+
+def test_check_reads_the_token_from_the_environment(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    env = {**_env(), "TOKEN_GUARD_TOKEN": created["token"]}
+    done = tg(tmp_path, "check", "GET", "/v3/maps/carto_dw/table?name=proj.ds.stores",
+              "--origin", "https://a.example.com", "--connection", "carto_dw=bigquery",
+              env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ALLOWED" in done.stdout
+
+
+_CONFIG = """
+store = "sqlite:///data/tokens.db"
+
+[connections]
+carto_dw = "bigquery"
+"""
+
+
+@pytest.mark.parametrize(
+    ("grant", "field"),
+    [
+        pytest.param("carto_dwh:proj.ds.stores", "grants[0].connection_name", id="unknown-conn"),
+        pytest.param("carto_dw:stores", "grants[0].source", id="unqualified"),
+    ],
+)
+def test_tokens_create_with_a_config_refuses_grants_the_app_cannot_serve(
+    tmp_path: Path, grant: str, field: str
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "token_guard.toml").write_text(_CONFIG, "utf-8")
+    args = ["tokens", "create", "--config", "token_guard.toml", "--name", "x", "--api", "maps"]
+    done = tg(tmp_path, *args, "--grant", grant)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert field in done.stderr
+    made = tg(tmp_path, *args, "--grant", "carto_dw:proj.ds.stores", "--json")
+    assert made.returncode == 0, made.stderr
+    # the store named in the file (relative to it) got the token, the default one nothing
+    assert (tmp_path / "data" / "tokens.db").exists() and not (tmp_path / "tokens.db").exists()
+    via_env = tg(tmp_path, "tokens", "create", "--name", "y", "--api", "maps", "--grant", grant,
+                 env=_env(TOKEN_GUARD_CONFIG=str(tmp_path / "token_guard.toml")))
+    assert via_env.returncode == 2 and field in via_env.stderr
+
+
+def test_serve_with_a_config_refuses_unservable_grants(tmp_path: Path, free_port: int) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "token_guard.toml").write_text(_CONFIG, "utf-8")
+    client = tg_json(tmp_path, "clients", "create", "--name", "ci", "--store",
+                     "sqlite:///data/tokens.db", "--scope", "write:tokens")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "token_guard.cli", "serve", "--port", str(free_port),
+         "--log-level", "warning", "--config", "token_guard.toml"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for_port(free_port, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{free_port}", timeout=10) as http:
+            access = http.post("/oauth/token", auth=(client["client_id"], client["client_secret"]),
+                               data={"grant_type": "client_credentials"}).json()["access_token"]
+            body = {"name": "x", "allowed_apis": ["maps"],
+                    "grants": [{"connection_name": "elsewhere", "source": "p.d.t"}]}
+            r = http.post("/v3/tokens", json=body, headers={"Authorization": f"Bearer {access}"})
+            assert r.status_code == 400 and r.json()["field"] == "grants[0].connection_name"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[str]) -> None:

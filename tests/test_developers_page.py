@@ -34,6 +34,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tests.servers import ServerThread, serve
 from tests.services import service_missing
 from token_guard.adapters.asgi import TokenGuard
+from token_guard.config import Settings
+from token_guard.core.connections import normalize_connections
 from token_guard.core.errors import InvalidTokenSpec
 from token_guard.core.spec import parse_token_spec
 from token_guard.demo.app import CONNECTIONS, build_app
@@ -113,7 +115,11 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def site(tmp_path: Path, demo_dir: Path) -> Iterator[Served]:
     """The composed site under a real uvicorn, over a fresh SQLite store."""
     store = SQLiteStore(str(tmp_path / "tokens.db"))
-    management = create_management_app(store, issuer=ISSUER, audience=AUDIENCE)
+    # With the app's configuration: grants are checked and the page offers the connections.
+    management = create_management_app(
+        store, issuer=ISSUER, audience=AUDIENCE,
+        config=Settings(connections=normalize_connections(CONNECTIONS)),
+    )
     inner: Any = build_app(demo_dir)
     guarded = TokenGuard(inner, store=store, connections=CONNECTIONS)
     with serve(Site(management, guarded)) as server:
@@ -562,6 +568,28 @@ def test_a_bad_form_shows_the_api_message_beside_the_field(
     # Nothing was created; the form stays, with what the person typed.
     assert site.server.call(lambda: site.store.list_tokens(limit=10)) == []
     expect(page.locator("#view-new")).to_be_visible()
+    assert tab.csp_errors == []
+
+
+def test_the_form_offers_the_configured_connections_and_shows_an_unknown_one(
+    tab: Tab, site: Served
+) -> None:
+    page = tab.page
+    _sign_in(page, site)
+    page.get_by_role("link", name="Create token").first.click()
+    options = page.locator("#known-connections option")
+    expect(options).to_have_count(1)
+    assert options.first.get_attribute("value") == "demo"
+    conn = page.get_by_label("Connection, grant 1")
+    assert conn.get_attribute("list") == "known-connections"
+    page.get_by_label("Name").fill("typo")
+    page.get_by_label("SQL").check()
+    conn.fill("dmo")
+    page.get_by_label("Source, grant 1").fill("stores")
+    page.get_by_role("button", name="Create token").click()
+    expect(page.locator("#grant-rows .grant-error").first).to_contain_text(
+        "unknown connection 'dmo'")
+    assert site.server.call(lambda: site.store.list_tokens(limit=10)) == []
     assert tab.csp_errors == []
 
 

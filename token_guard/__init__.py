@@ -1,9 +1,10 @@
 """token_guard: authorization middleware for CARTO-style data APIs.
 
-``TokenGuard`` (ASGI) and ``TokenGuardWSGI`` (Flask/WSGI) let a request through only if its
-API access token may call that API, read that data source on that connection, and is used
-from an allowed website. Tokens live in a store: ``SQLiteStore`` (embedded default),
-``PostgresStore`` (many instances), ``MemoryStore`` (tests).
+``TokenGuard`` (ASGI), ``TokenGuardWSGI`` (WSGI) and ``FlaskTokenGuard`` (Flask) let a
+request through only if its API access token may call that API, read that data source on
+that connection, and is used from an allowed website. Tokens live in a store:
+``SQLiteStore`` (embedded default), ``PostgresStore`` (many instances), ``MemoryStore``
+(tests).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
+from token_guard.config import Settings, load_config
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import (
@@ -31,11 +33,15 @@ from token_guard.logs import RedactTokens, uvicorn_log_config
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
 
+__version__ = "0.1.0"
+"""The release, read by the packaging (``pyproject.toml``) and ``token-guard --version``."""
+
 # A library adds only a NullHandler: the application decides where logs go (logs.py).
 logging.getLogger("token_guard").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from token_guard.adapters.fastapi import ApiToken, api_token
+    from token_guard.adapters.flask import FlaskTokenGuard, flask_token
     from token_guard.adapters.wsgi import TokenGuardWSGI, current_token
     from token_guard.management import create_management_app, one_port
     from token_guard.stores.postgres import PostgresStore
@@ -48,6 +54,7 @@ __all__ = [
     "Connection",
     "DecisionEvent",
     "Denial",
+    "FlaskTokenGuard",
     "Grant",
     "InvalidTokenSpec",
     "IssuedToken",
@@ -58,6 +65,7 @@ __all__ = [
     "RequestFacts",
     "Route",
     "SQLiteStore",
+    "Settings",
     "Source",
     "SqlParam",
     "StoreError",
@@ -68,10 +76,13 @@ __all__ = [
     "TokenRecord",
     "TokenSpec",
     "TokenStore",
+    "__version__",
     "api_token",
     "create_management_app",
     "current_token",
+    "flask_token",
     "get_token",
+    "load_config",
     "one_port",
     "parse_token_spec",
     "uvicorn_log_config",
@@ -80,7 +91,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # Optional extras load on first use: psycopg (postgres), the WSGI adapter (Flask's
-    # current_token) and FastAPI's dependency (ApiToken, api_token).
+    # current_token), the Flask extension and FastAPI's dependency (ApiToken, api_token).
     if name == "PostgresStore":
         from token_guard.stores.postgres import PostgresStore
 
@@ -93,6 +104,10 @@ def __getattr__(name: str) -> Any:
         from token_guard.adapters.wsgi import current_token
 
         return current_token
+    if name in ("FlaskTokenGuard", "flask_token"):
+        from token_guard.adapters import flask
+
+        return getattr(flask, name)
     if name in ("ApiToken", "api_token"):
         from token_guard.adapters import fastapi
 

@@ -24,6 +24,7 @@ becomes a refusal (500 ``internal_error``, logged), never a pass.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -152,6 +153,7 @@ FACTS_MEMO_SIZE = 8192
 BEARER_MEMO_SIZE = 8192
 """Remembered tokens per Authorization header; cleared when full."""
 _MEMO_MAX_QUERY = 2048  # longer query strings are read afresh every time
+_PROBE_TIMEOUT = 30.0  # the start-up lookup; the stores bound their own connects too
 CONFLICTING_HEADERS = "\x00conflict"
 """What adapters pass for an Origin/Referer header sent twice with different values."""
 
@@ -252,6 +254,12 @@ class Guard:
                 "tg.SQLiteStore('tokens.db')"
             )
         self.store = store
+        if cache is not None and not isinstance(cache, CacheSettings):
+            hint = "cache=tg.CacheSettings(**{...})" if isinstance(cache, Mapping) else (
+                "cache=tg.CacheSettings(ttl=30)")
+            raise ConfigurationError(
+                f"cache: must be tg.CacheSettings(...), got {type(cache).__name__}; e.g. {hint}"
+            )
         if isinstance(allowed_functions, str):
             raise ConfigurationError(
                 "allowed_functions: must be a list of names, e.g. ['carto-un.carto.*']"
@@ -504,6 +512,21 @@ class Guard:
             event = DecisionEvent(True, method, logged, outcome.id, facts, None)
         if self.on_decision is not None:
             self.on_decision(event)
+
+    async def probe(self, public: str) -> str | None:
+        """Read the store once (at start-up): None if it answers, else why, for people."""
+        try:
+            # Opening may migrate the schema, under the store's own deadlines: not cut short.
+            opening = getattr(self.store, "open", None)
+            if opening is not None:
+                await opening()
+            await asyncio.wait_for(self.store.get_by_secret_hash("0" * 64), _PROBE_TIMEOUT)
+        except TimeoutError:
+            return (f"{public}: store: {self.store!r} did not answer within "
+                    f"{_PROBE_TIMEOUT:g} s at start-up; check that it is up and reachable")
+        except Exception as exc:
+            return (f"{public}: store: {self.store!r} cannot be read at start-up: {exc}")
+        return None
 
     def _query_token(self, query_string: bytes, header_token: str | None) -> str | Denial | None:
         values = values_of(query_string, "access_token")

@@ -31,25 +31,34 @@ Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Unpack
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Unpack
 from urllib.parse import unquote_to_bytes
 
 from token_guard.core import decision as codes
 from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
 from token_guard.core.querystrings import may_hold_token, redacted_query
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     CONFLICTING_HEADERS,
     Awaiting,
-    Guard,
     GuardOptions,
     ReadBody,
     body_too_large,
 )
 from token_guard.stores.base import TokenReader
+
+if TYPE_CHECKING:
+    from token_guard.config import ConfigSource
+
+log = logging.getLogger("token_guard")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -68,25 +77,50 @@ def get_token(scope: Mapping[str, Any]) -> TokenRecord | None:
 
 
 class TokenGuard:
-    """Guards an ASGI app with API access tokens (options: see ``token_guard.guard.Guard``)."""
+    """Guards an ASGI app with API access tokens (options: see ``token_guard.guard.Guard``).
+
+    ``config`` (a TOML file's path or ``tg.load_config(...)``) supplies ``store``,
+    ``connections`` and options not given as keywords. A bad setting raises
+    ``ConfigurationError`` here; when Starlette/FastAPI build the guard lazily (``Middleware``,
+    ``add_middleware``), it fails the server's start-up instead (``MisconfiguredGuard``).
+    At lifespan start-up the store is read once: one that cannot answer fails the start-up.
+    """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        store: TokenReader,
-        connections: Mapping[str, str | Connection],
+        store: TokenReader | None = None,
+        connections: Mapping[str, str | Connection] | None = None,
+        config: ConfigSource | None = None,
         **options: Unpack[GuardOptions],
     ) -> None:
+        from token_guard.config import build_guard
+
         self.app = app
-        self.guard = Guard(store=store, connections=connections, **options)
+        try:
+            self.guard, self._owns_store = build_guard(
+                "TokenGuard", store=store, connections=connections, config=config,
+                options=options,
+            )
+        except ConfigurationError as exc:
+            if not _built_by_starlette():
+                raise
+            # Starlette builds its middleware stack inside its first __call__ (the lifespan
+            # scope), where uvicorn's lifespan "auto" mode swallows an exception and serves
+            # 500s; this instance fails the start-up instead, saying why.
+            self.__class__ = MisconfiguredGuard
+            self.problem = str(exc)
+            log.error("%s", self.problem)
+            return
         self._check = self.guard.check  # bound once: attribute chains cost at this size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             if kind == "lifespan":
-                receive = self._lifespan_receive(receive)
+                await self._lifespan(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
@@ -147,16 +181,34 @@ class TokenGuard:
                 await self.app(scope, receive, send)
                 return
 
-    def _lifespan_receive(self, receive: Receive) -> Receive:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the store once at start-up (failing the start-up if it cannot answer), then
+        run the app's lifespan; close the resolver (and a store opened from ``config``) at
+        shutdown."""
+        first = await receive()
+        if first.get("type") == "lifespan.startup":
+            problem = await self.guard.probe("TokenGuard")
+            if problem is not None:
+                await send({"type": "lifespan.startup.failed", "message": problem})
+                return
         resolver = self.guard.resolver
+        store = self.guard.store if self._owns_store else None
+        pending: Message | None = first
 
         async def wrapped() -> Message:
-            message = await receive()
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+            else:
+                message = await receive()
             if message.get("type") == "lifespan.shutdown":
                 await resolver.close()
+                close = getattr(store, "close", None)
+                if close is not None:
+                    await close()
             return message
 
-        return wrapped
+        await self.app(scope, wrapped, send)
 
     async def _read_body(self, receive: Receive) -> bytes | Denial:
         limit = self.guard.max_body_bytes
@@ -185,6 +237,52 @@ class TokenGuard:
         status, headers, body = self.guard.deny_response(denial)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class MisconfiguredGuard(TokenGuard):
+    """A ``TokenGuard`` Starlette built lazily with bad settings: it fails the lifespan
+    start-up with the message naming the setting (uvicorn exits), and refuses every request
+    with a 500 saying the same, never passing one."""
+
+    problem: str
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": self.problem})
+            return
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": 1011, "reason": "misconfigured"})
+            return
+        body = json.dumps({
+            "error": f"token_guard is misconfigured: {self.problem}",
+            "hint": "Fix the setting the message names and restart the server.",
+            "code": codes.INTERNAL_ERROR,
+        }).encode("utf-8")
+        await send({"type": "http.response.start", "status": 500, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"cache-control", b"no-store"),
+        ]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _built_by_starlette() -> bool:
+    """Whether Starlette's (or FastAPI's) ``build_middleware_stack`` is constructing us:
+    the lazy forms ``Middleware(TokenGuard, ...)`` and ``app.add_middleware(TokenGuard, ...)``."""
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(6):
+        if frame is None:
+            return False
+        module = str(frame.f_globals.get("__name__", ""))
+        if frame.f_code.co_name == "build_middleware_stack" and module.split(".")[0] in (
+            "starlette", "fastapi",
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _read_headers(

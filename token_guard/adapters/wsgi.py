@@ -43,20 +43,27 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   process, so a pre-forking server (gunicorn ``--preload``) is fine if the master served
   nothing before forking.
 - **Shutdown.** ``close()`` (also run at interpreter exit) flushes usage, closes the store
-  and stops the loop thread. Requests after it get 503.
+  and stops the loop thread. Requests after it get 503. At exit it runs among threading's
+  exit hooks, before ``concurrent.futures`` stops its worker threads (the SQLite store's
+  among them), so the last usage records are written; ``atexit`` would run too late.
+- **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so it never sees a
+  refusal made here: use ``token_guard.FlaskTokenGuard`` (it sends refusals through the
+  app's ``after_request`` hooks, Flask-CORS's among them; see ``examples/flask_app.py``),
+  or, for another WSGI framework, answer CORS in a WSGI middleware *around* the guard. A
+  preflight passes through the guard untouched.
 - **Logs.** ``access_token`` is redacted in place in ``QUERY_STRING``, ``REQUEST_URI`` and
   ``RAW_URI`` before the app or a refusal answers (gunicorn's access log and paste's
   TransLogger read them there); werkzeug's development server logs its own copy of the
   request line, so the ``werkzeug`` logger gets a ``logs.RedactTokens`` filter.
-- **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so browsers could not
-  read the guard's 401/403. Answer CORS in a WSGI middleware *around* the guard (see
-  ``examples/flask_app.py``); a preflight passes through the guard untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # its exit hook must be registered before the guard's
+import contextlib
 import io
+import logging
 import os
 import re
 import threading
@@ -72,6 +79,7 @@ from token_guard.core import decision as codes
 from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
 from token_guard.core.policy import CompiledToken
 from token_guard.core.querystrings import may_hold_token, redacted_query
 from token_guard.core.records import TokenRecord
@@ -90,9 +98,12 @@ from token_guard.stores.base import TokenReader
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from token_guard.config import ConfigSource
+
 __all__ = ["ENVIRON_KEY", "TokenGuardWSGI", "current_token", "get_token"]
 
 T = TypeVar("T")
+log = logging.getLogger("token_guard")
 
 ENVIRON_KEY = SCOPE_KEY
 """The environ key under which views find the resolved ``TokenRecord``."""
@@ -142,22 +153,38 @@ class TokenGuardWSGI:
         self,
         app: WSGIApplication,
         *,
-        store: TokenReader,
-        connections: Mapping[str, str | Connection],
+        store: TokenReader | None = None,
+        connections: Mapping[str, str | Connection] | None = None,
+        config: ConfigSource | None = None,
         **options: Unpack[GuardOptions],
     ) -> None:
+        from token_guard.config import build_guard
+
         self.app = app
-        self.guard = Guard(store=store, connections=connections, **options)
+        self.guard, _ = build_guard(
+            "TokenGuardWSGI", store=store, connections=connections, config=config,
+            options=options,
+        )
+        store = self.guard.store
         self._check = self.guard.check  # bound once: attribute chains cost at this size
         install_redaction("werkzeug")  # its dev server logs its own copy of the request line
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
-        self._loop = _LoopThread(self.guard.resolver.start)
+        self._loop = _LoopThread(_starter(self.guard))
         self._closed = False
         # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
         self._finalizer = weakref.finalize(
             self, self._loop.stop, self.guard.resolver.close, *_closer(store)
         )
+        _before_executors_stop(self._finalizer)
+
+    def start(self) -> None:
+        """Start the guard's loop now and read the store once; raise ``ConfigurationError``
+        naming the store if it cannot answer. Call it in each worker process (gunicorn's
+        ``post_fork``, before ``waitress.serve``), not in a parent that forks afterwards."""
+        problem = self.call(lambda: self.guard.probe("TokenGuardWSGI"), timeout=60.0)
+        if problem is not None:
+            raise ConfigurationError(problem)
 
     def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
         """Run a coroutine on the guard's event loop, where the store lives, and return its
@@ -181,8 +208,8 @@ class TokenGuardWSGI:
             checked = self._reconcile(method, raw_path, app_path)
             if isinstance(checked, Denial):
                 return self._respond(
-                    start_response, self.guard.refused(method, _path(environ), query_string,
-                                                       checked)
+                    environ, start_response,
+                    self.guard.refused(method, _path(environ), query_string, checked),
                 )
             raw_path = checked
         authorization, conflict = _authorization(environ.get("HTTP_AUTHORIZATION"))
@@ -203,7 +230,7 @@ class TokenGuardWSGI:
                 environ[ENVIRON_KEY] = step
                 return self.app(environ, start_response)
             if isinstance(step, Denial):
-                return self._respond(start_response, step)
+                return self._respond(environ, start_response, step)
             if isinstance(step, Awaiting):
                 step = step.then(self._resolve(step.work))
             elif isinstance(step, ReadBody):
@@ -275,13 +302,47 @@ class TokenGuardWSGI:
             return CLIENT_GONE
         return b"".join(chunks)
 
-    def _respond(self, start_response: StartResponse, denial: Denial) -> Iterable[bytes]:
+    def _respond(
+        self, environ: WSGIEnvironment, start_response: StartResponse, denial: Denial
+    ) -> Iterable[bytes]:
+        """Answer ``denial`` (the Flask extension sends it through the app's hooks)."""
         status, headers, body = self.guard.deny_response(denial)
         start_response(
             _status_line(status),
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
         )
         return [body]
+
+
+def _starter(guard: Guard) -> Callable[[], Coroutine[Any, Any, None]]:
+    """What the loop runs first in each process: the resolver, then one read of the store,
+    whose failure is logged then (WSGI has no start-up to fail), not only as 503s."""
+
+    async def start() -> None:
+        await guard.resolver.start()
+        problem = await guard.probe("TokenGuardWSGI")
+        if problem is not None:
+            log.error("%s", problem)
+
+    return start
+
+
+def _before_executors_stop(finalizer: weakref.finalize[Any, Any]) -> None:
+    """Run ``finalizer`` at interpreter exit before ``concurrent.futures`` refuses work.
+
+    ``concurrent.futures`` stops its executors from a ``threading`` exit hook, which runs
+    before ``atexit``: a finalizer left to ``atexit`` finds the store's executor gone ("cannot
+    schedule new futures after shutdown") and loses the last usage batch. Threading's hooks
+    run newest first, so one registered after ``concurrent.futures.thread`` was imported
+    runs before it. ``weakref.finalize`` still covers interpreters without the hook.
+    """
+    register: Callable[[Callable[[], object]], None] | None = getattr(
+        threading, "_register_atexit", None
+    )
+    if register is None or concurrent.futures.thread._shutdown:
+        return
+    with contextlib.suppress(RuntimeError):  # the interpreter is already shutting down
+        register(finalizer)
 
 
 def _closer(store: TokenReader) -> tuple[Callable[[], Awaitable[None]], ...]:

@@ -103,7 +103,7 @@ def _print_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
 
 def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """Add ``keys`` and its actions to ``sub``."""
-    keys = sub.add_parser("keys", help="OAuth signing keys")
+    keys = sub.add_parser("keys", parents=[common], help="OAuth signing keys")
     ksub = keys.add_subparsers(dest="action", required=True, parser_class=Parser)
     for name, func, text in (("rotate", cmd_keys_rotate, "retire the signing keys"),
                              ("list", cmd_keys_list, "list signing keys")):

@@ -9,6 +9,7 @@ import sys
 from token_guard.cli.errors import EXIT_OK
 from token_guard.cli.keys import keys_path
 from token_guard.cli.parser import Parser
+from token_guard.cli.settings import add_config_flag, read_config
 from token_guard.cli.store import open_store
 from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SigningKeys
 from token_guard.management.verify import ExternalIssuer
@@ -20,7 +21,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from token_guard.management.app import create_management_app
 
+    settings = read_config(args)  # before the key path: the store may come from it
     externals = [ExternalIssuer(url, iss, aud) for url, iss, aud in args.external_issuer or []]
+    base = _base_url(args.host, args.port)
     issuer = args.issuer or f"http://{args.host}:{args.port}"
     path = keys_path(args)
     # Default: each instance's own in-memory key, public halves in the store (store_keys).
@@ -33,14 +36,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app = create_management_app(
                 store, issuer=issuer, audience=args.audience, keys=keys,
                 external_issuers=externals, token_lifetime=args.token_lifetime,
+                config=settings,
             )
             config = uvicorn.Config(
                 app, host=args.host, port=args.port, log_level=args.log_level, lifespan="off"
             )
             print(
-                f"token-guard: Tokens API on http://{args.host}:{args.port} "
+                f"token-guard: Tokens API on {base} "
                 f"(issuer {issuer}, audience {args.audience}, "
-                f"keys {path if path is not None else 'published in the store'})",
+                f"keys {path if path is not None else 'published in the store'})\n"
+                f"token-guard: Developers page: {base}/developers\n"
+                f"token-guard: API documentation (OpenAPI 3.1): {base}/openapi.json",
                 file=sys.stderr, flush=True,
             )
             await uvicorn.Server(config).serve()
@@ -49,6 +55,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return asyncio.run(go())
+
+
+def _base_url(host: str, port: int) -> str:
+    """The URL people open for a server listening on ``host``: a wildcard is loopback."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -65,4 +80,5 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
                    metavar=("JWKS_URL", "ISSUER", "AUDIENCE"),
                    help="also accept this issuer's JWTs (repeat)")
     p.add_argument("--log-level", default="info")
+    add_config_flag(p)
     p.set_defaults(func=cmd_serve)

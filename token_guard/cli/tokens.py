@@ -21,13 +21,21 @@ from typing import Any
 from token_guard.cli.errors import EXIT_OK, Refused, UsageError
 from token_guard.cli.output import print_json, token_detail, token_rows
 from token_guard.cli.parser import Parser
+from token_guard.cli.settings import add_config_flag, read_config
 from token_guard.cli.store import actor, run_with_store
 from token_guard.core.records import TokenRecord
-from token_guard.core.spec import TOKEN_FIELDS, TokenField, format_datetime
+from token_guard.core.spec import (
+    TOKEN_FIELDS,
+    TokenField,
+    format_datetime,
+    parse_grants,
+    parse_token_spec,
+)
 from token_guard.stores.base import TokenStore
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_STORE_PAGE = 500  # the largest page list_tokens serves
 
 
 def parse_expires(text: str, now: datetime | None = None) -> str:
@@ -154,8 +162,11 @@ def _body_from_flags(args: argparse.Namespace, *, creating: bool) -> dict[str, A
 
 
 def cmd_tokens_create(args: argparse.Namespace) -> int:
-    """``tokens create``."""
+    """``tokens create``: with ``--config``, a grant the app could never serve is refused."""
     body = _body_from_flags(args, creating=True)
+    settings = read_config(args)
+    if settings is not None:
+        settings.policy().check_grants(parse_token_spec(body).grants)
 
     async def work(store: TokenStore) -> int:
         issued = await store.create_token(body, actor=actor())
@@ -179,22 +190,36 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     return run_with_store(args, work)
 
 
+async def _newest_first(store: TokenStore) -> list[TokenRecord]:
+    """Every token, newest first (the store pages by id, which says nothing of age)."""
+    records: list[TokenRecord] = []
+    after: str | None = None
+    while True:
+        page = list(await store.list_tokens(limit=_STORE_PAGE, after=after))
+        records += page
+        if len(page) < _STORE_PAGE:
+            break
+        after = page[-1].id
+    records.sort(key=lambda r: r.id)
+    records.sort(key=lambda r: r.created_at, reverse=True)  # stable: ties stay in id order
+    return records
+
+
 def cmd_tokens_list(args: argparse.Namespace) -> int:
-    """``tokens list``."""
+    """``tokens list``: newest first; ``--after ID`` continues after that row."""
 
     async def work(store: TokenStore) -> int:
-        records: list[TokenRecord] = []
-        after = args.after
-        nxt: str | None = None
-        while True:
-            page = list(await store.list_tokens(limit=args.limit + 1, after=after))
-            more = len(page) > args.limit
-            page = page[: args.limit]
-            records += page
-            nxt = page[-1].id if more and page else None
-            if not (args.all and nxt):
-                break
-            after = nxt
+        ordered = await _newest_first(store)
+        start = 0
+        if args.after is not None:
+            ids = [r.id for r in ordered]
+            if args.after not in ids:
+                raise Refused(f"--after {args.after!r} is no token's id; 'token-guard tokens "
+                              "list' shows the ids")
+            start = ids.index(args.after) + 1
+        records = ordered[start:] if args.all else ordered[start : start + args.limit]
+        more = start + len(records) < len(ordered)
+        nxt = records[-1].id if more and records else None
         now = datetime.now(UTC)
         if args.json:
             print_json({"tokens": [r.as_json(now) for r in records], "next": nxt})
@@ -243,6 +268,9 @@ def cmd_tokens_update(args: argparse.Namespace) -> int:
     if not body:
         given = [f.flag for f in _FLAGS if f.field.patchable]
         raise UsageError(f"nothing to change: give {', '.join(given)} or --body")
+    settings = read_config(args)
+    if settings is not None and "grants" in body:
+        settings.policy().check_grants(parse_grants(body["grants"]))
 
     async def work(store: TokenStore) -> int:
         await _require_token(store, args.id)
@@ -265,12 +293,13 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """Add ``tokens`` and its actions to ``sub``."""
-    tokens = sub.add_parser("tokens", help="API access tokens")
+    tokens = sub.add_parser("tokens", parents=[common], help="API access tokens")
     tsub = tokens.add_subparsers(dest="action", required=True, parser_class=Parser)
     p = tsub.add_parser("create", parents=[common], help="create a token (secret shown once)")
     _token_flags(p)
+    add_config_flag(p)
     p.set_defaults(func=cmd_tokens_create)
-    p = tsub.add_parser("list", parents=[common], help="list tokens (never secrets)")
+    p = tsub.add_parser("list", parents=[common], help="list tokens, newest first (never secrets)")
     p.add_argument("--limit", type=int, default=100, choices=range(1, 501), metavar="1..500")
     p.add_argument("--after", help="the id to continue after")
     p.add_argument("--all", action="store_true", help="follow every page")
@@ -282,6 +311,7 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument("id")
     _token_flags(p)
     p.add_argument("--no-referers", action="store_true", help="allow any website")
+    add_config_flag(p)
     p.set_defaults(func=cmd_tokens_update)
     p = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     p.add_argument("id")

@@ -114,6 +114,11 @@ def parse_token_spec(body: Mapping[str, Any], *, now: datetime | None = None) ->
     return TokenSpec(**values)
 
 
+def parse_grants(value: Any) -> tuple[Grant, ...]:
+    """Validate a body's ``grants`` list (errors name ``grants[i]...``)."""
+    return _parse_grants(value)
+
+
 def apply_update(spec: TokenSpec, changes: Mapping[str, Any]) -> TokenSpec:
     """Apply a ``PATCH /v3/tokens/{id}`` body; expiration can only be set at creation."""
     if not isinstance(changes, Mapping):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,11 +22,14 @@ from starlette.routing import Route
 from token_guard.core.decision import INVALID_TOKEN_SPEC, NOT_FOUND, STORE_UNAVAILABLE
 from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreUnavailable
 from token_guard.core.records import AuditEntry
-from token_guard.core.spec import format_datetime
+from token_guard.core.spec import format_datetime, parse_grants, parse_token_spec
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
 from token_guard.management.http import NO_STORE, REALM, BadRequest, error_response, read_body
 from token_guard.management.verify import AccessClaims, AccessDenied, AccessTokenVerifier
 from token_guard.stores.base import TokenStore
+
+if TYPE_CHECKING:
+    from token_guard.core.policy import Policy
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
@@ -112,9 +115,21 @@ def _audit_json(entry: AuditEntry) -> dict[str, Any]:
 class TokensApi:
     """The Tokens API handlers, closed over one store and verifier (no module state)."""
 
-    def __init__(self, store: TokenStore, verifier: AccessTokenVerifier) -> None:
+    def __init__(
+        self, store: TokenStore, verifier: AccessTokenVerifier, *, policy: Policy | None = None
+    ) -> None:
         self.store = store
         self.verifier = verifier
+        # The app's policy (from its configuration): grants it could never serve are refused.
+        self.policy = policy
+
+    def _check_grants(self, body: dict[str, Any], *, creating: bool) -> None:
+        if self.policy is None:
+            return
+        if creating:
+            self.policy.check_grants(parse_token_spec(body).grants)
+        elif "grants" in body:
+            self.policy.check_grants(parse_grants(body["grants"]))
 
     def routes(self) -> list[Route]:
         """The ``/v3/tokens`` and ``/v3/audit`` routes, each answering errors as JSON."""
@@ -152,6 +167,7 @@ class TokensApi:
         """``POST /v3/tokens``: the response carries the secret, this once."""
         claims = await self.caller(request, WRITE_SCOPE)
         body = await _json_object(request)
+        self._check_grants(body, creating=True)
         issued = await self.store.create_token(body, actor=claims.client_id)
         out = issued.record.as_json(datetime.now(UTC))
         out["token"] = issued.token
@@ -172,6 +188,7 @@ class TokensApi:
         """``PATCH /v3/tokens/{id}``: name, grants, referers, allowed_apis."""
         claims = await self.caller(request, WRITE_SCOPE)
         body = await _json_object(request)
+        self._check_grants(body, creating=False)
         record = await self.store.update_token(
             request.path_params["token_id"], body, actor=claims.client_id
         )

@@ -12,6 +12,7 @@ Routes:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,11 +28,15 @@ from token_guard.management.store_keys import StoreKeyRing
 from token_guard.management.verify import AccessTokenVerifier, ExternalIssuer
 from token_guard.stores.base import TokenStore
 
+if TYPE_CHECKING:
+    from token_guard.config import ConfigSource
+
 
 def create_management_app(
     store: TokenStore, *, issuer: str, audience: str, keys: KeyRing | None = None,
     external_issuers: Sequence[ExternalIssuer] = (),
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME, developers_page: bool = True,
+    config: ConfigSource | None = None,
 ) -> Starlette:
     """The Tokens API + ``/oauth/token`` + JWKS + OpenAPI (+ ``/developers``) as one Starlette app.
 
@@ -42,7 +47,17 @@ def create_management_app(
     ``SigningKeys.open(path)`` (a key file) or ``SigningKeys.ephemeral()`` still work.
     ``issuer`` goes in ``iss`` and ``audience`` in ``aud`` of the tokens issued here, and
     both are checked on the way in.
+    ``config`` (the app's TOML file or ``tg.load_config(...)``) makes creation and updates
+    refuse a grant the app's guard could never serve (400 naming ``grants[i]...``), and
+    lists its connections in the OpenAPI document (the Developers page offers them);
+    without it, any connection name is accepted, as before.
     """
+    from token_guard.config import Settings, load_config
+
+    settings = None if config is None else (
+        config if isinstance(config, Settings) else load_config(config))
+    policy = settings.policy() if settings is not None else None
+    connection_names = sorted(settings.connections) if settings is not None else []
     ring = keys if keys is not None else StoreKeyRing(store, token_lifetime=token_lifetime)
     verifier = AccessTokenVerifier(
         store, ring, issuer=issuer, audience=audience, external_issuers=external_issuers
@@ -60,13 +75,13 @@ def create_management_app(
 
     async def openapi(request: Request) -> Response:
         """``GET /openapi.json``."""
-        return JSONResponse(openapi_schema())
+        return JSONResponse(openapi_schema(connections=connection_names))
 
     routes = [
         Route("/oauth/token", endpoint.handle, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        *TokensApi(store, verifier).routes(),
+        *TokensApi(store, verifier, policy=policy).routes(),
     ]
     if developers_page:
         routes += DevelopersPage().routes()

@@ -99,8 +99,21 @@ _AUTH_ERRORS = {
 _ID_PARAM = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the management app."""
+def _with_connections(body: dict[str, Any], connections: Sequence[str]) -> dict[str, Any]:
+    """``body`` whose grants' ``connection_name`` is one of ``connections``."""
+    grants = body["properties"]["grants"]
+    item = {**grants["items"], "properties": {
+        **grants["items"]["properties"],
+        "connection_name": {"type": "string", "enum": list(connections)},
+    }}
+    # The generic example names a connection this app may not have: left out.
+    listed = {k: v for k, v in grants.items() if k != "examples"}
+    return {**body, "properties": {**body["properties"], "grants": {**listed, "items": item}}}
+
+
+def openapi_schema(connections: Sequence[str] = ()) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the management app; ``connections``, when the app was
+    given its configuration, are the only connection names grants may use."""
     read_sec = [{"oauth": [READ_SCOPE]}]
     write_sec = [{"oauth": [WRITE_SCOPE]}]
     return {
@@ -237,8 +250,10 @@ def openapi_schema() -> dict[str, Any]:
                 "Error": _ERROR,
                 "OAuthError": _OAUTH_ERROR,
                 "Grant": GRANT_SCHEMA,
-                "TokenCreate": _TOKEN_CREATE,
-                "TokenUpdate": _TOKEN_UPDATE,
+                "TokenCreate": _with_connections(_TOKEN_CREATE, connections)
+                if connections else _TOKEN_CREATE,
+                "TokenUpdate": _with_connections(_TOKEN_UPDATE, connections)
+                if connections else _TOKEN_UPDATE,
                 "Token": _TOKEN,
                 "CreatedToken": _CREATED,
                 "TokenPage": {

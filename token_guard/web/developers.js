@@ -165,6 +165,7 @@
       });
       const schema = response.ok && body && body.components && body.components.schemas
         && body.components.schemas.TokenCreate;
+      fillKnownConnections(schema);
       const apis = schema && schema.properties && schema.properties.allowed_apis;
       const list = apis && apis.items && apis.items.enum;
       if (Array.isArray(list) && list.length && list.every((n) => typeof n === "string")) {
@@ -184,6 +185,22 @@
     for (const name of names) {
       box.append(el("label", {},
         el("input", { type: "checkbox", name: "allowed_apis", value: name }), ` ${apiLabel(name)}`));
+    }
+  }
+
+  // The connections the app serves, when the server was given its configuration: offered in
+  // each grant row's Connection field (a datalist: a name typed by hand still reaches the
+  // server, which refuses an unknown one naming the field).
+  function fillKnownConnections(schema) {
+    const grants = schema && schema.properties && schema.properties.grants;
+    const conn = grants && grants.items && grants.items.properties
+      && grants.items.properties.connection_name;
+    const names = conn && conn.enum;
+    const list = $("known-connections");
+    if (!list || !Array.isArray(names)) return;
+    clear(list);
+    for (const name of names) {
+      if (typeof name === "string") list.append(el("option", { value: name }));
     }
   }
 
@@ -506,6 +523,7 @@
     error.id = `grant-error-${n}`;
     row.querySelector(".grant-conn-label").htmlFor = conn.id;
     row.querySelector(".grant-source-label").htmlFor = src.id;
+    conn.setAttribute("list", "known-connections");
     conn.value = connection || "";
     src.value = source || "";
     row.querySelector(".remove-grant").addEventListener("click", () => removeGrantRow(row));
