@@ -24,12 +24,15 @@ them with a generous bound instead of asserting on timing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from tests.tokens import BODY, body
 from token_guard.core.errors import (
@@ -39,9 +42,11 @@ from token_guard.core.errors import (
     StoreUnavailable,
     TokenStateError,
 )
-from token_guard.core.records import ChangeEvent, TokenRecord
+from token_guard.core.records import ChangeEvent, PublishedKey, TokenRecord
 from token_guard.core.secret import hash_secret, is_well_formed, secret_prefix
 from token_guard.core.spec import TOKEN_FIELDS, parse_token_spec
+from token_guard.management.keys import SigningKey
+from token_guard.management.store_keys import StoreKeyRing
 from token_guard.stores.base import TokenStore
 
 EVENT_WAIT = 10.0  # seconds; a bound for slow machines, not a performance claim
@@ -53,6 +58,21 @@ def full_body() -> dict[str, Any]:
     A field added to spec.py is in it at once, so every store's round trip covers it.
     """
     return {f.name: BODY.get(f.name, f.example) for f in TOKEN_FIELDS if f.creatable}
+
+
+def private_key_forms(key: SigningKey) -> list[bytes]:
+    """The private half of ``key`` as any store could hold it: raw, hex, base64(url), PEM."""
+    raw = key.private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    pem = key.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    b64 = base64.b64encode(raw).rstrip(b"=")
+    b64url = base64.urlsafe_b64encode(raw).rstrip(b"=")
+    return [raw, raw.hex().encode(), b64, b64url, pem, b"PRIVATE KEY"]
 
 
 async def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -499,6 +519,48 @@ class StoreContract:
         got_a, got_b = await store.get_token(a.id), await store.get_token(b.id)
         assert got_a is not None and got_a.last_used_at == t2
         assert got_b is not None and got_b.last_used_at == t1
+
+    # -- public signing keys ----------------------------------------------------------------
+    async def test_signing_keys_publish_list_retire(self, store: TokenStore) -> None:
+        now = datetime.now(UTC).replace(microsecond=0)
+        first = PublishedKey("kid-a", "PEM A", now - timedelta(seconds=2),
+                             now + timedelta(days=2), 3600)
+        second = PublishedKey("kid-b", "PEM B", now - timedelta(seconds=1),
+                              now + timedelta(minutes=10), 3600)
+        await store.publish_signing_key(first)
+        await store.publish_signing_key(second)
+        await store.publish_signing_key(replace(first, public_pem="other"))  # kid kept as is
+        assert list(await store.list_signing_keys()) == [first, second]
+        retired = await store.retire_signing_keys(now)
+        # verify_until comes forward to retired_at + token_lifetime, never goes back.
+        assert list(retired) == [
+            replace(first, retired_at=now, verify_until=now + timedelta(seconds=3600)),
+            replace(second, retired_at=now),
+        ]
+        assert list(await store.list_signing_keys()) == list(retired)
+        assert list(await store.retire_signing_keys(now)) == []
+
+    async def test_publishing_prunes_keys_that_verify_nothing_any_more(
+        self, store: TokenStore
+    ) -> None:
+        now = datetime.now(UTC).replace(microsecond=0)
+        dead = PublishedKey("kid-dead", "PEM", now - timedelta(days=3), now - timedelta(days=1), 60)
+        live = PublishedKey("kid-live", "PEM", now, now + timedelta(days=1), 60)
+        await store.publish_signing_key(dead)
+        await store.publish_signing_key(live)
+        assert [k.kid for k in await store.list_signing_keys()] == ["kid-live"]
+
+    async def test_no_private_key_material_is_stored(self, store: TokenStore) -> None:
+        ring = StoreKeyRing(store)
+        key = await ring.signing_key()
+        await store.retire_signing_keys(datetime.now(UTC))
+        assert (await ring.signing_key()).kid != key.kid  # a fresh key after the rotation
+        raw = await self.stored_bytes(store)
+        if raw is None:
+            pytest.skip("this store cannot show its raw bytes")
+        assert key.kid.encode() in raw  # the public key is there...
+        for private in private_key_forms(key):
+            assert private not in raw  # ...its private half in no encoding
 
     # -- OAuth clients ----------------------------------------------------------------------
     async def test_clients_create_get_list_revoke(self, store: TokenStore) -> None:

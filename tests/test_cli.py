@@ -133,7 +133,8 @@ def test_body_file_update_and_revoke(tmp_path: Path) -> None:
         pytest.param(["tokens", "update", "tok_x"], 2, "nothing to change", id="update-empty"),
         pytest.param(["tokens", "frobnicate"], 2, "invalid choice", id="bad-command"),
         pytest.param(["clients", "create", "--name", "x"], 2, "--scope", id="client-no-scope"),
-        pytest.param(["keys", "list"], 2, "keys rotate", id="no-key-file"),
+        pytest.param(["keys", "list", "--keys", "missing.keys"], 2, "keys rotate",
+                     id="no-key-file"),
         pytest.param(["tokens", "list", "--store", "mysql://x"], 2, "unknown URL scheme",
                      id="bad-store"),
     ],
@@ -344,17 +345,20 @@ def test_serve_issues_tokens_and_survives_a_key_rotation(tmp_path: Path, free_po
             first = http.post("/oauth/token", auth=creds, data=form).json()["access_token"]
             listed = http.get("/v3/tokens", headers={"Authorization": f"Bearer {first}"})
             assert [t["id"] for t in listed.json()["tokens"]] == [made["id"]]
-            assert (tmp_path / "tokens.keys").exists()
+            assert not (tmp_path / "tokens.keys").exists()  # keys: published in the store
+            first_kid = jwt.get_unverified_header(first)["kid"]
+            assert [k["kid"] for k in tg_json(tmp_path, "keys", "list")["keys"]] == [first_kid]
 
             rotated = tg_json(tmp_path, "keys", "rotate")
+            assert rotated["retired"] == [first_kid]
             second = http.post("/oauth/token", auth=creds, data=form).json()["access_token"]
-            assert jwt.get_unverified_header(second)["kid"] == rotated["kid"]
-            assert jwt.get_unverified_header(first)["kid"] != rotated["kid"]
+            second_kid = jwt.get_unverified_header(second)["kid"]
+            assert second_kid != first_kid
             for token in (first, second):
                 r = http.get("/v3/tokens", headers={"Authorization": f"Bearer {token}"})
                 assert r.status_code == 200
             kids = {k["kid"] for k in http.get("/.well-known/jwks.json").json()["keys"]}
-            assert kids == {rotated["kid"], jwt.get_unverified_header(first)["kid"]}
+            assert kids == {first_kid, second_kid}
 
             api_token = http.get(
                 "/v3/tokens", headers={"Authorization": f"Bearer {made['token']}"}

@@ -26,7 +26,6 @@ import pytest
 from tests.demo_process import DemoProcess, demo_process
 from tests.services import service_missing
 from token_guard.demo import base_url, keep_out_of_git, main, parse_args
-from token_guard.demo.compose import is_management_path
 from token_guard.demo.tokens import (
     PLANS,
     SECRETS_FILE,
@@ -37,6 +36,7 @@ from token_guard.demo.tokens import (
     reconcile,
     save,
 )
+from token_guard.management.one_port import is_management_path
 from token_guard.stores.sqlite import SQLiteStore
 
 _STEP = re.compile(r"^  # (?P<title>.+) \(expect (?P<status>\d{3})(?: (?P<code>\w+))?\)$")

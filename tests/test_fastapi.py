@@ -85,3 +85,57 @@ def test_api_token_without_the_guard_is_401_never_none() -> None:
         assert r.status_code == 401
         assert "TokenGuard" in r.json()["detail"]
         assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_openapi_declares_the_bearer_scheme_and_each_guarded_operation_requires_it() -> None:
+    with serve(make_app(MemoryStore())) as server:
+        schema = httpx.get(server.url + "/openapi.json").json()
+    scheme = schema["components"]["securitySchemes"]["TokenGuard"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    assert schema["paths"]["/v3/maps/{connection}/table"]["get"]["security"] == [
+        {"TokenGuard": []}
+    ]
+    assert "security" not in schema["paths"]["/health"]["get"]  # optional: not required
+
+
+def test_the_docs_authorize_button_header_is_what_the_guard_reads(
+    guarded: tuple[ServerThread, MemoryStore],
+) -> None:
+    """Swagger UI sends exactly ``Authorization: Bearer <what was pasted>``."""
+    server, store = guarded
+    issued = server.call(lambda: store.create_token(FULL))
+    assert "swagger-ui" in httpx.get(server.url + "/docs").text
+    r = httpx.get(server.url + TABLE, headers={"Authorization": f"Bearer {issued.token}"})
+    assert r.status_code == 200, r.text
+
+
+ORIGIN = "https://app.example.com"
+
+
+def test_a_browsers_cross_origin_call_can_read_the_refusal(
+    guarded: tuple[ServerThread, MemoryStore],
+) -> None:
+    """What a browser does: a preflight (answered by CORS), then the call with a bad token."""
+    server, _ = guarded
+    preflight = httpx.options(server.url + TABLE, headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    })
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    r = httpx.get(server.url + TABLE, headers={
+        "Origin": ORIGIN, "Authorization": "Bearer tgk_not-a-real-token",
+    })
+    assert r.status_code == 401 and r.json()["code"] == "malformed_token"
+    assert r.headers["access-control-allow-origin"] == ORIGIN  # the page can read the body
+
+
+def test_starlettes_order_in_add_middleware_hides_refusals_from_browsers() -> None:
+    """CORS added FIRST is innermost in FastAPI: the guard's 401 then lacks CORS headers."""
+    app = make_app(None)
+    app.add_middleware(CORSMiddleware, allow_origins=[ORIGIN], allow_headers=["*"])
+    app.add_middleware(TokenGuard, store=MemoryStore(), connections=CONNECTIONS)
+    with serve(app) as server:
+        r = httpx.get(server.url + TABLE, headers={"Origin": ORIGIN})
+    assert r.status_code == 401
+    assert "access-control-allow-origin" not in r.headers

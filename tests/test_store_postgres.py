@@ -72,7 +72,8 @@ class TestPostgresStore(StoredBodyContract):
         assert isinstance(store, PostgresStore)
         dsn = store._dsn
         out = []
-        for table in ("tokens", "token_secrets", "oauth_clients", "audit", "meta"):
+        for table in ("tokens", "token_secrets", "oauth_clients", "audit", "meta",
+                      "signing_keys"):
             rows = await execute(dsn, f"SELECT t::text FROM {store.schema}.{table} AS t")
             out += [r[0] for r in rows]
         return "\n".join(out).encode()

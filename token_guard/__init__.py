@@ -9,6 +9,7 @@ that connection, and is used from an allowed website. Tokens live in a store:
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
@@ -30,6 +31,7 @@ from token_guard.core.records import IssuedToken, TokenRecord
 from token_guard.core.routes import Route, SqlParam
 from token_guard.core.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.guard import DecisionEvent
+from token_guard.logs import RedactTokens, uvicorn_log_config
 from token_guard.report_only import ReportOnlyWarning
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
@@ -37,10 +39,14 @@ from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
 __version__ = "0.1.0"
 """The release, read by the packaging (``pyproject.toml``) and ``token-guard --version``."""
 
+# A library adds only a NullHandler: the application decides where logs go (logs.py).
+logging.getLogger("token_guard").addHandler(logging.NullHandler())
+
 if TYPE_CHECKING:
     from token_guard.adapters.fastapi import ApiToken, api_token
     from token_guard.adapters.flask import FlaskTokenGuard, flask_token
     from token_guard.adapters.wsgi import TokenGuardWSGI, current_token
+    from token_guard.management import create_management_app, one_port
     from token_guard.stores.postgres import PostgresStore
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "MemoryStore",
     "NotFound",
     "PostgresStore",
+    "RedactTokens",
     "ReportOnlyWarning",
     "RequestFacts",
     "Route",
@@ -76,12 +83,15 @@ __all__ = [
     "TokenStore",
     "__version__",
     "api_token",
+    "create_management_app",
     "current_token",
     "flask_token",
     "get_token",
     "load_config",
+    "one_port",
     "parse_token_spec",
     "presets",
+    "uvicorn_log_config",
 ]
 
 
@@ -108,4 +118,9 @@ def __getattr__(name: str) -> Any:
         from token_guard.adapters import fastapi
 
         return getattr(fastapi, name)
+    if name in ("one_port", "create_management_app"):
+        # The management package (the Tokens API, OAuth) loads only when a one-port app asks.
+        from token_guard import management
+
+        return getattr(management, name)
     raise AttributeError(f"module 'token_guard' has no attribute {name!r}")

@@ -10,6 +10,10 @@ Security choices, stated once:
   ``access_token`` query parameter is refused unless ``allow_query_token=True``; two
   different tokens in one request are refused (400).
 - The token is never logged, and ``access_token`` is redacted from every URL the guard logs.
+  It is also redacted IN the scope (``query_string``, in place) before the app or a refusal
+  answers: the server's access log (uvicorn's reads the same scope dict) prints
+  ``access_token=REDACTED``. The guard reads the token first; the app beneath sees the
+  redacted query string and finds the resolved token with ``get_token``.
 - A body is read only when the route's source may travel in it, only after the token is
   resolved (a missing, malformed, unknown, revoked or expired token is refused first), up
   to ``max_body_bytes`` (413 above) and within ``body_timeout`` seconds (408 past it, so a
@@ -45,6 +49,7 @@ from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
+from token_guard.core.querystrings import may_hold_token, redacted_query
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     Awaiting,
@@ -145,18 +150,23 @@ class TokenGuard:
             authorization, origin, referer, preflight, conflict = _read_headers(headers)
         method: str = scope.get("method", "GET")
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query_string: bytes = scope.get("query_string", b"")
+        if may_hold_token(query_string):
+            redacted = redacted_query(query_string)
+            if redacted is not None:
+                scope["query_string"] = redacted  # in place: the server logs this dict
         if scope.get("root_path"):
             routed = route_path(scope, raw_path)
             if routed is None:
                 await self._refuse(scope, receive, send, self.guard.refused(
-                    method, scope["path"], scope.get("query_string", b""), OUTSIDE_ROOT
+                    method, scope["path"], query_string, OUTSIDE_ROOT
                 ), method, scope["path"])
                 return
             raw_path = routed
         step = self._check(
             method,
             raw_path,
-            scope.get("query_string", b""),
+            query_string,
             authorization,
             origin,
             referer,

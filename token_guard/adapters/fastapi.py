@@ -10,7 +10,10 @@ Mount the guard as ASGI middleware, CORS outside it, and ask for the token in a 
     def table(connection: str, token: ApiToken) -> dict[str, str]:
         return {"token": token.name}
 
-``ApiToken`` is ``Annotated[TokenRecord, Depends(api_token)]``. ``api_token`` never returns
+``ApiToken`` is ``Annotated[TokenRecord, Depends(api_token)]``. It also declares the
+``TokenGuard`` HTTP bearer security scheme, so the app's OpenAPI lists it and each operation
+using it requires it: the Authorize button of ``/docs`` then sends ``Authorization: Bearer``
+with the token pasted there (the guard, not this dependency, checks it). ``api_token`` never returns
 None: a handler reached without the guard having allowed the request (the middleware is
 missing, or the route is outside its prefix) is a configuration mistake, answered with 401
 rather than served anonymously. ``optional_api_token`` (``OptionalApiToken``) is for
@@ -21,12 +24,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from token_guard.adapters.asgi import get_token
 from token_guard.core.records import TokenRecord
 
-__all__ = ["ApiToken", "OptionalApiToken", "api_token", "optional_api_token"]
+__all__ = ["BEARER_SCHEME", "ApiToken", "OptionalApiToken", "api_token", "optional_api_token"]
+
+#: The OpenAPI security scheme ``api_token`` declares (``components.securitySchemes``).
+#: ``auto_error=False``: it only documents; refusing is the guard's job, done before.
+BEARER_SCHEME = HTTPBearer(
+    scheme_name="TokenGuard",
+    bearerFormat="tgk_...",
+    description="An API access token (tgk_...), checked by TokenGuard before the handler.",
+    auto_error=False,
+)
 
 _NOT_GUARDED = (
     "No API access token was checked for this request: add TokenGuard as middleware "
@@ -34,7 +47,10 @@ _NOT_GUARDED = (
 )
 
 
-def api_token(request: Request) -> TokenRecord:
+def api_token(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
+) -> TokenRecord:
     """The token record TokenGuard allowed this request with (401 if the guard did not run)."""
     record = get_token(request.scope)
     if record is None:

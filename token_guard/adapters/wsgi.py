@@ -53,6 +53,10 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   app's ``after_request`` hooks, Flask-CORS's among them; see ``examples/flask_app.py``),
   or, for another WSGI framework, answer CORS in a WSGI middleware *around* the guard. A
   preflight passes through the guard untouched.
+- **Logs.** ``access_token`` is redacted in place in ``QUERY_STRING``, ``REQUEST_URI`` and
+  ``RAW_URI`` before the app or a refusal answers (gunicorn's access log and paste's
+  TransLogger read them there); werkzeug's development server logs its own copy of the
+  request line, so the ``werkzeug`` logger gets a ``logs.RedactTokens`` filter.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.policy import CompiledToken
+from token_guard.core.querystrings import may_hold_token, redacted_query
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     Awaiting,
@@ -90,6 +95,7 @@ from token_guard.guard import (
     one_origin,
     one_referer,
 )
+from token_guard.logs import install_redaction
 from token_guard.report_only import HEADER
 from token_guard.resolver import UNAVAILABLE
 from token_guard.stores.base import TokenReader
@@ -165,6 +171,7 @@ class TokenGuardWSGI:
         )
         store = self.guard.store
         self._check = self.guard.check  # bound once: attribute chains cost at this size
+        install_redaction("werkzeug")  # its dev server logs its own copy of the request line
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
         self._loop = _LoopThread(_starter(self.guard))
@@ -199,6 +206,8 @@ class TokenGuardWSGI:
         method: str = environ.get("REQUEST_METHOD", "GET")
         query_string: bytes = environ.get("QUERY_STRING", "").encode("latin-1")
         raw_path, app_path = _raw_path(environ)
+        if may_hold_token(query_string):
+            _redact_environ(environ, query_string)
         if app_path is not None:
             checked = self._reconcile(method, raw_path, app_path)
             if isinstance(checked, Denial):
@@ -468,6 +477,20 @@ class _LoopThread:
             thread.join(30)
             if not thread.is_alive():
                 loop.close()
+
+
+def _redact_environ(environ: WSGIEnvironment, query_string: bytes) -> None:
+    """Redact ``access_token`` in place where servers log from: QUERY_STRING and the raw URI
+    (gunicorn's access log reads ``RAW_URI``/``QUERY_STRING``, paste's TransLogger these)."""
+    redacted = redacted_query(query_string)
+    if redacted is None:
+        return
+    text = redacted.decode("latin-1")
+    environ["QUERY_STRING"] = text
+    for key in ("REQUEST_URI", "RAW_URI"):
+        uri = environ.get(key)
+        if isinstance(uri, str) and "?" in uri:
+            environ[key] = f"{uri.partition('?')[0]}?{text}"
 
 
 def _raw_path(environ: WSGIEnvironment) -> tuple[bytes, bytes | None]:

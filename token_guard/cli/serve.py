@@ -25,7 +25,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     externals = [ExternalIssuer(url, iss, aud) for url, iss, aud in args.external_issuer or []]
     base = _base_url(args.host, args.port)
     issuer = args.issuer or f"http://{args.host}:{args.port}"
-    keys = SigningKeys.open(keys_path(args))
+    path = keys_path(args)
+    # Default: each instance's own in-memory key, public halves in the store (store_keys).
+    keys = SigningKeys.open(path) if path is not None else None
 
     async def go() -> int:
         store = open_store(args.store, create=args.create)
@@ -41,7 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             print(
                 f"token-guard: Tokens API on {base} "
-                f"(issuer {issuer}, audience {args.audience}, keys {keys.path})\n"
+                f"(issuer {issuer}, audience {args.audience}, "
+                f"keys {path if path is not None else 'published in the store'})\n"
                 f"token-guard: Developers page: {base}/developers\n"
                 f"token-guard: API documentation (OpenAPI 3.1): {base}/openapi.json",
                 file=sys.stderr, flush=True,
@@ -70,7 +73,8 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--issuer", help="iss of issued tokens (default: http://HOST:PORT)")
     p.add_argument("--audience", default="token-guard", help="aud of issued tokens")
-    p.add_argument("--keys", help="key file (default: $TOKEN_GUARD_KEYS or next to the store)")
+    p.add_argument("--keys", help="sign with a key file (default: $TOKEN_GUARD_KEYS if set, "
+                   "else each instance's own key, public halves in the store)")
     p.add_argument("--token-lifetime", type=int, default=DEFAULT_TOKEN_LIFETIME)
     p.add_argument("--external-issuer", nargs=3, action="append",
                    metavar=("JWKS_URL", "ISSUER", "AUDIENCE"),

@@ -8,7 +8,9 @@ Security choices:
 - Only what is wanted is decoded on the request path (``parse_wanted``); everything else is
   checked for valid escapes only, so ``a=1&&b=2`` and a trailing ``&`` hide nothing.
 - ``redact`` replaces every ``access_token`` value before anything is logged, whatever
-  its encoding (``access%5Ftoken=``, ``ACCESS_TOKEN=``).
+  its encoding (``access%5Ftoken=``, ``ACCESS_TOKEN=``). ``redacted_query`` does the same
+  on the bytes the adapters put back into the ASGI scope / WSGI environ, so the server's own
+  access log (which reads them from there) never prints the token either.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from urllib.parse import unquote_to_bytes
 from token_guard.core import decision as codes
 from token_guard.core.decision import Denial
 
-__all__ = ["BAD_ESCAPES", "SEMICOLON", "decode", "parse_all", "parse_wanted", "redact",
-           "values_of", "wanted_text"]
+__all__ = ["BAD_ESCAPES", "SEMICOLON", "decode", "may_hold_token", "parse_all", "parse_wanted",
+           "redact", "redacted_query", "values_of", "wanted_text"]
 
 _BAD_ESCAPE_TEXT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 BAD_ESCAPES = Denial(
@@ -197,6 +199,28 @@ def redact(query: bytes) -> str:
         name = _lenient(piece.split("=", 1)[0])
         parts.append(f"{name}=REDACTED" if "access_token" in name.lower() else piece)
     return "&".join(parts)
+
+
+def may_hold_token(query: bytes) -> bool:
+    """A fast test (two substring searches) that ``query`` may name ``access_token``.
+
+    True for ``access_token``, ``ACCESS_TOKEN``, ``Access_Token`` and ``access%5Ftoken``;
+    the rest of ``redacted_query`` runs only then, so other requests pay nothing more.
+    """
+    return b"ccess" in query or b"CCESS" in query
+
+
+def redacted_query(query: bytes) -> bytes | None:
+    """``query`` with every ``access_token`` value replaced by ``REDACTED``, or None if it
+    names none (the name compared decoded and case-insensitively, as ``redact`` does)."""
+    parts = query.split(b"&")
+    changed = False
+    for i, piece in enumerate(parts):
+        name = piece.partition(b"=")[0]
+        if _lenient(name.decode("latin-1")).lower().find("access_token") >= 0:
+            parts[i] = name + b"=REDACTED"
+            changed = True
+    return b"&".join(parts) if changed else None
 
 
 def _lenient(latin1: str) -> str:

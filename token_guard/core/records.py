@@ -1,4 +1,5 @@
-"""What stores keep and return: token records, issued tokens, OAuth clients, audit entries."""
+"""What stores keep and return: token records, issued tokens, OAuth clients, audit entries,
+and the public signing keys of the Tokens API."""
 
 from __future__ import annotations
 
@@ -147,6 +148,25 @@ class OAuthClient:
     scopes: tuple[str, ...]
     created_at: datetime
     revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedKey:
+    """The PUBLIC half of one Tokens API instance's signing key, as the store keeps it.
+
+    ``public_pem`` is the SubjectPublicKeyInfo PEM; the private half never leaves the
+    process that generated it. ``verify_until`` is when the last token the key may have
+    signed expires (after it the key verifies nothing and may be pruned);
+    ``token_lifetime`` is the lifetime of the tokens it signs, so a retirement can bring
+    ``verify_until`` forward to ``retired_at + token_lifetime``.
+    """
+
+    kid: str
+    public_pem: str
+    created_at: datetime
+    verify_until: datetime
+    token_lifetime: int
+    retired_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

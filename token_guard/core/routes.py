@@ -520,8 +520,10 @@ def _unknown_route(prefix: str) -> Denial:
         403,
         codes.UNKNOWN_ROUTE,
         f"The request path under {prefix} matches no route token_guard knows, so it is refused.",
-        "If your application serves this endpoint, declare it: RouteMap(routes=[Route("
-        "api='maps', path='/v3/custom/{connection}/things', source_param='name')]).",
+        "If your application serves this endpoint, declare it: TokenGuard(..., routes=["
+        "tg.Route(api='maps', path='/v3/custom/{connection}/things', source_param='name')]). "
+        "The Tokens API and OAuth go beside the guard, not behind it: "
+        "tg.one_port(guarded=..., management=...).",
     )
 
 

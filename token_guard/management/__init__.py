@@ -2,7 +2,8 @@
 
 ``create_management_app(store, issuer=..., audience=...)`` is the Starlette app serving
 ``/v3/tokens``, ``/v3/audit``, ``/oauth/token``, ``/.well-known/jwks.json`` and
-``/openapi.json``. ``token-guard serve`` runs it under uvicorn.
+``/openapi.json``. ``token-guard serve`` runs it under uvicorn. ``one_port(guarded=...,
+management=...)`` serves it beside a guarded API on one port.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from token_guard.management.clients import (
     revoke_client,
 )
 from token_guard.management.grant import IssuedAccessToken, OAuthError, issue_access_token
-from token_guard.management.keys import SigningKey, SigningKeys
+from token_guard.management.keys import KeyRing, SigningKey, SigningKeys
+from token_guard.management.one_port import OnePort, one_port
 from token_guard.management.openapi import openapi_schema
+from token_guard.management.store_keys import StoreKeyRing
 from token_guard.management.verify import (
     AccessClaims,
     AccessDenied,
@@ -35,13 +38,17 @@ __all__ = [
     "AccessTokenVerifier",
     "ExternalIssuer",
     "IssuedAccessToken",
+    "KeyRing",
     "OAuthError",
+    "OnePort",
     "SigningKey",
     "SigningKeys",
+    "StoreKeyRing",
     "authenticate_client",
     "create_client",
     "create_management_app",
     "issue_access_token",
+    "one_port",
     "openapi_schema",
     "revoke_client",
 ]

@@ -26,10 +26,11 @@ from starlette.routing import Route
 from token_guard.management.api import TokensApi
 from token_guard.management.developers import DevelopersPage
 from token_guard.management.grant import TokenEndpoint
-from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SigningKeys
+from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, KeyRing
 from token_guard.management.leaks import LeakedSecrets
 from token_guard.management.lifecycle import LifecycleApi
 from token_guard.management.openapi import openapi_schema
+from token_guard.management.store_keys import StoreKeyRing
 from token_guard.management.verify import AccessTokenVerifier, ExternalIssuer
 from token_guard.stores.base import TokenStore
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 
 def create_management_app(
-    store: TokenStore, *, issuer: str, audience: str, keys: SigningKeys | None = None,
+    store: TokenStore, *, issuer: str, audience: str, keys: KeyRing | None = None,
     external_issuers: Sequence[ExternalIssuer] = (),
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME, developers_page: bool = True,
     config: ConfigSource | None = None,
@@ -47,9 +48,12 @@ def create_management_app(
     """The Tokens API + ``/oauth/token`` + JWKS + OpenAPI (+ ``/developers``) as one Starlette app.
 
     ``developers_page=False`` leaves out the Developers page (an API-only deployment).
-    ``keys`` defaults to an in-memory key ring (access tokens die with the process); pass
-    ``SigningKeys.open(path)`` to keep them in a key file. ``issuer`` goes in ``iss`` and
-    ``audience`` in ``aud`` of the tokens issued here, and both are checked on the way in.
+    ``keys`` defaults to a ``StoreKeyRing``: this instance signs with its own in-memory key
+    and publishes only the public half in ``store``, so every instance (worker, machine) on
+    one store verifies every other's tokens and follows a rotation made on any of them.
+    ``SigningKeys.open(path)`` (a key file) or ``SigningKeys.ephemeral()`` still work.
+    ``issuer`` goes in ``iss`` and ``audience`` in ``aud`` of the tokens issued here, and
+    both are checked on the way in.
     ``config`` (the app's TOML file or ``tg.load_config(...)``) makes creation and updates
     refuse a grant the app's guard could never serve (400 naming ``grants[i]...``), and
     lists its connections in the OpenAPI document (the Developers page offers them);
@@ -63,7 +67,7 @@ def create_management_app(
         config if isinstance(config, Settings) else load_config(config))
     policy = settings.policy() if settings is not None else None
     connection_names = sorted(settings.connections) if settings is not None else []
-    ring = keys if keys is not None else SigningKeys.ephemeral()
+    ring = keys if keys is not None else StoreKeyRing(store, token_lifetime=token_lifetime)
     verifier = AccessTokenVerifier(
         store, ring, issuer=issuer, audience=audience, external_issuers=external_issuers
     )
@@ -73,9 +77,10 @@ def create_management_app(
 
     async def jwks(request: Request) -> Response:
         """``GET /.well-known/jwks.json``: the public keys that verify our access tokens."""
-        ring.refresh()
         # Short caching: a rotated key must reach verifiers before tokens it signs do.
-        return JSONResponse(ring.jwks(), headers={"Cache-Control": "public, max-age=60"})
+        return JSONResponse(
+            await ring.public_jwks(), headers={"Cache-Control": "public, max-age=60"}
+        )
 
     async def openapi(request: Request) -> Response:
         """``GET /openapi.json``."""

@@ -29,7 +29,13 @@ from token_guard.core.errors import StoreUnavailable, TokenGuardError
 from token_guard.core.records import OAuthClient
 from token_guard.management.clients import SCOPES, authenticate_client, parse_scopes
 from token_guard.management.http import NO_STORE, REALM, BadRequest, read_body
-from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SIGNING_ALGORITHM, SigningKeys
+from token_guard.management.keys import (
+    DEFAULT_TOKEN_LIFETIME,
+    SIGNING_ALGORITHM,
+    KeyRing,
+    SigningKey,
+    SigningKeys,
+)
 from token_guard.stores.base import TokenStore
 
 ACCESS_TOKEN_TYPE = "at+jwt"
@@ -78,10 +84,20 @@ def issue_access_token(
     keys: SigningKeys, client_id: str, scopes: Sequence[str], *, issuer: str, audience: str,
     lifetime: int = DEFAULT_TOKEN_LIFETIME, now: datetime | None = None,
 ) -> IssuedAccessToken:
-    """Sign an access token for ``client_id`` with the active key."""
-    at = now or datetime.now(UTC)
+    """Sign an access token for ``client_id`` with the active key of ``keys``."""
     keys.refresh()
-    key = keys.active
+    return sign_access_token(
+        keys.active, client_id, scopes, issuer=issuer, audience=audience, lifetime=lifetime,
+        now=now,
+    )
+
+
+def sign_access_token(
+    key: SigningKey, client_id: str, scopes: Sequence[str], *, issuer: str, audience: str,
+    lifetime: int = DEFAULT_TOKEN_LIFETIME, now: datetime | None = None,
+) -> IssuedAccessToken:
+    """Sign an access token for ``client_id`` with ``key``."""
+    at = now or datetime.now(UTC)
     iat = int(at.timestamp())
     claims = {
         "iss": issuer, "aud": audience, "sub": client_id, "client_id": client_id,
@@ -96,7 +112,7 @@ def issue_access_token(
 
 
 async def client_credentials_grant(
-    store: TokenStore, keys: SigningKeys, params: Mapping[str, str],
+    store: TokenStore, keys: KeyRing, params: Mapping[str, str],
     basic: tuple[str, str] | None, *, issuer: str, audience: str,
     lifetime: int = DEFAULT_TOKEN_LIFETIME,
 ) -> tuple[IssuedAccessToken, OAuthClient]:
@@ -157,8 +173,9 @@ async def client_credentials_grant(
             raise OAuthError("invalid_scope", f"scope is empty; ask for {' or '.join(SCOPES)}")
     else:
         wanted = client.scopes
-    issued = issue_access_token(
-        keys, client.client_id, wanted, issuer=issuer, audience=audience, lifetime=lifetime
+    issued = sign_access_token(
+        await keys.signing_key(), client.client_id, wanted, issuer=issuer, audience=audience,
+        lifetime=lifetime,
     )
     return issued, client
 
@@ -192,7 +209,7 @@ class TokenEndpoint:
     """``POST /oauth/token``: the client-credentials grant over HTTP, audited in the store."""
 
     def __init__(
-        self, store: TokenStore, keys: SigningKeys, *, issuer: str, audience: str,
+        self, store: TokenStore, keys: KeyRing, *, issuer: str, audience: str,
         lifetime: int = DEFAULT_TOKEN_LIFETIME,
     ) -> None:
         self.store = store

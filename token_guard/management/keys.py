@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -57,6 +57,31 @@ def key_thumbprint(key: Ed25519PublicKey) -> str:
     return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
+def public_jwk(kid: str, key: Ed25519PublicKey) -> dict[str, str]:
+    """An Ed25519 public key as a JWK (RFC 8037)."""
+    return {
+        "kty": "OKP", "crv": "Ed25519", "x": _b64url(_public_raw(key)),
+        "kid": kid, "alg": SIGNING_ALGORITHM, "use": "sig",
+    }
+
+
+class KeyRing(Protocol):
+    """Where the Tokens API gets the key it signs with and the keys it verifies with.
+
+    ``SigningKeys`` (a key file, or in memory) and ``StoreKeyRing`` (``store_keys``: each
+    instance's own key, public keys shared through the store, the default) implement it.
+    """
+
+    async def signing_key(self) -> SigningKey:
+        """The key that signs the next access token."""
+
+    async def public_key(self, kid: str) -> Ed25519PublicKey | None:
+        """The public key with ``kid`` if it still verifies now, else None."""
+
+    async def public_jwks(self) -> dict[str, Any]:
+        """The JWK Set of every key that still verifies."""
+
+
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     """One Ed25519 key. ``retired_at`` set = no longer signs; verifies until ``verify_until``."""
@@ -84,10 +109,7 @@ class SigningKey:
 
     def public_jwk(self) -> dict[str, str]:
         """The public key as a JWK (RFC 8037)."""
-        return {
-            "kty": "OKP", "crv": "Ed25519", "x": _b64url(_public_raw(self.public_key)),
-            "kid": self.kid, "alg": SIGNING_ALGORITHM, "use": "sig",
-        }
+        return public_jwk(self.kid, self.public_key)
 
     def _as_file_entry(self) -> dict[str, Any]:
         pem = self.private_key.private_bytes(
@@ -198,6 +220,22 @@ class SigningKeys:
         """The public JWK Set served at ``/.well-known/jwks.json``."""
         at = now or datetime.now(UTC)
         return {"keys": [k.public_jwk() for k in self.verifying(at).values()]}
+
+    async def signing_key(self) -> SigningKey:
+        """The active key (after re-reading the key file if it changed)."""
+        self.refresh()
+        return self.active
+
+    async def public_key(self, kid: str) -> Ed25519PublicKey | None:
+        """The public key with ``kid`` if it still verifies now."""
+        self.refresh()
+        key = self.verifying(datetime.now(UTC)).get(kid)
+        return key.public_key if key is not None else None
+
+    async def public_jwks(self) -> dict[str, Any]:
+        """The JWK Set of the keys that still verify."""
+        self.refresh()
+        return self.jwks()
 
     def rotate(
         self, *, token_lifetime: int = DEFAULT_TOKEN_LIFETIME, now: datetime | None = None

@@ -3,7 +3,8 @@
 Security choices:
 
 * **Verification** accepts only asymmetric algorithms and chooses the key from our own key
-  ring (by ``kid``) or from a configured external issuer's JWKS (by ``iss``, then ``kid``).
+  ring (by ``kid``: by default every instance's published key, ``store_keys``) or from a
+  configured external issuer's JWKS (by ``iss``, then ``kid``).
   ``alg: none``, HMAC (the HS/RS confusion attack), an unknown ``kid``, a wrong ``iss`` or
   ``aud``, a missing or past ``exp`` are all refused. An API access token (``tgk_...``) is
   never accepted. A token from one of our own clients also stops working once the client is
@@ -23,7 +24,7 @@ import jwt
 from token_guard.core.decision import INSUFFICIENT_SCOPE, INVALID_TOKEN, MISSING_TOKEN, error_body
 from token_guard.core.errors import ConfigurationError, TokenGuardError
 from token_guard.management.grant import ACCESS_TOKEN_TYPE
-from token_guard.management.keys import SIGNING_ALGORITHM, SigningKeys
+from token_guard.management.keys import SIGNING_ALGORITHM, KeyRing
 from token_guard.stores.base import TokenStore
 
 # Asymmetric only: accepting an HMAC algorithm would let anyone holding the *public* key
@@ -125,7 +126,7 @@ class AccessTokenVerifier:
     """Verify Tokens API bearer tokens: our own JWTs and configured external issuers'."""
 
     def __init__(
-        self, store: TokenStore, keys: SigningKeys, *, issuer: str, audience: str,
+        self, store: TokenStore, keys: KeyRing, *, issuer: str, audience: str,
         external_issuers: Sequence[ExternalIssuer] = (), leeway: float = 30.0,
     ) -> None:
         self._store = store
@@ -192,16 +193,14 @@ class AccessTokenVerifier:
         raise _invalid(f"JWT issuer {iss!r} is not trusted here")
 
     async def _verify_own(self, token: str, header: Mapping[str, Any]) -> AccessClaims:
-        self._keys.refresh()
-        now = datetime.now(UTC)
         kid = header.get("kid")
-        key = self._keys.verifying(now).get(kid) if isinstance(kid, str) else None
+        key = await self._keys.public_key(kid) if isinstance(kid, str) else None
         if key is None:
             raise _invalid(f"JWT key id {kid!r} is unknown (the key may have been retired)")
         if header.get("typ") != ACCESS_TOKEN_TYPE:
             raise _invalid(f"JWT type must be {ACCESS_TOKEN_TYPE!r}")
         claims = self._decode(
-            token, key.public_key, [SIGNING_ALGORITHM], self._issuer, self._audience
+            token, key, [SIGNING_ALGORITHM], self._issuer, self._audience
         )
         client_id = claims.get("client_id")
         if not isinstance(client_id, str):

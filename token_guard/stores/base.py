@@ -10,7 +10,9 @@ only on the protocol it uses:
   and revoking tokens (CLI, the Tokens API).
 * ``ClientStore`` -- the OAuth clients of the Tokens API.
 * ``AuditLog`` -- the append-only record of who changed what.
-* ``TokenStore`` -- all four plus ``open``/``close``: what ``MemoryStore``,
+* ``SigningKeyRegistry`` -- the PUBLIC keys of every Tokens API instance on the store
+  (``management.store_keys``), so each verifies the others' access tokens.
+* ``TokenStore`` -- all five plus ``open``/``close``: what ``MemoryStore``,
   ``SQLiteStore`` and ``PostgresStore`` implement, and what ``tg.TokenStore`` names.
 
 Nothing outside ``stores/`` knows SQL.
@@ -21,8 +23,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from token_guard.core.errors import TokenStateError
@@ -32,6 +34,7 @@ from token_guard.core.records import (
     ChangeKind,
     IssuedToken,
     OAuthClient,
+    PublishedKey,
     TokenRecord,
 )
 
@@ -50,12 +53,14 @@ __all__ = [
     "ChangeListener",
     "ClientStore",
     "Listeners",
+    "SigningKeyRegistry",
     "TokenAdmin",
     "TokenReader",
     "TokenStore",
     "TokenWrite",
     "check_grace",
     "check_limit",
+    "retired_key",
     "revoked_is_final",
     "utc_now",
 ]
@@ -199,7 +204,29 @@ class AuditLog(Protocol):
 
 
 @runtime_checkable
-class TokenStore(TokenReader, TokenAdmin, ClientStore, AuditLog, Protocol):
+class SigningKeyRegistry(Protocol):
+    """Public signing keys of the Tokens API instances sharing the store (no private key)."""
+
+    async def publish_signing_key(self, key: PublishedKey) -> None:
+        """Add ``key`` (a kid already present is left as it is); prune keys past
+        ``verify_until``."""
+
+    async def list_signing_keys(self) -> Sequence[PublishedKey]:
+        """Every published key not yet pruned, oldest first."""
+
+    async def retire_signing_keys(self, at: datetime) -> Sequence[PublishedKey]:
+        """Retire every active key at ``at`` (``verify_until`` becomes at most
+        ``at + token_lifetime``); return the keys retired."""
+
+
+def retired_key(key: PublishedKey, at: datetime) -> PublishedKey:
+    """``key`` retired at ``at``: it verifies until the tokens it signed have expired."""
+    until = min(key.verify_until, at + timedelta(seconds=key.token_lifetime))
+    return replace(key, retired_at=at, verify_until=until)
+
+
+@runtime_checkable
+class TokenStore(TokenReader, TokenAdmin, ClientStore, AuditLog, SigningKeyRegistry, Protocol):
     """A whole store: every protocol above, plus its lifecycle.
 
     Methods open the store on first use; ``close`` releases it. Errors reaching the

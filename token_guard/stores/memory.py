@@ -17,6 +17,7 @@ from token_guard.core.records import (
     AuditEntry,
     IssuedToken,
     OAuthClient,
+    PublishedKey,
     SecretInfo,
     TokenRecord,
 )
@@ -36,6 +37,7 @@ from token_guard.stores.base import (
     TokenWrite,
     check_grace,
     check_limit,
+    retired_key,
     revoked_is_final,
     utc_now,
 )
@@ -56,6 +58,7 @@ class MemoryStore:
         self._current: dict[str, str] = {}  # token id -> its current secret's hash
         self._clients: dict[str, tuple[OAuthClient, str]] = {}
         self._audit: list[AuditEntry] = []
+        self._signing_keys: dict[str, PublishedKey] = {}  # kid -> key, insertion = age
         self._listeners = Listeners()
 
     async def open(self) -> None:
@@ -230,6 +233,30 @@ class MemoryStore:
         if record is None:
             raise NotFound(f"no token has id {token_id!r}; list tokens to find the right id")
         return record
+
+    # -- public signing keys ---------------------------------------------------------------
+    async def publish_signing_key(self, key: PublishedKey) -> None:
+        """Add ``key`` (a kid already present is kept); prune keys past ``verify_until``."""
+        self._ready()
+        now = utc_now()
+        for kid in [k for k, v in self._signing_keys.items() if v.verify_until <= now]:
+            del self._signing_keys[kid]
+        self._signing_keys.setdefault(key.kid, key)
+
+    async def list_signing_keys(self) -> Sequence[PublishedKey]:
+        """Every published key not yet pruned, oldest first."""
+        self._ready()
+        return list(self._signing_keys.values())
+
+    async def retire_signing_keys(self, at: datetime) -> Sequence[PublishedKey]:
+        """Retire every active key at ``at``; return the keys retired."""
+        self._ready()
+        retired = [
+            retired_key(k, at) for k in self._signing_keys.values() if k.retired_at is None
+        ]
+        for key in retired:
+            self._signing_keys[key.kid] = key
+        return retired
 
     # -- OAuth clients and audit -----------------------------------------------------------
     async def create_client(

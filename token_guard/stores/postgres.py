@@ -86,6 +86,7 @@ from token_guard.core.records import (
     ChangeEvent,
     IssuedToken,
     OAuthClient,
+    PublishedKey,
     SecretInfo,
     TokenRecord,
 )
@@ -778,6 +779,57 @@ class PostgresStore:
             task.add_done_callback(_discard_result(self._abandoned))
         self._listeners.emit(event)
 
+    # -- public signing keys -------------------------------------------------------------
+    async def publish_signing_key(self, key: PublishedKey) -> None:
+        """Add ``key`` (a kid already present is kept); prune keys past ``verify_until``."""
+
+        async def op(conn: Conn) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    self._q("DELETE FROM {s}.signing_keys WHERE verify_until <= now()")
+                )
+                await conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.signing_keys (kid, public_pem, created_at, verify_until, "
+                        "token_lifetime, retired_at) VALUES (%s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT (kid) DO NOTHING"
+                    ),
+                    (key.kid, key.public_pem, key.created_at, key.verify_until,
+                     key.token_lifetime, key.retired_at),
+                )
+
+        await self._run("publishing a signing key", op)
+
+    async def list_signing_keys(self) -> Sequence[PublishedKey]:
+        """Every published key not yet pruned, oldest first."""
+
+        async def op(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(
+                self._q(
+                    f"SELECT {_KEY_COLUMNS} FROM {{s}}.signing_keys ORDER BY created_at, kid"
+                )
+            )
+            return await cur.fetchall()
+
+        return [_key_from_row(row) for row in await self._run("listing signing keys", op)]
+
+    async def retire_signing_keys(self, at: datetime) -> Sequence[PublishedKey]:
+        """Retire every active key at ``at``; return the keys retired."""
+
+        async def op(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(
+                self._q(
+                    "UPDATE {s}.signing_keys SET retired_at = %s, verify_until = least("
+                    "verify_until, %s + make_interval(secs => token_lifetime)) "
+                    f"WHERE retired_at IS NULL RETURNING {_KEY_COLUMNS}"
+                ),
+                (at, at),
+            )
+            return await cur.fetchall()
+
+        rows = await self._run("retiring signing keys", op)
+        return sorted((_key_from_row(row) for row in rows), key=lambda k: (k.created_at, k.kid))
+
     # -- OAuth clients and audit ---------------------------------------------------------
     async def create_client(
         self, client_id: str, secret_hash: str, name: str, scopes: Sequence[str]
@@ -907,6 +959,17 @@ class PostgresStore:
             ),
             (actor, action, token_id, json.dumps(dict(detail), default=str)),
         )
+
+
+_KEY_COLUMNS = "kid, public_pem, created_at, verify_until, token_lifetime, retired_at"
+
+
+def _key_from_row(row: tuple[Any, ...]) -> PublishedKey:
+    kid, pem, created, until, lifetime, retired = row
+    return PublishedKey(
+        kid=str(kid), public_pem=str(pem), created_at=_utc(created), verify_until=_utc(until),
+        token_lifetime=int(lifetime), retired_at=_utc(retired) if retired is not None else None,
+    )
 
 
 def _utc(value: datetime) -> datetime:

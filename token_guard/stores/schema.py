@@ -24,6 +24,10 @@ older reader that skipped it would let a disabled token through, and older versi
 to open a newer schema) and ``token_secrets.prefix`` (the secret's non-secret start, shown
 in lists; NULL for secrets issued before v4) and ``token_secrets.rotated_at`` (when a
 rotation replaced that secret; its ``expires_at`` is the end of its grace period).
+
+* ``signing_keys(kid PRIMARY KEY, public_pem, created_at, verify_until, token_lifetime,
+  retired_at)`` (v5) -- the PUBLIC keys of the Tokens API instances on this store
+  (``management.store_keys``). Private keys are never written to the store.
 """
 
 from __future__ import annotations
@@ -156,6 +160,22 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE token_secrets ADD COLUMN rotated_at TEXT",
         ),
     ),
+    Migration(
+        5,
+        "public signing keys of the Tokens API instances (never a private key)",
+        (
+            """
+            CREATE TABLE signing_keys (
+                kid TEXT PRIMARY KEY,               -- RFC 7638 thumbprint of the public key
+                public_pem TEXT NOT NULL,           -- SubjectPublicKeyInfo PEM: public only
+                created_at TEXT NOT NULL,
+                verify_until TEXT NOT NULL,         -- the last token it signed expires by then
+                token_lifetime INTEGER NOT NULL,    -- seconds; retirement: retired_at + this
+                retired_at TEXT
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_SQLITE_VERSION = SQLITE_MIGRATIONS[-1].version
@@ -251,6 +271,20 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE {s}.tokens ADD COLUMN disabled_at timestamptz",
             "ALTER TABLE {s}.token_secrets ADD COLUMN prefix text",
             "ALTER TABLE {s}.token_secrets ADD COLUMN rotated_at timestamptz",
+        ),
+    ),
+    Migration(
+        5,
+        "public signing keys of the Tokens API instances (never a private key)",
+        (
+            """CREATE TABLE {s}.signing_keys (
+                kid text PRIMARY KEY,               -- RFC 7638 thumbprint of the public key
+                public_pem text NOT NULL,           -- SubjectPublicKeyInfo PEM: public only
+                created_at timestamptz NOT NULL,
+                verify_until timestamptz NOT NULL,  -- the last token it signed expires by then
+                token_lifetime integer NOT NULL,    -- seconds; retirement: retired_at + this
+                retired_at timestamptz
+            )""",
         ),
     ),
 )

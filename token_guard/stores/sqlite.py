@@ -55,6 +55,7 @@ from token_guard.core.records import (
     ChangeEvent,
     IssuedToken,
     OAuthClient,
+    PublishedKey,
     SecretInfo,
     TokenRecord,
 )
@@ -74,6 +75,7 @@ from token_guard.stores.base import (
     TokenWrite,
     check_grace,
     check_limit,
+    retired_key,
     revoked_is_final,
     utc_now,
 )
@@ -87,7 +89,7 @@ from token_guard.stores.rows import (
     client_from_row,
     token_from_row,
 )
-from token_guard.stores.schema import format_timestamp, migrate_sqlite
+from token_guard.stores.schema import format_timestamp, migrate_sqlite, parse_timestamp
 
 logger = logging.getLogger("token_guard.stores")
 
@@ -629,6 +631,54 @@ class SQLiteStore:
             events.append(ChangeEvent(kind, row["token_id"]))
         return events
 
+    # -- public signing keys ------------------------------------------------------------------
+    async def publish_signing_key(self, key: PublishedKey) -> None:
+        """Add ``key`` (a kid already present is kept); prune keys past ``verify_until``."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "DELETE FROM signing_keys WHERE verify_until <= ?",
+                    (format_timestamp(utc_now()),),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO signing_keys (kid, public_pem, created_at,"
+                    " verify_until, token_lifetime, retired_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    _key_params(key),
+                )
+
+        await self._run(write)
+
+    async def list_signing_keys(self) -> Sequence[PublishedKey]:
+        """Every published key not yet pruned, oldest first."""
+
+        def read(conn: sqlite3.Connection) -> list[PublishedKey]:
+            rows = conn.execute(
+                f"SELECT {_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid"
+            ).fetchall()
+            return [_key_from_row(row) for row in rows]
+
+        return await self._run(read)
+
+    async def retire_signing_keys(self, at: datetime) -> Sequence[PublishedKey]:
+        """Retire every active key at ``at``; return the keys retired."""
+
+        def write(conn: sqlite3.Connection) -> list[PublishedKey]:
+            with _transaction(conn):
+                rows = conn.execute(
+                    f"SELECT {_KEY_COLUMNS} FROM signing_keys WHERE retired_at IS NULL"
+                    " ORDER BY created_at, kid"
+                ).fetchall()
+                retired = [retired_key(_key_from_row(row), at) for row in rows]
+                for key in retired:
+                    conn.execute(
+                        "UPDATE signing_keys SET retired_at = ?, verify_until = ? WHERE kid = ?",
+                        (format_timestamp(at), format_timestamp(key.verify_until), key.kid),
+                    )
+                return retired
+
+        return await self._run(write)
+
     # -- OAuth clients and audit --------------------------------------------------------------
     async def create_client(
         self, client_id: str, secret_hash: str, name: str, scopes: Sequence[str]
@@ -746,3 +796,24 @@ class SQLiteStore:
 
         entries = (audit_from_row(row, self.path) for row in await self._read(read))
         return [e for e in entries if e is not None]
+
+
+_KEY_COLUMNS = "kid, public_pem, created_at, verify_until, token_lifetime, retired_at"
+
+
+def _key_params(key: PublishedKey) -> tuple[Any, ...]:
+    return (
+        key.kid, key.public_pem, format_timestamp(key.created_at),
+        format_timestamp(key.verify_until), key.token_lifetime,
+        format_timestamp(key.retired_at) if key.retired_at is not None else None,
+    )
+
+
+def _key_from_row(row: sqlite3.Row) -> PublishedKey:
+    created, until = parse_timestamp(row["created_at"]), parse_timestamp(row["verify_until"])
+    assert created is not None and until is not None  # NOT NULL columns
+    return PublishedKey(
+        kid=str(row["kid"]), public_pem=str(row["public_pem"]), created_at=created,
+        verify_until=until, token_lifetime=int(row["token_lifetime"]),
+        retired_at=parse_timestamp(row["retired_at"]),
+    )
