@@ -38,11 +38,13 @@ from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import RequestFacts
+from token_guard.core.limits import ratelimit_headers
 from token_guard.core.policy import CompiledToken, Policy
 from token_guard.core.querystrings import redact, values_of
 from token_guard.core.records import TokenRecord
 from token_guard.core.routes import Route, RouteMap, RouteMatch
 from token_guard.core.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
+from token_guard.limiters import Admitted, Charge, Limiter, make_limiter
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.stores.base import TokenReader
 
@@ -94,10 +96,10 @@ PASS = PassThrough()
 
 @dataclass(frozen=True, slots=True)
 class Awaiting:
-    """The guard needs the store: ``step.then(await step.work())``."""
+    """The guard needs I/O (the store, a shared limiter): ``step.then(await step.work())``."""
 
-    work: Callable[[], Awaitable[CompiledToken | Denial]]
-    then: Callable[[CompiledToken | Denial], Step]
+    work: Callable[[], Awaitable[Any]]
+    then: Callable[[Any], Step]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ class ReadBody:
     then: Callable[[bytes | Denial, str | None], Step]
 
 
-Step = PassThrough | Denial | TokenRecord | Awaiting | ReadBody
+Step = PassThrough | Denial | TokenRecord | Admitted | Awaiting | ReadBody
 """What ``Guard.check`` and each continuation return."""
 
 INTERNAL_ERROR = Denial(
@@ -194,6 +196,8 @@ def default_deny_response(denial: Denial) -> ResponseParts:
         headers.append((b"www-authenticate", www))
     if denial.status == 503:
         headers.append((b"retry-after", b"2"))
+    if denial.headers:
+        headers.extend(denial.headers)
     return denial.status, headers, body
 
 
@@ -210,6 +214,8 @@ class GuardOptions(TypedDict, total=False):
     cache: CacheSettings | None
     on_decision: Callable[[DecisionEvent], None] | None
     deny_response: DenyResponder | None
+    limiter: str | Limiter | None
+    ratelimit_headers: bool
 
 
 class Guard:
@@ -218,6 +224,11 @@ class Guard:
     ``allowed_functions`` adds SQL functions (``"name"`` or a whole schema,
     ``"carto-un.carto.*"``) to the read-only ones queries may call; any other function is
     refused, since it could read or change what no grant covers.
+
+    ``limiter`` counts the requests of tokens with ``limits``: None (in-process counters),
+    a Redis URL (shared by every instance: ``token_guard.limiters.RedisLimiter``) or a
+    limiter object. ``ratelimit_headers`` adds the RateLimit headers to allowed responses
+    of those tokens (refusals always carry them).
     """
 
     def __init__(
@@ -235,6 +246,8 @@ class Guard:
         cache: CacheSettings | None = None,
         on_decision: Callable[[DecisionEvent], None] | None = None,
         deny_response: DenyResponder | None = None,
+        limiter: str | Limiter | None = None,
+        ratelimit_headers: bool = True,
     ) -> None:
         if not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
             raise ConfigurationError("max_body_bytes: must be a positive number of bytes")
@@ -271,6 +284,8 @@ class Guard:
         self.max_body_bytes = max_body_bytes
         self.on_decision = on_decision
         self.deny_response = deny_response or default_deny_response
+        self.limiter = make_limiter(limiter)
+        self.ratelimit_headers = ratelimit_headers
         # What ``begin`` answers is a pure function of the request line and the three
         # headers it reads: remembered, so a repeated request (a map's tiles, a polled
         # query) skips path, query-string and header parsing. Bounded; cleared when full.
@@ -364,6 +379,9 @@ class Guard:
                 self.observe(method, raw_path, query_string, _with(what, origin, referer),
                              denial, record.id)
                 return denial
+            if compiled.limits is not None:
+                return self._charge(method, raw_path, query_string,
+                                    _with(what, origin, referer), compiled)
             self._note_used(record.id)
             if self.on_decision is not None:
                 self.observe(method, raw_path, query_string, _with(what, origin, referer),
@@ -443,9 +461,35 @@ class Guard:
             self.observe(pending.method, pending.path, pending.query_string, facts, denial,
                          record.id)
             return denial
+        if compiled.limits is not None:
+            return self._charge(pending.method, pending.path, pending.query_string, facts,
+                                compiled)
         self._note_used(record.id)
         if self.on_decision is not None:
             self.observe(pending.method, pending.path, pending.query_string, facts, record)
+        return record
+
+    def _charge(self, method: str, path: bytes, query_string: bytes,
+                facts: RequestFacts | None, compiled: CompiledToken) -> Step:
+        """Allowed, and the token has limits: count the request, or refuse it (429)."""
+        assert compiled.limits is not None and facts is not None
+        record = compiled.record
+        answer = self.limiter.charge(record.id, compiled.limits[facts.api], time())
+        done = partial(self._charged, method, path, query_string, facts, record)
+        if callable(answer):
+            return Awaiting(answer, done)
+        return done(answer)
+
+    def _charged(self, method: str, path: bytes, query_string: bytes, facts: RequestFacts,
+                 record: TokenRecord, answer: Charge) -> Step:
+        if isinstance(answer, Denial):
+            self.observe(method, path, query_string, facts, answer, record.id)
+            return answer
+        self._note_used(record.id)
+        if self.on_decision is not None:
+            self.observe(method, path, query_string, facts, record)
+        if self.ratelimit_headers and answer:
+            return Admitted(record, ratelimit_headers(answer, time()))
         return record
 
     def _failed(self, pending: Pending) -> Denial:
@@ -473,6 +517,8 @@ class Guard:
                 limit = self.max_body_bytes
                 step = step.then(body_too_large(limit) if len(body) > limit else body,
                                  content_type)
+            elif isinstance(step, Admitted):
+                return step.record  # counted against its limits like any allowed request
             else:
                 return step
 

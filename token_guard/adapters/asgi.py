@@ -44,6 +44,7 @@ from token_guard.guard import (
     ReadBody,
     body_too_large,
 )
+from token_guard.limiters import Admitted
 from token_guard.stores.base import TokenReader
 
 Scope = MutableMapping[str, Any]
@@ -124,6 +125,10 @@ class TokenGuard:
             if isinstance(step, Denial):
                 await self._respond(scope, send, step)
                 return
+            if isinstance(step, Admitted):  # a token with limits: RateLimit headers added
+                scope[SCOPE_KEY] = step.record
+                await self.app(scope, receive, _with_headers(send, step.headers))
+                return
             if isinstance(step, Awaiting):
                 step = step.then(await step.work())
             elif isinstance(step, ReadBody):
@@ -139,11 +144,13 @@ class TokenGuard:
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         resolver = self.guard.resolver
+        limiter = self.guard.limiter
 
         async def wrapped() -> Message:
             message = await receive()
             if message.get("type") == "lifespan.shutdown":
                 await resolver.close()
+                await limiter.close()
             return message
 
         return wrapped
@@ -248,6 +255,17 @@ def route_path(scope: Scope, raw_path: bytes) -> bytes | None:
 def _unquote(raw: bytes) -> str:
     # As uvicorn decodes the path: %-escapes as UTF-8, undecodable bytes replaced.
     return unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` with ``headers`` added to the response start (an http response only)."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+        await send(message)
+
+    return wrapped
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

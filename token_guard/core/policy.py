@@ -28,6 +28,7 @@ from token_guard.core import decision as codes
 from token_guard.core.connections import Connection, normalize_connections
 from token_guard.core.decision import Denial
 from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.limits import LimitRule
 from token_guard.core.origins import OriginMatcher, RequestSite, read_site
 from token_guard.core.records import TokenRecord
 from token_guard.core.sql import SqlAnalyzer, SqlRefusal, is_system_table
@@ -81,6 +82,8 @@ class CompiledToken:
     expires_at: float | None
     origins: OriginMatcher | None
     grants: Mapping[str, ConnectionGrants]
+    #: The token's rules per API (``Limits.by_api``); None: no limits, nothing to count.
+    limits: Mapping[str, tuple[LimitRule, ...]] | None = None
 
 
 class Policy:
@@ -163,6 +166,7 @@ class Policy:
             expires_at=exp.timestamp() if exp is not None else None,
             origins=self._matcher(spec.referers) if spec.referers else None,
             grants=grants,
+            limits=spec.limits.by_api if spec.limits is not None else None,
         )
 
     def _intern(self, value: frozenset[_T]) -> frozenset[_T]:
