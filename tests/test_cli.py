@@ -271,3 +271,18 @@ def test_parse_expires_durations(text: str, seconds: int) -> None:
 
 def test_parse_expires_passes_dates_through() -> None:
     assert parse_expires("2027-01-01T00:00:00Z") == "2027-01-01T00:00:00Z"
+
+
+def test_limits_are_set_by_flag_updated_and_shown(tmp_path: Path) -> None:
+    limits = {"rate": [{"requests": 600, "per": "minute", "api": "sql"}],
+              "quota": {"requests": 1000000, "per": "month"}}
+    created = tg_json(tmp_path, *CREATE, "--limits", json.dumps(limits))
+    assert created["limits"] == limits
+    shown = tg(tmp_path, "tokens", "show", created["id"])
+    assert "limits:      600/minute sql, 1000000/month" in shown.stdout
+    assert "600/minute sql, 1000000/month" in tg(tmp_path, "tokens", "list").stdout
+    updated = tg_json(tmp_path, "tokens", "update", created["id"], "--limits", "null")
+    assert updated["limits"] is None
+    bad = tg(tmp_path, "tokens", "update", created["id"], "--limits",
+             '{"rate": [{"requests": 5, "per": "week"}]}')
+    assert bad.returncode != 0 and "limits.rate[0].per" in bad.stderr

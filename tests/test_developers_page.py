@@ -692,3 +692,22 @@ def test_phone_width_has_no_sideways_scroll(browser: Browser, site: Served) -> N
         assert opened.csp_errors == []
     finally:
         opened.context.close()
+
+
+def test_a_tokens_limits_are_shown_in_the_list_and_the_detail(tab: Tab, site: Served) -> None:
+    site.seed({"name": "limited map", "allowed_apis": ["maps", "sql"],
+               "grants": [{"connection_name": "demo", "source": "stores"}],
+               "limits": {"rate": [{"requests": 600, "per": "minute", "api": "sql"}],
+                          "quota": {"requests": 1000000, "per": "month"}}})
+    site.seed({"name": "unlimited", "allowed_apis": ["maps"]})
+    page = tab.page
+    _sign_in(page, site)
+    limited = page.locator("#token-rows tr", has_text="limited map")
+    expect(limited.locator("td[data-label=Limits]")).to_have_text(
+        "600/minute sql, 1000000/month")
+    expect(page.locator("#token-rows tr", has_text="unlimited").locator(
+        "td[data-label=Limits]")).to_have_text("None")
+    limited.locator("a.name").click()
+    expect(page.locator("#detail-fields")).to_contain_text("600/minute sql, 1000000/month")
+    _shot(page, "30-token-limits")
+    assert tab.csp_errors == []

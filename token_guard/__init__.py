@@ -26,6 +26,7 @@ from token_guard.core.records import IssuedToken, TokenRecord
 from token_guard.core.routes import Route, SqlParam
 from token_guard.core.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.guard import DecisionEvent
+from token_guard.limiters import MemoryLimiter, RedisLimiter
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
 
@@ -45,9 +46,11 @@ __all__ = [
     "Grant",
     "InvalidTokenSpec",
     "IssuedToken",
+    "MemoryLimiter",
     "MemoryStore",
     "NotFound",
     "PostgresStore",
+    "RedisLimiter",
     "RequestFacts",
     "Route",
     "SQLiteStore",

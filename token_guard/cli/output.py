@@ -38,10 +38,15 @@ def token_rows(records: Sequence[TokenRecord], now: datetime) -> str:
     """The ``tokens list`` table."""
     rows = [
         [r.id, r.name or "-", ",".join(r.allowed_apis), str(len(r.grants)), r.state(now),
-         when(r.expiration_date)]
+         when(r.expiration_date), _limits(r)]
         for r in records
     ]
-    return table(rows, ["ID", "NAME", "APIS", "GRANTS", "STATE", "EXPIRES"])
+    return table(rows, ["ID", "NAME", "APIS", "GRANTS", "STATE", "EXPIRES", "LIMITS"])
+
+
+def _limits(record: TokenRecord) -> str:
+    limits = record.spec.limits
+    return "-" if limits is None else limits.summary()
 
 
 def token_detail(record: TokenRecord, now: datetime) -> str:
@@ -53,6 +58,7 @@ def token_detail(record: TokenRecord, now: datetime) -> str:
         f"apis:        {', '.join(record.allowed_apis)}",
         f"referers:    {', '.join(record.referers) or '(any website)'}",
         f"expires:     {when(record.expiration_date)}",
+        f"limits:      {_limits(record) if record.spec.limits else '(none)'}",
         f"created:     {when(record.created_at)}",
         f"last used:   {when(record.last_used_at)}",
         f"revoked:     {when(record.revoked_at)}",

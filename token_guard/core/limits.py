@@ -112,6 +112,12 @@ class Limits:
     quota: tuple[LimitRule, ...]
     by_api: Mapping[str, tuple[LimitRule, ...]]
 
+    def summary(self) -> str:
+        """The rules in brief for tables, e.g. ``600/minute sql, 1000000/month``."""
+        return ", ".join(
+            f"{r.requests}/{r.per}{' ' + r.api if r.api else ''}" for r in (*self.rate, *self.quota)
+        )
+
     def as_json(self) -> dict[str, Any]:
         """``{"rate": [...], "quota": {...} or [...]}``: one quota is written as an object."""
         out: dict[str, Any] = {}

@@ -87,6 +87,14 @@
     return referers.length ? referers.join(", ") : "Any website";
   }
 
+  // "600/minute sql, 1000000/month" — the token's limits (null: none).
+  function limitsText(limits) {
+    if (!limits) return "None";
+    const quota = limits.quota ? [].concat(limits.quota) : [];
+    const rules = [...(limits.rate || []), ...quota];
+    return rules.map((r) => `${r.requests}/${r.per}${r.api ? ` ${r.api}` : ""}`).join(", ") || "None";
+  }
+
   function plural(n, noun) {
     return `${n} ${noun}${n === 1 ? "" : "s"}`;
   }
@@ -378,6 +386,7 @@
         cell("APIs", apisText(token.allowed_apis)),
         cell("Grants", grantsSummary(token.grants)),
         cell("Referers", referersText(token.referers)),
+        cell("Limits", limitsText(token.limits)),
         cell("Created", formatTime(token.created_at, "")),
         cell("Last used", formatTime(token.last_used_at, "Never")),
         cell("Expires", formatTime(token.expiration_date, "Never")),
@@ -438,6 +447,7 @@
       ["Created", formatTime(token.created_at, "")],
       ["Last used", formatTime(token.last_used_at, "Never")],
       ["Expires", formatTime(token.expiration_date, "Never")],
+      ["Limits", limitsText(token.limits)],
     ];
     if (token.revoked_at) rows.push(["Revoked", formatTime(token.revoked_at, "")]);
     for (const [label, value] of rows) {
