@@ -386,7 +386,7 @@
         cell("APIs", apisText(token.allowed_apis)),
         cell("Grants", grantsSummary(token.grants)),
         cell("Referers", referersText(token.referers)),
-        cell("Limits", limitsText(token.limits)),
+        cell("Limits", token.limits ? limitsText(token.limits) : ""),
         cell("Created", formatTime(token.created_at, "")),
         cell("Last used", formatTime(token.last_used_at, "Never")),
         cell("Expires", formatTime(token.expiration_date, "Never")),
