@@ -455,3 +455,25 @@ def test_external_issuer_token_manages_tokens_over_http(
         idp.shutdown()
         idp.server_close()
         asyncio.run(store.close())
+
+
+@pytest.mark.anyio
+async def test_limits_are_created_patched_listed_and_validated(api: _Api) -> None:
+    token, _ = await api.token_for([READ_SCOPE, WRITE_SCOPE])
+    limits = {"rate": [{"requests": 600, "per": "minute", "api": "sql"}],
+              "quota": {"requests": 1000000, "per": "month"}}
+    r = await api.http.post("/v3/tokens", json={**BODY, "limits": limits}, headers=_bearer(token))
+    assert r.status_code == 201 and r.json()["limits"] == limits
+    tid = r.json()["id"]
+    lowered = {"rate": [{"requests": 10, "per": "minute"}]}
+    r = await api.http.patch(f"/v3/tokens/{tid}", json={"limits": lowered},
+                             headers=_bearer(token))
+    assert r.status_code == 200 and r.json()["limits"] == lowered
+    listed = (await api.http.get("/v3/tokens", headers=_bearer(token))).json()["tokens"]
+    assert [t["limits"] for t in listed if t["id"] == tid] == [lowered]
+    r = await api.http.patch(f"/v3/tokens/{tid}", json={"limits": {"rate": [
+        {"requests": 10, "per": "fortnight"}]}}, headers=_bearer(token))
+    assert r.status_code == 400 and r.json()["field"] == "limits.rate[0].per"
+    schema = (await api.http.get("/openapi.json")).json()["components"]["schemas"]
+    assert "limits" in schema["TokenCreate"]["properties"]
+    assert "limits" in schema["TokenUpdate"]["properties"]
