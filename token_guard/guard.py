@@ -302,6 +302,7 @@ class Guard:
         self._policy_decide = self.policy.decide
         self._decide_parts = self.policy.decide_parts
         self._note_used = self.resolver.note_used
+        self._note_refused = self.resolver.note_refused
 
     def check(
         self,
@@ -382,7 +383,7 @@ class Guard:
             if compiled.limits is not None:
                 return self._charge(method, raw_path, query_string,
                                     _with(what, origin, referer), compiled)
-            self._note_used(record.id)
+            self._note_used(record.id, what.api)
             if self.on_decision is not None:
                 self.observe(method, raw_path, query_string, _with(what, origin, referer),
                              record)
@@ -464,7 +465,7 @@ class Guard:
         if compiled.limits is not None:
             return self._charge(pending.method, pending.path, pending.query_string, facts,
                                 compiled)
-        self._note_used(record.id)
+        self._note_used(record.id, facts.api)
         if self.on_decision is not None:
             self.observe(pending.method, pending.path, pending.query_string, facts, record)
         return record
@@ -485,7 +486,7 @@ class Guard:
         if isinstance(answer, Denial):
             self.observe(method, path, query_string, facts, answer, record.id)
             return answer
-        self._note_used(record.id)
+        self._note_used(record.id, facts.api)
         if self.on_decision is not None:
             self.observe(method, path, query_string, facts, record)
         if self.ratelimit_headers and answer:
@@ -541,6 +542,9 @@ class Guard:
             path = path.decode("latin-1")
         logged = f"{path}?{redact_query(query_string)}" if query_string else path
         if isinstance(outcome, Denial):
+            if token_id is not None:
+                self._note_refused(token_id, facts.api if facts is not None else "",
+                                   outcome.code)
             log.info(
                 "denied %s %s: %s (%s)%s", method, logged, outcome.code, outcome.status,
                 f" token {token_id}" if token_id else "",

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
@@ -96,7 +96,8 @@ class CacheSettings:
     caches. ``stale_window``: seconds past ``ttl`` a cached token may still be served
     while the store fails (0 disables that). ``lookup_timeout``: seconds a store lookup
     may take before the request gets 503. ``usage_flush_interval``: seconds between
-    batched ``last_used_at`` writes.
+    batched ``last_used_at`` and request-count writes. ``usage_retention_days``: how long
+    request counts per hour are kept.
     """
 
     ttl: float = 60.0
@@ -106,6 +107,7 @@ class CacheSettings:
     stale_window: float = 300.0
     lookup_timeout: float = 2.0
     usage_flush_interval: float = 10.0
+    usage_retention_days: float = 90.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -199,10 +201,14 @@ class Resolver(Generic[T]):
         self._lock = threading.Lock()  # see the module docstring: held for dict work only
         self._inflight: dict[str, asyncio.Task[T | Denial]] = {}
         self._epoch = 0  # bumped by every change event; see _fetch
-        self._usage = UsageRecorder(store, interval=settings.usage_flush_interval)
-        # ``note_used(token_id)``: record a use (batched; safe from any thread). Bound, not a
-        # method that forwards: the adapters call it on every allowed request.
+        self._usage = UsageRecorder(
+            store, interval=settings.usage_flush_interval,
+            retention=timedelta(days=settings.usage_retention_days),
+        )
+        # ``note_used(token_id, api)``: count a use (batched; safe from any thread). Bound, not
+        # a method that forwards: the adapters call it on every allowed request.
         self.note_used = self._usage.note_used
+        self.note_refused = self._usage.note_refused
         self._unsubscribe: Callable[[], None] | None = None
         self._counts = dict.fromkeys(
             ("hits", "misses", "store_lookups", "negative_hits", "stale_served", "evictions",

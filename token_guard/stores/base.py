@@ -32,6 +32,7 @@ from token_guard.core.records import (
     IssuedToken,
     OAuthClient,
     TokenRecord,
+    UsageRow,
 )
 
 __all__ = [
@@ -158,7 +159,23 @@ class AuditLog(Protocol):
 
 
 @runtime_checkable
-class TokenStore(TokenReader, TokenAdmin, ClientStore, AuditLog, Protocol):
+class UsageLog(Protocol):
+    """Requests per token, API, UTC hour and outcome, written in batches by the guard."""
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Add each row's count to the stored count of its (token, hour, api, code)."""
+
+    async def get_usage(
+        self, token_id: str, start: datetime, end: datetime
+    ) -> Sequence[UsageRow]:
+        """The token's rows with ``start <= hour < end``, oldest first."""
+
+    async def prune_usage(self, before: datetime) -> int:
+        """Delete rows of hours before ``before``; return how many went."""
+
+
+@runtime_checkable
+class TokenStore(TokenReader, TokenAdmin, ClientStore, AuditLog, UsageLog, Protocol):
     """A whole store: every protocol above, plus its lifecycle.
 
     Methods open the store on first use; ``close`` releases it. Errors reaching the

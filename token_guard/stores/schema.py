@@ -18,6 +18,8 @@ The tables since version 3:
   rotation adds the new hash and gives the old one an ``expires_at`` (its grace period).
   A lookup ignores a hash whose ``expires_at`` has passed.
 * ``oauth_clients``, ``audit``, and SQLite's ``changes`` feed, unchanged since v2.
+* ``token_usage(token_id, hour, api, code, count)`` (v4) -- requests per token, API, UTC
+  hour and outcome (``code`` ``''``: allowed), added to in batches, pruned by age.
 """
 
 from __future__ import annotations
@@ -141,6 +143,23 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE tokens_v3 RENAME TO tokens",
         ),
     ),
+    Migration(
+        4,
+        "usage per token, API, UTC hour and outcome",
+        (
+            """
+            CREATE TABLE token_usage (
+                token_id TEXT NOT NULL,
+                hour TEXT NOT NULL,                 -- the hour's start, format_timestamp
+                api TEXT NOT NULL,
+                code TEXT NOT NULL,                 -- '' allowed, else the refusal's code
+                count INTEGER NOT NULL,
+                PRIMARY KEY (token_id, hour, api, code)
+            ) WITHOUT ROWID
+            """,
+            "CREATE INDEX token_usage_hour ON token_usage (hour)",
+        ),
+    ),
 )
 
 LATEST_SQLITE_VERSION = SQLITE_MIGRATIONS[-1].version
@@ -227,6 +246,21 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 DROP COLUMN referers,
                 DROP COLUMN allowed_apis,
                 DROP COLUMN expiration_date""",
+        ),
+    ),
+    Migration(
+        4,
+        "usage per token, API, UTC hour and outcome",
+        (
+            """CREATE TABLE {s}.token_usage (
+                token_id text NOT NULL,
+                hour timestamptz NOT NULL,
+                api text NOT NULL,
+                code text NOT NULL,                 -- '' allowed, else the refusal's code
+                count bigint NOT NULL,
+                PRIMARY KEY (token_id, hour, api, code)
+            )""",
+            "CREATE INDEX token_usage_hour ON {s}.token_usage (hour)",
         ),
     ),
 )
