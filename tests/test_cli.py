@@ -286,3 +286,30 @@ def test_limits_are_set_by_flag_updated_and_shown(tmp_path: Path) -> None:
     bad = tg(tmp_path, "tokens", "update", created["id"], "--limits",
              '{"rate": [{"requests": 5, "per": "week"}]}')
     assert bad.returncode != 0 and "limits.rate[0].per" in bad.stderr
+
+
+def test_tokens_usage_prints_a_table_and_json(tmp_path: Path) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    from token_guard.core.records import UsageRow
+    from token_guard.stores import SQLiteStore
+
+    created = tg_json(tmp_path, *CREATE)
+    hour = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+
+    async def seed() -> None:
+        store = SQLiteStore(str(tmp_path / "tokens.db"))
+        await store.add_usage([UsageRow(created["id"], hour, "maps", "", 41),
+                               UsageRow(created["id"], hour, "maps", "rate_limited", 2)])
+        await store.close()
+
+    asyncio.run(seed())
+    done = tg(tmp_path, "tokens", "usage", created["id"])
+    assert done.returncode == 0, done.stderr
+    assert "ALLOWED" in done.stdout and "41" in done.stdout and "rate_limited 2" in done.stdout
+    report = tg_json(tmp_path, "tokens", "usage", created["id"])
+    assert report["days"] == [{"day": hour.date().isoformat(), "allowed": 41,
+                               "refused": {"rate_limited": 2}}]
+    bad = tg(tmp_path, "tokens", "usage", created["id"], "--from", "soon")
+    assert bad.returncode != 0 and "--from" in bad.stderr

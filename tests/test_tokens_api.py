@@ -477,3 +477,38 @@ async def test_limits_are_created_patched_listed_and_validated(api: _Api) -> Non
     schema = (await api.http.get("/openapi.json")).json()["components"]["schemas"]
     assert "limits" in schema["TokenCreate"]["properties"]
     assert "limits" in schema["TokenUpdate"]["properties"]
+
+
+@pytest.mark.anyio
+async def test_usage_endpoint_reports_hours_and_days_and_checks_its_parameters(
+    api: _Api
+) -> None:
+    from datetime import timedelta
+
+    from token_guard.core.records import UsageRow
+
+    token, _ = await api.token_for([READ_SCOPE])
+    issued = await api.store.create_token(BODY)
+    h = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
+    await api.store.add_usage([
+        UsageRow(issued.id, h, "maps", "", 7), UsageRow(issued.id, h, "sql", "", 2),
+        UsageRow(issued.id, h, "maps", "rate_limited", 3),
+        UsageRow(issued.id, h + timedelta(hours=1), "maps", "origin_not_allowed", 1),
+    ])
+    r = await api.http.get(f"/v3/tokens/{issued.id}/usage?from=2026-11-01&to=2026-12-02",
+                           headers=_bearer(token))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["days"] == [
+        {"day": "2026-11-30", "allowed": 9, "refused": {"rate_limited": 3}},
+        {"day": "2026-12-01", "allowed": 0, "refused": {"origin_not_allowed": 1}},
+    ]
+    assert out["hours"][0] == {"hour": "2026-11-30T23:00:00Z", "api": "maps", "allowed": 7,
+                               "refused": {"rate_limited": 3}}
+    for query, field in (("from=yesterday", "from"), ("from=2026-12-02&to=2026-12-01", "from"),
+                         ("to=1&to=2", "to")):
+        r = await api.http.get(f"/v3/tokens/{issued.id}/usage?{query}", headers=_bearer(token))
+        assert r.status_code == 400 and r.json()["field"] == field, query
+    r = await api.http.get("/v3/tokens/tok_nope/usage", headers=_bearer(token))
+    assert r.status_code == 404
+    assert "/v3/tokens/{token_id}/usage" in (await api.http.get("/openapi.json")).json()["paths"]

@@ -83,3 +83,21 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
         "id": entry.id, "at": format_datetime(entry.at), "actor": entry.actor,
         "action": entry.action, "token_id": entry.token_id, "detail": entry.detail,
     }
+
+
+def usage_rows(report: dict[str, Any]) -> str:
+    """The ``tokens usage`` table: one row per day and API (hours summed)."""
+    days: dict[tuple[str, str], list[Any]] = {}
+    for hour in report["hours"]:
+        row = days.setdefault((hour["hour"][:10], hour["api"]), [0, {}])
+        row[0] += hour["allowed"]
+        for code, n in hour["refused"].items():
+            row[1][code] = row[1].get(code, 0) + n
+    rows = [
+        [day, api or "-", str(allowed),
+         ", ".join(f"{c} {n}" for c, n in sorted(refused.items())) or "-"]
+        for (day, api), (allowed, refused) in sorted(days.items())
+    ]
+    if not rows:
+        return f"no requests recorded from {report['from']} to {report['to']}"
+    return table(rows, ["DAY", "API", "ALLOWED", "REFUSED"])
