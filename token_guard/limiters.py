@@ -278,6 +278,8 @@ class RedisLimiter:
         self._local: dict[tuple[str, str], _Local] = {}
         self._lock = threading.Lock()
         self.failures = 0
+        #: Called with the seconds each Redis call took (``GuardMetrics.attach`` sets it).
+        self.on_latency: Callable[[float], None] | None = None
 
     # -- the request path ----------------------------------------------------------------
     def charge(self, token_id: str, rules: tuple[LimitRule, ...], now: float
@@ -331,17 +333,22 @@ class RedisLimiter:
         keys = [f"{self.prefix}{{{token_id}}}:{r.name}:{w[0]}" for r, w in zip(
             rules, windows, strict=True)]
         args = [*pushed, *(r.requests for r in rules), *(int(w[1]) + 60 for w in windows)]
+        started = time()
         try:
             script = self._script()
             async with asyncio.timeout(self.timeout):
                 answer = await script(keys=keys, args=args)
         except Exception as exc:  # any failure of Redis: bounded, logged, never a 500
+            if self.on_latency is not None:
+                self.on_latency(time() - started)
             if states is not None:
                 with self._lock:
                     for s, p in zip(states, pushed, strict=True):
                         s.pending += p
             return self._failed(exc)
         now = time()
+        if self.on_latency is not None:
+            self.on_latency(now - started)
         admitted, counts = int(answer[0]), [int(c) for c in answer[1:]]
         if states is not None:
             with self._lock:
