@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from time import time
 from typing import Any, TypedDict
@@ -278,7 +278,7 @@ class Guard:
             prefix=prefix, routes=routes, include_defaults=include_default_routes
         )
         self.resolver: Resolver[CompiledToken] = Resolver(
-            store, self.policy.compile, settings=cache or CacheSettings()
+            store, self._compile, settings=cache or CacheSettings()
         )
         self.allow_query_token = allow_query_token
         self.max_body_bytes = max_body_bytes
@@ -303,6 +303,11 @@ class Guard:
         self._decide_parts = self.policy.decide_parts
         self._note_used = self.resolver.note_used
         self._note_refused = self.resolver.note_refused
+
+    def _compile(self, record: TokenRecord) -> CompiledToken:
+        """The policy's compiled token, with the usage recorder's counters for it."""
+        return replace(self.policy.compile(record),
+                       uses=self.resolver.usage.counters_for(record.id))
 
     def check(
         self,
@@ -383,7 +388,7 @@ class Guard:
             if compiled.limits is not None:
                 return self._charge(method, raw_path, query_string,
                                     _with(what, origin, referer), compiled)
-            self._note_used(record.id, what.api)
+            next(compiled.uses[what.api])  # type: ignore[index]  # counted: see _compile
             if self.on_decision is not None:
                 self.observe(method, raw_path, query_string, _with(what, origin, referer),
                              record)
@@ -465,7 +470,7 @@ class Guard:
         if compiled.limits is not None:
             return self._charge(pending.method, pending.path, pending.query_string, facts,
                                 compiled)
-        self._note_used(record.id, facts.api)
+        next(compiled.uses[facts.api])  # type: ignore[index]
         if self.on_decision is not None:
             self.observe(pending.method, pending.path, pending.query_string, facts, record)
         return record

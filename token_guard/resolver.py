@@ -209,6 +209,7 @@ class Resolver(Generic[T]):
         # a method that forwards: the adapters call it on every allowed request.
         self.note_used = self._usage.note_used
         self.note_refused = self._usage.note_refused
+        self.usage = self._usage
         self._unsubscribe: Callable[[], None] | None = None
         self._counts = dict.fromkeys(
             ("hits", "misses", "store_lookups", "negative_hits", "stale_served", "evictions",

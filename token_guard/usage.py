@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Protocol, runtime_checkable
 
+from token_guard.core.facts import API_NAMES
 from token_guard.core.records import UsageRow
 
 __all__ = ["UsageRecorder", "UsageSink"]
@@ -68,7 +69,23 @@ class UsageRecorder:
         self._lock = threading.Lock()  # held for the swap of the structures only
         self._flusher: asyncio.Task[None] | None = None
         self._pruned_at: datetime | None = None
+        # token id -> api -> counter, handed to the compiled token (``counters_for``) so the
+        # request path counts with one ``next``; and the value each counter had when last read.
+        self._tokens: dict[str, dict[str, count[int]]] = {}
+        self._read: dict[str, dict[str, int]] = {}
         self.flush_errors = 0
+
+    def counters_for(self, token_id: str) -> dict[str, count[int]]:
+        """The token's allowed-request counters per API: ``next(counters[api])`` counts one.
+
+        One set per token id for the recorder's life (bounded by the tokens that exist), so
+        a recompiled token keeps counting where it was."""
+        with self._lock:
+            got = self._tokens.get(token_id)
+            if got is None:
+                got = self._tokens[token_id] = {api: count() for api in API_NAMES}
+                self._read[token_id] = dict.fromkeys(API_NAMES, 0)
+            return got
 
     def note_used(self, token_id: str, api: str = "") -> None:
         """Count an allowed request of ``token_id`` to ``api`` (written with the next batch)."""
@@ -122,6 +139,18 @@ class UsageRecorder:
             rows, self._failed_rows = self._failed_rows, {}
         now = datetime.now(UTC)
         hour = now.replace(minute=0, second=0, microsecond=0)
+        with self._lock:
+            tokens = list(self._tokens.items())
+        for token_id, per_api in tokens:
+            read = self._read[token_id]
+            for api, counter in per_api.items():
+                # Reading a count is a next(): the read itself is remembered as one more.
+                value = next(counter)
+                used, read[api] = value - read[api], value + 1
+                if used:
+                    batch[token_id] = now
+                    key = (token_id, hour, api, "")
+                    rows[key] = rows.get(key, 0) + used
         for (token_id, api, code), counter in counts.items():
             if not code:
                 batch[token_id] = now
