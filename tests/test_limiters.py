@@ -324,3 +324,36 @@ def test_an_asgi_and_a_wsgi_instance_share_one_redis_limit(
                     for _ in range(6) for env in (one, two)]
     assert statuses.count(200) in ((6, 7, 8) if mode == "local" else (6,))
     assert set(statuses) == {200, 429}
+
+
+@pytest.mark.anyio
+async def test_a_limit_lowered_by_patch_reaches_every_instance_within_the_feed_bound(
+    redis_url: str, prefix: str, tmp_path: Any
+) -> None:
+    from token_guard.stores.sqlite import SQLiteStore
+
+    path = str(tmp_path / "tokens.db")
+    stores = [SQLiteStore(path, poll_interval=0.2), SQLiteStore(path, poll_interval=0.2)]
+    guards = [Guard(store=s, connections=CONNECTIONS, limiter=f"{redis_url}?prefix={prefix}")
+              for s in stores]
+    for g in guards:
+        await g.resolver.start()
+    try:
+        issued = await stores[0].create_token(FULL)
+        for g in guards:  # both instances have the token cached, without limits
+            assert isinstance(await ask(g, issued.token), TokenRecord)
+        await stores[0].update_token(issued.id, {"limits": {"rate": [
+            {"requests": 3, "per": "hour"}]}})
+        started = time.monotonic()
+        while any((c := g.resolver.lookup(issued.token)) is not None
+                  and not isinstance(c, Denial) and c.limits is None for g in guards):
+            assert time.monotonic() - started < 2.0, "an instance kept the old token"
+            await asyncio.sleep(0.01)
+        results = [await ask(g, issued.token) for _ in range(3) for g in guards]
+        assert [isinstance(r, TokenRecord) for r in results].count(True) == 3
+    finally:
+        for g in guards:
+            await g.resolver.close()
+            await g.limiter.close()
+        for s in stores:
+            await s.close()
