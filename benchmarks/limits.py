@@ -149,7 +149,7 @@ def overshoot(seconds: int, mode: str, limit: int = 100) -> None:
     token = asyncio.run(create())
     port = 18000 + os.getpid() % 1000
     env = {**os.environ, "TG_BENCH_DB": db, "TG_BENCH_PREFIX": prefix,
-           "TG_BENCH_LIMITER": f"{REDIS}?mode={mode}&prefix={prefix}",
+           "TG_BENCH_LIMITER": f"{REDIS}?mode={mode}&timeout=1&prefix={prefix}",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "benchmarks.limits_app:app", "--port", str(port),
@@ -157,7 +157,18 @@ def overshoot(seconds: int, mode: str, limit: int = 100) -> None:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(4)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                import socket
+
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the 4 workers did not start") from None
+                time.sleep(0.2)
+        time.sleep(2)  # the other workers
         url = f"http://127.0.0.1:{port}{PATH.decode()}?{QS.decode()}"
         subprocess.run(["wrk", "-t2", "-c32", "-d2s", "-H", f"Authorization: Bearer {token}",
                         url], capture_output=True, check=True)  # every worker warm

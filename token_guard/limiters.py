@@ -217,6 +217,7 @@ class _Local:
     known: int = 0  # the shared count at the last reconciliation
     pending: int = 0  # admitted here since, not yet pushed
     synced_at: float = float("-inf")
+    syncing: int = 0  # reconciliations in flight: while any is, nothing is admitted locally
 
 
 class RedisLimiter:
@@ -302,7 +303,7 @@ class RedisLimiter:
                     state = self._local[key] = _Local(start)
                 states.append(state)
             fresh = all(
-                now - s.synced_at < self.sync_interval
+                not s.syncing and now - s.synced_at < self.sync_interval
                 and s.pending < max(1, int(r.requests * self.local_share))
                 for r, s in zip(rules, states, strict=True)
             )
@@ -320,6 +321,7 @@ class RedisLimiter:
             pushed = [s.pending for s in states]
             for s in states:
                 s.pending = 0
+                s.syncing += 1
         return lambda: self._remote(token_id, rules, windows, pushed, states)
 
     async def _remote(
@@ -345,6 +347,7 @@ class RedisLimiter:
                 with self._lock:
                     for s, p in zip(states, pushed, strict=True):
                         s.pending += p
+                        s.syncing -= 1
             return self._failed(exc)
         now = time()
         if self.on_latency is not None:
@@ -353,7 +356,8 @@ class RedisLimiter:
         if states is not None:
             with self._lock:
                 for s, c in zip(states, counts, strict=True):
-                    s.known, s.synced_at = c, now
+                    s.known, s.synced_at = max(s.known, c), now
+                    s.syncing -= 1
         usages = tuple(
             Usage(r, c, end, length)
             for r, c, (_, end, length) in zip(rules, counts, windows, strict=True)
