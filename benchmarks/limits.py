@@ -34,7 +34,8 @@ BODY: dict[str, Any] = {
     "name": "bench", "allowed_apis": ["maps"], "referers": [],
     "grants": [{"connection_name": "carto_dw", "source": "proj.ds.stores"}],
 }
-BIG = {"rate": [{"requests": 10**9, "per": "minute"}], "quota": {"requests": 10**12, "per": "month"}}
+BIG = {"rate": [{"requests": 10**9, "per": "minute"}],
+       "quota": {"requests": 10**12, "per": "month"}}
 
 
 async def _guard(limiter: str | None, limits: dict[str, Any] | None) -> tuple[Any, bytes]:
