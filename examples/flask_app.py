@@ -1,6 +1,6 @@
-"""A Flask data API guarded by TokenGuardWSGI, with CORS outside the guard.
+"""A Flask data API guarded by the FlaskTokenGuard extension, with Flask-CORS.
 
-Run it (from the repository root, with token_guard installed)::
+Run it (from the repository root, with ``token_guard[flask]`` installed)::
 
     flask --app examples/flask_app run          # or: python examples/flask_app.py
 
@@ -11,74 +11,45 @@ Tokens live in the store ``$TOKEN_GUARD_STORE`` names (default ``sqlite:///token
     curl -H "Authorization: Bearer $TOKEN" \\
         "http://127.0.0.1:5000/v3/maps/carto_dw/table?name=proj.ds.stores"   # 200
 
-Order: ``app.wsgi_app = cors(TokenGuardWSGI(app.wsgi_app, ...))``. Flask-CORS would run
-inside Flask, behind the guard, so a browser could not read the guard's 401/403; the small
-WSGI ``cors`` layer below wraps the guard instead. Views read the token with
-``current_token()``. In production serve it with a threaded server, e.g.
-``waitress-serve --call examples.flask_app:create_app`` (waitress passes the raw request
-path the guard checks; see ``token_guard.adapters.wsgi``).
+``FlaskTokenGuard`` wraps ``app.wsgi_app`` (the guard decides before Flask runs) and sends
+its refusals through the app's ``after_request`` hooks, so Flask-CORS labels the 401/403
+and a browser can read them; preflights pass the guard to Flask-CORS. Views read the
+token with ``tg.flask_token()`` (or ``flask.g.token_guard_token``). In production serve it
+with a threaded server, e.g. ``waitress-serve --call examples.flask_app:create_app`` or
+``gunicorn 'examples.flask_app:create_app()'`` (both pass the raw request path the guard
+checks; see ``token_guard.adapters.wsgi``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify, request
+from flask_cors import CORS
 
-from token_guard.adapters.wsgi import TokenGuardWSGI, current_token
+import token_guard as tg
 from token_guard.stores import open_store
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 CONNECTIONS = {"carto_dw": "bigquery"}  # connection name -> its SQL dialect
 ROWS = {"proj.ds.stores": [{"id": 1, "city": "Madrid"}, {"id": 2, "city": "Sevilla"}]}
-ALLOWED_ORIGINS = frozenset({"http://localhost:3000"})
-
-def cors(app: WSGIApplication, allow_origins: frozenset[str]) -> WSGIApplication:
-    """A minimal CORS layer for WSGI: answers preflights, labels every response."""
-
-    def wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        origin = environ.get("HTTP_ORIGIN")
-        if origin not in allow_origins:
-            return app(environ, start_response)
-        allow = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
-        if environ["REQUEST_METHOD"] == "OPTIONS" and (
-            "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
-        ):
-            start_response("204 No Content", [
-                *allow,
-                ("Access-Control-Allow-Methods", "GET, POST"),
-                ("Access-Control-Allow-Headers", "Authorization, Content-Type"),
-                ("Access-Control-Max-Age", "600"),
-            ])
-            return [b""]
-
-        def labelled(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            return start_response(status, [*headers, *allow], exc_info)
-
-        return app(environ, labelled)
-
-    return wrapped
+ALLOWED_ORIGINS = ["http://localhost:3000"]
 
 
 def create_app() -> Flask:
-    """The Flask app with the guard around its WSGI callable and CORS around the guard."""
+    """The Flask app with Flask-CORS and the guard around its WSGI callable."""
     app = Flask(__name__)
+    CORS(app, origins=ALLOWED_ORIGINS, allow_headers=["Authorization", "Content-Type"],
+         max_age=600)
 
     @app.get("/v3/maps/<connection>/table")
     def table(connection: str) -> Response:
         """A table's rows; the guard has already checked the token may read ``name``."""
-        token = current_token()
+        token = tg.flask_token()
         name = request.args.get("name", "")
         return jsonify(token=token.name, rows=ROWS.get(name, []))
 
-    store = open_store(default="sqlite:///tokens.db")
-    guard = TokenGuardWSGI(app.wsgi_app, store=store, connections=CONNECTIONS)
-    # Flask's documented way to wrap its WSGI callable; mypy sees a method being replaced.
-    app.wsgi_app = cors(guard, ALLOWED_ORIGINS)  # type: ignore[method-assign,assignment]
+    tg.FlaskTokenGuard(app, store=open_store(default="sqlite:///tokens.db"),
+                       connections=CONNECTIONS)
     return app
 
 

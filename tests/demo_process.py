@@ -19,6 +19,7 @@ import pytest
 from tests.servers import free_port
 
 READY_LINE = "Ctrl-C stops the demo."
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -61,18 +62,26 @@ def _accepts(port: int) -> bool:
 
 
 @contextmanager
-def demo_process(data_dir: Path, logs: Path, *, port: int | None = None) -> Iterator[DemoProcess]:
-    """Start the demo and wait until it listens; on exit, stop it if the test did not."""
+def demo_process(
+    data_dir: Path | None, logs: Path, *, port: int | None = None, cwd: Path | None = None
+) -> Iterator[DemoProcess]:
+    """Start the demo (in ``cwd``; ``data_dir`` None: its default) and wait until it
+    listens; on exit, stop it if the test did not."""
     port = port or free_port()
     logs.mkdir(parents=True, exist_ok=True)
     stamp = f"{port}-{time.monotonic_ns()}"
     out_path, err_path = logs / f"demo-{stamp}.out", logs / f"demo-{stamp}.err"
+    # This tree first, wherever cwd is.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     with out_path.open("wb") as out, err_path.open("wb") as err:
         process = subprocess.Popen(
             [sys.executable, "-m", "token_guard.demo", "--port", str(port),
-             "--data-dir", str(data_dir)],
-            stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+             *(["--data-dir", str(data_dir)] if data_dir is not None else [])],
+            stdout=out, stderr=err, env=env, cwd=cwd,
         )
+    if data_dir is None:
+        data_dir = (cwd or Path.cwd()) / "token_guard_demo"
     demo = DemoProcess(process, port, data_dir, out_path, err_path)
     try:
         deadline = time.monotonic() + 60

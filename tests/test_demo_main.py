@@ -24,7 +24,7 @@ import pytest
 
 from tests.demo_process import DemoProcess, demo_process
 from tests.services import service_missing
-from token_guard.demo import base_url, main, parse_args
+from token_guard.demo import base_url, keep_out_of_git, main, parse_args
 from token_guard.demo.compose import is_management_path
 from token_guard.demo.tokens import (
     PLANS,
@@ -410,3 +410,38 @@ def test_an_unwritable_data_dir_is_a_usage_error(tmp_path: Path,
     blocker.write_text("not a directory")
     assert main(["--data-dir", str(blocker / "data"), "--port", "1"]) == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.parametrize("data_dir", [None, "elsewhere/demo"], ids=["default", "custom"])
+def test_a_demo_run_in_a_clone_leaves_nothing_to_commit(
+    tmp_path: Path, data_dir: str | None
+) -> None:
+    """Secrets, keys and stores stay out of `git add -A`, even in a repository that
+    ignores nothing (the demo's folder ignores itself)."""
+    if shutil.which("git") is None:
+        service_missing("git is not installed")
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "README.md").write_text("a project\n")
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "x")
+    with demo_process(repo / data_dir if data_dir else None, tmp_path / "logs", cwd=repo) as d:
+        assert d.interrupt() == 0
+    assert (d.data_dir / SECRETS_FILE).exists() and (d.data_dir / "tokens.keys").exists()
+    assert _git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_a_data_dir_holding_other_files_gets_no_gitignore(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    keep_out_of_git(tmp_path)
+    assert not (tmp_path / ".gitignore").exists()
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    keep_out_of_git(empty)
+    assert (empty / ".gitignore").read_text().splitlines()[-1] == "*"

@@ -1,9 +1,10 @@
 """token_guard: authorization middleware for CARTO-style data APIs.
 
-``TokenGuard`` (ASGI) and ``TokenGuardWSGI`` (Flask/WSGI) let a request through only if its
-API access token may call that API, read that data source on that connection, and is used
-from an allowed website. Tokens live in a store: ``SQLiteStore`` (embedded default),
-``PostgresStore`` (many instances), ``MemoryStore`` (tests).
+``TokenGuard`` (ASGI), ``TokenGuardWSGI`` (WSGI) and ``FlaskTokenGuard`` (Flask) let a
+request through only if its API access token may call that API, read that data source on
+that connection, and is used from an allowed website. Tokens live in a store:
+``SQLiteStore`` (embedded default), ``PostgresStore`` (many instances), ``MemoryStore``
+(tests).
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ from token_guard.limiters import MemoryLimiter, RedisLimiter
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
 
+__version__ = "0.1.0"
+"""The release, read by the packaging (``pyproject.toml``) and ``token-guard --version``."""
+
 if TYPE_CHECKING:
     from token_guard.adapters.fastapi import ApiToken, api_token
+    from token_guard.adapters.flask import FlaskTokenGuard, flask_token
     from token_guard.adapters.wsgi import TokenGuardWSGI, current_token
     from token_guard.stores.postgres import PostgresStore
 
@@ -43,6 +48,7 @@ __all__ = [
     "Connection",
     "DecisionEvent",
     "Denial",
+    "FlaskTokenGuard",
     "Grant",
     "InvalidTokenSpec",
     "IssuedToken",
@@ -64,8 +70,10 @@ __all__ = [
     "TokenRecord",
     "TokenSpec",
     "TokenStore",
+    "__version__",
     "api_token",
     "current_token",
+    "flask_token",
     "get_token",
     "parse_token_spec",
 ]
@@ -73,7 +81,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # Optional extras load on first use: psycopg (postgres), the WSGI adapter (Flask's
-    # current_token) and FastAPI's dependency (ApiToken, api_token).
+    # current_token), the Flask extension and FastAPI's dependency (ApiToken, api_token).
     if name == "PostgresStore":
         from token_guard.stores.postgres import PostgresStore
 
@@ -86,6 +94,10 @@ def __getattr__(name: str) -> Any:
         from token_guard.adapters.wsgi import current_token
 
         return current_token
+    if name in ("FlaskTokenGuard", "flask_token"):
+        from token_guard.adapters import flask
+
+        return getattr(flask, name)
     if name in ("ApiToken", "api_token"):
         from token_guard.adapters import fastapi
 

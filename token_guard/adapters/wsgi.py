@@ -43,15 +43,21 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   process, so a pre-forking server (gunicorn ``--preload``) is fine if the master served
   nothing before forking.
 - **Shutdown.** ``close()`` (also run at interpreter exit) flushes usage, closes the store
-  and stops the loop thread. Requests after it get 503.
-- **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so browsers could not
-  read the guard's 401/403. Answer CORS in a WSGI middleware *around* the guard (see
-  ``examples/flask_app.py``); a preflight passes through the guard untouched.
+  and stops the loop thread. Requests after it get 503. At exit it runs among threading's
+  exit hooks, before ``concurrent.futures`` stops its worker threads (the SQLite store's
+  among them), so the last usage records are written; ``atexit`` would run too late.
+- **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so it never sees a
+  refusal made here: use ``token_guard.FlaskTokenGuard`` (it sends refusals through the
+  app's ``after_request`` hooks, Flask-CORS's among them; see ``examples/flask_app.py``),
+  or, for another WSGI framework, answer CORS in a WSGI middleware *around* the guard. A
+  preflight passes through the guard untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # its exit hook must be registered before the guard's
+import contextlib
 import io
 import os
 import re
@@ -153,6 +159,7 @@ class TokenGuardWSGI:
             self, self._loop.stop, self.guard.resolver.close, self.guard.limiter.close,
             *_closer(store)
         )
+        _before_executors_stop(self._finalizer)
 
     def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
         """Run a coroutine on the guard's event loop, where the store lives, and return its
@@ -174,8 +181,8 @@ class TokenGuardWSGI:
             checked = self._reconcile(method, raw_path, app_path)
             if isinstance(checked, Denial):
                 return self._respond(
-                    start_response, self.guard.refused(method, _path(environ), query_string,
-                                                       checked)
+                    environ, start_response,
+                    self.guard.refused(method, _path(environ), query_string, checked),
                 )
             raw_path = checked
         authorization, conflict = _authorization(environ.get("HTTP_AUTHORIZATION"))
@@ -196,7 +203,7 @@ class TokenGuardWSGI:
                 environ[ENVIRON_KEY] = step
                 return self.app(environ, start_response)
             if isinstance(step, Denial):
-                return self._respond(start_response, step)
+                return self._respond(environ, start_response, step)
             if isinstance(step, Admitted):  # a token with limits: RateLimit headers added
                 environ[ENVIRON_KEY] = step.record
                 return self.app(environ, _with_headers(start_response, step.headers))
@@ -271,7 +278,10 @@ class TokenGuardWSGI:
             return CLIENT_GONE
         return b"".join(chunks)
 
-    def _respond(self, start_response: StartResponse, denial: Denial) -> Iterable[bytes]:
+    def _respond(
+        self, environ: WSGIEnvironment, start_response: StartResponse, denial: Denial
+    ) -> Iterable[bytes]:
+        """Answer ``denial`` (the Flask extension sends it through the app's hooks)."""
         status, headers, body = self.guard.deny_response(denial)
         start_response(
             _status_line(status),
@@ -291,6 +301,24 @@ def _with_headers(
         return start_response(status, [*response_headers, *extra], exc_info)
 
     return wrapped
+
+
+def _before_executors_stop(finalizer: weakref.finalize[Any, Any]) -> None:
+    """Run ``finalizer`` at interpreter exit before ``concurrent.futures`` refuses work.
+
+    ``concurrent.futures`` stops its executors from a ``threading`` exit hook, which runs
+    before ``atexit``: a finalizer left to ``atexit`` finds the store's executor gone ("cannot
+    schedule new futures after shutdown") and loses the last usage batch. Threading's hooks
+    run newest first, so one registered after ``concurrent.futures.thread`` was imported
+    runs before it. ``weakref.finalize`` still covers interpreters without the hook.
+    """
+    register: Callable[[Callable[[], object]], None] | None = getattr(
+        threading, "_register_atexit", None
+    )
+    if register is None or concurrent.futures.thread._shutdown:
+        return
+    with contextlib.suppress(RuntimeError):  # the interpreter is already shutting down
+        register(finalizer)
 
 
 def _closer(store: TokenReader) -> tuple[Callable[[], Awaitable[None]], ...]:

@@ -25,11 +25,14 @@ they print, ``store`` opens the store and the key file.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
+from token_guard import __version__
 from token_guard.cli import audit, check, clients, demo, keys, serve, tokens
-from token_guard.cli.errors import EXIT_REFUSED, EXIT_USAGE, Refused, UsageError
+from token_guard.cli.errors import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Refused, UsageError
 from token_guard.cli.parser import Parser, common_flags
 from token_guard.cli.store import open_store
 from token_guard.cli.tokens import parse_expires
@@ -46,10 +49,23 @@ __all__ = ["build_parser", "main", "open_store", "parse_expires"]
 _FAMILIES = (tokens, clients, keys, audit, check, serve, demo)
 
 
+DESCRIPTION = (
+    "token-guard: manage API access tokens and OAuth clients, debug a refusal, serve the "
+    "Tokens API."
+)
+EPILOG = (
+    "The store comes from --store or TOKEN_GUARD_STORE (default sqlite:///tokens.db). "
+    "Global options (--store, --json) go before or after the command. "
+    "Exit status: 0 ok, 1 refused or not found, 2 usage error."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for every command."""
     common = common_flags()
-    parser = Parser(prog="token-guard", description=(__doc__ or "").split("\n\n")[0])
+    parser = Parser(prog="token-guard", description=DESCRIPTION, epilog=EPILOG,
+                    parents=[common_flags(top=True)])
+    parser.add_argument("--version", action="version", version=f"token-guard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for family in _FAMILIES:
         family.register(sub, common)
@@ -58,7 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 refused/not found, 2 usage)."""
-    given = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _run(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (``token-guard tokens list | head -1``): what it read is what
+        # it wanted. Point stdout at /dev/null so the interpreter's last flush is silent.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _run(given: list[str]) -> int:
     if given[:1] == ["demo"]:
         # Everything after 'demo' belongs to the demo's own parser (including --help).
         return demo.cmd_demo(argparse.Namespace(demo_args=given[1:]))

@@ -79,7 +79,7 @@ def cmd_clients_revoke(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """Add ``clients`` and its actions to ``sub``."""
-    clients = sub.add_parser("clients", help="OAuth clients of the Tokens API")
+    clients = sub.add_parser("clients", parents=[common], help="OAuth clients of the Tokens API")
     csub = clients.add_subparsers(dest="action", required=True, parser_class=Parser)
     p = csub.add_parser("create", parents=[common], help="create a client (secret shown once)")
     p.add_argument("--name", required=True)

@@ -65,7 +65,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """Add ``keys`` and its actions to ``sub``."""
-    keys = sub.add_parser("keys", help="OAuth signing keys")
+    keys = sub.add_parser("keys", parents=[common], help="OAuth signing keys")
     ksub = keys.add_subparsers(dest="action", required=True, parser_class=Parser)
     for name, func, text in (("rotate", cmd_keys_rotate, "add a new signing key"),
                              ("list", cmd_keys_list, "list signing keys")):

@@ -1,4 +1,10 @@
-"""The argparse pieces every command family shares: a parser exiting 2, the common flags."""
+"""The argparse pieces every command family shares: a parser exiting 2, the global flags.
+
+The global flags (``--store``, ``--json``) are accepted before the command and after it
+(``token-guard --store X tokens list`` = ``token-guard tokens list --store X``): the top
+parser gives them their defaults, and every command's copy defaults to ``SUPPRESS``, so a
+flag given later overrides one given earlier and an absent one overrides nothing.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +23,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def common_flags() -> Parser:
-    """The parent parser with ``--store`` and ``--json``."""
+def common_flags(*, top: bool = False) -> Parser:
+    """The parent parser with the global flags: with defaults for the top parser (``top``),
+    without (``SUPPRESS``) for the commands'."""
     common = Parser(add_help=False)
     common.add_argument(
-        "--store", default=None,
+        "--store", default=None if top else argparse.SUPPRESS,
         help="sqlite:///tokens.db, a file path or postgresql://... "
              "(default: $TOKEN_GUARD_STORE, else sqlite:///tokens.db)",
     )
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument("--json", action="store_true",
+                        default=False if top else argparse.SUPPRESS,
+                        help="print JSON for scripts")
     return common

@@ -21,6 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from token_guard.management.app import create_management_app
 
     externals = [ExternalIssuer(url, iss, aud) for url, iss, aud in args.external_issuer or []]
+    base = _base_url(args.host, args.port)
     issuer = args.issuer or f"http://{args.host}:{args.port}"
     keys = SigningKeys.open(keys_path(args))
 
@@ -36,8 +37,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 app, host=args.host, port=args.port, log_level=args.log_level, lifespan="off"
             )
             print(
-                f"token-guard: Tokens API on http://{args.host}:{args.port} "
-                f"(issuer {issuer}, audience {args.audience}, keys {keys.path})",
+                f"token-guard: Tokens API on {base} "
+                f"(issuer {issuer}, audience {args.audience}, keys {keys.path})\n"
+                f"token-guard: Developers page: {base}/developers\n"
+                f"token-guard: API documentation (OpenAPI 3.1): {base}/openapi.json",
                 file=sys.stderr, flush=True,
             )
             await uvicorn.Server(config).serve()
@@ -46,6 +49,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return asyncio.run(go())
+
+
+def _base_url(host: str, port: int) -> str:
+    """The URL people open for a server listening on ``host``: a wildcard is loopback."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:

@@ -29,6 +29,7 @@ from token_guard.stores.base import TokenStore
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_STORE_PAGE = 500  # the largest page list_tokens serves
 
 
 def parse_expires(text: str, now: datetime | None = None) -> str:
@@ -180,22 +181,36 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     return run_with_store(args, work)
 
 
+async def _newest_first(store: TokenStore) -> list[TokenRecord]:
+    """Every token, newest first (the store pages by id, which says nothing of age)."""
+    records: list[TokenRecord] = []
+    after: str | None = None
+    while True:
+        page = list(await store.list_tokens(limit=_STORE_PAGE, after=after))
+        records += page
+        if len(page) < _STORE_PAGE:
+            break
+        after = page[-1].id
+    records.sort(key=lambda r: r.id)
+    records.sort(key=lambda r: r.created_at, reverse=True)  # stable: ties stay in id order
+    return records
+
+
 def cmd_tokens_list(args: argparse.Namespace) -> int:
-    """``tokens list``."""
+    """``tokens list``: newest first; ``--after ID`` continues after that row."""
 
     async def work(store: TokenStore) -> int:
-        records: list[TokenRecord] = []
-        after = args.after
-        nxt: str | None = None
-        while True:
-            page = list(await store.list_tokens(limit=args.limit + 1, after=after))
-            more = len(page) > args.limit
-            page = page[: args.limit]
-            records += page
-            nxt = page[-1].id if more and page else None
-            if not (args.all and nxt):
-                break
-            after = nxt
+        ordered = await _newest_first(store)
+        start = 0
+        if args.after is not None:
+            ids = [r.id for r in ordered]
+            if args.after not in ids:
+                raise Refused(f"--after {args.after!r} is no token's id; 'token-guard tokens "
+                              "list' shows the ids")
+            start = ids.index(args.after) + 1
+        records = ordered[start:] if args.all else ordered[start : start + args.limit]
+        more = start + len(records) < len(ordered)
+        nxt = records[-1].id if more and records else None
         now = datetime.now(UTC)
         if args.json:
             print_json({"tokens": [r.as_json(now) for r in records], "next": nxt})
@@ -285,12 +300,12 @@ def cmd_tokens_usage(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """Add ``tokens`` and its actions to ``sub``."""
-    tokens = sub.add_parser("tokens", help="API access tokens")
+    tokens = sub.add_parser("tokens", parents=[common], help="API access tokens")
     tsub = tokens.add_subparsers(dest="action", required=True, parser_class=Parser)
     p = tsub.add_parser("create", parents=[common], help="create a token (secret shown once)")
     _token_flags(p)
     p.set_defaults(func=cmd_tokens_create)
-    p = tsub.add_parser("list", parents=[common], help="list tokens (never secrets)")
+    p = tsub.add_parser("list", parents=[common], help="list tokens, newest first (never secrets)")
     p.add_argument("--limit", type=int, default=100, choices=range(1, 501), metavar="1..500")
     p.add_argument("--after", help="the id to continue after")
     p.add_argument("--all", action="store_true", help="follow every page")

@@ -8,7 +8,9 @@ Run it with ``token-guard demo`` or ``python -m token_guard.demo`` (options ``--
 - ``tokens.keys``        the OAuth signing keys of the Tokens API (mode 0600), the file
                          ``token-guard serve`` would use for that store;
 - ``demo-secrets.json``  the demo's *own* token and client secrets (mode 0600, demo only), so
-                         every start prints the same ready-to-paste ``curl`` lines.
+                         every start prints the same ready-to-paste ``curl`` lines;
+- ``.gitignore``         ``*``: run in a clone, none of it can be committed by ``git add -A``.
+                         Written only into a folder that holds nothing but the demo's files.
 
 The server answers the Tokens API, ``/oauth/token``, JWKS, OpenAPI and the Developers page
 itself (outside the guard: they use OAuth), and every other path through CORS and TokenGuard
@@ -31,6 +33,7 @@ import uvicorn
 from token_guard.adapters.asgi import ASGIApp
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.demo.compose import build_demo_server
+from token_guard.demo.data import DATABASE_FILE
 from token_guard.demo.tokens import (
     KEYS_FILE,
     SECRETS_FILE,
@@ -86,6 +89,28 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
     return DemoOptions(port=args.port, data_dir=args.data_dir, host=args.host)
 
 
+GITIGNORE = (
+    "# token_guard demo: sample data, token store, signing keys and demo secrets.\n"
+    "# Never commit them; delete this folder for fresh ones.\n"
+    "*\n"
+)
+# What the demo writes into its folder (SQLite adds -wal/-shm; temporary files start with .).
+_DEMO_NAMES = (DATABASE_FILE, TOKENS_DB, KEYS_FILE, SECRETS_FILE, ".")
+
+
+def keep_out_of_git(data_dir: Path) -> None:
+    """Write ``.gitignore`` (``*``) into the demo's folder, unless it holds files of others.
+
+    The secrets and keys are then never committed from a clone, whatever ``--data-dir``
+    says; a folder with other files in it (``--data-dir .``) is left alone.
+    """
+    ignore = data_dir / ".gitignore"
+    if ignore.exists():
+        return
+    if all(entry.name.startswith(_DEMO_NAMES) for entry in data_dir.iterdir()):
+        ignore.write_text(GITIGNORE, encoding="utf-8")
+
+
 def base_url(host: str, port: int) -> str:
     """The URL people (and curl) use to reach a server listening on ``host``:``port``."""
     if host in ("0.0.0.0", ""):
@@ -125,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"token-guard demo: cannot create --data-dir {data_dir}: {exc.strerror}; "
               "choose a writable directory", file=sys.stderr)
         return 2
+    keep_out_of_git(data_dir)
     secrets_path = data_dir / SECRETS_FILE
     prepared = asyncio.run(_prepare_tokens(data_dir, read_secrets(secrets_path)))
     save(secrets_path, prepared)

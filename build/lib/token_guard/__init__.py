@@ -1,0 +1,94 @@
+"""token_guard: authorization middleware for CARTO-style data APIs.
+
+``TokenGuard`` (ASGI) and ``TokenGuardWSGI`` (Flask/WSGI) let a request through only if its
+API access token may call that API, read that data source on that connection, and is used
+from an allowed website. Tokens live in a store: ``SQLiteStore`` (embedded default),
+``PostgresStore`` (many instances), ``MemoryStore`` (tests).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
+from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
+from token_guard.core.errors import (
+    ConfigurationError,
+    InvalidTokenSpec,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+    TokenGuardError,
+)
+from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.records import IssuedToken, TokenRecord
+from token_guard.core.routes import Route, SqlParam
+from token_guard.core.spec import Grant, TokenSpec, parse_token_spec
+from token_guard.guard import DecisionEvent
+from token_guard.resolver import CacheSettings
+from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
+
+__version__ = "0.1.0"
+"""The release, read by the packaging (``pyproject.toml``) and ``token-guard --version``."""
+
+if TYPE_CHECKING:
+    from token_guard.adapters.fastapi import ApiToken, api_token
+    from token_guard.adapters.wsgi import TokenGuardWSGI, current_token
+    from token_guard.stores.postgres import PostgresStore
+
+__all__ = [
+    "SCOPE_KEY",
+    "ApiToken",
+    "CacheSettings",
+    "ConfigurationError",
+    "Connection",
+    "DecisionEvent",
+    "Denial",
+    "Grant",
+    "InvalidTokenSpec",
+    "IssuedToken",
+    "MemoryStore",
+    "NotFound",
+    "PostgresStore",
+    "RequestFacts",
+    "Route",
+    "SQLiteStore",
+    "Source",
+    "SqlParam",
+    "StoreError",
+    "StoreUnavailable",
+    "TokenGuard",
+    "TokenGuardError",
+    "TokenGuardWSGI",
+    "TokenRecord",
+    "TokenSpec",
+    "TokenStore",
+    "__version__",
+    "api_token",
+    "current_token",
+    "get_token",
+    "parse_token_spec",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Optional extras load on first use: psycopg (postgres), the WSGI adapter (Flask's
+    # current_token) and FastAPI's dependency (ApiToken, api_token).
+    if name == "PostgresStore":
+        from token_guard.stores.postgres import PostgresStore
+
+        return PostgresStore
+    if name == "TokenGuardWSGI":
+        from token_guard.adapters.wsgi import TokenGuardWSGI
+
+        return TokenGuardWSGI
+    if name == "current_token":
+        from token_guard.adapters.wsgi import current_token
+
+        return current_token
+    if name in ("ApiToken", "api_token"):
+        from token_guard.adapters import fastapi
+
+        return getattr(fastapi, name)
+    raise AttributeError(f"module 'token_guard' has no attribute {name!r}")

@@ -1,0 +1,263 @@
+"""TokenGuard: the pure-ASGI middleware for Starlette and FastAPI.
+
+Security choices, stated once:
+- Inside the protected prefix (``/v3/`` by default) every request needs a token and a route
+  the guard can classify; anything else is refused. Outside the prefix nothing is touched.
+- A CORS preflight (``OPTIONS`` with ``Access-Control-Request-Method``) carries no token and
+  passes through untouched to the app's CORS layer. Put ``CORSMiddleware`` *outside*
+  TokenGuard (added after it, so it wraps it) so browsers can read the guard's 401/403.
+- The token comes from ``Authorization: Bearer`` (scheme case-insensitive). The
+  ``access_token`` query parameter is refused unless ``allow_query_token=True``; two
+  different tokens in one request are refused (400).
+- The token is never logged, and ``access_token`` is redacted from every URL the guard logs.
+- A body is read only when the route's source may travel in it, only after the token is
+  resolved (a missing, malformed, unknown, revoked or expired token is refused first), up
+  to ``max_body_bytes`` (413 above); it is read by its Content-Type as the app reads it
+  (``token_guard.core.bodies``) and replayed intact to the app.
+- The path judged is the one the app beneath routes: ``path`` minus ``root_path``
+  (``Mount``, FastAPI ``mount``, ``uvicorn --root-path``); see ``route_path``.
+- The request's steps are the guard's (``token_guard.guard``); this adapter only reads
+  headers, reads and replays the body, and writes the response.
+- When the store cannot answer and nothing cached can decide, the answer is 503, never a pass.
+- A refused websocket is closed with 1008 (policy violation) before ``accept``.
+
+Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_guard.token"]``
+(``token_guard.get_token(request.scope)``; FastAPI: ``token: token_guard.ApiToken``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Unpack
+from urllib.parse import unquote_to_bytes
+
+from token_guard.core import decision as codes
+from token_guard.core.bodies import one_content_type
+from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
+from token_guard.core.records import TokenRecord
+from token_guard.guard import (
+    CONFLICTING_HEADERS,
+    Awaiting,
+    Guard,
+    GuardOptions,
+    ReadBody,
+    body_too_large,
+)
+from token_guard.stores.base import TokenReader
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SCOPE_KEY = "token_guard.token"
+"""The scope key under which handlers find the resolved ``TokenRecord``."""
+
+
+def get_token(scope: Mapping[str, Any]) -> TokenRecord | None:
+    """The token record TokenGuard resolved for this request (pass ``request.scope``)."""
+    value = scope.get(SCOPE_KEY)
+    return value if isinstance(value, TokenRecord) else None
+
+
+class TokenGuard:
+    """Guards an ASGI app with API access tokens (options: see ``token_guard.guard.Guard``)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: TokenReader,
+        connections: Mapping[str, str | Connection],
+        **options: Unpack[GuardOptions],
+    ) -> None:
+        self.app = app
+        self.guard = Guard(store=store, connections=connections, **options)
+        self._check = self.guard.check  # bound once: attribute chains cost at this size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                receive = self._lifespan_receive(receive)
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        named = dict(headers)  # one C call; the loop below only when a name repeats
+        if len(named) == len(headers):
+            authorization = named.get(b"authorization")
+            found = named.get(b"origin")
+            origin = None if found is None else found.decode("latin-1")
+            found = named.get(b"referer")
+            referer = None if found is None else found.decode("latin-1")
+            preflight = b"access-control-request-method" in named
+            conflict = False
+        else:
+            authorization, origin, referer, preflight, conflict = _read_headers(headers)
+        method: str = scope.get("method", "GET")
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if scope.get("root_path"):
+            routed = route_path(scope, raw_path)
+            if routed is None:
+                await self._respond(scope, send, self.guard.refused(
+                    method, scope["path"], scope.get("query_string", b""), OUTSIDE_ROOT
+                ))
+                return
+            raw_path = routed
+        step = self._check(
+            method,
+            raw_path,
+            scope.get("query_string", b""),
+            authorization,
+            origin,
+            referer,
+            preflight,
+            conflict,
+        )
+        while True:
+            if isinstance(step, TokenRecord):
+                scope[SCOPE_KEY] = step
+                await self.app(scope, receive, send)
+                return
+            if isinstance(step, Denial):
+                await self._respond(scope, send, step)
+                return
+            if isinstance(step, Awaiting):
+                step = step.then(await step.work())
+            elif isinstance(step, ReadBody):
+                raw = await self._read_body(receive) if scope["type"] == "http" else b""
+                if isinstance(raw, bytes):
+                    receive = _replay(raw, receive)
+                step = step.then(raw, one_content_type(
+                    [v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"]
+                ))
+            else:
+                await self.app(scope, receive, send)
+                return
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        resolver = self.guard.resolver
+
+        async def wrapped() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                await resolver.close()
+            return message
+
+        return wrapped
+
+    async def _read_body(self, receive: Receive) -> bytes | Denial:
+        limit = self.guard.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return Denial(400, "malformed_request", "The client went away.", "Retry.")
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return body_too_large(limit)
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        return b"".join(chunks)
+
+    async def _respond(self, scope: Scope, send: Send, denial: Denial) -> None:
+        if scope["type"] == "websocket":
+            # Closing before accept makes the server refuse the handshake (HTTP 403).
+            await send(
+                {"type": "websocket.close", "code": 1008, "reason": denial.message[:120]}
+            )
+            return
+        status, headers, body = self.guard.deny_response(denial)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _read_headers(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[bytes | None, str | None, str | None, bool, bool]:
+    """Authorization, Origin, Referer, preflight and two-Authorizations, header by header
+    (a name sent twice: equal values are one, different ones a conflict)."""
+    authorization: bytes | None = None
+    origin: str | None = None
+    referer: str | None = None
+    preflight = False
+    conflict = False
+    for name, value in headers:
+        if name == b"authorization":
+            conflict = conflict or (authorization is not None and authorization != value)
+            authorization = value
+        elif name == b"origin":
+            text = value.decode("latin-1")
+            origin = text if origin in (None, text) else CONFLICTING_HEADERS
+        elif name == b"referer":
+            text = value.decode("latin-1")
+            referer = text if referer in (None, text) else CONFLICTING_HEADERS
+        elif name == b"access-control-request-method":
+            preflight = True
+    return authorization, origin, referer, preflight, conflict
+
+
+OUTSIDE_ROOT = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "The request path does not lie under the mount point the server gave (root_path).",
+    "Send the request to a path under the application's mount point.",
+)
+
+
+def route_path(scope: Scope, raw_path: bytes) -> bytes | None:
+    """The raw form of the path the app beneath routes: ``path`` minus ``root_path``.
+
+    Starlette (``Mount``, FastAPI ``mount``) and uvicorn (``--root-path``) keep the mount
+    point in ``path`` and ``raw_path``; the routers beneath match ``path`` minus
+    ``root_path`` (Starlette's ``get_route_path``). None when the two cannot be reconciled:
+    ``path`` not under ``root_path``, or a raw path that decodes to neither form.
+    """
+    path: str = scope["path"]
+    root: str = scope["root_path"]
+    if not path.startswith(root):
+        return None
+    rest = path[len(root):]
+    if rest and rest[0] != "/":
+        # Starlette routes the whole path then ("/api" + "v3/..." is not under "/api").
+        return raw_path
+    encoded = root.encode("utf-8")
+    if raw_path.startswith(encoded) and raw_path[len(encoded):len(encoded) + 1] in (b"/", b""):
+        stripped = raw_path[len(encoded):]
+    else:
+        # The mount point arrived percent-encoded: drop the raw segments that decode to it.
+        count = root.count("/")
+        segments = raw_path.split(b"/")
+        head = b"/".join(segments[: count + 1])
+        if count < len(segments) and _unquote(head) == root:
+            stripped = raw_path[len(head):]
+        elif _unquote(raw_path) == rest:
+            stripped = raw_path  # a server that leaves the mount point out of raw_path
+        else:
+            return None
+    if _unquote(stripped) != rest:
+        return None
+    return stripped
+
+
+def _unquote(raw: bytes) -> str:
+    # As uvicorn decodes the path: %-escapes as UTF-8, undecodable bytes replaced.
+    return unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

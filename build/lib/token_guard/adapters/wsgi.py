@@ -1,0 +1,439 @@
+"""TokenGuardWSGI: the WSGI adapter (Flask, any WSGI app), making TokenGuard's decisions.
+
+Usage::
+
+    app = flask.Flask(__name__)
+    app.wsgi_app = TokenGuardWSGI(app.wsgi_app, store=SQLiteStore("tokens.db"),
+                                  connections={"carto_dw": "bigquery"})
+
+Views find the resolved ``TokenRecord`` (never the secret) at ``environ["token_guard.token"]``:
+``token_guard.current_token()`` reads it from ``flask.request`` (401 if the guard did not
+run), ``token_guard.get_token(environ)`` from any WSGI environ.
+
+It makes exactly the decisions of the ASGI ``TokenGuard`` (same ``Guard`` steps, same status
+codes, JSON bodies and headers); its security choices are stated there. What is WSGI's own:
+
+- **The raw path.** WSGI has only ``PATH_INFO``, already percent-decoded: ``%2F`` and
+  ``%2e%2e`` are invisible in it. The guard classifies the raw request target the server
+  passes as ``REQUEST_URI`` (waitress, werkzeug's dev server, uWSGI, mod_wsgi) or ``RAW_URI``
+  (gunicorn, werkzeug) when it decodes to ``PATH_INFO`` or ``SCRIPT_NAME + PATH_INFO``: the
+  same bytes, so the same decision, as ASGI's ``raw_path``. When it decodes to something
+  else (waitress collapses a leading ``//``; a middleware rewrote ``PATH_INFO``), the raw
+  target's refusal stands, and a request passes only if both the raw target and
+  ``PATH_INFO`` are outside the prefix; otherwise it is 400. With no raw URI (``wsgiref``)
+  the guard classifies ``PATH_INFO`` re-quoted, the path the app routes on: a ``%``, ``;``,
+  ``\\``, space, control character, dot or empty segment in it is refused inside the
+  prefix, as its encoded form would be; an encoded ``/`` it cannot see is judged as the
+  ``/`` the app routes on. Python's ``http.server`` (werkzeug's dev server) itself rewrites
+  a leading ``//`` to ``/`` before any WSGI code runs. Put the guard innermost (around
+  ``app.wsgi_app``), so nothing rewrites the path after it decided.
+- **Duplicated headers.** WSGI servers join a repeated header with ``,``: two different
+  ``Authorization: Bearer`` headers are 400 ``ambiguous_request``, two different ``Origin`` or
+  ``Referer`` headers count as conflicting (refused where websites are restricted), as in ASGI.
+- **Bodies.** A body the decision reads is buffered (``CONTENT_LENGTH``, or to EOF when
+  ``wsgi.input_terminated`` says the server dechunked it), refused with 413 above
+  ``max_body_bytes`` before it is read, and replayed intact to the app as a new
+  ``wsgi.input`` with ``CONTENT_LENGTH`` set.
+- **Threads.** A cache hit is decided synchronously in the request thread
+  (``Resolver.lookup`` and ``note_used`` are thread-safe). A miss is resolved on one
+  long-lived event loop in a daemon thread (``asyncio.run_coroutine_threadsafe``), so
+  concurrent misses for a token share one store lookup and no request creates an event loop.
+  The store is used only on that loop: reach it with
+  ``guard.call(lambda: store.create_token(body))``. The loop starts on the first miss in each
+  process, so a pre-forking server (gunicorn ``--preload``) is fine if the master served
+  nothing before forking.
+- **Shutdown.** ``close()`` (also run at interpreter exit) flushes usage, closes the store
+  and stops the loop thread. Requests after it get 503.
+- **CORS.** Flask-CORS runs inside the Flask app, behind the guard, so browsers could not
+  read the guard's 401/403. Answer CORS in a WSGI middleware *around* the guard (see
+  ``examples/flask_app.py``); a preflight passes through the guard untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
+from urllib.parse import quote, unquote_to_bytes
+
+from token_guard.adapters.asgi import SCOPE_KEY, get_token
+from token_guard.core import decision as codes
+from token_guard.core.bodies import one_content_type
+from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
+from token_guard.core.policy import CompiledToken
+from token_guard.core.records import TokenRecord
+from token_guard.guard import (
+    CONFLICTING_HEADERS,
+    Awaiting,
+    Guard,
+    GuardOptions,
+    ReadBody,
+    body_too_large,
+)
+from token_guard.resolver import UNAVAILABLE
+from token_guard.stores.base import TokenReader
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["ENVIRON_KEY", "TokenGuardWSGI", "current_token", "get_token"]
+
+T = TypeVar("T")
+
+ENVIRON_KEY = SCOPE_KEY
+"""The environ key under which views find the resolved ``TokenRecord``."""
+
+CLIENT_GONE = Denial(400, codes.MALFORMED_REQUEST, "The client went away.", "Retry.")
+PATH_MISMATCH = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "The request path does not match the path the application would route (PATH_INFO).",
+    "Send the path as a client library builds it; if a middleware rewrites PATH_INFO, "
+    "put TokenGuardWSGI inside it, around app.wsgi_app.",
+)
+BAD_LENGTH = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "The Content-Length header is not a number of bytes.",
+    "Send a valid Content-Length, or let the HTTP client set it.",
+)
+
+# RFC 3986 pchar minus ";" and "%": anything else in PATH_INFO is re-quoted, so the route
+# classifier refuses it inside the prefix exactly as it refuses the encoded form.
+_PCHAR_SAFE = "/!$&'()*+,=:@~"
+# A comma followed by a URL scheme: where a server joined two Referer headers.
+_JOINED_URLS = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_READ_CHUNK = 64 * 1024
+
+
+def current_token() -> TokenRecord:
+    """The token record the guard resolved for the current Flask request (401 if none)."""
+    from flask import request
+    from werkzeug.exceptions import Unauthorized
+
+    record = get_token(request.environ)
+    if record is None:
+        # The guard did not run for this request: a misconfiguration, never an anonymous pass.
+        raise Unauthorized(
+            "No API access token was checked for this request: wrap app.wsgi_app with "
+            "TokenGuardWSGI and serve this view under its protected prefix."
+        )
+    return record
+
+
+class TokenGuardWSGI:
+    """Guards a WSGI app with API access tokens (options: see ``token_guard.guard.Guard``)."""
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        store: TokenReader,
+        connections: Mapping[str, str | Connection],
+        **options: Unpack[GuardOptions],
+    ) -> None:
+        self.app = app
+        self.guard = Guard(store=store, connections=connections, **options)
+        self._check = self.guard.check  # bound once: attribute chains cost at this size
+        # The resolver bounds the store lookup itself; this margin only covers scheduling.
+        self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
+        self._loop = _LoopThread(self.guard.resolver.start)
+        self._closed = False
+        # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
+        self._finalizer = weakref.finalize(
+            self, self._loop.stop, self.guard.resolver.close, *_closer(store)
+        )
+
+    def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
+        """Run a coroutine on the guard's event loop, where the store lives, and return its
+        result (e.g. ``guard.call(lambda: store.create_token(body))``)."""
+        return self._loop.call(factory, timeout)
+
+    def close(self) -> None:
+        """Flush usage, close the resolver and the store, and stop the loop thread."""
+        self._closed = True
+        self._finalizer()
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        method: str = environ.get("REQUEST_METHOD", "GET")
+        query_string: bytes = environ.get("QUERY_STRING", "").encode("latin-1")
+        raw_path, app_path = _raw_path(environ)
+        if app_path is not None:
+            checked = self._reconcile(method, raw_path, app_path)
+            if isinstance(checked, Denial):
+                return self._respond(
+                    start_response, self.guard.refused(method, _path(environ), query_string,
+                                                       checked)
+                )
+            raw_path = checked
+        authorization, conflict = _authorization(environ.get("HTTP_AUTHORIZATION"))
+        origin = environ.get("HTTP_ORIGIN")
+        referer = environ.get("HTTP_REFERER")
+        step = self._check(
+            method,
+            raw_path,
+            query_string,
+            authorization,
+            origin if origin is None or "," not in origin else _one_origin(origin),
+            referer if referer is None or "," not in referer else _one_referer(referer),
+            "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ,
+            conflict,
+        )
+        while True:
+            if isinstance(step, TokenRecord):
+                environ[ENVIRON_KEY] = step
+                return self.app(environ, start_response)
+            if isinstance(step, Denial):
+                return self._respond(start_response, step)
+            if isinstance(step, Awaiting):
+                step = step.then(self._resolve(step.work))
+            elif isinstance(step, ReadBody):
+                raw = self._read_body(environ)
+                if isinstance(raw, bytes):  # replayed to the app
+                    environ["wsgi.input"] = io.BytesIO(raw)
+                    environ["CONTENT_LENGTH"] = str(len(raw))
+                    environ["wsgi.input_terminated"] = True
+                content_type = environ.get("CONTENT_TYPE")
+                step = step.then(raw, one_content_type([content_type] if content_type else []))
+            else:
+                return self.app(environ, start_response)
+
+    def _reconcile(self, method: str, raw: bytes, app_path: bytes) -> bytes | Denial:
+        """The raw URI disagrees with PATH_INFO (the server normalised it, or a middleware
+        rewrote it): decide on the raw target as ASGI would, but only where that cannot
+        let through a path the app would route inside the prefix."""
+        routes = self.guard.routes
+        raw_match = routes.match(method, raw)
+        if isinstance(raw_match, Denial):
+            return raw
+        if raw_match is None and routes.match(method, app_path) is None:
+            return raw
+        return PATH_MISMATCH
+
+    def _resolve(
+        self, work: Callable[[], Awaitable[CompiledToken | Denial]]
+    ) -> CompiledToken | Denial:
+        """A cache miss: the resolver's single-flight lookup, on the loop thread."""
+        if self._closed:
+            # After close() no change events arrive, so a store answer could go stale.
+            return UNAVAILABLE
+        try:
+            loop = self._loop.loop()
+        except RuntimeError:
+            return UNAVAILABLE  # closed
+        future = asyncio.run_coroutine_threadsafe(_run(work), loop)
+        try:
+            return future.result(self._resolve_wait)
+        except FutureTimeout:
+            future.cancel()
+            return UNAVAILABLE
+
+    def _read_body(self, environ: WSGIEnvironment) -> bytes | Denial:
+        limit = self.guard.max_body_bytes
+        stream = environ.get("wsgi.input") or io.BytesIO()
+        length_text = environ.get("CONTENT_LENGTH", "")
+        if length_text:
+            if not length_text.isdigit():
+                return BAD_LENGTH
+            length = int(length_text)
+            if length > limit:
+                return body_too_large(limit)
+        elif environ.get("wsgi.input_terminated"):
+            length = limit + 1  # read to EOF, one byte past the limit tells "too large"
+        else:
+            return b""  # WSGI: no length and no terminated stream means no readable body
+        chunks: list[bytes] = []
+        size = 0
+        while size < length:
+            chunk = stream.read(min(_READ_CHUNK, length - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            return body_too_large(limit)
+        if length_text and size < length:
+            return CLIENT_GONE
+        return b"".join(chunks)
+
+    def _respond(self, start_response: StartResponse, denial: Denial) -> Iterable[bytes]:
+        status, headers, body = self.guard.deny_response(denial)
+        start_response(
+            _status_line(status),
+            [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
+        )
+        return [body]
+
+
+def _closer(store: TokenReader) -> tuple[Callable[[], Awaitable[None]], ...]:
+    close = getattr(store, "close", None)
+    return (close,) if callable(close) else ()
+
+
+async def _run(work: Callable[[], Awaitable[T]]) -> T:
+    return await work()
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, started on first use (again in a forked child)."""
+
+    def __init__(self, on_start: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._on_start = on_start
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._closed = False
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop (started now if needed); RuntimeError once stopped."""
+        loop = self._loop
+        if loop is not None and self._pid == os.getpid():
+            return loop
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the token guard was closed")
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="token_guard-wsgi", daemon=True
+                )
+                thread.start()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+                # Subscribes to store changes and starts the usage flusher on this loop.
+                asyncio.run_coroutine_threadsafe(self._on_start(), loop).result(30)
+            assert self._loop is not None
+            return self._loop
+
+    def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+        """Run ``factory()`` on the loop and wait for its result."""
+
+        async def run() -> T:
+            return await factory()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop()).result(timeout)
+
+    def stop(self, *closers: Callable[[], Awaitable[None]]) -> None:
+        """Await ``closers`` in order on the loop, cancel what is left, stop the thread."""
+        with self._lock:
+            self._closed = True
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None or self._pid != os.getpid() or loop.is_closed():
+            return
+
+        async def shutdown() -> None:
+            try:
+                for close in closers:
+                    await close()
+            finally:
+                current = asyncio.current_task()
+                rest = [t for t in asyncio.all_tasks() if t is not current]
+                for task in rest:
+                    task.cancel()
+                await asyncio.gather(*rest, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(30)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(30)
+            if not thread.is_alive():
+                loop.close()
+
+
+def _raw_path(environ: WSGIEnvironment) -> tuple[bytes, bytes | None]:
+    """The raw path the app's PATH_INFO came from, and None; or, when the raw URI decodes
+    to something else, the raw path and PATH_INFO re-quoted; or, with no raw URI, PATH_INFO
+    re-quoted and None."""
+    path_info: str = environ.get("PATH_INFO", "")
+    uri: str | None = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if uri and uri.startswith("/"):
+        raw = uri.partition("?")[0]
+        if _decodes_to(raw, path_info):
+            return raw.encode("latin-1"), None
+        script: str = environ.get("SCRIPT_NAME", "")
+        relative = _strip_script(raw, script) if script else None
+        if relative is not None and _decodes_to(relative, path_info):
+            return relative.encode("latin-1") or b"/", None
+        return raw.encode("latin-1"), _quoted(path_info)
+    return _quoted(path_info), None
+
+
+def _decodes_to(raw: str, wsgi_path: str) -> bool:
+    """True if the raw path, percent-decoded, is ``wsgi_path`` (a WSGI latin-1 string)."""
+    if raw == wsgi_path:
+        return True
+    return "%" in raw and unquote_to_bytes(raw).decode("latin-1") == wsgi_path
+
+
+def _quoted(wsgi_path: str) -> bytes:
+    return quote(wsgi_path.encode("latin-1"), safe=_PCHAR_SAFE).encode("ascii") or b"/"
+
+
+def _strip_script(raw: str, script: str) -> str | None:
+    """``raw`` without the leading segments that decode to ``script``, or None."""
+    end = 0
+    while True:
+        end = raw.find("/", end + 1)
+        head = raw if end < 0 else raw[:end]
+        if _decodes_to(head, script):
+            return "" if end < 0 else raw[end:]
+        if end < 0:
+            return None
+
+
+def _authorization(value: str | None) -> tuple[bytes | None, bool]:
+    """The Authorization header as bytes, and whether it held two different credentials."""
+    if value is None:
+        return None, False
+    raw = value.encode("latin-1")
+    if b"," not in raw:
+        return raw, False
+    parts = [p.strip() for p in raw.split(b",")]
+    # Only a join of whole credentials ("Bearer a,Bearer b") is a repeated header; anything
+    # else stays one (malformed) header, as ASGI would see it.
+    if any(b" " not in p for p in parts):
+        return raw, False
+    first = parts[0]
+    return first, any(p != first for p in parts)
+
+
+def _one_origin(value: str | None) -> str | None:
+    """One Origin value; a server-joined pair of different ones is a conflict."""
+    if value is None or "," not in value:
+        return value
+    parts = {p.strip() for p in value.split(",")}
+    return parts.pop() if len(parts) == 1 else CONFLICTING_HEADERS
+
+
+def _one_referer(value: str | None) -> str | None:
+    """One Referer value; a server-joined pair of different URLs is a conflict."""
+    if value is None or "," not in value:
+        return value
+    parts = _JOINED_URLS.split(value)
+    if len(parts) == 1:
+        return value  # one URL with a comma in it
+    distinct = {p.strip() for p in parts}
+    return distinct.pop() if len(distinct) == 1 else CONFLICTING_HEADERS
+
+
+def _path(environ: WSGIEnvironment) -> str:
+    return str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Denied"

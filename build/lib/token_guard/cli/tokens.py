@@ -1,0 +1,288 @@
+"""``token-guard tokens create|list|show|update|revoke``: API access tokens.
+
+The flags of ``create`` and ``update`` follow from ``token_guard.core.spec.TOKEN_FIELDS``: every
+creatable field has a flag (``update`` refuses the ones that are not patchable). Most have a
+shorter form for people (``--api maps,sql``, ``--grant CONN:SOURCE``, ``--expires 30d``);
+a field without one takes its JSON value, e.g. ``--some-field '{...}'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from token_guard.cli.errors import EXIT_OK, Refused, UsageError
+from token_guard.cli.output import print_json, token_detail, token_rows
+from token_guard.cli.parser import Parser
+from token_guard.cli.store import actor, run_with_store
+from token_guard.core.records import TokenRecord
+from token_guard.core.spec import TOKEN_FIELDS, TokenField, format_datetime
+from token_guard.stores.base import TokenStore
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_expires(text: str, now: datetime | None = None) -> str:
+    """``30d`` / ``12h`` / ``2w`` / ``90m`` / ``1d12h`` from now, or an ISO 8601 date-time."""
+    at = now or datetime.now(UTC)
+    compact = text.strip().lower().replace(" ", "")
+    if compact and _DURATION.sub("", compact) == "":
+        seconds = sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(compact))
+        if seconds <= 0:
+            raise UsageError(f"--expires {text!r} is not in the future; e.g. --expires 30d")
+        return format_datetime((at + timedelta(seconds=seconds)).replace(microsecond=0)) or ""
+    return text.strip()
+
+
+def _grant(text: str) -> dict[str, str]:
+    conn, sep, source = text.partition(":")
+    if not sep or not conn.strip() or not source.strip():
+        raise UsageError(
+            f"--grant {text!r} needs CONNECTION:SOURCE, e.g. --grant carto_dw:proj.dataset.*"
+        )
+    return {"connection_name": conn.strip(), "source": source.strip()}
+
+
+def _read_body_file(path: str) -> dict[str, Any]:
+    try:
+        raw = sys.stdin.read() if path == "-" else Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise UsageError(f"--body {path}: {exc.strerror}") from None
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise UsageError(f"--body {path} is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise UsageError(f"--body {path} must hold a JSON object with the token's fields")
+    return body
+
+
+
+@dataclass(frozen=True, slots=True)
+class _Shorthand:
+    """A field's flag for people: its name, metavar, help and how its values make the JSON."""
+
+    flag: str
+    metavar: str | None
+    help: str
+    to_json: Callable[[list[str]], Any]
+
+
+def _apis(values: list[str]) -> list[str]:
+    return [a for item in values for a in item.split(",") if a]
+
+
+# The flags people know; a field missing here still gets a flag (see _generic).
+_SHORTHANDS: dict[str, _Shorthand] = {
+    "name": _Shorthand("--name", None, "a name for people", lambda vs: vs[-1]),
+    "allowed_apis": _Shorthand(
+        "--api", "API", "maps, sql, lds or imports (repeat or comma-separate)", _apis
+    ),
+    "grants": _Shorthand(
+        "--grant", "CONN:SOURCE", "e.g. carto_dw:proj.dataset.* (repeat; replaces all grants)",
+        lambda vs: [_grant(v) for v in vs],
+    ),
+    "referers": _Shorthand(
+        "--referer", "ORIGIN", "e.g. 'https://*.example.com' (repeat)", list
+    ),
+    "expiration_date": _Shorthand(
+        "--expires", None, "30d, 12h, 2w or an ISO date-time (creation only)",
+        lambda vs: parse_expires(vs[-1]),
+    ),
+}
+
+
+def _generic(field: TokenField) -> _Shorthand:
+    flag = "--" + field.name.replace("_", "-")
+    if field.schema.get("type") == "string":
+        return _Shorthand(flag, None, field.description, lambda vs: vs[-1])
+
+    def from_json(values: list[str]) -> Any:
+        try:
+            return json.loads(values[-1])
+        except ValueError as exc:
+            example = json.dumps(field.example)
+            raise UsageError(f"{flag} needs JSON, e.g. {example}: {exc}") from None
+
+    return _Shorthand(flag, "JSON", f"{field.description} (JSON)", from_json)
+
+
+@dataclass(frozen=True, slots=True)
+class _Flag:
+    field: TokenField
+    flag: str
+    metavar: str | None
+    help: str
+    to_json: Callable[[list[str]], Any]
+
+    @property
+    def dest(self) -> str:
+        return "field_" + self.field.name
+
+
+_FLAGS: tuple[_Flag, ...] = tuple(
+    _Flag(f, s.flag, s.metavar or s.flag[2:].upper().replace("-", "_"), s.help, s.to_json)
+    for f in TOKEN_FIELDS if f.creatable
+    for s in [_SHORTHANDS.get(f.name) or _generic(f)]
+)
+
+
+def _token_flags(p: argparse.ArgumentParser) -> None:
+    for flag in _FLAGS:
+        p.add_argument(flag.flag, dest=flag.dest, action="append", metavar=flag.metavar,
+                       help=flag.help)
+    p.add_argument("--body", metavar="FILE", help="Tokens API JSON body ('-' for stdin)")
+
+
+def _body_from_flags(args: argparse.Namespace, *, creating: bool) -> dict[str, Any]:
+    body = _read_body_file(args.body) if args.body else {}
+    for flag in _FLAGS:
+        values = getattr(args, flag.dest)
+        if values and (creating or flag.field.patchable):
+            body[flag.field.name] = flag.to_json(values)
+    if getattr(args, "no_referers", False):
+        body["referers"] = []
+    return body
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    """``tokens create``."""
+    body = _body_from_flags(args, creating=True)
+
+    async def work(store: TokenStore) -> int:
+        issued = await store.create_token(body, actor=actor())
+        now = datetime.now(UTC)
+        warnings = issued.record.spec.warnings()
+        if args.json:
+            print_json({**issued.record.as_json(now), "token": issued.token,
+                         "warnings": warnings})
+        else:
+            print(token_detail(issued.record, now))
+            print(f"\ntoken:       {issued.token}")
+            for w in warnings:
+                print(f"warning: {w}", file=sys.stderr)
+        print(
+            "warning: this is the only time the token secret is shown; store it now "
+            "(a lost secret cannot be recovered: create a new token and revoke this one)",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+
+    return run_with_store(args, work)
+
+
+def cmd_tokens_list(args: argparse.Namespace) -> int:
+    """``tokens list``."""
+
+    async def work(store: TokenStore) -> int:
+        records: list[TokenRecord] = []
+        after = args.after
+        nxt: str | None = None
+        while True:
+            page = list(await store.list_tokens(limit=args.limit + 1, after=after))
+            more = len(page) > args.limit
+            page = page[: args.limit]
+            records += page
+            nxt = page[-1].id if more and page else None
+            if not (args.all and nxt):
+                break
+            after = nxt
+        now = datetime.now(UTC)
+        if args.json:
+            print_json({"tokens": [r.as_json(now) for r in records], "next": nxt})
+        else:
+            print(token_rows(records, now))
+            if nxt:
+                print(f"(more: --after {nxt}, or --all)", file=sys.stderr)
+        return EXIT_OK
+
+    return run_with_store(args, work)
+
+
+async def _require_token(store: TokenStore, token_id: str) -> TokenRecord:
+    record = await store.get_token(token_id)
+    if record is None:
+        raise Refused(f"no token has id {token_id!r}; 'token-guard tokens list' shows the ids")
+    return record
+
+
+def _show_record(args: argparse.Namespace, record: TokenRecord) -> None:
+    now = datetime.now(UTC)
+    if args.json:
+        print_json(record.as_json(now))
+    else:
+        print(token_detail(record, now))
+
+
+def cmd_tokens_show(args: argparse.Namespace) -> int:
+    """``tokens show ID``."""
+
+    async def work(store: TokenStore) -> int:
+        _show_record(args, await _require_token(store, args.id))
+        return EXIT_OK
+
+    return run_with_store(args, work)
+
+
+def cmd_tokens_update(args: argparse.Namespace) -> int:
+    """``tokens update ID``: only the given fields change."""
+    for flag in _FLAGS:
+        if not flag.field.patchable and getattr(args, flag.dest):
+            raise UsageError(
+                f"{flag.flag} is set only at creation; create a new token and revoke this one"
+            )
+    body = _body_from_flags(args, creating=False)
+    if not body:
+        given = [f.flag for f in _FLAGS if f.field.patchable]
+        raise UsageError(f"nothing to change: give {', '.join(given)} or --body")
+
+    async def work(store: TokenStore) -> int:
+        await _require_token(store, args.id)
+        _show_record(args, await store.update_token(args.id, body, actor=actor()))
+        return EXIT_OK
+
+    return run_with_store(args, work)
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    """``tokens revoke ID``."""
+
+    async def work(store: TokenStore) -> int:
+        await _require_token(store, args.id)
+        _show_record(args, await store.revoke_token(args.id, actor=actor()))
+        return EXIT_OK
+
+    return run_with_store(args, work)
+
+
+def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """Add ``tokens`` and its actions to ``sub``."""
+    tokens = sub.add_parser("tokens", help="API access tokens")
+    tsub = tokens.add_subparsers(dest="action", required=True, parser_class=Parser)
+    p = tsub.add_parser("create", parents=[common], help="create a token (secret shown once)")
+    _token_flags(p)
+    p.set_defaults(func=cmd_tokens_create)
+    p = tsub.add_parser("list", parents=[common], help="list tokens (never secrets)")
+    p.add_argument("--limit", type=int, default=100, choices=range(1, 501), metavar="1..500")
+    p.add_argument("--after", help="the id to continue after")
+    p.add_argument("--all", action="store_true", help="follow every page")
+    p.set_defaults(func=cmd_tokens_list)
+    p = tsub.add_parser("show", parents=[common], help="show one token")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_tokens_show)
+    p = tsub.add_parser("update", parents=[common], help="change name, APIs, grants, referers")
+    p.add_argument("id")
+    _token_flags(p)
+    p.add_argument("--no-referers", action="store_true", help="allow any website")
+    p.set_defaults(func=cmd_tokens_update)
+    p = tsub.add_parser("revoke", parents=[common], help="revoke a token")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_tokens_revoke)

@@ -1,0 +1,177 @@
+"""URL-encoded text (query strings, form bodies) read one way for every part of the guard.
+
+Security choices:
+- Strict, so the guard and every server read the same parameters: ``+`` is a space; an
+  invalid ``%``-escape anywhere, or a raw ``;`` (a separator to some servers:
+  ``x=1;name=b`` could smuggle a second ``name``), is refused; a wanted key given twice is
+  ambiguous; a wanted key or value that is not UTF-8 is refused.
+- Only what is wanted is decoded on the request path (``parse_wanted``); everything else is
+  checked for valid escapes only, so ``a=1&&b=2`` and a trailing ``&`` hide nothing.
+- ``redact`` replaces every ``access_token`` value before anything is logged, whatever
+  its encoding (``access%5Ftoken=``, ``ACCESS_TOKEN=``).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+from token_guard.core import decision as codes
+from token_guard.core.decision import Denial
+
+__all__ = ["BAD_ESCAPES", "SEMICOLON", "decode", "parse_all", "parse_wanted", "redact",
+           "values_of"]
+
+_BAD_ESCAPE_TEXT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+BAD_ESCAPES = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "The query string has an invalid %-escape or a parameter name that is not UTF-8.",
+    "Encode the query string as URLSearchParams does: '%' followed by two hex digits.",
+)
+SEMICOLON = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "The query string has a raw ';', which some servers read as a parameter separator.",
+    "Percent-encode ';' as %3B (URLSearchParams does), so every server sees the same parameters.",
+)
+
+
+def _twice(key: str) -> Denial:
+    return Denial(
+        400,
+        codes.AMBIGUOUS_REQUEST,
+        f"Parameter '{key}' is given more than once in the query string.",
+        f"Send '{key}' once.",
+    )
+
+
+def _not_utf8(key: str) -> Denial:
+    return Denial(
+        400, codes.MALFORMED_REQUEST, f"Parameter '{key}' is not valid UTF-8.",
+        f"Encode '{key}' as UTF-8.",
+    )
+
+
+def decode(latin1: str) -> str:
+    """Decode one key or value, given as the latin-1 text of its bytes (raises
+    ``UnicodeDecodeError`` when it is not UTF-8)."""
+    if "%" in latin1 or "+" in latin1:
+        return unquote_to_bytes(latin1.replace("+", " ").encode("latin-1")).decode("utf-8")
+    if latin1.isascii():
+        return latin1
+    return latin1.encode("latin-1").decode("utf-8")
+
+
+DECODED_MEMO_SIZE = 4096
+"""Values remembered by a ``decoded`` memo (see ``parse_wanted``); cleared when full."""
+_MEMO_MIN = 24  # shorter values decode faster than they hash
+
+
+def parse_wanted(
+    query: bytes, names: frozenset[str], decoded: dict[str, str] | None = None
+) -> dict[str, str] | Denial:
+    """The wanted parameters' values; a duplicate or a bad escape is a refusal.
+
+    ``decoded`` remembers the decoding of long escaped values (a granted query sent again
+    and again with other bound parameters): ``unquote`` works escape by escape in Python.
+    """
+    found: dict[str, str] = {}
+    if not query:
+        return found
+    # latin-1 maps bytes 1:1 to code points: str operations at str speed, and decode turns
+    # a piece back into its exact bytes before UTF-8 decoding.
+    text = query.decode("latin-1")
+    if "%" in text and _BAD_ESCAPE_TEXT.search(text):
+        return BAD_ESCAPES
+    if ";" in text:
+        return SEMICOLON
+    # Plain ASCII with no escapes (the usual case): keys and values are final as they are.
+    plain = "%" not in text and "+" not in text and text.isascii()
+    for piece in text.split("&"):
+        key, _, raw_value = piece.partition("=")
+        if key not in names:
+            if plain or ("%" not in key and "+" not in key and key.isascii()):
+                continue
+            try:
+                key = decode(key)
+            except UnicodeDecodeError:
+                return BAD_ESCAPES
+            if key not in names:
+                continue
+        if key in found:
+            return _twice(key)
+        if plain:
+            found[key] = raw_value
+            continue
+        if decoded is not None and len(raw_value) >= _MEMO_MIN:
+            value = decoded.get(raw_value)
+            if value is None:
+                try:
+                    value = decode(raw_value)
+                except UnicodeDecodeError:
+                    return _not_utf8(key)
+                if len(decoded) >= DECODED_MEMO_SIZE:
+                    decoded.clear()
+                decoded[raw_value] = value
+            found[key] = value
+            continue
+        try:
+            found[key] = decode(raw_value)
+        except UnicodeDecodeError:
+            return _not_utf8(key)
+    return found
+
+
+def parse_all(data: bytes) -> dict[str, str] | Denial:
+    """Every parameter, decoded, under the same rules; any key given twice is refused (a
+    form body: frameworks differ on which of two values they keep)."""
+    text = data.decode("latin-1")
+    if "%" in text and _BAD_ESCAPE_TEXT.search(text):
+        return BAD_ESCAPES
+    if ";" in text:
+        return SEMICOLON
+    found: dict[str, str] = {}
+    for piece in text.split("&"):
+        if not piece:
+            continue
+        raw_key, _, raw_value = piece.partition("=")
+        try:
+            key = decode(raw_key)
+        except UnicodeDecodeError:
+            return BAD_ESCAPES
+        if key in found:
+            return _twice(key)
+        try:
+            found[key] = decode(raw_value)
+        except UnicodeDecodeError:
+            return _not_utf8(key)
+    return found
+
+
+def values_of(query: bytes, name: str) -> list[str]:
+    """Every value given for ``name`` (decoded leniently: used to find, not to trust)."""
+    out = []
+    for piece in query.decode("latin-1").split("&"):
+        key, _, value = piece.partition("=")
+        if _lenient(key) == name:
+            out.append(_lenient(value))
+    return out
+
+
+def redact(query: bytes) -> str:
+    """The query string with any ``access_token`` value replaced by ``REDACTED``."""
+    text = query.decode("latin-1")
+    if "access_token" not in text.lower() and "%" not in text:
+        return text
+    parts = []
+    for piece in text.split("&"):
+        name = _lenient(piece.split("=", 1)[0])
+        parts.append(f"{name}=REDACTED" if "access_token" in name.lower() else piece)
+    return "&".join(parts)
+
+
+def _lenient(latin1: str) -> str:
+    return unquote_to_bytes(latin1.replace("+", " ").encode("latin-1")).decode(
+        "utf-8", "replace"
+    )

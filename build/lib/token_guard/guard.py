@@ -1,0 +1,545 @@
+"""The conductor: one request's path through the guard, shared by every transport.
+
+``Guard.check`` takes what an adapter read from the request line and three headers and
+returns the next ``Step``; the adapter only does the I/O a step asks for and hands the
+result back, until the step is final:
+
+- ``PASS`` — not the guard's request (outside the prefix, a CORS preflight): call the app.
+- ``Denial`` — refuse with ``deny_response(denial)``.
+- ``TokenRecord`` — allowed: hand the app the record (never the secret).
+- ``Awaiting`` — a store lookup (a cache miss): ``step.then(await step.work())``; WSGI runs
+  ``work`` on its loop thread.
+- ``ReadBody`` — the route's source may travel in the body: read it (up to
+  ``max_body_bytes``, the transport's limits refuse with a ``Denial``) and
+  ``step.then(raw_or_denial, content_type)``.
+
+The order is the guard's alone: route, facts from the query string and token extraction
+(each remembered by what it depends on: see ``Guard.check``), token resolution, then the
+body if the route needs it, then the decision, usage and ``on_decision``. Nothing an
+adapter does changes a decision, so ASGI, WSGI and the CLI's ``check`` decide alike. A
+token is resolved (and a missing, malformed, unknown, revoked or expired one refused)
+before any body is read. Any exception inside a step is caught and
+becomes a refusal (500 ``internal_error``, logged), never a pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from time import time
+from typing import Any, TypedDict
+
+from token_guard.core import decision as codes
+from token_guard.core.bodies import parse_body
+from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
+from token_guard.core.facts import RequestFacts
+from token_guard.core.policy import CompiledToken, Policy
+from token_guard.core.querystrings import redact, values_of
+from token_guard.core.records import TokenRecord
+from token_guard.core.routes import Route, RouteMap, RouteMatch
+from token_guard.core.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
+from token_guard.resolver import CacheSettings, Resolver
+from token_guard.stores.base import TokenReader
+
+log = logging.getLogger("token_guard")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionEvent:
+    """What ``on_decision`` observes: one per guarded request (no secret inside)."""
+
+    allowed: bool
+    method: str
+    path: str
+    token_id: str | None
+    facts: RequestFacts | None
+    denial: Denial | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A request that passed routing and token extraction.
+
+    ``known`` holds its facts when they did not depend on a body; otherwise the guard asks
+    for the body (``ReadBody``) once the token is resolved.
+    """
+
+    method: str
+    path: bytes
+    match: RouteMatch
+    token: str
+    query_string: bytes
+    origin: str | None
+    referer: str | None
+    known: RequestFacts | None = None
+
+
+class PassThrough:
+    """The type of ``PASS``: a request the guard does not handle."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PASS"
+
+
+PASS = PassThrough()
+"""``check``'s answer for a request the guard does not handle (outside the prefix, preflight)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Awaiting:
+    """The guard needs the store: ``step.then(await step.work())``."""
+
+    work: Callable[[], Awaitable[CompiledToken | Denial]]
+    then: Callable[[CompiledToken | Denial], Step]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBody:
+    """The guard needs the body: ``step.then(raw bytes or the transport's Denial, type)``."""
+
+    then: Callable[[bytes | Denial, str | None], Step]
+
+
+Step = PassThrough | Denial | TokenRecord | Awaiting | ReadBody
+"""What ``Guard.check`` and each continuation return."""
+
+INTERNAL_ERROR = Denial(
+    500,
+    codes.INTERNAL_ERROR,
+    "token_guard could not decide on this request, so it was refused.",
+    "This is a bug in token_guard: retry, and report it with the server's log line.",
+)
+
+MISSING = Denial(
+    401,
+    codes.MISSING_TOKEN,
+    "This API needs an API access token.",
+    "Send it in an 'Authorization: Bearer <token>' header.",
+)
+QUERY_TOKEN_OFF = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "Tokens in the URL (access_token) are not accepted here: URLs leak into logs and caches.",
+    "Send the token in an 'Authorization: Bearer <token>' header instead.",
+)
+TWO_TOKENS = Denial(
+    400,
+    codes.AMBIGUOUS_REQUEST,
+    "The request carries two different tokens.",
+    "Send exactly one token, in the 'Authorization: Bearer' header.",
+)
+BAD_AUTHORIZATION = Denial(
+    401,
+    codes.MALFORMED_TOKEN,
+    "The Authorization header is not 'Bearer <token>'.",
+    "Send 'Authorization: Bearer <token>' with the API access token.",
+)
+TWO_ORIGINS = Denial(
+    400,
+    codes.AMBIGUOUS_REQUEST,
+    "The request has two different Origin or Referer headers.",
+    "Send each header once; browsers never send two.",
+)
+FACTS_MEMO_SIZE = 8192
+"""Remembered facts per (route answer, query string); cleared when full."""
+BEARER_MEMO_SIZE = 8192
+"""Remembered tokens per Authorization header; cleared when full."""
+_MEMO_MAX_QUERY = 2048  # longer query strings are read afresh every time
+CONFLICTING_HEADERS = "\x00conflict"
+"""What adapters pass for an Origin/Referer header sent twice with different values."""
+
+
+def body_too_large(limit: int) -> Denial:
+    """The 413 refusal for a body over ``limit`` bytes."""
+    return Denial(
+        413,
+        codes.BODY_TOO_LARGE,
+        f"The request body is larger than {limit} bytes.",
+        "Send a smaller body; long SQL belongs in a granted query or a job.",
+    )
+
+
+redact_query = redact
+"""The query string with any ``access_token`` value replaced by ``REDACTED``."""
+
+
+_WWW_AUTH = {
+    401: b'Bearer realm="token_guard", error="invalid_token"',
+    403: b'Bearer realm="token_guard", error="insufficient_scope"',
+    400: b'Bearer realm="token_guard", error="invalid_request"',
+}
+_MISSING_AUTH = b'Bearer realm="token_guard"'
+
+ResponseParts = tuple[int, list[tuple[bytes, bytes]], bytes]
+DenyResponder = Callable[[Denial], ResponseParts]
+
+
+def default_deny_response(denial: Denial) -> ResponseParts:
+    """The JSON body ``{"error", "hint", "code"}`` with an RFC 6750 ``WWW-Authenticate``."""
+    body = json.dumps(denial.as_json()).encode("utf-8")
+    www = _MISSING_AUTH if denial.code == codes.MISSING_TOKEN else _WWW_AUTH.get(denial.status)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"cache-control", b"no-store"),
+    ]
+    if www is not None:
+        headers.append((b"www-authenticate", www))
+    if denial.status == 503:
+        headers.append((b"retry-after", b"2"))
+    return denial.status, headers, body
+
+
+class GuardOptions(TypedDict, total=False):
+    """The optional settings ``TokenGuard`` and ``TokenGuardWSGI`` pass on to ``Guard``."""
+
+    routes: Sequence[Route]
+    prefix: str
+    include_default_routes: bool
+    allow_query_token: bool
+    max_body_bytes: int
+    max_query_bytes: int
+    allowed_functions: Iterable[str]
+    cache: CacheSettings | None
+    on_decision: Callable[[DecisionEvent], None] | None
+    deny_response: DenyResponder | None
+
+
+class Guard:
+    """Configuration, compiled once, and the steps every request goes through.
+
+    ``allowed_functions`` adds SQL functions (``"name"`` or a whole schema,
+    ``"carto-un.carto.*"``) to the read-only ones queries may call; any other function is
+    refused, since it could read or change what no grant covers.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: TokenReader,
+        connections: Mapping[str, str | Connection],
+        routes: Sequence[Route] = (),
+        prefix: str = "/v3/",
+        include_default_routes: bool = True,
+        allow_query_token: bool = False,
+        max_body_bytes: int = 1024 * 1024,
+        max_query_bytes: int = 64 * 1024,
+        allowed_functions: Iterable[str] = (),
+        cache: CacheSettings | None = None,
+        on_decision: Callable[[DecisionEvent], None] | None = None,
+        deny_response: DenyResponder | None = None,
+    ) -> None:
+        if not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
+            raise ConfigurationError("max_body_bytes: must be a positive number of bytes")
+        if not isinstance(max_query_bytes, int) or max_query_bytes <= 0:
+            raise ConfigurationError("max_query_bytes: must be a positive number of bytes")
+        if isinstance(store, type):
+            raise ConfigurationError(
+                f"store: got the class {store.__name__}, not a store; pass an instance, "
+                "e.g. store=tg.SQLiteStore('tokens.db')"
+            )
+        if not isinstance(store, TokenReader):
+            raise ConfigurationError(
+                f"store: {type(store).__name__} is not a token store (it needs "
+                "get_by_secret_hash, subscribe, record_usage and feed_healthy); use e.g. "
+                "tg.SQLiteStore('tokens.db')"
+            )
+        self.store = store
+        if isinstance(allowed_functions, str):
+            raise ConfigurationError(
+                "allowed_functions: must be a list of names, e.g. ['carto-un.carto.*']"
+            )
+        sql = SqlAnalyzer(
+            max_query_bytes=max_query_bytes,
+            allowed_functions=(*DEFAULT_ALLOWED_FUNCTIONS, *allowed_functions),
+        )
+        self.policy = Policy(connections, sql=sql)
+        self.routes = RouteMap(
+            prefix=prefix, routes=routes, include_defaults=include_default_routes
+        )
+        self.resolver: Resolver[CompiledToken] = Resolver(
+            store, self.policy.compile, settings=cache or CacheSettings()
+        )
+        self.allow_query_token = allow_query_token
+        self.max_body_bytes = max_body_bytes
+        self.on_decision = on_decision
+        self.deny_response = deny_response or default_deny_response
+        # What ``begin`` answers is a pure function of the request line and the three
+        # headers it reads: remembered, so a repeated request (a map's tiles, a polled
+        # query) skips path, query-string and header parsing. Bounded; cleared when full.
+        # Facts that depend on a body are never part of it (Pending.known is None).
+        # The memos of check(), each bounded for all requests and cleared when full:
+        # (id of a RouteMatch, query string) -> (that match, facts without headers or Denial)
+        self._facts: dict[tuple[Any, ...], tuple[RouteMatch, RequestFacts | Denial]] = {}
+        # Authorization header -> its token (or why it has none)
+        self._bearers: dict[bytes, str | Denial] = {}
+        # Bound once: attribute chains cost on a path this short.
+        self._match = self.routes.match
+        self._route_facts = self.routes.facts
+        self._lookup = self.resolver.lookup
+        self._policy_decide = self.policy.decide
+        self._decide_parts = self.policy.decide_parts
+        self._note_used = self.resolver.note_used
+
+    def check(
+        self,
+        method: str,
+        raw_path: bytes,
+        query_string: bytes,
+        authorization: bytes | None,
+        origin: str | None,
+        referer: str | None,
+        preflight: bool = False,
+        conflicting_authorization: bool = False,
+    ) -> Step:
+        """The first step of a request (see the module docstring for the steps).
+
+        Each step remembers its own answer by what that answer depends on, never by the
+        whole request: the route by its path (a tile's coordinates aside: ``RouteMap.match``),
+        the facts by (route answer, query string), the token by its Authorization header,
+        the decision by (token, facts) and the website by its headers (``Policy``). So a map's
+        distinct tiles, many tokens and varying bound parameters each cost a few lookups.
+        """
+        if preflight and method == "OPTIONS" and origin is not None:
+            return PASS
+        try:
+            match = self._match(method, raw_path)
+            if match is None:
+                return PASS
+            if isinstance(match, Denial):
+                self.observe(method, raw_path, query_string, None, match)
+                return match
+            # What the request reads, without its headers (origin and referer None): the
+            # same object for every request with this route answer and query string.
+            what: RequestFacts | None = None
+            if not match.needs_body:
+                key = (id(match), query_string)
+                known = self._facts.get(key)
+                if known is not None and known[0] is match:
+                    read = known[1]
+                else:
+                    read = self._route_facts(match, query_string, None, None, None)
+                    if len(query_string) <= _MEMO_MAX_QUERY:
+                        if len(self._facts) >= FACTS_MEMO_SIZE:
+                            self._facts.clear()
+                        self._facts[key] = (match, read)
+                if isinstance(read, Denial):
+                    self.observe(method, raw_path, query_string, None, read)
+                    return read
+                what = read
+            token = None if authorization is None else self._bearers.get(authorization)
+            if (
+                token is None
+                or conflicting_authorization
+                or origin == CONFLICTING_HEADERS
+                or referer == CONFLICTING_HEADERS
+                or b"access_token" in query_string
+            ):
+                token = self._token(authorization, origin, referer, query_string,
+                                    conflicting_authorization)
+            if isinstance(token, Denial):
+                self.observe(method, raw_path, query_string, _with(what, origin, referer),
+                             token)
+                return token
+            compiled = self._lookup(token)
+            if compiled is None or what is None or isinstance(compiled, Denial):
+                pending = Pending(method, raw_path, match, token, query_string, origin,
+                                  referer, _with(what, origin, referer))
+                if compiled is None:
+                    return Awaiting(
+                        partial(self.resolver.resolve, token), partial(self._resolved, pending)
+                    )
+                return self._resolved(pending, compiled)
+            # _decide, written out: the path every cached request takes.
+            record = compiled.record
+            denial = self._decide_parts(compiled, what, origin, referer, time())
+            if denial is not None:
+                self.observe(method, raw_path, query_string, _with(what, origin, referer),
+                             denial, record.id)
+                return denial
+            self._note_used(record.id)
+            if self.on_decision is not None:
+                self.observe(method, raw_path, query_string, _with(what, origin, referer),
+                             record)
+            return record
+        except Exception:
+            log.exception("token_guard failed deciding %s %r", method, raw_path[:200])
+            return INTERNAL_ERROR
+
+    def _token(
+        self,
+        authorization: bytes | None,
+        origin: str | None,
+        referer: str | None,
+        query_string: bytes,
+        conflicting_authorization: bool,
+    ) -> str | Denial:
+        """The request's one token, or why it has none (checked in this order)."""
+        if origin == CONFLICTING_HEADERS or referer == CONFLICTING_HEADERS:
+            return TWO_ORIGINS
+        if conflicting_authorization:
+            return TWO_TOKENS
+        token: str | Denial | None = None
+        if authorization is not None:
+            token = self._bearers.get(authorization)
+            if token is None:
+                token = _bearer(authorization)
+                if len(self._bearers) >= BEARER_MEMO_SIZE:
+                    self._bearers.clear()
+                self._bearers[authorization] = token
+        if b"access_token" in query_string and not isinstance(token, Denial):
+            token = self._query_token(query_string, token)
+        if token is None:
+            return MISSING
+        return token
+
+    def _resolved(self, pending: Pending, compiled: CompiledToken | Denial) -> Step:
+        """The token is known (or refused): decide, or ask for the body first."""
+        try:
+            if isinstance(compiled, Denial):
+                self.observe(pending.method, pending.path, pending.query_string, pending.known,
+                             compiled)
+                return compiled
+            if pending.known is None:
+                return ReadBody(partial(self._with_body, pending, compiled))
+            return self._decide(pending, compiled, pending.known)
+        except Exception:
+            return self._failed(pending)
+
+    def _with_body(
+        self, pending: Pending, compiled: CompiledToken, raw: bytes | Denial,
+        content_type: str | None,
+    ) -> Step:
+        """The body arrived (or the transport refused it): the facts, then the decision."""
+        try:
+            token_id = compiled.record.id
+            parsed = raw if isinstance(raw, Denial) else parse_body(raw, content_type)
+            if isinstance(parsed, Denial):
+                self.observe(pending.method, pending.path, pending.query_string, None, parsed,
+                             token_id)
+                return parsed
+            facts = self.routes.facts(
+                pending.match, pending.query_string, parsed, pending.origin, pending.referer
+            )
+            if isinstance(facts, Denial):
+                self.observe(pending.method, pending.path, pending.query_string, None, facts,
+                             token_id)
+                return facts
+            return self._decide(pending, compiled, facts)
+        except Exception:
+            return self._failed(pending)
+
+    def _decide(self, pending: Pending, compiled: CompiledToken, facts: RequestFacts) -> Step:
+        record = compiled.record
+        denial = self._policy_decide(compiled, facts, time())
+        if denial is not None:
+            self.observe(pending.method, pending.path, pending.query_string, facts, denial,
+                         record.id)
+            return denial
+        self._note_used(record.id)
+        if self.on_decision is not None:
+            self.observe(pending.method, pending.path, pending.query_string, facts, record)
+        return record
+
+    def _failed(self, pending: Pending) -> Denial:
+        log.exception("token_guard failed deciding %s %r", pending.method, pending.path[:200])
+        return INTERNAL_ERROR
+
+    async def check_async(
+        self,
+        method: str,
+        raw_path: bytes,
+        query_string: bytes = b"",
+        authorization: bytes | None = None,
+        origin: str | None = None,
+        referer: str | None = None,
+        body: bytes = b"",
+        content_type: str | None = "application/json",
+    ) -> PassThrough | Denial | TokenRecord:
+        """All the steps of one request, for callers that hold the whole request (the
+        CLI's ``check``, tests): the same decision ``TokenGuard`` makes."""
+        step = self.check(method, raw_path, query_string, authorization, origin, referer)
+        while True:
+            if isinstance(step, Awaiting):
+                step = step.then(await step.work())
+            elif isinstance(step, ReadBody):
+                limit = self.max_body_bytes
+                step = step.then(body_too_large(limit) if len(body) > limit else body,
+                                 content_type)
+            else:
+                return step
+
+    def refused(self, method: str, path: str, query_string: bytes, denial: Denial) -> Denial:
+        """A refusal the transport made before the guard's steps (observed like the rest)."""
+        self.observe(method, path, query_string, None, denial)
+        return denial
+
+    def observe(
+        self,
+        method: str,
+        path: bytes | str,
+        query_string: bytes,
+        facts: RequestFacts | None,
+        outcome: TokenRecord | Denial,
+        token_id: str | None = None,
+    ) -> None:
+        """Log a refusal (never the token) and tell ``on_decision``, if set."""
+        if isinstance(path, bytes):
+            path = path.decode("latin-1")
+        logged = f"{path}?{redact_query(query_string)}" if query_string else path
+        if isinstance(outcome, Denial):
+            log.info(
+                "denied %s %s: %s (%s)%s", method, logged, outcome.code, outcome.status,
+                f" token {token_id}" if token_id else "",
+            )
+            event = DecisionEvent(False, method, logged, token_id, facts, outcome)
+        else:
+            event = DecisionEvent(True, method, logged, outcome.id, facts, None)
+        if self.on_decision is not None:
+            self.on_decision(event)
+
+    def _query_token(self, query_string: bytes, header_token: str | None) -> str | Denial | None:
+        values = values_of(query_string, "access_token")
+        if not values:
+            return header_token
+        if not self.allow_query_token:
+            return QUERY_TOKEN_OFF
+        if len(set(values)) > 1 or (header_token is not None and header_token != values[0]):
+            return TWO_TOKENS
+        return values[0]
+
+
+# RFC 6750 b64token characters: a header of "Bearer " and these is read without the slow path.
+_B64TOKEN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/="
+
+
+def _with(what: RequestFacts | None, origin: str | None, referer: str | None
+          ) -> RequestFacts | None:
+    """The request's whole facts: what it reads, and its headers."""
+    if what is None or (origin is None and referer is None):
+        return what
+    return what._replace(origin=origin, referer=referer)
+
+
+def _bearer(value: bytes) -> str | Denial:
+    if value[:7] == b"Bearer ":
+        token = value[7:]
+        if token and not token.translate(None, _B64TOKEN):
+            return token.decode("ascii")
+    scheme, _, rest = value.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return BAD_AUTHORIZATION
+    token = rest.strip(b" \t")
+    if not token or b" " in token or b"," in token:
+        return BAD_AUTHORIZATION
+    try:
+        return token.decode("ascii")
+    except UnicodeDecodeError:
+        return BAD_AUTHORIZATION

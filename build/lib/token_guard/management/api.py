@@ -1,0 +1,198 @@
+"""The Tokens REST API: ``/v3/tokens``, ``/v3/tokens/{id}`` and ``/v3/audit``.
+
+These routes accept only OAuth access tokens (ours, or a configured external issuer's); an
+API access token (``tgk_...``) gets 401 saying so. ``read:tokens`` reads, ``write:tokens``
+changes (403 ``insufficient_scope`` otherwise). Every change is audited by the store with
+the OAuth client id as actor; the secret of a created token is in the creation response
+only. Errors are ``{"error", "hint", "code"}`` (+ ``field`` on a 400), codes from
+``token_guard.core.decision.ERROR_CODES``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from token_guard.core.decision import INVALID_TOKEN_SPEC, NOT_FOUND, STORE_UNAVAILABLE
+from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreUnavailable
+from token_guard.core.records import AuditEntry
+from token_guard.core.spec import format_datetime
+from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
+from token_guard.management.http import NO_STORE, REALM, BadRequest, error_response, read_body
+from token_guard.management.verify import AccessClaims, AccessDenied, AccessTokenVerifier
+from token_guard.stores.base import TokenStore
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 100
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Turn the exceptions a handler may raise into JSON error responses."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except AccessDenied as exc:
+            return JSONResponse(
+                exc.as_json(), status_code=exc.status,
+                headers={**NO_STORE, "WWW-Authenticate": exc.www_authenticate(REALM)},
+            )
+        except InvalidTokenSpec as exc:
+            return error_response(
+                400, INVALID_TOKEN_SPEC, str(exc),
+                f"change '{exc.field}' as the message says and send the request again",
+                field=exc.field,
+            )
+        except BadRequest as exc:
+            return error_response(400, exc.code, exc.message, exc.hint, field=exc.field)
+        except NotFound:
+            token_id = request.path_params.get("token_id", "")
+            return error_response(
+                404, NOT_FOUND, f"no token has id {token_id!r}",
+                "list tokens with GET /v3/tokens to find the right id",
+            )
+        except StoreUnavailable:
+            return error_response(
+                503, STORE_UNAVAILABLE, "the token store cannot answer now",
+                "retry in a few seconds",
+            )
+
+    return wrapped
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await read_body(request, MAX_BODY_BYTES)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(
+            "body", "the body is not valid JSON",
+            "send a JSON object with Content-Type: application/json",
+        ) from None
+    if not isinstance(body, dict):
+        raise BadRequest("body", "the body must be a JSON object", "send {\"field\": value, ...}")
+    return body
+
+
+def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    values = request.query_params.getlist(name)
+    if not values:
+        return default
+    if len(values) > 1:
+        raise BadRequest(name, f"{name} is given {len(values)} times", f"give {name} once")
+    text = values[0]
+    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(
+            name, f"{name} must be an integer from {low} to {high}, got {text!r}",
+            f"e.g. ?{name}={min(high, max(low, DEFAULT_PAGE))}",
+        )
+    return int(text)
+
+
+def _audit_json(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": format_datetime(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "token_id": entry.token_id,
+        "detail": entry.detail,
+    }
+
+
+class TokensApi:
+    """The Tokens API handlers, closed over one store and verifier (no module state)."""
+
+    def __init__(self, store: TokenStore, verifier: AccessTokenVerifier) -> None:
+        self.store = store
+        self.verifier = verifier
+
+    def routes(self) -> list[Route]:
+        """The ``/v3/tokens`` and ``/v3/audit`` routes, each answering errors as JSON."""
+        return [
+            Route("/v3/tokens", _guarded(self.list_tokens), methods=["GET"]),
+            Route("/v3/tokens", _guarded(self.create_token), methods=["POST"]),
+            Route("/v3/tokens/{token_id}", _guarded(self.show_token), methods=["GET"]),
+            Route("/v3/tokens/{token_id}", _guarded(self.update_token), methods=["PATCH"]),
+            Route("/v3/tokens/{token_id}", _guarded(self.revoke_token), methods=["DELETE"]),
+            Route("/v3/audit", _guarded(self.list_audit), methods=["GET"]),
+        ]
+
+    async def caller(self, request: Request, scope: str) -> AccessClaims:
+        """The verified OAuth caller holding ``scope``, or raise ``AccessDenied``."""
+        return await self.verifier.authorize(request.headers.getlist("authorization"), scope)
+
+    async def list_tokens(self, request: Request) -> Response:
+        """``GET /v3/tokens?limit=&after=``."""
+        await self.caller(request, READ_SCOPE)
+        limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE) or DEFAULT_PAGE
+        afters = request.query_params.getlist("after")
+        if len(afters) > 1:
+            raise BadRequest("after", "after is given more than once", "give one cursor")
+        after = afters[0] if afters else None
+        # One more than asked: "next" is only set when another page really exists.
+        records = list(await self.store.list_tokens(limit=limit + 1, after=after))
+        page, more = records[:limit], len(records) > limit
+        now = datetime.now(UTC)
+        return JSONResponse(
+            {"tokens": [r.as_json(now) for r in page], "next": page[-1].id if more else None},
+            headers=NO_STORE,
+        )
+
+    async def create_token(self, request: Request) -> Response:
+        """``POST /v3/tokens``: the response carries the secret, this once."""
+        claims = await self.caller(request, WRITE_SCOPE)
+        body = await _json_object(request)
+        issued = await self.store.create_token(body, actor=claims.client_id)
+        out = issued.record.as_json(datetime.now(UTC))
+        out["token"] = issued.token
+        out["warnings"] = issued.record.spec.warnings()
+        return JSONResponse(
+            out, status_code=201, headers={**NO_STORE, "Location": f"/v3/tokens/{issued.id}"}
+        )
+
+    async def show_token(self, request: Request) -> Response:
+        """``GET /v3/tokens/{id}``."""
+        await self.caller(request, READ_SCOPE)
+        record = await self.store.get_token(request.path_params["token_id"])
+        if record is None:
+            raise NotFound(request.path_params["token_id"])
+        return JSONResponse(record.as_json(datetime.now(UTC)), headers=NO_STORE)
+
+    async def update_token(self, request: Request) -> Response:
+        """``PATCH /v3/tokens/{id}``: name, grants, referers, allowed_apis."""
+        claims = await self.caller(request, WRITE_SCOPE)
+        body = await _json_object(request)
+        record = await self.store.update_token(
+            request.path_params["token_id"], body, actor=claims.client_id
+        )
+        return JSONResponse(record.as_json(datetime.now(UTC)), headers=NO_STORE)
+
+    async def revoke_token(self, request: Request) -> Response:
+        """``DELETE /v3/tokens/{id}``: revoke (idempotent); returns the revoked token."""
+        claims = await self.caller(request, WRITE_SCOPE)
+        record = await self.store.revoke_token(
+            request.path_params["token_id"], actor=claims.client_id
+        )
+        return JSONResponse(record.as_json(datetime.now(UTC)), headers=NO_STORE)
+
+    async def list_audit(self, request: Request) -> Response:
+        """``GET /v3/audit?limit=&before=``: newest first."""
+        await self.caller(request, READ_SCOPE)
+        limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE) or DEFAULT_PAGE
+        before = _int_param(request, "before", None, 1, 2**62)
+        entries = list(await self.store.list_audit(limit=limit + 1, before=before))
+        page, more = entries[:limit], len(entries) > limit
+        return JSONResponse(
+            {"entries": [_audit_json(e) for e in page], "next": page[-1].id if more else None},
+            headers=NO_STORE,
+        )

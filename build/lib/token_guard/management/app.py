@@ -1,0 +1,68 @@
+"""The management HTTP app: the Tokens API, the OAuth token endpoint, JWKS, OpenAPI, Developers.
+
+Routes:
+
+* ``POST /oauth/token`` — client credentials (RFC 6749 §4.4); errors per §5.2 (``grant``).
+* ``GET /.well-known/jwks.json`` — the public signing keys (retired ones until they expire).
+* ``GET /openapi.json`` — the OpenAPI 3.1 schema of everything here (``openapi``).
+* ``GET|POST /v3/tokens``, ``GET|PATCH|DELETE /v3/tokens/{id}``, ``GET /v3/audit`` (``api``).
+* ``GET /developers`` — the Developers page (``developers``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from token_guard.management.api import TokensApi
+from token_guard.management.developers import DevelopersPage
+from token_guard.management.grant import TokenEndpoint
+from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SigningKeys
+from token_guard.management.openapi import openapi_schema
+from token_guard.management.verify import AccessTokenVerifier, ExternalIssuer
+from token_guard.stores.base import TokenStore
+
+
+def create_management_app(
+    store: TokenStore, *, issuer: str, audience: str, keys: SigningKeys | None = None,
+    external_issuers: Sequence[ExternalIssuer] = (),
+    token_lifetime: int = DEFAULT_TOKEN_LIFETIME, developers_page: bool = True,
+) -> Starlette:
+    """The Tokens API + ``/oauth/token`` + JWKS + OpenAPI (+ ``/developers``) as one Starlette app.
+
+    ``developers_page=False`` leaves out the Developers page (an API-only deployment).
+    ``keys`` defaults to an in-memory key ring (access tokens die with the process); pass
+    ``SigningKeys.open(path)`` to keep them in a key file. ``issuer`` goes in ``iss`` and
+    ``audience`` in ``aud`` of the tokens issued here, and both are checked on the way in.
+    """
+    ring = keys if keys is not None else SigningKeys.ephemeral()
+    verifier = AccessTokenVerifier(
+        store, ring, issuer=issuer, audience=audience, external_issuers=external_issuers
+    )
+    endpoint = TokenEndpoint(
+        store, ring, issuer=issuer, audience=audience, lifetime=token_lifetime
+    )
+
+    async def jwks(request: Request) -> Response:
+        """``GET /.well-known/jwks.json``: the public keys that verify our access tokens."""
+        ring.refresh()
+        # Short caching: a rotated key must reach verifiers before tokens it signs do.
+        return JSONResponse(ring.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+    async def openapi(request: Request) -> Response:
+        """``GET /openapi.json``."""
+        return JSONResponse(openapi_schema())
+
+    routes = [
+        Route("/oauth/token", endpoint.handle, methods=["POST"]),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *TokensApi(store, verifier).routes(),
+    ]
+    if developers_page:
+        routes += DevelopersPage().routes()
+    return Starlette(routes=routes)

@@ -1,0 +1,426 @@
+"""The resolver: the cache in front of the token store, with one lookup in flight per token.
+
+Security and availability choices, stated once:
+
+* A token that fails ``secret.is_well_formed`` (prefix, length, alphabet, checksum) is
+  refused with ``malformed_token`` before any cache or store work, and is never cached:
+  rechecking costs a CRC32, and caching garbage would let anyone fill memory with it.
+* Unknown and revoked tokens are cached negatively for ``negative_ttl`` seconds, at most
+  ``max_negative`` of them (LRU beyond that).
+* A known token is cached for ``ttl`` seconds (less when it expires sooner). The positive
+  cache is a ``TTLCache`` whose own lifetime is ``ttl + stale_window``; each entry carries
+  its own "fresh until" and "usable while failing until" times. So one bounded structure
+  holds both: an entry past its freshness is refreshed from the store, and is served
+  (counted as ``stale_served``) only when the store fails or is too slow.
+* A change event for a token id evicts that token's entries at once; ``reset`` clears
+  everything. A lookup that raced with any change event answers its request but is not
+  cached, so a revocation can never be undone by a read that started before it.
+* The store is never asked twice at once for the same token: the first miss starts one
+  task, every other caller awaits it (shielded, so a cancelled caller does not cancel it).
+* Expiry is the policy's job (it checks ``expiration_date`` on every decision); the
+  resolver only avoids keeping an entry fresh past that date.
+
+Threads: ``resolve``, ``start`` and ``close`` belong to one event loop. ``lookup``,
+``note_used`` and ``stats`` may also be called from other threads (the WSGI adapter decides
+cache hits in its request threads). Every write to the caches holds one ``threading.Lock``
+for a few dictionary operations and never across an ``await``: LRU bookkeeping racing
+between threads could corrupt the cache. The hit path takes no lock: fresh positive
+entries are mirrored in a plain dict (``_hot``), and one ``dict.get`` is atomic under the
+GIL; a hit reads an entry that a concurrent eviction may remove a moment later, which is
+the same as the request having arrived a moment earlier.
+
+Usage: ``note_used`` hands the token id to a ``usage.UsageRecorder``, which writes
+``last_used_at`` in batches every ``usage_flush_interval`` seconds (10 by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from cachetools import TTLCache
+
+from token_guard.core.decision import (
+    INVALID_TOKEN,
+    MALFORMED_TOKEN,
+    REVOKED_TOKEN,
+    STORE_UNAVAILABLE,
+    Denial,
+)
+from token_guard.core.errors import ConfigurationError, StoreError
+from token_guard.core.records import ChangeEvent, TokenRecord
+from token_guard.core.secret import TOKEN_PREFIX, hash_secret, is_well_formed
+from token_guard.stores.base import TokenReader
+from token_guard.usage import UsageRecorder
+
+logger = logging.getLogger("token_guard.resolver")
+
+T = TypeVar("T")
+
+MALFORMED = Denial(
+    401,
+    MALFORMED_TOKEN,
+    "the access token is malformed",
+    f"send the whole token exactly as issued (it starts with '{TOKEN_PREFIX}')",
+)
+UNKNOWN = Denial(
+    401,
+    INVALID_TOKEN,
+    "the access token is not valid",
+    "check that the token was copied completely, or create a new token",
+)
+REVOKED = Denial(
+    401, REVOKED_TOKEN, "the access token was revoked", "create a new token and use that one"
+)
+UNAVAILABLE = Denial(
+    503,
+    STORE_UNAVAILABLE,
+    "the token store is unavailable, so the access token cannot be checked",
+    "retry in a few seconds",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """How long and how many resolved tokens are kept, and how long the store may take.
+
+    ``ttl``: seconds a known token is served from cache. ``negative_ttl``: seconds an
+    unknown or revoked token is. ``max_entries`` / ``max_negative``: the bounds of both
+    caches. ``stale_window``: seconds past ``ttl`` a cached token may still be served
+    while the store fails (0 disables that). ``lookup_timeout``: seconds a store lookup
+    may take before the request gets 503. ``usage_flush_interval``: seconds between
+    batched ``last_used_at`` writes.
+    """
+
+    ttl: float = 60.0
+    negative_ttl: float = 5.0
+    max_entries: int = 100_000
+    max_negative: int = 10_000
+    stale_window: float = 300.0
+    lookup_timeout: float = 2.0
+    usage_flush_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(
+                    f"CacheSettings.{f.name} must be a number, got {value!r}"
+                )
+            if f.name in ("max_entries", "max_negative") and not isinstance(value, int):
+                raise ConfigurationError(
+                    f"CacheSettings.{f.name} must be a whole number of entries, got {value!r}"
+                )
+            minimum_ok = value >= 0 if f.name == "stale_window" else value > 0
+            if not math.isfinite(value) or not minimum_ok:
+                allowed = "zero or more" if f.name == "stale_window" else "more than zero"
+                raise ConfigurationError(
+                    f"CacheSettings.{f.name} must be finite and {allowed}, got {value!r}"
+                )
+
+
+DEFAULT_CACHE_SETTINGS = CacheSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class _Positive(Generic[T]):
+    value: T
+    token_id: str
+    fresh_until: float
+    stale_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Negative:
+    denial: Denial
+    token_id: str | None
+
+
+class _IndexedCache(TTLCache[str, Any, float]):
+    """A TTLCache that tells its owner about every entry it drops by itself (expiry, LRU)."""
+
+    def __init__(
+        self, maxsize: int, ttl: float, timer: Callable[[], float],
+        on_drop: Callable[[str, Any], None],
+    ) -> None:
+        super().__init__(maxsize, ttl, timer)
+        self._on_drop = on_drop
+        self.dropped_for_space = 0
+
+    def expire(self, time: float | None = None) -> list[tuple[str, Any]]:
+        expired = super().expire(time)
+        for key, value in expired:
+            self._on_drop(key, value)
+        return expired
+
+    def popitem(self) -> tuple[str, Any]:
+        key, value = super().popitem()
+        self.dropped_for_space += 1
+        self._on_drop(key, value)
+        return key, value
+
+
+class Resolver(Generic[T]):
+    """Turns a token string into the compiled token ``T`` or a ``Denial``, via the cache."""
+
+    def __init__(
+        self,
+        store: TokenReader,
+        compile: Callable[[TokenRecord], T],
+        *,
+        settings: CacheSettings = DEFAULT_CACHE_SETTINGS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # While ``store.feed_healthy`` is False (PostgreSQL's LISTEN connection is down) a
+        # revocation elsewhere may go unheard, so cached tokens are re-read from the store
+        # (stale ones are served only if the store itself fails, within stale_window).
+        self._store = store
+        self._compile = compile
+        self._settings = settings
+        self._clock = clock
+        self._positive = _IndexedCache(
+            settings.max_entries, settings.ttl + settings.stale_window, clock, self._dropped
+        )
+        self._negative = _IndexedCache(
+            settings.max_negative, settings.negative_ttl, clock, self._dropped
+        )
+        # token id -> cached token strings (a list: nearly always one, and a set costs
+        # 216 bytes a token)
+        self._by_id: dict[str, list[str]] = {}
+        self._hot: dict[str, _Positive[T]] = {}  # lock-free mirror of _positive for hits
+        self._hits = 0
+        self._lock = threading.Lock()  # see the module docstring: held for dict work only
+        self._inflight: dict[str, asyncio.Task[T | Denial]] = {}
+        self._epoch = 0  # bumped by every change event; see _fetch
+        self._usage = UsageRecorder(store, interval=settings.usage_flush_interval)
+        # ``note_used(token_id)``: record a use (batched; safe from any thread). Bound, not a
+        # method that forwards: the adapters call it on every allowed request.
+        self.note_used = self._usage.note_used
+        self._unsubscribe: Callable[[], None] | None = None
+        self._counts = dict.fromkeys(
+            ("hits", "misses", "store_lookups", "negative_hits", "stale_served", "evictions",
+             "malformed", "store_errors", "compile_errors"),
+            0,
+        )
+
+    @property
+    def settings(self) -> CacheSettings:
+        """The cache settings in force."""
+        return self._settings
+
+    # -- the request path ---------------------------------------------------------------
+    def lookup(self, token: str) -> T | Denial | None:
+        """Sync fast path: a fresh cached answer (compiled token or the cached Denial for
+        unknown/revoked/malformed), or None when the caller must await ``resolve()``."""
+        entry = self._hot.get(token)
+        if entry is not None:
+            if self._clock() < entry.fresh_until and self._store.feed_healthy:
+                self._hits += 1
+                return entry.value
+            return None
+        with self._lock:
+            negative: _Negative | None = self._negative.get(token)
+            if negative is not None:
+                self._counts["negative_hits"] += 1
+                return negative.denial
+        if not is_well_formed(token):
+            self._counts["malformed"] += 1
+            return MALFORMED
+        return None
+
+    async def resolve(self, token: str) -> T | Denial:
+        """Cache, then exactly one store lookup in flight per token (asyncio futures, not
+        locks), bounded by ``lookup_timeout``."""
+        cached = self.lookup(token)
+        if cached is not None:
+            return cached
+        if self._unsubscribe is None:
+            self._start()
+        with self._lock:
+            self._counts["misses"] += 1
+        task = self._inflight.get(token)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(token))
+            self._inflight[token] = task
+        # Shielded: one caller giving up (client gone) must not cancel the others' lookup.
+        return await asyncio.shield(task)
+
+    async def _fetch(self, token: str) -> T | Denial:
+        with self._lock:
+            epoch = self._epoch
+            self._counts["store_lookups"] += 1
+        try:
+            # asyncio.timeout rather than wait_for: no extra task per lookup.
+            async with asyncio.timeout(self._settings.lookup_timeout):
+                record = await self._store.get_by_secret_hash(hash_secret(token))
+        except (StoreError, TimeoutError) as exc:
+            return self._fallback(token, exc)
+        except Exception as exc:
+            # An unexpected failure is still "the store cannot answer": fail closed.
+            logger.exception("token store lookup failed unexpectedly")
+            return self._fallback(token, exc)
+        finally:
+            # A change event may have replaced this task with a newer one; leave that be.
+            if self._inflight.get(token) is asyncio.current_task():
+                del self._inflight[token]
+        if record is None:
+            self._put_negative(token, UNKNOWN, None, epoch)
+            return UNKNOWN
+        if record.revoked_at is not None:
+            self._put_negative(token, REVOKED, record.id, epoch)
+            return REVOKED
+        try:
+            value = self._compile(record)
+        except Exception:
+            logger.exception(
+                "token %s could not be compiled (bad stored data?); refusing it", record.id
+            )
+            with self._lock:
+                self._counts["compile_errors"] += 1
+            self._put_negative(token, UNKNOWN, record.id, epoch)
+            return UNKNOWN
+        self._put_positive(token, record, value, epoch)
+        return value
+
+    def _fallback(self, token: str, exc: BaseException) -> T | Denial:
+        with self._lock:
+            self._counts["store_errors"] += 1
+            entry: _Positive[T] | None = self._positive.get(token)
+            if entry is not None and self._clock() < entry.stale_until:
+                self._counts["stale_served"] += 1
+                return entry.value
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        logger.warning("token store cannot answer (%s); answering 503", reason)
+        return UNAVAILABLE
+
+    def _put_positive(self, token: str, record: TokenRecord, value: T, epoch: int) -> None:
+        settings = self._settings
+        fresh_for = settings.ttl
+        expiry = record.expiration_date
+        if expiry is not None:
+            left = (expiry - datetime.now(UTC)).total_seconds()
+            # Expired tokens are kept briefly so the policy can say "expired" without a
+            # store lookup per request; live ones are not kept fresh past their expiry.
+            fresh_for = settings.negative_ttl if left <= 0 else min(fresh_for, left)
+        with self._lock:
+            if epoch != self._epoch:
+                return  # a change event arrived during the lookup: the answer may be old
+            now = self._clock()
+            self._negative.pop(token, None)
+            entry = _Positive(
+                value, record.id, now + fresh_for, now + fresh_for + settings.stale_window
+            )
+            self._positive[token] = entry
+            self._hot[token] = entry
+            self._index(record.id, token)
+
+    def _put_negative(
+        self, token: str, denial: Denial, token_id: str | None, epoch: int
+    ) -> None:
+        with self._lock:
+            if epoch != self._epoch:
+                return
+            self._positive.pop(token, None)
+            self._hot.pop(token, None)
+            self._negative[token] = _Negative(denial, token_id)
+            if token_id is not None:
+                self._index(token_id, token)
+
+    def _index(self, token_id: str, token: str) -> None:
+        keys = self._by_id.setdefault(token_id, [])
+        if token not in keys:
+            keys.append(token)
+
+    def _dropped(self, token: str, value: Any) -> None:
+        if isinstance(value, _Positive) and self._hot.get(token) is value:
+            del self._hot[token]
+        token_id = value.token_id
+        if token_id is None:
+            return
+        keys = self._by_id.get(token_id)
+        if keys is not None and token not in self._positive and token not in self._negative:
+            if token in keys:
+                keys.remove(token)
+            if not keys:
+                del self._by_id[token_id]
+
+    # -- change feed ------------------------------------------------------------------------
+    def _on_change(self, event: ChangeEvent) -> None:
+        # Callers arriving from now on must not join a lookup that started before the
+        # change; the running lookups still answer the callers already waiting on them.
+        self._inflight.clear()
+        with self._lock:
+            self._evict(event)
+
+    def _evict(self, event: ChangeEvent) -> None:
+        self._epoch += 1
+        if event.kind == "reset":
+            self._counts["evictions"] += len(self._positive) + len(self._negative)
+            self._positive.clear()
+            self._hot.clear()
+            self._negative.clear()
+            self._by_id.clear()
+            return
+        if event.token_id is None:
+            return
+        for token in self._by_id.pop(event.token_id, ()):
+            self._hot.pop(token, None)
+            if self._positive.pop(token, None) is not None:
+                self._counts["evictions"] += 1
+            if self._negative.pop(token, None) is not None:
+                self._counts["evictions"] += 1
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Subscribe to store changes and start the usage flusher (idempotent)."""
+        self._start()
+
+    def _start(self) -> None:
+        if self._unsubscribe is None:
+            self._unsubscribe = self._store.subscribe(self._on_change)
+        self._usage.start()
+
+    async def close(self) -> None:
+        """Flush usage, unsubscribe and cancel the flusher."""
+        await self._usage.close()
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
+        # No change event reaches a closed resolver, so no token it remembers can be
+        # trusted any more (refusals it remembers stay refusals).
+        with self._lock:
+            self._hot.clear()
+            settings = self._settings
+            self._positive = _IndexedCache(
+                settings.max_entries, settings.ttl + settings.stale_window, self._clock,
+                self._dropped,
+            )
+            self._by_id.clear()
+
+    async def flush_usage(self) -> None:
+        """Write the uses noted since the last flush in one ``record_usage`` call now."""
+        await self._usage.flush()
+
+    def stats(self) -> dict[str, int]:
+        """Counters and sizes: hits, misses, store_lookups, negative_hits, stale_served,
+        evictions, and the current sizes of each structure."""
+        with self._lock:
+            out = dict(self._counts)
+            out["hits"] += self._hits
+            out["capacity_evictions"] = (
+                self._positive.dropped_for_space + self._negative.dropped_for_space
+            )
+            out["positive_entries"] = len(self._positive)
+            out["negative_entries"] = len(self._negative)
+            out["indexed_ids"] = len(self._by_id)
+            out["inflight"] = len(self._inflight)
+        out["usage_flush_errors"] = self._usage.flush_errors
+        out["pending_usage"] = self._usage.pending
+        return out

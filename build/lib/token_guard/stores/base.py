@@ -1,0 +1,242 @@
+"""The store protocols, narrow to wide, and the helpers every store shares.
+
+A store is read by the guard and administered by people and programs; each side depends
+only on the protocol it uses:
+
+* ``TokenReader`` -- what the request path needs: the lookup by secret hash, the change
+  feed and whether it is healthy, and the batched usage write. A store serving only the
+  guard (a read replica, a cache of another service) implements just this.
+* ``TokenAdmin`` -- creating, reading, listing, updating and revoking tokens (CLI, the
+  Tokens API).
+* ``ClientStore`` -- the OAuth clients of the Tokens API.
+* ``AuditLog`` -- the append-only record of who changed what.
+* ``TokenStore`` -- all four plus ``open``/``close``: what ``MemoryStore``,
+  ``SQLiteStore`` and ``PostgresStore`` implement, and what ``tg.TokenStore`` names.
+
+Nothing outside ``stores/`` knows SQL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from token_guard.core.records import (
+    AuditEntry,
+    ChangeEvent,
+    ChangeKind,
+    IssuedToken,
+    OAuthClient,
+    TokenRecord,
+)
+
+__all__ = [
+    "AUDIT_CREATE",
+    "AUDIT_REVOKE",
+    "AUDIT_UPDATE",
+    "MAX_PAGE",
+    "AuditLog",
+    "ChangeListener",
+    "ClientStore",
+    "Listeners",
+    "TokenAdmin",
+    "TokenReader",
+    "TokenStore",
+    "TokenWrite",
+    "check_limit",
+    "utc_now",
+]
+
+logger = logging.getLogger("token_guard.stores")
+
+ChangeListener = Callable[[ChangeEvent], None]
+
+MAX_PAGE = 1000
+
+# Audit actions written by every store for token changes.
+AUDIT_CREATE = "token.create"
+AUDIT_UPDATE = "token.update"
+AUDIT_REVOKE = "token.revoke"
+
+
+@runtime_checkable
+class TokenReader(Protocol):
+    """What the guard reads: one lookup per cache miss, the change feed, usage batches.
+
+    Errors reaching the backend raise ``StoreUnavailable``.
+    """
+
+    @property
+    def feed_healthy(self) -> bool:
+        """False while changes made elsewhere may go unheard (a broken LISTEN connection).
+
+        A store whose feed cannot break says True always (a plain class attribute will do).
+        """
+
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        """The token whose secret hashes to ``secret_hash`` (revoked ones included)."""
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener`` on every change (this process's and, where supported, others').
+
+        Returns a function that unsubscribes. Listeners run on the event loop and must not
+        block.
+        """
+
+    async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
+        """Batch-write ``last_used_at`` per token id, never moving it backwards; unknown ids
+        are skipped (called by the usage recorder, not per request)."""
+
+
+@runtime_checkable
+class TokenAdmin(Protocol):
+    """Token administration: what the CLI and the Tokens API change.
+
+    An invalid body raises ``InvalidTokenSpec``; an unknown id raises ``NotFound``
+    (``get_token`` returns None instead). Every change is audited and announced to the
+    store's subscribers.
+    """
+
+    async def create_token(
+        self, body: Mapping[str, Any], *, actor: str = "api"
+    ) -> IssuedToken:
+        """Validate ``body`` (Tokens API JSON), store it, return the record and secret."""
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        """The token with public id ``token_id``, or None."""
+
+    async def list_tokens(
+        self, *, limit: int = 100, after: str | None = None
+    ) -> Sequence[TokenRecord]:
+        """Tokens ordered by id, ``limit`` at most, starting after id ``after``."""
+
+    async def update_token(
+        self, token_id: str, changes: Mapping[str, Any], *, actor: str = "api"
+    ) -> TokenRecord:
+        """Apply a PATCH body (name, grants, referers, allowed_apis) and notify."""
+
+    async def revoke_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Revoke (idempotent) and notify; later requests with the token get 401."""
+
+
+@runtime_checkable
+class ClientStore(Protocol):
+    """The OAuth clients (client-credentials grant) allowed to call the Tokens API."""
+
+    async def create_client(
+        self, client_id: str, secret_hash: str, name: str, scopes: Sequence[str]
+    ) -> OAuthClient:
+        """Store a new OAuth client; an id already in use raises ``StoreError``."""
+
+    async def get_client(self, client_id: str) -> tuple[OAuthClient, str] | None:
+        """The client and its secret hash, or None (also when its row is unreadable)."""
+
+    async def list_clients(self) -> Sequence[OAuthClient]:
+        """All OAuth clients ordered by id, revoked ones included."""
+
+    async def revoke_client(self, client_id: str) -> OAuthClient:
+        """Revoke an OAuth client (idempotent)."""
+
+
+@runtime_checkable
+class AuditLog(Protocol):
+    """Who changed what, newest first. Token changes are written by ``TokenAdmin`` itself."""
+
+    async def add_audit(
+        self, actor: str, action: str, token_id: str | None, detail: Mapping[str, Any]
+    ) -> None:
+        """Append an audit entry. Never pass a secret in ``detail``."""
+
+    async def list_audit(
+        self, *, limit: int = 100, before: int | None = None
+    ) -> Sequence[AuditEntry]:
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+
+
+@runtime_checkable
+class TokenStore(TokenReader, TokenAdmin, ClientStore, AuditLog, Protocol):
+    """A whole store: every protocol above, plus its lifecycle.
+
+    Methods open the store on first use; ``close`` releases it. Errors reaching the
+    backend raise ``StoreUnavailable``.
+    """
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema (idempotent)."""
+
+    async def close(self) -> None:
+        """Release connections and stop the change feed."""
+
+
+# -- helpers every store shares ----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TokenWrite:
+    """One token change as every store records it: audited, fed, announced, in one shape.
+
+    Each store has one ``_write(change, op)`` that runs ``op`` (the change itself, which
+    returns its result and the audit entry's detail) and, in the same transaction, appends
+    the audit entry (``actor``, ``action``) and the change-feed event (``kind``: the SQLite
+    ``changes`` row, PostgreSQL's ``pg_notify``); then, after commit, tells this instance's
+    listeners. A write whose outcome is unknown (``StoreUnavailable`` or a cancellation
+    after it was sent) is announced too: a needless eviction costs one lookup, while a
+    revocation that committed unannounced would leave a revoked token cached.
+    """
+
+    kind: ChangeKind
+    action: str
+    token_id: str
+    actor: str
+
+    @property
+    def event(self) -> ChangeEvent:
+        """The event listeners hear for this change."""
+        return ChangeEvent(self.kind, self.token_id)
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a page size outside 1..MAX_PAGE (a programming error, not a store failure)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")
+
+
+def utc_now() -> datetime:
+    """The current time in UTC."""
+    return datetime.now(UTC)
+
+
+class Listeners:
+    """The subscribers of one store; a failing listener is logged and never stops the others.
+
+    Not thread-safe: subscribe, unsubscribe and emit all run on the event loop's thread.
+    """
+
+    __slots__ = ("_ids", "_listeners")
+
+    def __init__(self) -> None:
+        self._listeners: dict[int, ChangeListener] = {}
+        self._ids = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._listeners)
+
+    def add(self, listener: ChangeListener) -> Callable[[], None]:
+        """Register ``listener``; the returned function removes it (calling it twice is fine)."""
+        key = next(self._ids)
+        self._listeners[key] = listener
+
+        def unsubscribe() -> None:
+            self._listeners.pop(key, None)
+
+        return unsubscribe
+
+    def emit(self, event: ChangeEvent) -> None:
+        """Call every listener with ``event``."""
+        for listener in list(self._listeners.values()):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("a change listener failed on %s; the others still ran", event)
