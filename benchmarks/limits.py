@@ -79,12 +79,13 @@ async def latency(rounds: int, per_round: int) -> None:
 
 
 _CHILD = """
-import asyncio, sys
+import asyncio, gc, sys
 sys.path.insert(0, {root!r})
 from benchmarks.limits import _guard, PATH, QS, BIG
 limiter, limited, n = {limiter!r}, {limited!r}, int(sys.argv[1])
 async def main():
     guard, auth = await _guard(limiter, BIG if limited else None)
+    gc.collect(); gc.freeze(); gc.disable()  # as benchmarks.instructions: no collector noise
     for _ in range(n):
         await guard.check_async("GET", PATH, QS, auth)
     await guard.limiter.close()
