@@ -157,8 +157,8 @@ async def test_consistent_mode_shares_counts_and_quotas_survive_a_restart(
     redis_url: str, prefix: str
 ) -> None:
     rules = (LimitRule(3, "minute", None, False), LimitRule(4, "month", None, True))
-    a = RedisLimiter(redis_url, prefix=prefix)
-    b = RedisLimiter(redis_url, prefix=prefix)
+    a = RedisLimiter(redis_url, prefix=prefix, timeout=1.0)
+    b = RedisLimiter(redis_url, prefix=prefix, timeout=1.0)
     now = time.time()
     assert counts(await settle(a.charge("t", rules, now))) == [1, 1]
     assert counts(await settle(b.charge("t", rules, now))) == [2, 2]
@@ -168,7 +168,7 @@ async def test_consistent_mode_shares_counts_and_quotas_survive_a_restart(
     await a.close()
     await b.close()
     # "Restarted": a new limiter; the quota's count is still 3 (the refusal charged nothing).
-    c = RedisLimiter(redis_url, prefix=prefix)
+    c = RedisLimiter(redis_url, prefix=prefix, timeout=1.0)
     assert counts(await settle(c.charge("t", rules[1:], now))) == [4]
     refused = await settle(c.charge("t", rules[1:], now))
     assert isinstance(refused, Denial) and refused.code == codes.QUOTA_EXCEEDED
@@ -180,7 +180,8 @@ async def test_local_mode_overshoots_at_most_its_allowance_per_instance(
     redis_url: str, prefix: str
 ) -> None:
     rules = (LimitRule(100, "hour", None, False),)
-    instances = [RedisLimiter(redis_url, prefix=prefix, mode="local") for _ in range(4)]
+    instances = [RedisLimiter(redis_url, prefix=prefix, mode="local", timeout=1.0)
+                 for _ in range(4)]
     admitted = 0
     now = time.time()
     for _round in range(60):
@@ -315,7 +316,7 @@ def test_an_asgi_and_a_wsgi_instance_share_one_redis_limit(
     redis_url: str, prefix: str, mode: str
 ) -> None:
     store = MemoryStore()
-    limiter = f"{redis_url}?mode={mode}&prefix={prefix}"
+    limiter = f"{redis_url}?mode={mode}&timeout=1&prefix={prefix}"
     path = "/v3/maps/carto_dw/table?name=proj.ds.stores"
     with http_env("asgi", store, limiter=limiter) as one, \
             http_env("wsgi", store, limiter=limiter) as two:
@@ -334,8 +335,8 @@ async def test_a_limit_lowered_by_patch_reaches_every_instance_within_the_feed_b
 
     path = str(tmp_path / "tokens.db")
     stores = [SQLiteStore(path, poll_interval=0.2), SQLiteStore(path, poll_interval=0.2)]
-    guards = [Guard(store=s, connections=CONNECTIONS, limiter=f"{redis_url}?prefix={prefix}")
-              for s in stores]
+    limiter = f"{redis_url}?timeout=1&prefix={prefix}"
+    guards = [Guard(store=s, connections=CONNECTIONS, limiter=limiter) for s in stores]
     for g in guards:
         await g.resolver.start()
     try:
