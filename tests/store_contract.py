@@ -32,9 +32,15 @@ from typing import Any
 import pytest
 
 from tests.tokens import BODY, body
-from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreError, StoreUnavailable
-from token_guard.core.records import ChangeEvent, UsageRow
-from token_guard.core.secret import hash_secret, is_well_formed
+from token_guard.core.errors import (
+    InvalidTokenSpec,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+    TokenStateError,
+)
+from token_guard.core.records import ChangeEvent, TokenRecord, UsageRow
+from token_guard.core.secret import hash_secret, is_well_formed, secret_prefix
 from token_guard.core.spec import TOKEN_FIELDS, parse_token_spec
 from token_guard.stores.base import TokenStore
 
@@ -100,6 +106,9 @@ class StoreContract:
         self, store: TokenStore
     ) -> None:
         issued = await store.create_token(body())
+        assert issued.record.secret is not None
+        assert issued.record.secret.prefix == secret_prefix(issued.token)
+        assert issued.record.as_json()["secret_prefix"] == secret_prefix(issued.token)
         assert is_well_formed(issued.token)
         assert issued.id == issued.record.id and issued.id.startswith("tok_")
         assert issued.token not in repr(issued)
@@ -239,6 +248,173 @@ class StoreContract:
         assert found is not None and found.revoked_at == first.revoked_at
         assert found.state(datetime.now(UTC)) == "revoked"
 
+    # -- rotation ---------------------------------------------------------------------------
+    async def _by_secret(self, store: TokenStore, secret: str) -> TokenRecord:
+        found = await store.get_by_secret_hash(hash_secret(secret))
+        assert found is not None
+        return found
+
+    async def test_rotate_issues_a_new_secret_and_the_old_one_works_through_the_grace(
+        self, store: TokenStore
+    ) -> None:
+        issued = await store.create_token(body())
+        before = datetime.now(UTC)
+        rotated = await store.rotate_token(issued.id, grace_seconds=3600)
+        after = datetime.now(UTC)
+        assert rotated.id == issued.id and rotated.token != issued.token
+        assert is_well_formed(rotated.token)
+        assert rotated.record.spec == issued.record.spec
+        assert rotated.record.secret is not None
+        assert rotated.record.secret.prefix == secret_prefix(rotated.token)
+        assert rotated.token not in repr(rotated)
+        new = await self._by_secret(store, rotated.token)
+        assert new.state(after) == "active" and new.id == issued.id
+        old = await self._by_secret(store, issued.token)
+        assert old.id == issued.id and old.state(after) == "active"
+        assert old.secret is not None and old.secret.expires_at is not None
+        assert old.secret.prefix == secret_prefix(issued.token)
+        # The database clock may differ from ours by a little; an hour it is.
+        assert before + timedelta(seconds=3590) < old.secret.expires_at
+        assert old.secret.expires_at < after + timedelta(seconds=3610)
+        assert old.state(after + timedelta(seconds=3610)) == "rotated"
+        # Lists show the current secret's prefix.
+        shown = await store.get_token(issued.id)
+        assert shown is not None and shown.secret == rotated.record.secret
+        listed = [r for r in await store.list_tokens() if r.id == issued.id]
+        assert listed[0].secret is not None
+        assert listed[0].secret.prefix == secret_prefix(rotated.token)
+
+    async def test_rotate_with_no_grace_ends_the_old_secret_at_once(
+        self, store: TokenStore
+    ) -> None:
+        issued = await store.create_token(body())
+        rotated = await store.rotate_token(issued.id, grace_seconds=0)
+        await asyncio.sleep(0.01)
+        now = datetime.now(UTC) + timedelta(seconds=1)  # a database clock a little ahead
+        old = await self._by_secret(store, issued.token)
+        assert old.state(now) == "rotated"
+        assert old.secret is not None and old.secret.rotated_at is not None
+        assert (await self._by_secret(store, rotated.token)).state(now) == "active"
+
+    async def test_the_default_grace_is_a_day(self, store: TokenStore) -> None:
+        issued = await store.create_token(body())
+        await store.rotate_token(issued.id)
+        old = await self._by_secret(store, issued.token)
+        now = datetime.now(UTC)
+        assert old.state(now + timedelta(hours=23)) == "active"
+        assert old.state(now + timedelta(hours=24, minutes=1)) == "rotated"
+
+    async def test_rotating_twice_keeps_each_old_secret_until_its_own_end(
+        self, store: TokenStore
+    ) -> None:
+        issued = await store.create_token(body())
+        second = await store.rotate_token(issued.id, grace_seconds=7200)
+        third = await store.rotate_token(issued.id, grace_seconds=60)
+        now = datetime.now(UTC)
+        first_old = await self._by_secret(store, issued.token)
+        second_old = await self._by_secret(store, second.token)
+        assert first_old.state(now + timedelta(seconds=3600)) == "active"
+        assert second_old.state(now + timedelta(seconds=3600)) == "rotated"
+        assert (await self._by_secret(store, third.token)).secret_expired(
+            now + timedelta(days=365)) is False
+
+    async def test_ending_the_grace_early_refuses_every_replaced_secret_now(
+        self, store: TokenStore
+    ) -> None:
+        issued = await store.create_token(body())
+        second = await store.rotate_token(issued.id, grace_seconds=3600)
+        third = await store.rotate_token(issued.id, grace_seconds=3600)
+        record = await store.end_rotation_grace(issued.id)
+        assert record.id == issued.id
+        await asyncio.sleep(0.01)
+        now = datetime.now(UTC) + timedelta(seconds=1)
+        assert (await self._by_secret(store, issued.token)).state(now) == "rotated"
+        assert (await self._by_secret(store, second.token)).state(now) == "rotated"
+        assert (await self._by_secret(store, third.token)).state(now) == "active"
+        await store.end_rotation_grace(issued.id)  # idempotent
+        entries = [e for e in await store.list_audit() if e.action == "token.rotate.expire"]
+        assert [e.detail["secrets_ended"] for e in entries] == [0, 2]
+
+    @pytest.mark.parametrize("grace", [-1, 30 * 86_400 + 1, 1.5, True, "60"])
+    async def test_rotate_refuses_a_grace_that_is_not_0_to_30_days(
+        self, store: TokenStore, grace: Any
+    ) -> None:
+        issued = await store.create_token(body())
+        with pytest.raises(ValueError, match="grace_seconds"):
+            await store.rotate_token(issued.id, grace_seconds=grace)
+        assert (await self._by_secret(store, issued.token)).secret == issued.record.secret
+
+    async def test_a_revoked_token_is_never_rotated_disabled_or_enabled(
+        self, store: TokenStore
+    ) -> None:
+        issued = await store.create_token(body())
+        await store.revoke_token(issued.id)
+        with pytest.raises(TokenStateError, match="revocation is final"):
+            await store.rotate_token(issued.id)
+        with pytest.raises(TokenStateError, match="revocation is final"):
+            await store.enable_token(issued.id)
+        with pytest.raises(TokenStateError, match="revocation is final"):
+            await store.disable_token(issued.id)
+        found = await self._by_secret(store, issued.token)
+        assert found.state(datetime.now(UTC)) == "revoked" and found.disabled_at is None
+
+    async def test_lifecycle_changes_of_an_unknown_id_raise_not_found(
+        self, store: TokenStore
+    ) -> None:
+        for change in (store.rotate_token, store.end_rotation_grace, store.disable_token,
+                       store.enable_token):
+            with pytest.raises(NotFound):
+                await change("tok_nope")
+
+    # -- disable / enable ---------------------------------------------------------------------
+    async def test_disable_and_enable_are_reversible_and_idempotent(
+        self, store: TokenStore
+    ) -> None:
+        issued = await store.create_token(body())
+        disabled = await store.disable_token(issued.id, actor="cli:ana")
+        assert disabled.disabled_at is not None
+        now = datetime.now(UTC)
+        assert disabled.state(now) == "disabled"
+        again = await store.disable_token(issued.id)
+        assert again.disabled_at == disabled.disabled_at  # the first time is kept
+        found = await self._by_secret(store, issued.token)
+        assert found.disabled_at == disabled.disabled_at and found.state(now) == "disabled"
+        enabled = await store.enable_token(issued.id, actor="client-1")
+        assert enabled.disabled_at is None and enabled.state(now) == "active"
+        assert (await store.enable_token(issued.id)).disabled_at is None
+        assert (await self._by_secret(store, issued.token)).state(now) == "active"
+        shown = await store.get_token(issued.id)
+        assert shown is not None and shown.spec == issued.record.spec
+        actions = [(e.action, e.actor, e.detail) for e in await store.list_audit()][:4]
+        assert actions == [
+            ("token.enable", "api", {"already_enabled": True}),
+            ("token.enable", "client-1", {"already_enabled": False}),
+            ("token.disable", "api", {"already_disabled": True}),
+            ("token.disable", "cli:ana", {"already_disabled": False}),
+        ]
+
+    async def test_lifecycle_changes_are_audited_and_announced(self, store: TokenStore) -> None:
+        events: list[ChangeEvent] = []
+        store.subscribe(events.append)
+        await store.open()
+        issued = await store.create_token(body())
+        rotated = await store.rotate_token(issued.id, grace_seconds=60, actor="client-9")
+        await store.end_rotation_grace(issued.id)
+        await store.disable_token(issued.id)
+        await store.enable_token(issued.id)
+        expected = [ChangeEvent("created", issued.id), *[ChangeEvent("updated", issued.id)] * 4]
+        await wait_for(lambda: events[:5] == expected, f"events {expected}")
+        entries = list(await store.list_audit())
+        assert [e.action for e in entries[:4]] == [
+            "token.enable", "token.disable", "token.rotate.expire", "token.rotate",
+        ]
+        rotation = entries[3]
+        assert rotation.actor == "client-9" and rotation.detail["grace_seconds"] == 60
+        assert rotation.detail["prefix"] == secret_prefix(rotated.token)
+        for secret in (issued.token, rotated.token):
+            assert secret not in repr(entries)
+            assert hash_secret(secret) not in repr(entries)
+
     # -- change events and audit ------------------------------------------------------------
     async def test_every_change_notifies_subscribers(self, store: TokenStore) -> None:
         events: list[ChangeEvent] = []
@@ -286,6 +462,20 @@ class StoreContract:
         assert ids == sorted(ids, reverse=True)
         assert issued.token not in repr(entries)
         assert hash_secret(issued.token) not in repr(entries)
+
+    async def test_audit_of_one_token_pages_newest_first(self, store: TokenStore) -> None:
+        a = await store.create_token(body(name="a"))
+        b = await store.create_token(body(name="b"))
+        await store.update_token(a.id, {"name": "a2"})
+        await store.disable_token(b.id)
+        await store.revoke_token(a.id)
+        mine = list(await store.list_audit(token_id=a.id))
+        assert [e.action for e in mine] == ["token.revoke", "token.update", "token.create"]
+        page = list(await store.list_audit(token_id=a.id, limit=1, before=mine[0].id))
+        assert [e.action for e in page] == ["token.update"]
+        assert [e.action for e in await store.list_audit(token_id=b.id)] == [
+            "token.disable", "token.create"]
+        assert list(await store.list_audit(token_id="tok_nope")) == []
 
     async def test_audit_pages_newest_first(self, store: TokenStore) -> None:
         for i in range(5):

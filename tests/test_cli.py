@@ -18,6 +18,7 @@ import jwt
 import pytest
 
 from token_guard.cli import parse_expires
+from token_guard.core.secret import is_well_formed, secret_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,7 @@ CREATE = [
 def test_create_shows_the_secret_once_and_never_again(tmp_path: Path) -> None:
     done = tg(tmp_path, *CREATE)
     assert done.returncode == 0, done.stderr
-    secret = next(w for w in done.stdout.split() if w.startswith("tgk_"))
+    secret = next(w for w in done.stdout.split() if is_well_formed(w))
     assert "only time the token secret is shown" in done.stderr
     token_id = next(w for w in done.stdout.split() if w.startswith("tok_"))
     for args in (["tokens", "list"], ["tokens", "list", "--json"], ["tokens", "show", token_id],
@@ -174,8 +175,8 @@ def test_check_explains_the_decision(
     tmp_path: Path, url: str, origin: str, code: int, says: str
 ) -> None:
     created = tg_json(tmp_path, *CREATE)
-    done = tg(tmp_path, "check", created["token"], "GET", url, "--origin", origin,
-              "--connection", "carto_dw=bigquery")
+    done = tg(tmp_path, "check", "GET", url, "--origin", origin,
+              "--connection", "carto_dw=bigquery", stdin=created["token"] + "\n")
     assert done.returncode == code, done.stdout + done.stderr
     assert says in done.stdout
     assert created["token"] not in done.stdout + done.stderr
@@ -186,12 +187,87 @@ def test_check_explains_the_decision(
 def test_check_of_a_revoked_token_says_revoked(tmp_path: Path) -> None:
     created = tg_json(tmp_path, *CREATE)
     tg(tmp_path, "tokens", "revoke", created["id"])
-    out = tg(tmp_path, "check", created["token"], "GET",
+    out = tg(tmp_path, "check", "GET",
              "/v3/maps/carto_dw/table?name=proj.ds.stores", "--origin", "https://a.example.com",
-             "--json")
+             "--json", stdin=created["token"])
     assert out.returncode == 1
     result = json.loads(out.stdout)
     assert (result["status"], result["code"]) == (401, "revoked_token")
+
+
+def test_check_refuses_a_token_on_the_command_line(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    done = tg(tmp_path, "check", created["token"], "GET", "/v3/maps/carto_dw/table?name=x")
+    assert done.returncode == 2
+    assert "command line" in done.stderr and "TOKEN_GUARD_TOKEN" in done.stderr
+    assert created["token"] not in done.stdout + done.stderr
+
+
+def test_check_reads_the_token_from_the_environment(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    env = {**_env(), "TOKEN_GUARD_TOKEN": created["token"]}
+    done = tg(tmp_path, "check", "GET", "/v3/maps/carto_dw/table?name=proj.ds.stores",
+              "--origin", "https://a.example.com", "--connection", "carto_dw=bigquery",
+              env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ALLOWED" in done.stdout
+
+
+_CONFIG = """
+store = "sqlite:///data/tokens.db"
+
+[connections]
+carto_dw = "bigquery"
+"""
+
+
+@pytest.mark.parametrize(
+    ("grant", "field"),
+    [
+        pytest.param("carto_dwh:proj.ds.stores", "grants[0].connection_name", id="unknown-conn"),
+        pytest.param("carto_dw:stores", "grants[0].source", id="unqualified"),
+    ],
+)
+def test_tokens_create_with_a_config_refuses_grants_the_app_cannot_serve(
+    tmp_path: Path, grant: str, field: str
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "token_guard.toml").write_text(_CONFIG, "utf-8")
+    args = ["tokens", "create", "--config", "token_guard.toml", "--name", "x", "--api", "maps"]
+    done = tg(tmp_path, *args, "--grant", grant)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert field in done.stderr
+    made = tg(tmp_path, *args, "--grant", "carto_dw:proj.ds.stores", "--json")
+    assert made.returncode == 0, made.stderr
+    # the store named in the file (relative to it) got the token, the default one nothing
+    assert (tmp_path / "data" / "tokens.db").exists() and not (tmp_path / "tokens.db").exists()
+    via_env = tg(tmp_path, "tokens", "create", "--name", "y", "--api", "maps", "--grant", grant,
+                 env=_env(TOKEN_GUARD_CONFIG=str(tmp_path / "token_guard.toml")))
+    assert via_env.returncode == 2 and field in via_env.stderr
+
+
+def test_serve_with_a_config_refuses_unservable_grants(tmp_path: Path, free_port: int) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "token_guard.toml").write_text(_CONFIG, "utf-8")
+    client = tg_json(tmp_path, "clients", "create", "--name", "ci", "--store",
+                     "sqlite:///data/tokens.db", "--scope", "write:tokens")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "token_guard.cli", "serve", "--port", str(free_port),
+         "--log-level", "warning", "--config", "token_guard.toml"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for_port(free_port, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{free_port}", timeout=10) as http:
+            access = http.post("/oauth/token", auth=(client["client_id"], client["client_secret"]),
+                               data={"grant_type": "client_credentials"}).json()["access_token"]
+            body = {"name": "x", "allowed_apis": ["maps"],
+                    "grants": [{"connection_name": "elsewhere", "source": "p.d.t"}]}
+            r = http.post("/v3/tokens", json=body, headers={"Authorization": f"Bearer {access}"})
+            assert r.status_code == 400 and r.json()["field"] == "grants[0].connection_name"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[str]) -> None:
@@ -313,3 +389,64 @@ def test_tokens_usage_prints_a_table_and_json(tmp_path: Path) -> None:
                                "refused": {"rate_limited": 2}}]
     bad = tg(tmp_path, "tokens", "usage", created["id"], "--from", "soon")
     assert bad.returncode != 0 and "--from" in bad.stderr
+def test_rotate_disable_enable_from_the_command_line(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    token_id, old = created["id"], created["token"]
+    listed = tg(tmp_path, "tokens", "list")
+    assert secret_prefix(old) + "..." in listed.stdout and old not in listed.stdout
+    done = tg(tmp_path, "tokens", "rotate", token_id, "--grace", "2h")
+    assert done.returncode == 0, done.stderr
+    new = next(w for w in done.stdout.split() if is_well_formed(w))
+    assert new != old and "old secret:  works until" in done.stdout
+    assert "only time the new secret is shown" in done.stderr
+    shown = tg(tmp_path, "tokens", "show", token_id)
+    assert secret_prefix(new) + "..." in shown.stdout and new not in shown.stdout
+    rotated = tg_json(tmp_path, "tokens", "rotate", token_id, "--grace", "0")
+    assert rotated["grace_seconds"] == 0 and rotated["id"] == token_id
+    assert tg_json(tmp_path, "tokens", "end-grace", token_id)["state"] == "active"
+    assert tg_json(tmp_path, "tokens", "disable", token_id)["state"] == "disabled"
+    assert "disabled" in tg(tmp_path, "tokens", "list").stdout
+    assert tg_json(tmp_path, "tokens", "enable", token_id)["state"] == "active"
+    audit = tg(tmp_path, "audit", "--json")
+    for action in ("token.rotate", "token.rotate.expire", "token.disable", "token.enable"):
+        assert action in audit.stdout
+    assert f"cli:{getpass.getuser()}" in audit.stdout
+    assert tg(tmp_path, "tokens", "revoke", token_id).returncode == 0
+    refused = tg(tmp_path, "tokens", "enable", token_id)
+    assert refused.returncode == 1 and "revocation is final" in refused.stderr
+
+
+@pytest.mark.parametrize("grace", ["forever", "-5", "31d", "1y"])
+def test_a_bad_grace_is_a_usage_error(tmp_path: Path, grace: str) -> None:
+    token_id = tg_json(tmp_path, *CREATE)["id"]
+    done = tg(tmp_path, "tokens", "rotate", token_id, "--grace", grace)
+    assert done.returncode == 2 and "--grace" in done.stderr
+
+
+def test_find_names_the_token_of_a_secret_read_from_stdin(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    done = tg(tmp_path, "tokens", "find", stdin=created["token"] + "\n")
+    assert done.returncode == 0, done.stderr
+    assert created["id"] in done.stdout and "the token's current secret" in done.stdout
+    assert created["token"] not in done.stdout
+    tg_json(tmp_path, "tokens", "rotate", created["id"], "--grace", "1h")
+    found = tg(tmp_path, "tokens", "find", "--json", stdin=created["token"])
+    assert json.loads(found.stdout)["secret"]["current"] is False
+    unknown = tg(tmp_path, "tokens", "find", stdin="tgk_" + "0" * 38)
+    assert unknown.returncode == 2 and "no token_guard secret" in unknown.stderr
+
+
+def test_check_in_report_only_mode_says_the_refusal_is_not_enforced(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    url = "/v3/maps/carto_dw/table?name=proj.secret.salaries"
+    done = tg(tmp_path, "check", "GET", url, "--origin", "https://a.example.com",
+              "--report-only", stdin=created["token"])
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("WOULD_REFUSE (403 source_not_granted)")
+    assert "NOT enforced" in done.stdout and "REPORT-ONLY" in done.stderr
+    as_json = tg(tmp_path, "check", "GET", url, "--origin", "https://a.example.com",
+                 "--report-only", "sql", "--json", stdin=created["token"])
+    result = json.loads(as_json.stdout)  # maps is not in report-only: enforced
+    assert (result["decision"], result["enforced"]) == ("denied", True)
+    bad = tg(tmp_path, "check", "GET", url, "--report-only", "ftp", stdin=created["token"])
+    assert bad.returncode == 2 and "report_only" in bad.stderr

@@ -14,6 +14,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,3 +446,62 @@ def test_a_data_dir_holding_other_files_gets_no_gitignore(tmp_path: Path) -> Non
     empty.mkdir()
     keep_out_of_git(empty)
     assert (empty / ".gitignore").read_text().splitlines()[-1] == "*"
+
+
+# --- the CLI decides as the demo's API does, from the demo's own configuration -------------
+
+
+@pytest.mark.parametrize(
+    ("plan", "path", "params"),
+    [
+        pytest.param("full", "/v3/sql/demo/query",
+                     {"q": "SELECT name, revenue FROM stores ORDER BY revenue DESC LIMIT 3"},
+                     id="allowed-query"),
+        pytest.param("maps_stores", "/v3/maps/demo/table", {"name": "stores"},
+                     id="allowed-table"),
+        pytest.param("maps_stores", "/v3/sql/demo/query", {"q": "SELECT 1"}, id="api"),
+        pytest.param("maps_stores", "/v3/maps/demo/table", {"name": "customers"}, id="source"),
+        pytest.param("revoked", "/v3/sql/demo/query", {"q": "SELECT 1"}, id="revoked"),
+    ],
+)
+def test_check_with_the_demos_config_decides_as_its_api(
+    demo: DemoProcess, plan: str, path: str, params: dict[str, str]
+) -> None:
+    from tests.test_cli import _env
+
+    secrets = read_secrets(demo.data_dir / SECRETS_FILE)
+    assert secrets is not None
+    token = secrets.tokens[plan].token
+    served = httpx.get(demo.url + path, params=params,
+                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    url = str(httpx.URL(demo.url + path, params=params))
+    done = subprocess.run(
+        [sys.executable, "-m", "token_guard.cli", "check", "--json", "--config",
+         str(demo.data_dir / "token_guard.toml"), "GET", url],
+        input=token + "\n", capture_output=True, text=True, timeout=60, env=_env(),
+        cwd=demo.data_dir.parent, check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    decided = json.loads(done.stdout)
+    if served.status_code == 200:
+        assert decided["decision"] == "allowed", decided
+    else:
+        assert (decided["status"], decided["code"]) == (served.status_code,
+                                                       served.json()["code"]), decided
+    assert token not in done.stdout + done.stderr
+
+
+def test_check_without_a_config_still_assumes_bigquery_and_says_so(demo: DemoProcess) -> None:
+    from tests.test_cli import _env
+
+    secrets = read_secrets(demo.data_dir / SECRETS_FILE)
+    assert secrets is not None
+    url = f"{demo.url}/v3/maps/demo/table?name=stores"
+    done = subprocess.run(
+        [sys.executable, "-m", "token_guard.cli", "check", "--store",
+         str(demo.data_dir / TOKENS_DB), "GET", url],
+        input=secrets.tokens["maps_stores"].token, capture_output=True, text=True,
+        timeout=60, env=_env(), check=False,
+    )
+    assert "DENIED" in done.stdout and "assumed to be BigQuery" in done.stderr
+    assert "--config" in done.stderr

@@ -12,6 +12,7 @@ import asyncio
 import html.parser
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tests.servers import ServerThread, serve
 from tests.services import service_missing
 from token_guard.adapters.asgi import TokenGuard
+from token_guard.config import Settings
+from token_guard.core.connections import normalize_connections
 from token_guard.core.errors import InvalidTokenSpec
+from token_guard.core.secret import is_well_formed, secret_prefix
 from token_guard.core.spec import parse_token_spec
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.management import (
@@ -113,7 +117,11 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def site(tmp_path: Path, demo_dir: Path) -> Iterator[Served]:
     """The composed site under a real uvicorn, over a fresh SQLite store."""
     store = SQLiteStore(str(tmp_path / "tokens.db"))
-    management = create_management_app(store, issuer=ISSUER, audience=AUDIENCE)
+    # With the app's configuration: grants are checked and the page offers the connections.
+    management = create_management_app(
+        store, issuer=ISSUER, audience=AUDIENCE,
+        config=Settings(connections=normalize_connections(CONNECTIONS)),
+    )
     inner: Any = build_app(demo_dir)
     guarded = TokenGuard(inner, store=store, connections=CONNECTIONS)
     with serve(Site(management, guarded)) as server:
@@ -565,6 +573,28 @@ def test_a_bad_form_shows_the_api_message_beside_the_field(
     assert tab.csp_errors == []
 
 
+def test_the_form_offers_the_configured_connections_and_shows_an_unknown_one(
+    tab: Tab, site: Served
+) -> None:
+    page = tab.page
+    _sign_in(page, site)
+    page.get_by_role("link", name="Create token").first.click()
+    options = page.locator("#known-connections option")
+    expect(options).to_have_count(1)
+    assert options.first.get_attribute("value") == "demo"
+    conn = page.get_by_label("Connection, grant 1")
+    assert conn.get_attribute("list") == "known-connections"
+    page.get_by_label("Name").fill("typo")
+    page.get_by_label("SQL").check()
+    conn.fill("dmo")
+    page.get_by_label("Source, grant 1").fill("stores")
+    page.get_by_role("button", name="Create token").click()
+    expect(page.locator("#grant-rows .grant-error").first).to_contain_text(
+        "unknown connection 'dmo'")
+    assert site.server.call(lambda: site.store.list_tokens(limit=10)) == []
+    assert tab.csp_errors == []
+
+
 def test_field_error_clears_and_the_corrected_form_creates(tab: Tab, site: Served) -> None:
     page = tab.page
     _sign_in(page, site)
@@ -751,3 +781,280 @@ def test_a_token_without_requests_says_so(tab: Tab, site: Served) -> None:
     page.locator("#token-rows a.name", has_text="quiet").click()
     expect(page.locator("#usage-summary")).to_have_text("No requests in the last 30 days.")
     assert page.locator("#usage-chart rect").count() == 0
+# --- the token lifecycle: rotate, end the grace, disable, enable ---------------------------
+# End to end against the running API and the guarded demo API; screenshots go to the test's
+# temporary directory, not the repository.
+LIFECYCLE_TOKEN = {"name": "lifecycle token", "allowed_apis": ["sql"], "referers": [],
+         "grants": [{"connection_name": "demo", "source": "stores"}]}
+
+
+def _tmp_shot(page: Page, shots: Path, name: str) -> None:
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+
+def _until(site: Served, secret: str, status: int) -> httpx.Response:
+    """The demo API's answer for ``secret`` once it is ``status`` (bounded wait)."""
+    deadline = time.monotonic() + 10
+    while True:
+        answer = _demo_query(site, secret)
+        if answer.status_code == status or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
+def _issue(site: Served) -> tuple[str, str]:
+    async def go() -> tuple[str, str]:
+        issued = await site.store.create_token(LIFECYCLE_TOKEN, actor="test")
+        return issued.id, issued.token
+
+    return site.server.call(go)
+
+
+def test_rotate_then_end_the_grace_and_the_old_secret_is_refused(
+    tab: Tab, site: Served, tmp_path: Path
+) -> None:
+    token_id, old = _issue(site)
+    assert _until(site, old, 200).status_code == 200
+    page = tab.page
+    shots = tmp_path / "shots"
+    _sign_in(page, site)
+    row = page.locator(f"#token-rows tr[data-token-id='{token_id}']")
+    expect(row).to_contain_text(secret_prefix(old))
+    row.get_by_role("link", name="lifecycle token").click()
+    expect(page.get_by_role("heading", name="Token: lifecycle token")).to_be_visible()
+    expect(page.locator("#detail-fields")).to_contain_text(secret_prefix(old))
+    _tmp_shot(page, shots, "01-detail")
+
+    page.get_by_label("After a rotation, the old secret keeps working for").select_option("3600")
+    page.get_by_role("button", name="Rotate secret").click()
+    box = page.locator("#rotated-box")
+    expect(box).to_be_visible()
+    new = page.get_by_label("New secret").input_value()
+    assert is_well_formed(new) and new != old
+    expect(page.locator("#detail-fields")).to_contain_text(secret_prefix(new))
+    page.get_by_role("button", name="Copy new secret").click()
+    expect(page.locator("#rotated-copy-status")).to_have_text("Copied to the clipboard.")
+    assert page.evaluate("navigator.clipboard.readText()") == new
+    _tmp_shot(page, shots, "02-rotated")
+    # Both secrets work during the grace period.
+    assert _until(site, new, 200).status_code == 200
+    assert _until(site, old, 200).status_code == 200
+
+    page.get_by_role("button", name="End grace period now").click()
+    expect(page.locator("#status")).to_contain_text("grace period")
+    refused = _until(site, old, 401)
+    assert refused.status_code == 401 and refused.json()["code"] == "token_rotated"
+    assert _until(site, new, 200).status_code == 200
+    _tmp_shot(page, shots, "03-grace-ended")
+
+    # The new secret leaves the page with the view.
+    page.get_by_role("link", name="All tokens").click()
+    expect(page.get_by_role("heading", name="API access tokens")).to_be_visible()
+    assert new not in page.content()
+    assert tab.csp_errors == [] and tab.alerts == []
+
+
+def test_disable_refuses_and_enable_accepts_again(
+    tab: Tab, site: Served, tmp_path: Path
+) -> None:
+    token_id, secret = _issue(site)
+    page = tab.page
+    shots = tmp_path / "shots"
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#token/{token_id}")
+    expect(page.get_by_role("heading", name="Token: lifecycle token")).to_be_visible()
+    assert _until(site, secret, 200).status_code == 200
+
+    page.get_by_role("button", name="Disable token").click()
+    expect(page.locator("#detail-fields")).to_contain_text("disabled")
+    expect(page.get_by_role("button", name="Enable token")).to_be_focused()
+    expect(page.get_by_role("button", name="Disable token")).to_be_hidden()
+    refused = _until(site, secret, 401)
+    assert refused.json()["code"] == "token_disabled" and secret not in refused.text
+    _tmp_shot(page, shots, "04-disabled")
+
+    page.get_by_role("link", name="All tokens").click()
+    row = page.locator(f"#token-rows tr[data-token-id='{token_id}']")
+    expect(row).to_contain_text("disabled")
+    expect(row.get_by_role("button", name="Revoke lifecycle token")).to_be_visible()
+    row.get_by_role("link", name="lifecycle token").click()
+
+    page.get_by_role("button", name="Enable token").click()
+    expect(page.locator("#detail-fields")).to_contain_text("active")
+    assert _until(site, secret, 200).status_code == 200
+    _tmp_shot(page, shots, "05-enabled")
+    assert tab.csp_errors == [] and tab.alerts == []
+
+
+# --- the token list fits its container: no action is clipped --------------------------------
+_CLIPPED_ACTIONS = """() => {
+  const wrap = document.querySelector('#view-tokens .table-wrap').getBoundingClientRect();
+  const out = [];
+  for (const b of document.querySelectorAll('#token-rows button, #token-rows a')) {
+    const r = b.getBoundingClientRect();
+    if (r.left < wrap.left - 0.5 || r.right > wrap.right + 0.5
+        || r.right > document.documentElement.clientWidth + 0.5) {
+      out.push(`${b.textContent.trim()} ${Math.round(r.left)}-${Math.round(r.right)}`
+               + ` outside ${Math.round(wrap.left)}-${Math.round(wrap.right)}`);
+    }
+  }
+  const box = document.querySelector('#view-tokens .table-wrap');
+  if (box.scrollWidth > box.clientWidth + 1) {
+    out.push(`table ${box.scrollWidth} > ${box.clientWidth}`);
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 1440, 1920, 390])
+def test_no_action_in_the_token_list_is_clipped(
+    browser: Browser, site: Served, width: int, tmp_path: Path
+) -> None:
+    long_grants = [{"connection_name": "carto_dw_production_warehouse",
+                    "source": f"carto-demo-data.demo_tables.retail_stores_in_region_{i}"}
+                   for i in range(3)]
+    site.seed({"name": "storefront map for the public website of the retail chain",
+               "allowed_apis": ["maps", "sql"], "grants": long_grants,
+               "referers": ["https://*.storefront.example.com", "http://localhost:*",
+                            "https://staging.storefront.example.com"]})
+    site.seed({"name": "geocoder", "allowed_apis": ["lds"]})
+    opened = _open_tab(browser, site, width=width, height=900)
+    try:
+        _sign_in(opened.page, site)
+        expect(opened.page.locator("#token-rows tr")).to_have_count(2)
+        _tmp_shot(opened.page, tmp_path, f"list-{width}")
+        assert opened.page.evaluate(_CLIPPED_ACTIONS) == []
+        assert opened.page.evaluate("document.documentElement.scrollWidth") <= width
+    finally:
+        opened.context.close()
+
+
+# --- edit, expiration presets, snippets -----------------------------------------------------
+def test_edit_a_token_and_the_guard_follows_the_new_grants(tab: Tab, site: Served) -> None:
+    token_id, secret = _issue(site)
+    assert _until(site, secret, 200).status_code == 200
+    page = tab.page
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#token/{token_id}")
+    page.get_by_role("link", name="Edit token").click()
+    expect(page.get_by_role("heading", name="Edit token: lifecycle token")).to_be_visible()
+    expect(page.get_by_label("Name")).to_have_value("lifecycle token")
+    expect(page.get_by_label("SQL")).to_be_checked()
+    expect(page.get_by_label("Source, grant 1")).to_have_value("stores")
+    expect(page.get_by_label("Expiration (optional)")).to_be_hidden()  # set only at creation
+    page.get_by_label("Name").fill("renamed token")
+    page.get_by_label("Source, grant 1").fill("cities")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_role("heading", name="Token: renamed token")).to_be_visible()
+    expect(page.locator("#detail-grants")).to_contain_text("cities")
+    expect(page.locator("#status")).to_contain_text("saved")
+    # The guard refuses the old grant and serves the new one (the update evicted its cache).
+    assert _demo_query(site, secret).status_code == 403
+    assert _demo_query(site, secret, "SELECT name FROM cities").status_code == 200
+    # A bad edit shows the API's message beside the field, and changes nothing.
+    page.get_by_role("link", name="Edit token").click()
+    page.get_by_label("Source, grant 1").fill("proj.*")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#create-form .grant-error").first).to_contain_text("two segments")
+    assert tab.csp_errors == [] and tab.alerts == []
+
+
+def test_expiration_presets_fill_the_date(tab: Tab, site: Served) -> None:
+    page = tab.page
+    _sign_in(page, site)
+    page.get_by_role("link", name="Create token").first.click()
+    page.get_by_role("button", name="In 90 days").click()
+    value = page.get_by_label("Expiration (optional)").input_value()
+    expected = page.evaluate("new Date(Date.now() + 90 * 86400000).toISOString().slice(0, 10)")
+    assert value.startswith(expected)
+    page.get_by_role("button", name="In 30 days").click()
+    thirty = page.get_by_label("Expiration (optional)").input_value()
+    assert thirty < value
+    page.get_by_label("Name").fill("thirty days")
+    page.get_by_label("LDS").check()
+    page.get_by_role("button", name="Create token").click()
+    expect(page.get_by_role("heading", name="Token created: copy it now")).to_be_visible()
+    page.get_by_role("button", name="I have copied it").click()
+    row = page.locator("#token-rows tr", has_text="thirty days")
+    expect(row.locator("td[data-label='Expires'] time")).to_have_count(1)
+    page.get_by_role("link", name="Create token").first.click()
+    page.get_by_role("button", name="In 30 days").click()
+    page.get_by_role("button", name="Never").click()
+    assert page.get_by_label("Expiration (optional)").input_value() == ""
+
+
+def test_the_snippets_call_the_api_and_never_hold_the_secret(tab: Tab, site: Served) -> None:
+    token_id, secret = _issue(site)
+    page = tab.page
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#token/{token_id}")
+    curl = page.locator("#snippet-curl")
+    expect(curl).to_contain_text('-H "Authorization: Bearer $TOKEN"')
+    expect(curl).to_contain_text(f"{site.url}/v3/sql/demo/query?q=")
+    expect(page.locator("#snippet-js")).to_contain_text('tableName: "stores"')
+    expect(page.locator("#snippet-js")).to_contain_text("process.env.TOKEN")
+    assert secret not in page.content()
+    page.get_by_role("button", name="Copy curl").click()
+    expect(page.locator("#snippet-copy-status")).to_have_text("Copied to the clipboard.")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    # The copied command works as written, with TOKEN set.
+    url = copied.split('"')[-2]
+    answer = httpx.get(url, headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
+def test_the_token_history_shows_each_lifecycle_change(tab: Tab, site: Served) -> None:
+    token_id, _ = _issue(site)
+    page = tab.page
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#token/{token_id}")
+    history = page.locator("#history-entries li")
+    expect(history).to_have_count(1)
+    expect(history.first).to_contain_text("created")
+    page.get_by_role("button", name="Disable token").click()
+    expect(history).to_have_count(2)
+    page.get_by_role("button", name="Enable token").click()
+    page.get_by_role("button", name="Rotate secret").click()
+    expect(history).to_have_count(4)
+    expect(history.nth(0)).to_contain_text("secret rotated")
+    expect(history.nth(1)).to_contain_text("enabled")
+    expect(history.nth(2)).to_contain_text(f"disabled by {site.client_id}")
+    expect(history.nth(3)).to_contain_text("created by test")
+
+
+def test_every_server_error_of_a_form_is_shown_at_once_beside_its_field(
+    tab: Tab, site: Served
+) -> None:
+    page = tab.page
+    _sign_in(page, site)
+    page.goto(f"{site.url}/developers#new")
+    page.get_by_label("Imports").check()
+    page.get_by_label("SQL").check()
+    page.get_by_label("Connection, grant 1").fill("demo")
+    page.get_by_label("Source, grant 1").fill("stores")
+    page.get_by_role("button", name="Add grant").click()
+    page.get_by_label("Connection, grant 2").fill("demo")
+    page.get_by_label("Source, grant 2").fill("proj.*")
+    page.get_by_label("Referers (websites)").fill("https://ok.example.com\nnot a url")
+    page.get_by_role("button", name="Create token").click()
+    expect(page.locator("#apis-error")).to_contain_text("imports")
+    expect(page.locator("#grant-rows li").nth(1).locator(".grant-error")).to_contain_text(
+        "two segments")
+    expect(page.locator("#referers-error")).to_contain_text("Line 2: ")
+    expect(page.locator("#apis input").first).to_be_focused()  # the first marked field
+    assert page.locator("#create-form [aria-invalid='true']").count() >= 3
+    assert site.server.call(lambda: site.store.list_tokens(limit=10)) == []
+
+
+def test_the_configured_connections_win_over_those_tokens_use(tab: Tab, site: Served) -> None:
+    # The site is configured with the demo connection only; a token naming another (made
+    # behind the API's back) must not add it to what the form offers.
+    site.seed({"name": "a", "allowed_apis": ["sql"],
+               "grants": [{"connection_name": "carto_dw", "source": "p.d.t"}]})
+    page = tab.page
+    _sign_in(page, site)
+    expect(page.locator("#token-rows tr")).to_have_count(1)
+    options = page.locator("#known-connections option")
+    expect(options).to_have_count(1)
+    assert options.first.get_attribute("value") == "demo"

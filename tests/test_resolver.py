@@ -29,6 +29,8 @@ from token_guard.core.decision import (
     MALFORMED_TOKEN,
     REVOKED_TOKEN,
     STORE_UNAVAILABLE,
+    TOKEN_DISABLED,
+    TOKEN_ROTATED,
     Denial,
 )
 from token_guard.core.errors import ConfigurationError
@@ -566,3 +568,99 @@ async def test_cached_token_is_reread_while_the_change_feed_is_down() -> None:
     await store.revoke_token(issued.id)
     assert isinstance(await resolver.resolve(issued.token), Denial)
     await resolver.close()
+
+
+# -- the token lifecycle: rotation and disabling --------------------------------------------
+async def test_a_replaced_secret_works_through_its_grace_then_is_refused_as_rotated() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    clock = Clock()
+    resolver = make(store, clock, ttl=60.0)
+    assert await resolver.resolve(issued.token) == issued.record
+    rotated = await store.rotate_token(issued.id, grace_seconds=1)
+    assert resolver.lookup(issued.token) is None  # the rotation evicted it
+    old = await resolver.resolve(issued.token)
+    assert isinstance(old, TokenRecord) and old.id == issued.id
+    assert resolver.lookup(issued.token) is not None  # cached, but only until the grace ends
+    await asyncio.sleep(1.1)
+    clock.now += 1.1
+    assert resolver.lookup(issued.token) is None  # not fresh past the secret's end
+    refused = await resolver.resolve(issued.token)
+    assert is_denial(refused, TOKEN_ROTATED)
+    assert isinstance(refused, Denial) and refused.status == 401
+    assert "replaced by a rotation on 20" in refused.hint and "new secret" in refused.hint
+    assert issued.token not in refused.hint + refused.message
+    new = await resolver.resolve(rotated.token)
+    assert isinstance(new, TokenRecord) and new.id == issued.id
+    await resolver.close()
+
+
+async def test_a_replaced_secret_is_never_served_stale_past_its_grace() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    clock = Clock()
+    resolver = make(store, clock, ttl=60.0, stale_window=300.0)
+    await store.rotate_token(issued.id, grace_seconds=1)
+    assert isinstance(await resolver.resolve(issued.token), TokenRecord)
+    await store.close()  # the store is down: only the cache could answer
+    await asyncio.sleep(1.1)
+    clock.now += 1.1
+    assert is_denial(await resolver.resolve(issued.token), STORE_UNAVAILABLE)
+    assert resolver.stats()["stale_served"] == 0
+    await resolver.close()
+
+
+async def test_ending_the_grace_early_evicts_the_replaced_secret_at_once() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    await store.rotate_token(issued.id, grace_seconds=3600)
+    assert isinstance(await resolver.resolve(issued.token), TokenRecord)
+    assert resolver.lookup(issued.token) is not None
+    await store.end_rotation_grace(issued.id)
+    assert resolver.lookup(issued.token) is None
+    assert is_denial(await resolver.resolve(issued.token), TOKEN_ROTATED)
+    await resolver.close()
+
+
+async def test_a_disabled_token_is_refused_until_it_is_enabled() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    assert await resolver.resolve(issued.token) == issued.record
+    await store.disable_token(issued.id)
+    refused = await resolver.resolve(issued.token)
+    assert is_denial(refused, TOKEN_DISABLED)
+    assert isinstance(refused, Denial) and refused.status == 401 and "enable" in refused.hint
+    assert resolver.lookup(issued.token) == refused  # cached negatively, indexed by id
+    await store.enable_token(issued.id)
+    assert resolver.lookup(issued.token) is None  # the enable evicted the refusal
+    assert isinstance(await resolver.resolve(issued.token), TokenRecord)
+    await resolver.close()
+
+
+async def test_lifecycle_changes_by_another_sqlite_instance_reach_this_cache(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shared.db"
+    mine = SQLiteStore(path, poll_interval=0.1)
+    other = SQLiteStore(path, poll_interval=0.1)
+    issued = await mine.create_token(body())
+    resolver = make(mine)
+    assert isinstance(await resolver.resolve(issued.token), TokenRecord)
+    await other.disable_token(issued.id)
+    await wait_for(lambda: resolver.lookup(issued.token) is None, "the disable's eviction")
+    assert is_denial(await resolver.resolve(issued.token), TOKEN_DISABLED)
+    await other.enable_token(issued.id)
+    await wait_for(lambda: resolver.lookup(issued.token) is None, "the enable's eviction")
+    assert isinstance(await resolver.resolve(issued.token), TokenRecord)
+    rotated = await other.rotate_token(issued.id, grace_seconds=3600)
+    await wait_for(lambda: resolver.lookup(issued.token) is None, "the rotation's eviction")
+    assert isinstance(await resolver.resolve(issued.token), TokenRecord)
+    await other.end_rotation_grace(issued.id)
+    await wait_for(lambda: resolver.lookup(issued.token) is None, "the early end's eviction")
+    assert is_denial(await resolver.resolve(issued.token), TOKEN_ROTATED)
+    assert isinstance(await resolver.resolve(rotated.token), TokenRecord)
+    await resolver.close()
+    await mine.close()
+    await other.close()

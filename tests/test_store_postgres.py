@@ -21,10 +21,12 @@ from psycopg import sql
 
 from tests.store_contract import EVENT_WAIT, StoredBodyContract, wait_for
 from tests.tokens import body
+from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError, StoreError, StoreUnavailable
-from token_guard.core.records import ChangeEvent
+from token_guard.core.records import ChangeEvent, TokenRecord
 from token_guard.core.secret import hash_secret, new_secret
 from token_guard.core.spec import parse_token_spec
+from token_guard.resolver import Resolver
 from token_guard.stores.base import TokenStore
 from token_guard.stores.postgres import (
     POSTGRES_MIGRATIONS,
@@ -166,7 +168,9 @@ async def test_lookup_by_hash_is_backed_by_a_unique_index(postgres_dsn: str, sch
         )
     unique_on_hash = [d for unique, d in rows if unique and "(secret_hash)" in d]
     assert len(unique_on_hash) == 1, rows
-    assert [c for c, _ in columns] == ["id", "created_at", "revoked_at", "last_used_at", "body"]
+    assert [c for c, _ in columns] == [
+        "id", "created_at", "revoked_at", "last_used_at", "body", "disabled_at"
+    ]
     assert dict(columns)["body"] == "jsonb"
 
 
@@ -374,3 +378,32 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(
 def test_repr_names_host_and_schema_but_never_the_password() -> None:
     store = PostgresStore("postgresql://u:hunter2secret@db.internal:6432/x", schema="tg")
     assert repr(store) == "PostgresStore('db.internal:6432', schema='tg')"
+
+
+async def test_lifecycle_changes_on_one_instance_evict_the_other_instances_cache(
+    postgres_dsn: str, schema: str
+) -> None:
+    async with (
+        PostgresStore(postgres_dsn, schema=schema) as mine,
+        PostgresStore(postgres_dsn, schema=schema) as other,
+    ):
+        assert await mine.wait_feed_ready(EVENT_WAIT) and await other.wait_feed_ready(EVENT_WAIT)
+        issued = await mine.create_token(body())
+        resolver: Resolver[TokenRecord] = Resolver(mine, lambda r: r)
+        await resolver.start()
+        assert isinstance(await resolver.resolve(issued.token), TokenRecord)
+        rotated = await other.rotate_token(issued.id, grace_seconds=3600)
+        await wait_for(lambda: resolver.lookup(issued.token) is None, "the rotation's eviction")
+        assert isinstance(await resolver.resolve(issued.token), TokenRecord)  # in its grace
+        await other.end_rotation_grace(issued.id)
+        await wait_for(lambda: resolver.lookup(issued.token) is None, "the early end's eviction")
+        refused = await resolver.resolve(issued.token)
+        assert isinstance(refused, Denial) and refused.code == "token_rotated"
+        await other.disable_token(issued.id)
+        await wait_for(lambda: resolver.lookup(rotated.token) is None, "the disable's eviction")
+        refused = await resolver.resolve(rotated.token)
+        assert isinstance(refused, Denial) and refused.code == "token_disabled"
+        await other.enable_token(issued.id)
+        await wait_for(lambda: resolver.lookup(rotated.token) is None, "the enable's eviction")
+        assert isinstance(await resolver.resolve(rotated.token), TokenRecord)
+        await resolver.close()

@@ -12,6 +12,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,20 +99,26 @@ async def test_an_unreadable_token_is_logged_by_id_and_absent_in_every_read(
         await store.revoke_token(bad.id)  # revoked first, so it can never stay active
 
 
-async def test_a_secret_hash_past_its_expiry_authenticates_nothing(sql_store: SqlStore) -> None:
-    # What secret rotation will rely on: the old hash keeps working until expires_at.
+async def test_a_secret_hash_past_its_expiry_is_found_marked_rotated(sql_store: SqlStore) -> None:
+    # What secret rotation relies on: the old hash works until expires_at, then the record
+    # it finds says so (state "rotated"), so the guard refuses it with its own code.
     store = sql_store.store
     issued = await store.create_token(body())
     by_hash = hash_secret(issued.token)
+    now = datetime.now(UTC)
     await sql_store.corrupt(
         "token_secrets", "expires_at", "2999-01-01T00:00:00.000000Z", "token_id", issued.id
     )
-    assert await store.get_by_secret_hash(by_hash) == issued.record
+    found = await store.get_by_secret_hash(by_hash)
+    assert found is not None and found.state(now) == "active"
     await sql_store.corrupt(
         "token_secrets", "expires_at", "2000-01-01T00:00:00.000000Z", "token_id", issued.id
     )
-    assert await store.get_by_secret_hash(by_hash) is None
-    assert await store.get_token(issued.id) == issued.record  # the token itself is still there
+    found = await store.get_by_secret_hash(by_hash)
+    assert found is not None and found.id == issued.id
+    assert found.state(now) == "rotated" and found.secret_expired(now)
+    assert found.secret is not None
+    assert found.secret.expires_at == datetime(2000, 1, 1, tzinfo=UTC)
 
 
 async def test_an_unreadable_oauth_client_is_logged_by_id_and_unknown(

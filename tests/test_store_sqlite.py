@@ -114,7 +114,7 @@ async def test_open_creates_the_schema_in_wal_mode_at_the_latest_version(tmp_pat
         ).fetchall()
         columns = [row[1] for row in conn.execute("PRAGMA table_info(tokens)")]
     assert "USING INDEX" in " ".join(str(row) for row in plan)
-    assert columns == ["id", "body", "created_at", "revoked_at", "last_used_at"]
+    assert columns == ["id", "body", "created_at", "revoked_at", "last_used_at", "disabled_at"]
 
 
 @pytest.mark.parametrize("old_version", [1, 2])

@@ -512,3 +512,97 @@ async def test_usage_endpoint_reports_hours_and_days_and_checks_its_parameters(
     r = await api.http.get("/v3/tokens/tok_nope/usage", headers=_bearer(token))
     assert r.status_code == 404
     assert "/v3/tokens/{token_id}/usage" in (await api.http.get("/openapi.json")).json()["paths"]
+async def test_an_invalid_body_lists_every_field_error_at_once(api: _Api) -> None:
+    token, _ = await api.token_for([WRITE_SCOPE])
+    bad = {"name": 7, "allowed_apis": ["maps", "ftp"], "referers": ["nope"],
+           "grants": [{"connection_name": "c", "source": "a.b.c"},
+                      {"connection_name": "c", "source": "proj.*"}]}
+    r = await api.http.post("/v3/tokens", json=bad, headers=_bearer(token))
+    assert r.status_code == 400 and r.json()["code"] == "invalid_token_spec"
+    fields = [e["field"] for e in r.json()["errors"]]
+    assert r.json()["field"] in fields
+    assert set(fields) == {"name", "allowed_apis", "referers[0]", "grants[1].source"}
+    issued = await api.store.create_token(BODY)
+    r = await api.http.patch(f"/v3/tokens/{issued.id}", headers=_bearer(token),
+                             json={"name": 1, "expiration_date": "2030-01-01T00:00:00Z"})
+    assert {e["field"] for e in r.json()["errors"]} == {"name", "expiration_date"}
+
+
+# -- grants checked against the app's configuration ------------------------------------------
+
+_CONFIGURED = """
+[connections]
+carto_dw = "bigquery"
+demo = "sqlite"
+"""
+
+
+@pytest.fixture
+async def configured_api(tmp_path: Path) -> AsyncIterator[_Api]:
+    config = tmp_path / "token_guard.toml"
+    config.write_text(_CONFIGURED, "utf-8")
+    store = MemoryStore()
+    app = create_management_app(store, issuer=ISSUER, audience=AUDIENCE, config=config)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tg") as http:
+        yield _Api(http, store)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("grants", "field", "says"),
+    [
+        pytest.param([{"connection_name": "carto_dwh", "source": "p.d.t"}],
+                     "grants[0].connection_name", "did you mean 'carto_dw'", id="unknown-conn"),
+        pytest.param([{"connection_name": "carto_dw", "source": "p.d.t"},
+                      {"connection_name": "carto_dw", "source": "stores"}],
+                     "grants[1].source", "not fully qualified", id="unqualified"),
+        pytest.param([{"connection_name": "carto_dw", "source": "SELECT * FROM"}],
+                     "grants[0].source", "does not parse", id="bad-query"),
+        pytest.param([{"connection_name": "demo", "source": "a.b.c"}],
+                     "grants[0].source", "sqlite", id="too-deep-for-sqlite"),
+    ],
+)
+async def test_a_grant_the_app_cannot_serve_is_refused_at_creation(
+    configured_api: _Api, grants: list[dict[str, str]], field: str, says: str
+) -> None:
+    token, _ = await configured_api.token_for([READ_SCOPE, WRITE_SCOPE])
+    r = await configured_api.http.post("/v3/tokens", json={**BODY, "grants": grants},
+                                       headers=_bearer(token))
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field and says in r.json()["error"], r.json()
+    assert await configured_api.store.list_tokens() == []
+    # ... and on update
+    issued = await configured_api.store.create_token(BODY)
+    r = await configured_api.http.patch(f"/v3/tokens/{issued.id}", json={"grants": grants},
+                                        headers=_bearer(token))
+    assert r.status_code == 400 and r.json()["field"] == field, r.text
+
+
+@pytest.mark.anyio
+async def test_servable_grants_are_created_with_a_config(configured_api: _Api) -> None:
+    token, _ = await configured_api.token_for([READ_SCOPE, WRITE_SCOPE])
+    body = {**BODY, "grants": [*BODY["grants"], {"connection_name": "demo", "source": "stores"}]}
+    r = await configured_api.http.post("/v3/tokens", json=body, headers=_bearer(token))
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.anyio
+async def test_without_a_config_any_connection_is_accepted_as_before(api: _Api) -> None:
+    token, _ = await api.token_for([READ_SCOPE, WRITE_SCOPE])
+    body = {**BODY, "grants": [{"connection_name": "nowhere", "source": "stores"}]}
+    r = await api.http.post("/v3/tokens", json=body, headers=_bearer(token))
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.anyio
+async def test_openapi_lists_the_configured_connections(configured_api: _Api,
+                                                        api: _Api) -> None:
+    def names(doc: dict[str, Any], schema: str) -> Any:
+        grant = doc["components"]["schemas"][schema]["properties"]["grants"]["items"]
+        return grant["properties"]["connection_name"].get("enum")
+
+    doc = (await configured_api.http.get("/openapi.json")).json()
+    assert names(doc, "TokenCreate") == ["carto_dw", "demo"]
+    assert names(doc, "TokenUpdate") == ["carto_dw", "demo"]
+    assert names((await api.http.get("/openapi.json")).json(), "TokenCreate") is None

@@ -418,10 +418,14 @@ def test_expiry_takes_effect_on_a_cached_token(targets: list[Target]) -> None:
 
 
 class DownStore(MemoryStore):
-    """A store that cannot answer a lookup."""
+    """A store that cannot answer a lookup once ``down`` (it answers the start-up probe)."""
+
+    down = False
 
     async def get_by_secret_hash(self, secret_hash: str) -> tg.TokenRecord | None:
-        raise tg.StoreUnavailable("the store is down")
+        if self.down:
+            raise tg.StoreUnavailable("the store is down")
+        return await super().get_by_secret_hash(secret_hash)
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -429,6 +433,7 @@ def test_store_down_uncached_token_is_503(adapter: str) -> None:
     store = DownStore()
     with serve_guarded(adapter, store) as (port, call):
         issued = call(lambda: store.create_token(FULL))
+        store.down = True
         reply = send(port, "GET", TABLE, bearer(issued.token))
         assert (reply.status, reply.json()["code"]) == (503, "store_unavailable")
         assert reply.json()["error"] and reply.headers["cache-control"] == "no-store"
@@ -454,6 +459,7 @@ def test_concurrent_cache_misses_share_one_store_lookup(adapter: str) -> None:
     store = CountingStore(delay=0.3)
     with serve_guarded(adapter, store) as (port, call):
         token = call(lambda: store.create_token(FULL)).token
+        store.lookups = 0  # the ASGI guard read the store once at start-up (its probe)
         statuses: list[int] = []
         barrier = threading.Barrier(12)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
+from token_guard.config import Settings, load_config
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import (
@@ -21,6 +22,7 @@ from token_guard.core.errors import (
     StoreError,
     StoreUnavailable,
     TokenGuardError,
+    TokenStateError,
 )
 from token_guard.core.facts import RequestFacts, Source
 from token_guard.core.records import IssuedToken, TokenRecord
@@ -28,6 +30,7 @@ from token_guard.core.routes import Route, SqlParam
 from token_guard.core.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.guard import DecisionEvent
 from token_guard.limiters import MemoryLimiter, RedisLimiter
+from token_guard.report_only import ReportOnlyWarning
 from token_guard.resolver import CacheSettings
 from token_guard.stores import MemoryStore, SQLiteStore, TokenStore
 
@@ -57,9 +60,11 @@ __all__ = [
     "NotFound",
     "PostgresStore",
     "RedisLimiter",
+    "ReportOnlyWarning",
     "RequestFacts",
     "Route",
     "SQLiteStore",
+    "Settings",
     "Source",
     "SqlParam",
     "StoreError",
@@ -69,12 +74,14 @@ __all__ = [
     "TokenGuardWSGI",
     "TokenRecord",
     "TokenSpec",
+    "TokenStateError",
     "TokenStore",
     "__version__",
     "api_token",
     "current_token",
     "flask_token",
     "get_token",
+    "load_config",
     "parse_token_spec",
 ]
 

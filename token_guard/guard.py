@@ -24,6 +24,7 @@ becomes a refusal (500 ``internal_error``, logged), never a pass.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ from token_guard.core.records import TokenRecord
 from token_guard.core.routes import Route, RouteMap, RouteMatch
 from token_guard.core.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
 from token_guard.limiters import Admitted, Charge, Limiter, make_limiter
+from token_guard.report_only import parse_report_only
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.stores.base import TokenReader
 
@@ -61,6 +63,8 @@ class DecisionEvent:
     token_id: str | None
     facts: RequestFacts | None
     denial: Denial | None
+    report_only: bool = False
+    """True: a refusal the report-only mode let through to the app (``denial`` says why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +158,7 @@ FACTS_MEMO_SIZE = 8192
 BEARER_MEMO_SIZE = 8192
 """Remembered tokens per Authorization header; cleared when full."""
 _MEMO_MAX_QUERY = 2048  # longer query strings are read afresh every time
+_PROBE_TIMEOUT = 30.0  # the start-up lookup; the stores bound their own connects too
 CONFLICTING_HEADERS = "\x00conflict"
 """What adapters pass for an Origin/Referer header sent twice with different values."""
 
@@ -216,6 +221,8 @@ class GuardOptions(TypedDict, total=False):
     deny_response: DenyResponder | None
     limiter: str | Limiter | None
     ratelimit_headers: bool
+    report_only: bool | Iterable[str]
+    report_only_header: bool
 
 
 class Guard:
@@ -248,6 +255,8 @@ class Guard:
         deny_response: DenyResponder | None = None,
         limiter: str | Limiter | None = None,
         ratelimit_headers: bool = True,
+        report_only: bool | Iterable[str] = False,
+        report_only_header: bool = False,
     ) -> None:
         if not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
             raise ConfigurationError("max_body_bytes: must be a positive number of bytes")
@@ -265,6 +274,12 @@ class Guard:
                 "tg.SQLiteStore('tokens.db')"
             )
         self.store = store
+        if cache is not None and not isinstance(cache, CacheSettings):
+            hint = "cache=tg.CacheSettings(**{...})" if isinstance(cache, Mapping) else (
+                "cache=tg.CacheSettings(ttl=30)")
+            raise ConfigurationError(
+                f"cache: must be tg.CacheSettings(...), got {type(cache).__name__}; e.g. {hint}"
+            )
         if isinstance(allowed_functions, str):
             raise ConfigurationError(
                 "allowed_functions: must be a list of names, e.g. ['carto-un.carto.*']"
@@ -286,6 +301,8 @@ class Guard:
         self.deny_response = deny_response or default_deny_response
         self.limiter = make_limiter(limiter)
         self.ratelimit_headers = ratelimit_headers
+        # None unless report_only= was given (token_guard.report_only: warns at start-up).
+        self.report_only = parse_report_only(report_only, report_only_header)
         # What ``begin`` answers is a pure function of the request line and the three
         # headers it reads: remembered, so a repeated request (a map's tiles, a polled
         # query) skips path, query-string and header parsing. Bounded; cleared when full.
@@ -550,15 +567,46 @@ class Guard:
             if token_id is not None:
                 self._note_refused(token_id, facts.api if facts is not None else "",
                                    outcome.code)
-            log.info(
-                "denied %s %s: %s (%s)%s", method, logged, outcome.code, outcome.status,
+            passed = self.report_only is not None and self.lets_through(method, path)
+            log.log(
+                logging.WARNING if passed else logging.INFO,
+                "%s %s %s: %s (%s)%s", "report-only: would refuse" if passed else "denied",
+                method, logged, outcome.code, outcome.status,
                 f" token {token_id}" if token_id else "",
             )
-            event = DecisionEvent(False, method, logged, token_id, facts, outcome)
+            if passed:
+                self.report_only.count(outcome.code)  # type: ignore[union-attr]
+            event = DecisionEvent(False, method, logged, token_id, facts, outcome, passed)
         else:
             event = DecisionEvent(True, method, logged, outcome.id, facts, None)
         if self.on_decision is not None:
             self.on_decision(event)
+
+    def lets_through(self, method: str, path: bytes | str) -> bool:
+        """Whether report-only mode lets a refusal of this request reach the app (an unknown
+        API is enforced when only some APIs are in report-only)."""
+        mode = self.report_only
+        if mode is None:
+            return False
+        if mode.apis is None:
+            return True
+        match = self.routes.match(method, path.encode("utf-8") if isinstance(path, str) else path)
+        return isinstance(match, RouteMatch) and mode.covers(match.route.api)
+
+    async def probe(self, public: str) -> str | None:
+        """Read the store once (at start-up): None if it answers, else why, for people."""
+        try:
+            # Opening may migrate the schema, under the store's own deadlines: not cut short.
+            opening = getattr(self.store, "open", None)
+            if opening is not None:
+                await opening()
+            await asyncio.wait_for(self.store.get_by_secret_hash("0" * 64), _PROBE_TIMEOUT)
+        except TimeoutError:
+            return (f"{public}: store: {self.store!r} did not answer within "
+                    f"{_PROBE_TIMEOUT:g} s at start-up; check that it is up and reachable")
+        except Exception as exc:
+            return (f"{public}: store: {self.store!r} cannot be read at start-up: {exc}")
+        return None
 
     def _query_token(self, query_string: bytes, header_token: str | None) -> str | Denial | None:
         values = values_of(query_string, "access_token")

@@ -19,6 +19,13 @@ Security and availability choices, stated once:
   task, every other caller awaits it (shielded, so a cancelled caller does not cancel it).
 * Expiry is the policy's job (it checks ``expiration_date`` on every decision); the
   resolver only avoids keeping an entry fresh past that date.
+* Secret rotation: a secret a rotation replaced works until its ``expires_at`` (the end of
+  its grace period). Nothing checks that per request, so the resolver never keeps the
+  entry past it, stale window included: at that instant the entry is gone, the next
+  request reads the store, and the secret is refused with ``token_rotated`` on every
+  instance, whether or not any change event arrived. Ending a grace period early, like
+  disabling and enabling, is a change event (``updated``): evicted within the revocation
+  bound. A disabled token is refused with ``token_disabled`` and cached negatively.
 
 Threads: ``resolve``, ``start`` and ``close`` belong to one event loop. ``lookup``,
 ``note_used`` and ``stats`` may also be called from other threads (the WSGI adapter decides
@@ -52,11 +59,14 @@ from token_guard.core.decision import (
     MALFORMED_TOKEN,
     REVOKED_TOKEN,
     STORE_UNAVAILABLE,
+    TOKEN_DISABLED,
+    TOKEN_ROTATED,
     Denial,
 )
 from token_guard.core.errors import ConfigurationError, StoreError
 from token_guard.core.records import ChangeEvent, TokenRecord
 from token_guard.core.secret import TOKEN_PREFIX, hash_secret, is_well_formed
+from token_guard.core.spec import format_datetime
 from token_guard.stores.base import TokenReader
 from token_guard.usage import UsageRecorder
 
@@ -79,6 +89,27 @@ UNKNOWN = Denial(
 REVOKED = Denial(
     401, REVOKED_TOKEN, "the access token was revoked", "create a new token and use that one"
 )
+DISABLED = Denial(
+    401,
+    TOKEN_DISABLED,
+    "the access token is disabled",
+    "ask the token's owner to enable it again (Developers page or 'token-guard tokens enable')",
+)
+
+
+def rotated(record: TokenRecord) -> Denial:
+    """The refusal of a secret a rotation replaced, once its grace period is over."""
+    secret = record.secret
+    when = None if secret is None else format_datetime(secret.rotated_at or secret.expires_at)
+    return Denial(
+        401,
+        TOKEN_ROTATED,
+        "the access token's secret was replaced by a rotation and no longer works",
+        f"this secret was replaced by a rotation on {when or 'an earlier date'}; use the new "
+        "secret of the same token",
+    )
+
+
 UNAVAILABLE = Denial(
     503,
     STORE_UNAVAILABLE,
@@ -283,6 +314,13 @@ class Resolver(Generic[T]):
         if record.revoked_at is not None:
             self._put_negative(token, REVOKED, record.id, epoch)
             return REVOKED
+        if record.disabled_at is not None:
+            self._put_negative(token, DISABLED, record.id, epoch)
+            return DISABLED
+        if record.secret_expired(datetime.now(UTC)):
+            denial = rotated(record)
+            self._put_negative(token, denial, record.id, epoch)
+            return denial
         try:
             value = self._compile(record)
         except Exception:
@@ -316,14 +354,19 @@ class Resolver(Generic[T]):
             # Expired tokens are kept briefly so the policy can say "expired" without a
             # store lookup per request; live ones are not kept fresh past their expiry.
             fresh_for = settings.negative_ttl if left <= 0 else min(fresh_for, left)
+        stale_for = fresh_for + settings.stale_window
+        secret = record.secret
+        if secret is not None and secret.expires_at is not None:
+            # A replaced secret in its grace period: never served, stale or not, past its end.
+            secret_left = (secret.expires_at - datetime.now(UTC)).total_seconds()
+            fresh_for = min(fresh_for, secret_left)
+            stale_for = min(stale_for, secret_left)
         with self._lock:
             if epoch != self._epoch:
                 return  # a change event arrived during the lookup: the answer may be old
             now = self._clock()
             self._negative.pop(token, None)
-            entry = _Positive(
-                value, record.id, now + fresh_for, now + fresh_for + settings.stale_window
-            )
+            entry = _Positive(value, record.id, now + fresh_for, now + stale_for)
             self._positive[token] = entry
             self._hot[token] = entry
             self._index(record.id, token)

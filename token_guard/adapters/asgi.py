@@ -20,6 +20,9 @@ Security choices, stated once:
   headers, reads and replays the body, and writes the response.
 - When the store cannot answer and nothing cached can decide, the answer is 503, never a pass.
 - A refused websocket is closed with 1008 (policy violation) before ``accept``.
+- ``report_only=`` (``token_guard.report_only``): a refusal is recorded and the request
+  passed on unchanged (with ``X-Token-Guard-Would-Refuse: <code>`` if
+  ``report_only_header=True``); a loud warning at start-up says nothing is enforced.
 
 Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_guard.token"]``
 (``token_guard.get_token(request.scope)``; FastAPI: ``token: token_guard.ApiToken``).
@@ -27,25 +30,35 @@ Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Unpack
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Unpack
 from urllib.parse import unquote_to_bytes
 
 from token_guard.core import decision as codes
 from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     CONFLICTING_HEADERS,
     Awaiting,
-    Guard,
     GuardOptions,
     ReadBody,
     body_too_large,
 )
 from token_guard.limiters import Admitted
+from token_guard.report_only import HEADER
 from token_guard.stores.base import TokenReader
+
+if TYPE_CHECKING:
+    from token_guard.config import ConfigSource
+
+log = logging.getLogger("token_guard")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,25 +77,50 @@ def get_token(scope: Mapping[str, Any]) -> TokenRecord | None:
 
 
 class TokenGuard:
-    """Guards an ASGI app with API access tokens (options: see ``token_guard.guard.Guard``)."""
+    """Guards an ASGI app with API access tokens (options: see ``token_guard.guard.Guard``).
+
+    ``config`` (a TOML file's path or ``tg.load_config(...)``) supplies ``store``,
+    ``connections`` and options not given as keywords. A bad setting raises
+    ``ConfigurationError`` here; when Starlette/FastAPI build the guard lazily (``Middleware``,
+    ``add_middleware``), it fails the server's start-up instead (``MisconfiguredGuard``).
+    At lifespan start-up the store is read once: one that cannot answer fails the start-up.
+    """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        store: TokenReader,
-        connections: Mapping[str, str | Connection],
+        store: TokenReader | None = None,
+        connections: Mapping[str, str | Connection] | None = None,
+        config: ConfigSource | None = None,
         **options: Unpack[GuardOptions],
     ) -> None:
+        from token_guard.config import build_guard
+
         self.app = app
-        self.guard = Guard(store=store, connections=connections, **options)
+        try:
+            self.guard, self._owns_store = build_guard(
+                "TokenGuard", store=store, connections=connections, config=config,
+                options=options,
+            )
+        except ConfigurationError as exc:
+            if not _built_by_starlette():
+                raise
+            # Starlette builds its middleware stack inside its first __call__ (the lifespan
+            # scope), where uvicorn's lifespan "auto" mode swallows an exception and serves
+            # 500s; this instance fails the start-up instead, saying why.
+            self.__class__ = MisconfiguredGuard
+            self.problem = str(exc)
+            log.error("%s", self.problem)
+            return
         self._check = self.guard.check  # bound once: attribute chains cost at this size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             if kind == "lifespan":
-                receive = self._lifespan_receive(receive)
+                await self._lifespan(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
@@ -102,9 +140,9 @@ class TokenGuard:
         if scope.get("root_path"):
             routed = route_path(scope, raw_path)
             if routed is None:
-                await self._respond(scope, send, self.guard.refused(
+                await self._refuse(scope, receive, send, self.guard.refused(
                     method, scope["path"], scope.get("query_string", b""), OUTSIDE_ROOT
-                ))
+                ), method, scope["path"])
                 return
             raw_path = routed
         step = self._check(
@@ -123,7 +161,7 @@ class TokenGuard:
                 await self.app(scope, receive, send)
                 return
             if isinstance(step, Denial):
-                await self._respond(scope, send, step)
+                await self._refuse(scope, receive, send, step, method, raw_path)
                 return
             if isinstance(step, Admitted):  # a token with limits: RateLimit headers added
                 scope[SCOPE_KEY] = step.record
@@ -132,9 +170,13 @@ class TokenGuard:
             if isinstance(step, Awaiting):
                 step = step.then(await step.work())
             elif isinstance(step, ReadBody):
-                raw = await self._read_body(receive) if scope["type"] == "http" else b""
+                seen: list[Message] = []
+                raw = await self._read_body(receive, seen) if scope["type"] == "http" else b""
                 if isinstance(raw, bytes):
                     receive = _replay(raw, receive)
+                elif self.guard.report_only is not None:
+                    # A refusal report-only may let through: the app gets what was read.
+                    receive = _replay_messages(seen, receive)
                 step = step.then(raw, one_content_type(
                     [v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"]
                 ))
@@ -142,26 +184,45 @@ class TokenGuard:
                 await self.app(scope, receive, send)
                 return
 
-    def _lifespan_receive(self, receive: Receive) -> Receive:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the store once at start-up (failing the start-up if it cannot answer), then
+        run the app's lifespan; close the resolver (and a store opened from ``config``) at
+        shutdown."""
+        first = await receive()
+        if first.get("type") == "lifespan.startup":
+            problem = await self.guard.probe("TokenGuard")
+            if problem is not None:
+                await send({"type": "lifespan.startup.failed", "message": problem})
+                return
         resolver = self.guard.resolver
         limiter = self.guard.limiter
+        store = self.guard.store if self._owns_store else None
+        pending: Message | None = first
 
         async def wrapped() -> Message:
-            message = await receive()
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+            else:
+                message = await receive()
             if message.get("type") == "lifespan.shutdown":
                 await resolver.close()
                 await limiter.close()
+                close = getattr(store, "close", None)
+                if close is not None:
+                    await close()
             return message
 
-        return wrapped
+        await self.app(scope, wrapped, send)
 
-    async def _read_body(self, receive: Receive) -> bytes | Denial:
+    async def _read_body(self, receive: Receive, seen: list[Message]) -> bytes | Denial:
         limit = self.guard.max_body_bytes
         chunks: list[bytes] = []
         size = 0
         more = True
         while more:
             message = await receive()
+            seen.append(message)
             if message["type"] != "http.request":
                 return Denial(400, "malformed_request", "The client went away.", "Retry.")
             chunk: bytes = message.get("body", b"")
@@ -171,6 +232,19 @@ class TokenGuard:
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
         return b"".join(chunks)
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, denial: Denial, method: str,
+        path: bytes | str,
+    ) -> None:
+        """Answer the refusal, or (report-only) pass the request on as it came."""
+        mode = self.guard.report_only
+        if mode is None or not self.guard.lets_through(method, path):
+            await self._respond(scope, send, denial)
+            return
+        if mode.header and scope["type"] == "http":
+            send = _with_header(send, (HEADER, denial.code.encode("ascii")))
+        await self.app(scope, receive, send)
 
     async def _respond(self, scope: Scope, send: Send, denial: Denial) -> None:
         if scope["type"] == "websocket":
@@ -182,6 +256,52 @@ class TokenGuard:
         status, headers, body = self.guard.deny_response(denial)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class MisconfiguredGuard(TokenGuard):
+    """A ``TokenGuard`` Starlette built lazily with bad settings: it fails the lifespan
+    start-up with the message naming the setting (uvicorn exits), and refuses every request
+    with a 500 saying the same, never passing one."""
+
+    problem: str
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": self.problem})
+            return
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": 1011, "reason": "misconfigured"})
+            return
+        body = json.dumps({
+            "error": f"token_guard is misconfigured: {self.problem}",
+            "hint": "Fix the setting the message names and restart the server.",
+            "code": codes.INTERNAL_ERROR,
+        }).encode("utf-8")
+        await send({"type": "http.response.start", "status": 500, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"cache-control", b"no-store"),
+        ]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _built_by_starlette() -> bool:
+    """Whether Starlette's (or FastAPI's) ``build_middleware_stack`` is constructing us:
+    the lazy forms ``Middleware(TokenGuard, ...)`` and ``app.add_middleware(TokenGuard, ...)``."""
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(6):
+        if frame is None:
+            return False
+        module = str(frame.f_globals.get("__name__", ""))
+        if frame.f_code.co_name == "build_middleware_stack" and module.split(".")[0] in (
+            "starlette", "fastapi",
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _read_headers(
@@ -266,6 +386,26 @@ def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
         await send(message)
 
     return wrapped
+
+
+def _with_header(send: Send, header: tuple[bytes, bytes]) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return sending
+
+
+def _replay_messages(seen: list[Message], receive: Receive) -> Receive:
+    pending = list(seen)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

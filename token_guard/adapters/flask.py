@@ -57,6 +57,8 @@ from token_guard.stores.base import TokenReader
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from token_guard.config import ConfigSource
+
 __all__ = ["EXTENSION_KEY", "G_ATTRIBUTE", "FlaskTokenGuard", "flask_token"]
 
 log = logging.getLogger("token_guard")
@@ -79,12 +81,14 @@ class FlaskTokenGuard:
         self,
         app: Flask | None = None,
         *,
-        store: TokenReader,
-        connections: Mapping[str, str | Connection],
+        store: TokenReader | None = None,
+        connections: Mapping[str, str | Connection] | None = None,
+        config: ConfigSource | None = None,
         **options: Unpack[GuardOptions],
     ) -> None:
         self._store = store
         self._connections = connections
+        self._config = config
         self._options = options
         self.wsgi: TokenGuardWSGI | None = None
         if app is not None:
@@ -99,7 +103,7 @@ class FlaskTokenGuard:
             )
         wsgi = _FlaskGuardedApp(
             app, app.wsgi_app, store=self._store, connections=self._connections,
-            **self._options,
+            config=self._config, **self._options,
         )
         # Flask's documented way to wrap its WSGI callable; mypy sees a method replaced.
         app.wsgi_app = wsgi  # type: ignore[method-assign]
@@ -126,11 +130,12 @@ class _FlaskGuardedApp(TokenGuardWSGI):
         flask_app: Flask,
         app: WSGIApplication,
         *,
-        store: TokenReader,
-        connections: Mapping[str, str | Connection],
+        store: TokenReader | None,
+        connections: Mapping[str, str | Connection] | None,
+        config: ConfigSource | None,
         **options: Unpack[GuardOptions],
     ) -> None:
-        super().__init__(app, store=store, connections=connections, **options)
+        super().__init__(app, store=store, connections=connections, config=config, **options)
         self.flask_app = flask_app
 
     def _respond(

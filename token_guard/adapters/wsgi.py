@@ -59,6 +59,7 @@ import asyncio
 import concurrent.futures.thread  # its exit hook must be registered before the guard's
 import contextlib
 import io
+import logging
 import os
 import re
 import threading
@@ -74,6 +75,7 @@ from token_guard.core import decision as codes
 from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
+from token_guard.core.errors import ConfigurationError
 from token_guard.core.policy import CompiledToken
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
@@ -85,15 +87,19 @@ from token_guard.guard import (
     body_too_large,
 )
 from token_guard.limiters import Admitted
+from token_guard.report_only import HEADER
 from token_guard.resolver import UNAVAILABLE
 from token_guard.stores.base import TokenReader
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from token_guard.config import ConfigSource
+
 __all__ = ["ENVIRON_KEY", "TokenGuardWSGI", "current_token", "get_token"]
 
 T = TypeVar("T")
+log = logging.getLogger("token_guard")
 
 ENVIRON_KEY = SCOPE_KEY
 """The environ key under which views find the resolved ``TokenRecord``."""
@@ -143,16 +149,23 @@ class TokenGuardWSGI:
         self,
         app: WSGIApplication,
         *,
-        store: TokenReader,
-        connections: Mapping[str, str | Connection],
+        store: TokenReader | None = None,
+        connections: Mapping[str, str | Connection] | None = None,
+        config: ConfigSource | None = None,
         **options: Unpack[GuardOptions],
     ) -> None:
+        from token_guard.config import build_guard
+
         self.app = app
-        self.guard = Guard(store=store, connections=connections, **options)
+        self.guard, _ = build_guard(
+            "TokenGuardWSGI", store=store, connections=connections, config=config,
+            options=options,
+        )
+        store = self.guard.store
         self._check = self.guard.check  # bound once: attribute chains cost at this size
         # The resolver bounds the store lookup itself; this margin only covers scheduling.
         self._resolve_wait = self.guard.resolver.settings.lookup_timeout + 5.0
-        self._loop = _LoopThread(self.guard.resolver.start)
+        self._loop = _LoopThread(_starter(self.guard))
         self._closed = False
         # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
         self._finalizer = weakref.finalize(
@@ -160,6 +173,14 @@ class TokenGuardWSGI:
             *_closer(store)
         )
         _before_executors_stop(self._finalizer)
+
+    def start(self) -> None:
+        """Start the guard's loop now and read the store once; raise ``ConfigurationError``
+        naming the store if it cannot answer. Call it in each worker process (gunicorn's
+        ``post_fork``, before ``waitress.serve``), not in a parent that forks afterwards."""
+        problem = self.call(lambda: self.guard.probe("TokenGuardWSGI"), timeout=60.0)
+        if problem is not None:
+            raise ConfigurationError(problem)
 
     def call(self, factory: Callable[[], Awaitable[T]], timeout: float | None = 30.0) -> T:
         """Run a coroutine on the guard's event loop, where the store lives, and return its
@@ -180,9 +201,10 @@ class TokenGuardWSGI:
         if app_path is not None:
             checked = self._reconcile(method, raw_path, app_path)
             if isinstance(checked, Denial):
-                return self._respond(
+                return self._refuse(
                     environ, start_response,
                     self.guard.refused(method, _path(environ), query_string, checked),
+                    method, raw_path,
                 )
             raw_path = checked
         authorization, conflict = _authorization(environ.get("HTTP_AUTHORIZATION"))
@@ -203,7 +225,7 @@ class TokenGuardWSGI:
                 environ[ENVIRON_KEY] = step
                 return self.app(environ, start_response)
             if isinstance(step, Denial):
-                return self._respond(environ, start_response, step)
+                return self._refuse(environ, start_response, step, method, raw_path)
             if isinstance(step, Admitted):  # a token with limits: RateLimit headers added
                 environ[ENVIRON_KEY] = step.record
                 return self.app(environ, _with_headers(start_response, step.headers))
@@ -272,11 +294,29 @@ class TokenGuardWSGI:
                 break
             chunks.append(chunk)
             size += len(chunk)
-        if size > limit:
-            return body_too_large(limit)
-        if length_text and size < length:
-            return CLIENT_GONE
+        if size > limit or (length_text and size < length):
+            if self.guard.report_only is not None:
+                # A refusal report-only may let through: the app reads what the client sent.
+                environ["wsgi.input"] = _Unread(b"".join(chunks), stream)
+            return body_too_large(limit) if size > limit else CLIENT_GONE
         return b"".join(chunks)
+
+    def _refuse(
+        self, environ: WSGIEnvironment, start_response: StartResponse, denial: Denial,
+        method: str, path: bytes,
+    ) -> Iterable[bytes]:
+        """Answer the refusal, or (report-only) pass the request on as it came."""
+        mode = self.guard.report_only
+        if mode is None or not self.guard.lets_through(method, path):
+            return self._respond(environ, start_response, denial)
+        if not mode.header:
+            return self.app(environ, start_response)
+        extra = (HEADER.decode("latin-1"), denial.code)
+
+        def starting(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, extra], exc_info)
+
+        return self.app(environ, starting)
 
     def _respond(
         self, environ: WSGIEnvironment, start_response: StartResponse, denial: Denial
@@ -301,6 +341,46 @@ def _with_headers(
         return start_response(status, [*response_headers, *extra], exc_info)
 
     return wrapped
+
+
+class _Unread(io.RawIOBase):
+    """The bytes the guard already read, then the rest of the client's stream."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head = io.BytesIO(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        size = -1 if size is None else size
+        data = self._head.read(size)
+        if size < 0:
+            return data + bytes(self._rest.read())
+        if len(data) < size:
+            data += bytes(self._rest.read(size - len(data)))
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = self._head.readline(-1 if size is None else size)
+        if line.endswith(b"\n") or (size is not None and 0 <= size <= len(line)):
+            return line
+        more = -1 if size is None or size < 0 else size - len(line)
+        return line + bytes(self._rest.readline(more))
+
+
+def _starter(guard: Guard) -> Callable[[], Coroutine[Any, Any, None]]:
+    """What the loop runs first in each process: the resolver, then one read of the store,
+    whose failure is logged then (WSGI has no start-up to fail), not only as 503s."""
+
+    async def start() -> None:
+        await guard.resolver.start()
+        problem = await guard.probe("TokenGuardWSGI")
+        if problem is not None:
+            log.error("%s", problem)
+
+    return start
 
 
 def _before_executors_stop(finalizer: weakref.finalize[Any, Any]) -> None:

@@ -2,11 +2,11 @@
 
 Commands::
 
-    token-guard tokens create|list|show|update|revoke
+    token-guard tokens create|list|show|update|revoke|rotate|end-grace|disable|enable
     token-guard clients create|list|revoke
     token-guard keys rotate|list
     token-guard audit
-    token-guard check TOKEN METHOD URL [--origin ...]
+    token-guard check METHOD URL [--config FILE --origin ...]   (token on stdin)
     token-guard serve [--host --port --issuer --audience --external-issuer ...]
     token-guard demo [...]
 
@@ -42,6 +42,7 @@ from token_guard.core.errors import (
     NotFound,
     StoreError,
     StoreUnavailable,
+    TokenStateError,
 )
 
 __all__ = ["build_parser", "main", "open_store", "parse_expires"]
@@ -101,7 +102,7 @@ def _run(given: list[str]) -> int:
     except InvalidTokenSpec as exc:
         print(f"token-guard: invalid token: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (Refused, NotFound) as exc:
+    except (Refused, NotFound, TokenStateError) as exc:
         print(f"token-guard: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except ConfigurationError as exc:

@@ -1,8 +1,16 @@
-"""``token-guard check TOKEN METHOD URL``: what the guard would decide, and why."""
+"""``token-guard check METHOD URL``: what the guard would decide, and why.
+
+The token is read from ``$TOKEN_GUARD_TOKEN`` or stdin (a prompt on a terminal), never from
+the command line, where other users (``ps``) and shell history would see it. With
+``--config`` (or ``$TOKEN_GUARD_CONFIG``) the guard is built from the app's own
+configuration, so it decides exactly as the app does.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +19,7 @@ from urllib.parse import urlsplit
 from token_guard.cli.errors import EXIT_OK, EXIT_REFUSED, UsageError
 from token_guard.cli.output import print_json
 from token_guard.cli.parser import Parser
+from token_guard.cli.settings import add_config_flag, read_config
 from token_guard.cli.store import run_with_store
 from token_guard.core.records import TokenRecord
 from token_guard.stores.base import TokenStore
@@ -26,16 +35,54 @@ def _connections(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+TOKEN_ENV = "TOKEN_GUARD_TOKEN"
+"""The environment variable ``check`` reads the API access token from (else stdin)."""
+
+
+def _request_args(args: argparse.Namespace) -> tuple[str, str]:
+    given: list[str] = args.request
+    if len(given) == 3:
+        raise UsageError(
+            "check no longer takes the token on the command line (other users and shell "
+            f"history can read it there): pipe it in, e.g. 'token-guard check {given[1]} "
+            f"URL < token.txt', or set {TOKEN_ENV}; then give only METHOD URL"
+        )
+    if len(given) != 2:
+        raise UsageError("check needs METHOD URL, e.g. check GET 'http://host/v3/sql/c/query?q=...'")
+    return given[0], given[1]
+
+
+def _read_token() -> str:
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    if sys.stdin is None:
+        raise UsageError(f"no token: set {TOKEN_ENV} or pipe the token into check")
+    if sys.stdin.isatty():
+        token = getpass.getpass("API access token: ").strip()
+    else:
+        token = sys.stdin.readline().strip()
+    if not token:
+        raise UsageError(f"no token: set {TOKEN_ENV} or pipe the token into check")
+    return token
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    """``check TOKEN METHOD URL``: what the guard would decide, and why."""
+    """``check METHOD URL`` (token on stdin or ``$TOKEN_GUARD_TOKEN``): the decision, and why."""
     from token_guard.core.decision import Denial
     from token_guard.guard import DecisionEvent, Guard
 
-    parts = urlsplit(args.url)
+    method, url = _request_args(args)
+    settings = read_config(args)
+    secret = _read_token()
+    parts = urlsplit(url)
     raw_path = (parts.path or "/").encode("utf-8")
     query = parts.query.encode("utf-8")
     body_bytes = args.data.encode("utf-8") if args.data else b""
-    connections = _connections(args.connection or [])
+    connections: dict[str, Any] = dict(settings.connections) if settings is not None else {}
+    connections.update(_connections(args.connection or []))
+    options = settings.guard_options() if settings is not None else {}
+    prefix = options.get("prefix", "/v3/")
     assumed: list[str] = []
 
     async def work(store: TokenStore) -> int:
@@ -44,17 +91,20 @@ def cmd_check(args: argparse.Namespace) -> int:
             # (CARTO's data warehouse default); the output says so.
             from token_guard.core.secret import hash_secret
 
-            record = await store.get_by_secret_hash(hash_secret(args.token))
+            record = await store.get_by_secret_hash(hash_secret(secret))
             for g in record.grants if record is not None else ():
                 if g.connection_name not in connections:
                     connections[g.connection_name] = "bigquery"
                     assumed.append(g.connection_name)
         # The same conductor TokenGuard runs; its DecisionEvent says what was read.
         events: list[DecisionEvent] = []
-        guard = Guard(store=store, connections=connections, on_decision=events.append)
+        if args.report_only is not None:
+            options["report_only"] = _report_only(args.report_only)
+        guard = Guard(store=store, connections=connections, on_decision=events.append,
+                      **options)
         try:
             step = await guard.check_async(
-                args.method.upper(), raw_path, query, b"Bearer " + args.token.encode("utf-8"),
+                method.upper(), raw_path, query, b"Bearer " + secret.encode("utf-8"),
                 args.origin, args.referer, body=body_bytes,
             )
         finally:
@@ -69,15 +119,25 @@ def cmd_check(args: argparse.Namespace) -> int:
             token = (step.id, step.name)
         elif event is not None and event.token_id is not None:
             token = (event.token_id, None)
-        _report_check(args, outcome, facts, token, assumed)
+        passed = event is not None and event.report_only
+        _report_check(args, outcome, facts, token, assumed, prefix, passed)
         return EXIT_OK if outcome in ("allowed", None) else EXIT_REFUSED
 
     return run_with_store(args, work)
 
 
+def _report_only(value: str | None) -> bool | set[str]:
+    """``--report-only`` (every API) or ``--report-only maps,sql``; absent: enforce."""
+    if value is None:
+        return False
+    if value == "all":
+        return True
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
 def _report_check(
     args: argparse.Namespace, outcome: Any, facts: Any, token: tuple[str, str | None] | None,
-    assumed: Sequence[str],
+    assumed: Sequence[str], prefix: str, passed: bool = False,
 ) -> None:
     from token_guard.core.decision import Denial
 
@@ -92,10 +152,15 @@ def _report_check(
     if isinstance(outcome, Denial):
         result: dict[str, Any] = {"decision": "denied", "status": outcome.status,
                                   "code": outcome.code, "reason": outcome.message,
-                                  "hint": outcome.hint}
+                                  "hint": outcome.hint, "enforced": not passed}
+        if passed:
+            # Report-only: the app would get this request; the output must not look enforced.
+            result["decision"] = "would_refuse"
+            result["note"] = ("REPORT-ONLY: this refusal is NOT enforced; the request reaches "
+                              "the app (logged as 'report-only: would refuse')")
     elif outcome is None:
         result = {"decision": "not_guarded",
-                  "reason": "the path is outside the protected prefix (/v3/); the guard "
+                  "reason": f"the path is outside the protected prefix ({prefix}); the guard "
                             "passes it to the app untouched"}
     else:
         result = {"decision": "allowed", "status": 200, "reason": "every check passed"}
@@ -109,6 +174,8 @@ def _report_check(
         head += f" ({result['status']}{' ' + result['code'] if 'code' in result else ''})"
     print(head)
     print(f"reason:  {result['reason']}")
+    if result.get("note"):
+        print(f"note:    {result['note']}")
     if result.get("hint"):
         print(f"hint:    {result['hint']}")
     if token_json:
@@ -122,19 +189,26 @@ def _report_check(
     if assumed:
         print(
             f"note:    connections {', '.join(assumed)} were assumed to be BigQuery; "
-            "pass --connection NAME=DIALECT to say otherwise", file=sys.stderr,
+            "pass --config FILE (the app's configuration) or --connection NAME=DIALECT",
+            file=sys.stderr,
         )
 
 
 def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """Add ``check`` to ``sub``."""
-    p = sub.add_parser("check", parents=[common], help="would the guard allow this request?")
-    p.add_argument("token", help="the API access token (tgk_...)")
-    p.add_argument("method", help="GET, POST, ...")
-    p.add_argument("url", help="e.g. https://api.example.com/v3/maps/carto_dw/table?name=...")
+    p = sub.add_parser(
+        "check", parents=[common], help="would the guard allow this request?",
+        description=f"The token is read from ${TOKEN_ENV} or stdin, never from the command line.",
+    )
+    p.add_argument("request", nargs="+", metavar="METHOD URL",
+                   help="e.g. GET https://api.example.com/v3/maps/carto_dw/table?name=...")
+    add_config_flag(p)
     p.add_argument("--origin", help="the Origin header a browser would send")
     p.add_argument("--referer", help="the Referer header")
     p.add_argument("--data", help="the JSON body of a POST")
     p.add_argument("--connection", action="append", metavar="NAME=DIALECT",
                    help="e.g. carto_dw=bigquery (repeat)")
+    p.add_argument("--report-only", nargs="?", const="all", metavar="APIS",
+                   help="decide as a report_only guard would (every API, or e.g. maps,sql): "
+                        "a refusal shows as WOULD_REFUSE, not enforced")
     p.set_defaults(func=cmd_check)

@@ -37,11 +37,11 @@ def when(value: datetime | None) -> str:
 def token_rows(records: Sequence[TokenRecord], now: datetime) -> str:
     """The ``tokens list`` table."""
     rows = [
-        [r.id, r.name or "-", ",".join(r.allowed_apis), str(len(r.grants)), r.state(now),
-         when(r.expiration_date), _limits(r)]
+        [r.id, prefix(r), r.name or "-", ",".join(r.allowed_apis), str(len(r.grants)),
+         r.state(now), when(r.expiration_date), _limits(r)]
         for r in records
     ]
-    return table(rows, ["ID", "NAME", "APIS", "GRANTS", "STATE", "EXPIRES", "LIMITS"])
+    return table(rows, ["ID", "SECRET", "NAME", "APIS", "GRANTS", "STATE", "EXPIRES", "LIMITS"])
 
 
 def _limits(record: TokenRecord) -> str:
@@ -49,11 +49,18 @@ def _limits(record: TokenRecord) -> str:
     return "-" if limits is None else limits.summary()
 
 
+def prefix(record: TokenRecord) -> str:
+    """The current secret's non-secret start, e.g. ``tgk_AbCd1234...``, or ``-``."""
+    shown = None if record.secret is None else record.secret.prefix
+    return f"{shown}..." if shown else "-"
+
+
 def token_detail(record: TokenRecord, now: datetime) -> str:
     """One token, a field a line."""
     lines = [
         f"id:          {record.id}",
         f"name:        {record.name or '-'}",
+        f"secret:      {prefix(record)}",
         f"state:       {record.state(now)}",
         f"apis:        {', '.join(record.allowed_apis)}",
         f"referers:    {', '.join(record.referers) or '(any website)'}",
@@ -62,6 +69,7 @@ def token_detail(record: TokenRecord, now: datetime) -> str:
         f"created:     {when(record.created_at)}",
         f"last used:   {when(record.last_used_at)}",
         f"revoked:     {when(record.revoked_at)}",
+        f"disabled:    {when(record.disabled_at)}",
         "grants:" if record.grants else "grants:      (none)",
     ]
     lines += [f"  {g.connection_name}: {g.source}" for g in record.grants]

@@ -9,6 +9,7 @@ import sys
 from token_guard.cli.errors import EXIT_OK
 from token_guard.cli.keys import keys_path
 from token_guard.cli.parser import Parser
+from token_guard.cli.settings import add_config_flag, read_config
 from token_guard.cli.store import open_store
 from token_guard.management.keys import DEFAULT_TOKEN_LIFETIME, SigningKeys
 from token_guard.management.verify import ExternalIssuer
@@ -20,6 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from token_guard.management.app import create_management_app
 
+    settings = read_config(args)  # before the key path: the store may come from it
     externals = [ExternalIssuer(url, iss, aud) for url, iss, aud in args.external_issuer or []]
     base = _base_url(args.host, args.port)
     issuer = args.issuer or f"http://{args.host}:{args.port}"
@@ -32,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app = create_management_app(
                 store, issuer=issuer, audience=args.audience, keys=keys,
                 external_issuers=externals, token_lifetime=args.token_lifetime,
+                config=settings,
             )
             config = uvicorn.Config(
                 app, host=args.host, port=args.port, log_level=args.log_level, lifespan="off"
@@ -73,4 +76,5 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
                    metavar=("JWKS_URL", "ISSUER", "AUDIENCE"),
                    help="also accept this issuer's JWTs (repeat)")
     p.add_argument("--log-level", default="info")
+    add_config_flag(p)
     p.set_defaults(func=cmd_serve)

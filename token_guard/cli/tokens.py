@@ -1,4 +1,4 @@
-"""``token-guard tokens create|list|show|update|revoke``: API access tokens.
+"""``token-guard tokens create|list|show|update|revoke|rotate|end-grace|disable|enable|find``.
 
 The flags of ``create`` and ``update`` follow from ``token_guard.core.spec.TOKEN_FIELDS``: every
 creatable field has a flag (``update`` refuses the ones that are not patchable). Most have a
@@ -21,11 +21,20 @@ from typing import Any
 from token_guard.cli.errors import EXIT_OK, Refused, UsageError
 from token_guard.cli.output import print_json, token_detail, token_rows, usage_rows
 from token_guard.cli.parser import Parser
+from token_guard.cli.settings import add_config_flag, read_config
 from token_guard.cli.store import actor, run_with_store
 from token_guard.core.records import TokenRecord
-from token_guard.core.spec import TOKEN_FIELDS, TokenField, format_datetime
+from token_guard.core.secret import hash_secret, is_well_formed
+from token_guard.core.spec import (
+    TOKEN_FIELDS,
+    TokenField,
+    format_datetime,
+    parse_grants,
+    parse_token_spec,
+)
 from token_guard.core.usage_report import usage_json, usage_range
-from token_guard.stores.base import TokenStore
+from token_guard.management.leaks import found_json
+from token_guard.stores.base import TokenStore, check_grace
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -42,6 +51,21 @@ def parse_expires(text: str, now: datetime | None = None) -> str:
             raise UsageError(f"--expires {text!r} is not in the future; e.g. --expires 30d")
         return format_datetime((at + timedelta(seconds=seconds)).replace(microsecond=0)) or ""
     return text.strip()
+
+
+def parse_grace(text: str) -> int:
+    """``24h`` / ``90m`` / ``1d12h`` / ``3600`` (seconds) / ``0`` as whole seconds."""
+    compact = text.strip().lower().replace(" ", "")
+    if compact.isdigit():
+        seconds = int(compact)
+    elif compact and _DURATION.sub("", compact) == "":
+        seconds = sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(compact))
+    else:
+        raise UsageError(f"--grace {text!r} is not a duration; e.g. --grace 24h, 90m or 0")
+    try:
+        return check_grace(seconds)
+    except ValueError as exc:
+        raise UsageError(f"--grace {text!r}: {exc}") from None
 
 
 def _grant(text: str) -> dict[str, str]:
@@ -156,8 +180,11 @@ def _body_from_flags(args: argparse.Namespace, *, creating: bool) -> dict[str, A
 
 
 def cmd_tokens_create(args: argparse.Namespace) -> int:
-    """``tokens create``."""
+    """``tokens create``: with ``--config``, a grant the app could never serve is refused."""
     body = _body_from_flags(args, creating=True)
+    settings = read_config(args)
+    if settings is not None:
+        settings.policy().check_grants(parse_token_spec(body).grants)
 
     async def work(store: TokenStore) -> int:
         issued = await store.create_token(body, actor=actor())
@@ -259,6 +286,9 @@ def cmd_tokens_update(args: argparse.Namespace) -> int:
     if not body:
         given = [f.flag for f in _FLAGS if f.field.patchable]
         raise UsageError(f"nothing to change: give {', '.join(given)} or --body")
+    settings = read_config(args)
+    if settings is not None and "grants" in body:
+        settings.policy().check_grants(parse_grants(body["grants"]))
 
     async def work(store: TokenStore) -> int:
         await _require_token(store, args.id)
@@ -298,12 +328,86 @@ def cmd_tokens_usage(args: argparse.Namespace) -> int:
     return run_with_store(args, work)
 
 
+def cmd_tokens_rotate(args: argparse.Namespace) -> int:
+    """``tokens rotate ID [--grace 24h]``: a new secret; the old one works the grace more."""
+    grace = parse_grace(args.grace)
+
+    async def work(store: TokenStore) -> int:
+        await _require_token(store, args.id)
+        rotated = await store.rotate_token(args.id, grace_seconds=grace, actor=actor())
+        now = datetime.now(UTC)
+        until = format_datetime((now + timedelta(seconds=grace)).replace(microsecond=0))
+        if args.json:
+            print_json({**rotated.record.as_json(now), "token": rotated.token,
+                        "grace_seconds": grace, "old_secret_expires_at": until})
+        else:
+            print(token_detail(rotated.record, now))
+            print(f"\ntoken:       {rotated.token}")
+            print(f"old secret:  works until {until}" if grace else "old secret:  refused now")
+        print(
+            "warning: this is the only time the new secret is shown; store it now, move every "
+            "client to it, then 'token-guard tokens end-grace ID' if they all moved early",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+
+    return run_with_store(args, work)
+
+
+def cmd_tokens_find(args: argparse.Namespace) -> int:
+    """``tokens find``: which token is the secret on stdin? (never an argument: shell history)"""
+    secret = sys.stdin.readline().strip()
+    if not is_well_formed(secret):
+        raise UsageError(
+            "stdin holds no token_guard secret (tgk_, 38 characters, checksum); e.g. "
+            "'pbpaste | token-guard tokens find'"
+        )
+
+    async def work(store: TokenStore) -> int:
+        record = await store.get_by_secret_hash(hash_secret(secret))
+        if record is None:
+            raise Refused("no token has this secret (another installation's, or never issued)")
+        now = datetime.now(UTC)
+        if args.json:
+            print_json(found_json(record, now))
+            return EXIT_OK
+        print(token_detail(record, now))
+        info = record.secret
+        if info is None or info.expires_at is None:
+            print("this secret: the token's current secret")
+        else:
+            ends = format_datetime(info.expires_at)
+            how = f"works until {ends}" if info.expires_at > now else f"refused since {ends}"
+            print(f"this secret: replaced by a rotation; {how}")
+        return EXIT_OK
+
+    return run_with_store(args, work)
+
+
+def _lifecycle(change: str) -> Callable[[argparse.Namespace], int]:
+    """``tokens end-grace|disable|enable ID``: one store call, then the token."""
+
+    def command(args: argparse.Namespace) -> int:
+        async def work(store: TokenStore) -> int:
+            await _require_token(store, args.id)
+            calls = {"end-grace": store.end_rotation_grace, "disable": store.disable_token,
+                     "enable": store.enable_token}
+            _show_record(args, await calls[change](args.id, actor=actor()))
+            return EXIT_OK
+
+        return run_with_store(args, work)
+
+    command.__doc__ = f"``tokens {change} ID``."
+    return command
+
+
 def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     """Add ``tokens`` and its actions to ``sub``."""
     tokens = sub.add_parser("tokens", parents=[common], help="API access tokens")
     tsub = tokens.add_subparsers(dest="action", required=True, parser_class=Parser)
     p = tsub.add_parser("create", parents=[common], help="create a token (secret shown once)")
     _token_flags(p)
+    add_config_flag(p)
     p.set_defaults(func=cmd_tokens_create)
     p = tsub.add_parser("list", parents=[common], help="list tokens, newest first (never secrets)")
     p.add_argument("--limit", type=int, default=100, choices=range(1, 501), metavar="1..500")
@@ -317,6 +421,7 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument("id")
     _token_flags(p)
     p.add_argument("--no-referers", action="store_true", help="allow any website")
+    add_config_flag(p)
     p.set_defaults(func=cmd_tokens_update)
     p = tsub.add_parser("usage", parents=[common],
                         help="requests per day and API, refusals by code")
@@ -327,3 +432,20 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     p.add_argument("id")
     p.set_defaults(func=cmd_tokens_revoke)
+    p = tsub.add_parser("rotate", parents=[common],
+                        help="a new secret for the token (shown once); the old one works --grace")
+    p.add_argument("id")
+    p.add_argument("--grace", default="24h",
+                   help="how long the old secret keeps working: 24h (default), 90m, 0 = now")
+    p.set_defaults(func=cmd_tokens_rotate)
+    p = tsub.add_parser("find", parents=[common],
+                        help="which token is the secret given on stdin? (by its hash)")
+    p.set_defaults(func=cmd_tokens_find)
+    for change, text in (
+        ("end-grace", "end the grace period of the secrets a rotation replaced, now"),
+        ("disable", "refuse the token (token_disabled) until it is enabled"),
+        ("enable", "accept a disabled token again (a revoked one stays revoked)"),
+    ):
+        p = tsub.add_parser(change, parents=[common], help=text)
+        p.add_argument("id")
+        p.set_defaults(func=_lifecycle(change))

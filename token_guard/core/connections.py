@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from token_guard.core.dialects import DIALECTS
-from token_guard.core.errors import ConfigurationError
+from token_guard.core.errors import ConfigurationError, did_you_mean
 
 # Dialects whose names token_guard knows how to qualify, with the number of name parts
 # a fully qualified table has there (the table of their rules is token_guard.core.dialects).
@@ -30,11 +30,22 @@ class Connection:
     depth: int = 0
 
     def __post_init__(self) -> None:
-        if self.dialect not in DIALECT_DEPTH:
+        if not isinstance(self.dialect, str) or self.dialect not in DIALECT_DEPTH:
             raise ConfigurationError(
-                f"connections: unknown dialect {self.dialect!r}; use one of "
-                f"{', '.join(sorted(DIALECT_DEPTH))}"
+                f"connections: unknown dialect {self.dialect!r}"
+                f"{did_you_mean(str(self.dialect), DIALECT_DEPTH)} (dialects: "
+                f"{', '.join(sorted(DIALECT_DEPTH))})"
             )
+        path = self.default_path
+        if isinstance(path, str) or not isinstance(path, tuple | list) or not all(
+            isinstance(part, str) and part for part in path
+        ):
+            example = tuple(path.split(".")) if isinstance(path, str) else ("my-project", "ds")
+            raise ConfigurationError(
+                f"connections: default_path must be a tuple of name parts, got {path!r}; "
+                f"e.g. default_path={example!r}"
+            )
+        object.__setattr__(self, "default_path", tuple(path))
         if self.depth == 0:
             object.__setattr__(self, "depth", DIALECT_DEPTH[self.dialect])
         if len(self.default_path) >= self.depth:
@@ -52,6 +63,11 @@ def normalize_connections(
         raise ConfigurationError(
             "connections: must map connection names to dialects, e.g. {'carto_dw': 'bigquery'}"
         )
+    if not connections:
+        raise ConfigurationError(
+            "connections: is empty; name every connection the API serves with its dialect, "
+            "e.g. {'carto_dw': 'bigquery'} (a request on a connection not named is refused)"
+        )
     out: dict[str, Connection] = {}
     for name, value in connections.items():
         if not isinstance(name, str) or not name:
@@ -60,7 +76,8 @@ def normalize_connections(
             try:
                 out[name] = Connection(value)
             except ConfigurationError as exc:
-                raise ConfigurationError(f"connections[{name!r}]: {exc}") from None
+                reason = str(exc).removeprefix("connections: ")
+                raise ConfigurationError(f"connections[{name!r}]: {reason}") from None
         elif isinstance(value, Connection):
             out[name] = value
         else:

@@ -19,6 +19,8 @@ MALFORMED_TOKEN = "malformed_token"
 INVALID_TOKEN = "invalid_token"
 REVOKED_TOKEN = "revoked_token"
 EXPIRED_TOKEN = "expired_token"
+TOKEN_ROTATED = "token_rotated"
+TOKEN_DISABLED = "token_disabled"
 API_NOT_ALLOWED = "api_not_allowed"
 SOURCE_NOT_GRANTED = "source_not_granted"
 CONNECTION_NOT_GRANTED = "connection_not_granted"
@@ -40,6 +42,8 @@ INVALID_TOKEN_SPEC = "invalid_token_spec"
 INVALID_REQUEST = "invalid_request"
 NOT_FOUND = "not_found"
 INSUFFICIENT_SCOPE = "insufficient_scope"
+CONFLICT = "conflict"
+INVALID_SIGNATURE = "invalid_signature"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,13 @@ ERROR_CODES: Mapping[str, ErrorCode] = MappingProxyType({e.code: e for e in (
               guard=True, management=True),
     ErrorCode(REVOKED_TOKEN, 401, "the token was revoked", guard=True),
     ErrorCode(EXPIRED_TOKEN, 401, "the token's expiration_date has passed", guard=True),
+    ErrorCode(TOKEN_ROTATED, 401,
+              "the secret was replaced by a rotation and its grace period is over", guard=True),
+    # 401, not 403: the credential itself is not valid for any request while disabled (as
+    # for revoked and expired), and RFC 6750's invalid_token covers it; 403 would tell the
+    # client to ask for a grant it can never get.
+    ErrorCode(TOKEN_DISABLED, 401, "the token is disabled (reversibly) by its owner",
+              guard=True),
     ErrorCode(API_NOT_ALLOWED, 403, "the token may not call this API", guard=True),
     ErrorCode(SOURCE_NOT_GRANTED, 403, "the token may not read this source", guard=True),
     ErrorCode(CONNECTION_NOT_GRANTED, 403, "the token has no grant on this connection",
@@ -93,6 +104,11 @@ ERROR_CODES: Mapping[str, ErrorCode] = MappingProxyType({e.code: e for e in (
               management=True),
     ErrorCode(NOT_FOUND, 404, "no token has this id", management=True),
     ErrorCode(INSUFFICIENT_SCOPE, 403, "the OAuth access token lacks the scope",
+              management=True),
+    ErrorCode(INVALID_SIGNATURE, 401,
+              "a secret scanner's report is not signed by a configured key", management=True),
+    ErrorCode(CONFLICT, 409,
+              "the token's state forbids this change (a revoked token stays revoked)",
               management=True),
 )})
 

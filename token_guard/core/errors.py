@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class TokenGuardError(Exception):
     """Base class of every error token_guard raises."""
@@ -30,3 +33,14 @@ class StoreUnavailable(StoreError):
 
 class NotFound(StoreError, LookupError):
     """No token (or client) has that id."""
+
+
+class TokenStateError(StoreError):
+    """The token's state forbids the change: a revoked token is never rotated, disabled or
+    enabled again (revocation is final)."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known`` to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -20,17 +20,19 @@ Security choices (fail closed):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from token_guard.core import decision as codes
 from token_guard.core.connections import Connection, normalize_connections
 from token_guard.core.decision import Denial
+from token_guard.core.errors import InvalidTokenSpec, did_you_mean
 from token_guard.core.facts import RequestFacts, Source
 from token_guard.core.limits import LimitRule
 from token_guard.core.origins import OriginMatcher, RequestSite, read_site
 from token_guard.core.records import TokenRecord
+from token_guard.core.spec import Grant
 from token_guard.core.sql import SqlAnalyzer, SqlRefusal, is_system_table
 
 log = logging.getLogger("token_guard.core.policy")
@@ -171,6 +173,40 @@ class Policy:
             grants=grants,
             limits=spec.limits.by_api if spec.limits is not None else None,
         )
+
+    def check_grants(self, grants: Sequence[Grant]) -> None:
+        """Raise ``InvalidTokenSpec`` naming the first grant this guard could never serve:
+        one on a connection it was not configured with, or one whose source does not
+        qualify (or parse) in that connection's dialect (what ``compile`` would ignore)."""
+        known = sorted(self.connections)
+        for index, grant in enumerate(grants):
+            name = grant.connection_name
+            conn = self.connections.get(name)
+            if conn is None:
+                raise InvalidTokenSpec(
+                    f"grants[{index}].connection_name",
+                    f"unknown connection {name!r}{did_you_mean(name, known)}; the API serves "
+                    f"{', '.join(repr(k) for k in known)}",
+                )
+            kind = grant.kind
+            if kind == "all":
+                continue
+            try:
+                if kind == "table":
+                    compiled: object = self.sql.table_key(grant.source, conn)
+                elif kind == "wildcard":
+                    compiled = self.sql.wildcard_prefix(grant.source, conn)
+                else:
+                    compiled = self.sql.fingerprint(grant.source, conn)
+            except Exception as exc:
+                compiled = SqlRefusal(f"it could not be compiled ({type(exc).__name__})", "")
+            if isinstance(compiled, SqlRefusal):
+                hint = f"; {compiled.hint}" if compiled.hint else ""
+                raise InvalidTokenSpec(
+                    f"grants[{index}].source",
+                    f"on connection {name!r} ({conn.dialect}) this {kind} grant would grant "
+                    f"nothing: {compiled.reason}{hint}",
+                )
 
     def _intern(self, value: frozenset[_T]) -> frozenset[_T]:
         # Many tokens share API lists and grant sets: one copy each keeps a cached token

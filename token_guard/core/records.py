@@ -8,16 +8,46 @@ from typing import Any, Literal
 
 from token_guard.core.spec import Grant, TokenSpec, format_datetime
 
+TokenState = Literal["active", "revoked", "expired", "disabled", "rotated"]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretInfo:
+    """What may be shown of one of a token's secrets: never the secret, nor its hash.
+
+    ``prefix`` is the secret's first characters (``secret.secret_prefix``; None for secrets
+    issued before they were kept). ``expires_at`` is set once a rotation replaced the
+    secret (its grace period ends then) and ``rotated_at`` says when that rotation was.
+    """
+
+    prefix: str | None
+    expires_at: datetime | None = None
+    rotated_at: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The secret as the Tokens API shows it."""
+        return {
+            "prefix": self.prefix,
+            "expires_at": format_datetime(self.expires_at),
+            "rotated_at": format_datetime(self.rotated_at),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class TokenRecord:
-    """A stored token as handlers and management see it. It never holds the secret."""
+    """A stored token as handlers and management see it. It never holds the secret.
+
+    ``secret`` describes the secret the record was found by (``get_by_secret_hash``: it may
+    be one a rotation replaced), or the token's current one (``get_token``, listings).
+    """
 
     id: str
     spec: TokenSpec
     created_at: datetime
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    disabled_at: datetime | None = None
+    secret: SecretInfo | None = None
 
     @property
     def name(self) -> str:
@@ -44,14 +74,27 @@ class TokenRecord:
         """When the token stops working (None = never)."""
         return self.spec.expiration_date
 
-    def state(self, now: datetime) -> Literal["active", "revoked", "expired"]:
-        """``active``, ``revoked`` or ``expired`` at ``now``."""
+    def state(self, now: datetime) -> TokenState:
+        """``active``, ``revoked``, ``expired``, ``disabled`` or ``rotated`` at ``now``.
+
+        Final states first: ``rotated`` only for a record found by a secret whose grace
+        period is over (the token itself may be active with its new secret).
+        """
         if self.revoked_at is not None:
             return "revoked"
         exp = self.spec.expiration_date
         if exp is not None and exp <= now:
             return "expired"
+        if self.disabled_at is not None:
+            return "disabled"
+        if self.secret_expired(now):
+            return "rotated"
         return "active"
+
+    def secret_expired(self, now: datetime) -> bool:
+        """True if the secret this record was found by was rotated out before ``now``."""
+        secret = self.secret
+        return secret is not None and secret.expires_at is not None and secret.expires_at <= now
 
     def as_json(self, now: datetime | None = None) -> dict[str, Any]:
         """The token as the Tokens API returns it (no secret)."""
@@ -59,6 +102,8 @@ class TokenRecord:
         body["created_at"] = format_datetime(self.created_at)
         body["last_used_at"] = format_datetime(self.last_used_at)
         body["revoked_at"] = format_datetime(self.revoked_at)
+        body["disabled_at"] = format_datetime(self.disabled_at)
+        body["secret_prefix"] = None if self.secret is None else self.secret.prefix
         if now is not None:
             body["state"] = self.state(now)
         return body
@@ -77,6 +122,8 @@ class IssuedToken:
         return self.record.id
 
 
+# Rotation, its early end, disable and enable are announced as ``updated``: every cache
+# (and every older instance) evicts the token's entries by id for any of them.
 ChangeKind = Literal["created", "updated", "revoked", "reset"]
 
 

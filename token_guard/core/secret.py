@@ -55,6 +55,21 @@ def is_well_formed(token: str) -> bool:
     return secrets.compare_digest(_checksum(head), token[-_CHECK_LEN:])
 
 
+PREFIX_BODY_CHARS = 8
+"""Body characters kept in the clear as a secret's prefix (``tgk_`` + 8, as Unkey shows a
+key's start): 8 * log2(62) = 47.6 bits are shown, so 24 body characters (142.9 bits, past
+the 128 bits no search reaches) stay secret. The checksum is a function of the body and
+is never part of the prefix."""
+
+#: The secret's shape for secret scanners (GitHub's partner programme registers a regex).
+SECRET_PATTERN = rf"\b{TOKEN_PREFIX}[0-9A-Za-z]{{{_BODY_LEN + _CHECK_LEN}}}\b"
+
+
+def secret_prefix(token: str) -> str:
+    """The non-secret start of ``token`` that lists show: ``tgk_`` and 8 characters."""
+    return token[: len(TOKEN_PREFIX) + PREFIX_BODY_CHARS]
+
+
 def hash_secret(token: str) -> str:
     """The SHA-256 hex digest stored in place of the secret."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()

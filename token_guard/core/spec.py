@@ -123,6 +123,11 @@ def parse_token_spec(body: Mapping[str, Any], *, now: datetime | None = None) ->
     return TokenSpec(**values)
 
 
+def parse_grants(value: Any) -> tuple[Grant, ...]:
+    """Validate a body's ``grants`` list (errors name ``grants[i]...``)."""
+    return _parse_grants(value)
+
+
 def apply_update(spec: TokenSpec, changes: Mapping[str, Any]) -> TokenSpec:
     """Apply a ``PATCH /v3/tokens/{id}`` body; expiration can only be set at creation."""
     if not isinstance(changes, Mapping):
@@ -432,3 +437,43 @@ _UPDATE_FIELDS = frozenset(f.name for f in TOKEN_FIELDS if f.patchable)
 _PATCHABLE = tuple(f for f in TOKEN_FIELDS if f.patchable)
 # Required fields are checked first, so a body without them is told that before anything else.
 _PARSE_ORDER = tuple(sorted(TOKEN_FIELDS, key=lambda f: not f.required))
+
+
+def spec_errors(
+    body: Mapping[str, Any], *, creating: bool = True, now: datetime | None = None
+) -> list[InvalidTokenSpec]:
+    """Every field error of a body at once (each grant on its own), for forms that show them
+    all beside their fields; ``parse_token_spec`` stops at the first. Empty: no field error
+    (a body can still fail ``parse_token_spec`` on a check across fields)."""
+    if not isinstance(body, Mapping):
+        return [InvalidTokenSpec("body", "must be a JSON object with the token's fields")]
+    known = _CREATE_FIELDS if creating else _UPDATE_FIELDS
+    fields = ", ".join(sorted(known))
+    errors = [
+        InvalidTokenSpec(k, f"unknown field in body; the fields are {fields}")
+        for k in sorted(map(str, body)) if k not in known and k not in _CREATE_FIELDS
+    ]
+    for f in _PARSE_ORDER if creating else TOKEN_FIELDS:
+        if f.name not in body:
+            if creating and f.required:
+                errors.append(InvalidTokenSpec(f.name, f"is required: {f.required_hint}"))
+            continue
+        if not creating and not f.patchable:
+            errors.append(InvalidTokenSpec(f.name, f.fixed_hint))
+            continue
+        value = body[f.name]
+        if f.name == "grants" and isinstance(value, list) and len(value) > 1:
+            found = len(errors)
+            for i, grant in enumerate(value):
+                try:
+                    f.parse([grant], now)
+                except InvalidTokenSpec as exc:
+                    field = exc.field.replace("grants[0]", f"grants[{i}]", 1)
+                    errors.append(InvalidTokenSpec(field, exc.reason))
+            if len(errors) > found:
+                continue
+        try:
+            f.parse(value, now)
+        except InvalidTokenSpec as exc:
+            errors.append(exc)
+    return errors

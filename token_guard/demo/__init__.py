@@ -4,6 +4,8 @@ Run it with ``token-guard demo`` or ``python -m token_guard.demo`` (options ``--
 ``--host``, ``--data-dir``). Under ``--data-dir`` it keeps:
 
 - ``demo.db``            the generated sample data (tables ``stores``, ``cities``, ``customers``);
+- ``token_guard.toml``   the configuration (store, connections) the demo's guard and the
+                         CLI's ``--config`` read;
 - ``tokens.db``          the embedded SQLite token store (hashes of secrets only);
 - ``tokens.keys``        the OAuth signing keys of the Tokens API (mode 0600), the file
                          ``token-guard serve`` would use for that store;
@@ -31,10 +33,12 @@ from pathlib import Path
 import uvicorn
 
 from token_guard.adapters.asgi import ASGIApp
+from token_guard.config import load_config
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.demo.compose import build_demo_server
 from token_guard.demo.data import DATABASE_FILE
 from token_guard.demo.tokens import (
+    CONFIG_FILE,
     KEYS_FILE,
     SECRETS_FILE,
     TOKENS_DB,
@@ -44,6 +48,7 @@ from token_guard.demo.tokens import (
     reconcile,
     render,
     save,
+    write_config,
 )
 from token_guard.management.keys import SigningKeys
 from token_guard.stores.sqlite import SQLiteStore
@@ -90,12 +95,12 @@ def parse_args(argv: Sequence[str] | None = None) -> DemoOptions:
 
 
 GITIGNORE = (
-    "# token_guard demo: sample data, token store, signing keys and demo secrets.\n"
+    "# token_guard demo: sample data, token store, signing keys, demo secrets, config.\n"
     "# Never commit them; delete this folder for fresh ones.\n"
     "*\n"
 )
 # What the demo writes into its folder (SQLite adds -wal/-shm; temporary files start with .).
-_DEMO_NAMES = (DATABASE_FILE, TOKENS_DB, KEYS_FILE, SECRETS_FILE, ".")
+_DEMO_NAMES = (DATABASE_FILE, TOKENS_DB, KEYS_FILE, SECRETS_FILE, CONFIG_FILE, ".")
 
 
 def keep_out_of_git(data_dir: Path) -> None:
@@ -156,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     save(secrets_path, prepared)
     base = base_url(options.host, options.port)
     keys = SigningKeys.open(data_dir / KEYS_FILE)
+    settings = load_config(write_config(data_dir))
     server = build_demo_server(data_dir, SQLiteStore(data_dir / TOKENS_DB), issuer=base,
-                               keys=keys)
+                               keys=keys, config=settings)
     links = [("Developers page", f"{base}/developers")] if server.serves("/developers") else []
     print(render(base, data_dir, prepared, extra_links=links), flush=True)
     if options.host not in _LOOPBACK:

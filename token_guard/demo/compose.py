@@ -33,6 +33,8 @@ from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 
 from token_guard.adapters.asgi import ASGIApp, Message, Receive, Scope, Send, TokenGuard
+from token_guard.config import Settings
+from token_guard.core.connections import normalize_connections
 from token_guard.demo.app import CONNECTIONS, build_app
 from token_guard.management.app import create_management_app
 from token_guard.management.keys import SigningKeys
@@ -157,10 +159,17 @@ class DemoServer:
 def build_demo_server(
     data_dir: Path, store: TokenStore, *, issuer: str, keys: SigningKeys,
     audience: str = "token-guard", connections: Mapping[str, str] = CONNECTIONS,
+    config: Settings | None = None,
 ) -> DemoServer:
-    """The whole demo: management beside CORS + TokenGuard + the data API, on one app."""
+    """The whole demo: management beside CORS + TokenGuard + the data API, on one app.
+
+    With ``config`` (the demo's ``token_guard.toml``), the guard takes its connections and
+    options from it and the Tokens API refuses grants it could not serve.
+    """
     data: ASGIApp = build_app(data_dir)
-    guarded = TokenGuard(data, store=store, connections=connections)
+    if config is None:
+        config = Settings(connections=normalize_connections(connections))
+    guarded = TokenGuard(data, store=store, config=config)
     api = CORSMiddleware(
         guarded,
         allow_origins=["*"],

@@ -277,6 +277,28 @@ def examples(base: str, secrets: DemoSecrets) -> tuple[Example, ...]:
     )
 
 
+CONFIG_FILE = "token_guard.toml"
+"""The demo's configuration file in its data directory, read by the demo and the CLI."""
+
+CONFIG_TEXT = f"""\
+# token_guard demo configuration. The demo server reads it, and so does the CLI, so that
+# 'token-guard check --config THIS_FILE' decides exactly as the demo's API does and
+# 'token-guard tokens create --config THIS_FILE' refuses grants the API could never serve.
+store = "sqlite:///{TOKENS_DB}"   # relative to this file
+
+[connections]
+{CONNECTION_NAME} = "sqlite"
+"""
+
+
+def write_config(data_dir: Path) -> Path:
+    """``<data_dir>/token_guard.toml``, written if missing (a user's edits are kept)."""
+    path = data_dir / CONFIG_FILE
+    if not path.exists():
+        path.write_text(CONFIG_TEXT, "utf-8")
+    return path
+
+
 def render(base: str, data_dir: Path, secrets: Prepared, *,
            extra_links: Sequence[tuple[str, str]] = ()) -> str:
     """The text ``token-guard demo`` prints at start: tokens, links and the curl walkthrough."""
@@ -298,6 +320,10 @@ def render(base: str, data_dir: Path, secrets: Prepared, *,
         out.append(f"  {label:<27} {url}")
     out.append(f"  CLI on the same store       token-guard tokens list --store "
                f"{shlex.quote(store_url)}")
+    config = shlex.quote(str(data_dir / CONFIG_FILE))
+    maps = s.tokens["maps_stores"].token
+    out.append(f"  Why refused? (same config)  echo {maps} | token-guard check --config "
+               f"{config} GET {shlex.quote(base + f'/v3/sql/{CONNECTION_NAME}/query?q=SELECT 1')}")
     out.append("Try it (paste into a shell):")
     for example in examples(base, s):
         out.append(f"  # {example.title} ({example.expectation()})")

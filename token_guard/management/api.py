@@ -13,21 +13,30 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from token_guard.core.decision import INVALID_TOKEN_SPEC, NOT_FOUND, STORE_UNAVAILABLE
-from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreUnavailable
+from token_guard.core.decision import (
+    CONFLICT,
+    INVALID_TOKEN_SPEC,
+    NOT_FOUND,
+    STORE_UNAVAILABLE,
+    error_body,
+)
+from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreUnavailable, TokenStateError
 from token_guard.core.records import AuditEntry
-from token_guard.core.spec import format_datetime
+from token_guard.core.spec import format_datetime, parse_grants, parse_token_spec, spec_errors
 from token_guard.core.usage_report import usage_json, usage_range
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
 from token_guard.management.http import NO_STORE, REALM, BadRequest, error_response, read_body
 from token_guard.management.verify import AccessClaims, AccessDenied, AccessTokenVerifier
 from token_guard.stores.base import TokenStore
+
+if TYPE_CHECKING:
+    from token_guard.core.policy import Policy
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
@@ -55,6 +64,10 @@ def _guarded(handler: Handler) -> Handler:
             )
         except BadRequest as exc:
             return error_response(400, exc.code, exc.message, exc.hint, field=exc.field)
+        except TokenStateError as exc:
+            return error_response(
+                409, CONFLICT, str(exc), "create a new token; a revoked one stays revoked"
+            )
         except NotFound:
             token_id = request.path_params.get("token_id", "")
             return error_response(
@@ -68,6 +81,22 @@ def _guarded(handler: Handler) -> Handler:
             )
 
     return wrapped
+
+
+def _invalid_spec(first: InvalidTokenSpec, every: list[InvalidTokenSpec]) -> Response:
+    """400 ``invalid_token_spec`` naming the first field, with ``errors``: every field's."""
+    body: dict[str, Any] = error_body(
+        INVALID_TOKEN_SPEC, str(first),
+        f"change '{first.field}' as the message says and send the request again",
+        field=first.field,
+    )
+    listed = every if any(e.field == first.field for e in every) else [first, *every]
+    body["errors"] = [{"field": e.field, "error": str(e)} for e in listed]
+    return JSONResponse(body, status_code=400, headers=NO_STORE)
+
+
+guarded = _guarded
+"""``_guarded`` for the routes of the Tokens API's other modules (``lifecycle``)."""
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -113,9 +142,21 @@ def _audit_json(entry: AuditEntry) -> dict[str, Any]:
 class TokensApi:
     """The Tokens API handlers, closed over one store and verifier (no module state)."""
 
-    def __init__(self, store: TokenStore, verifier: AccessTokenVerifier) -> None:
+    def __init__(
+        self, store: TokenStore, verifier: AccessTokenVerifier, *, policy: Policy | None = None
+    ) -> None:
         self.store = store
         self.verifier = verifier
+        # The app's policy (from its configuration): grants it could never serve are refused.
+        self.policy = policy
+
+    def _check_grants(self, body: dict[str, Any], *, creating: bool) -> None:
+        if self.policy is None:
+            return
+        if creating:
+            self.policy.check_grants(parse_token_spec(body).grants)
+        elif "grants" in body:
+            self.policy.check_grants(parse_grants(body["grants"]))
 
     def routes(self) -> list[Route]:
         """The ``/v3/tokens`` and ``/v3/audit`` routes, each answering errors as JSON."""
@@ -154,7 +195,11 @@ class TokensApi:
         """``POST /v3/tokens``: the response carries the secret, this once."""
         claims = await self.caller(request, WRITE_SCOPE)
         body = await _json_object(request)
-        issued = await self.store.create_token(body, actor=claims.client_id)
+        try:
+            self._check_grants(body, creating=True)
+            issued = await self.store.create_token(body, actor=claims.client_id)
+        except InvalidTokenSpec as exc:
+            return _invalid_spec(exc, spec_errors(body, creating=True))
         out = issued.record.as_json(datetime.now(UTC))
         out["token"] = issued.token
         out["warnings"] = issued.record.spec.warnings()
@@ -174,9 +219,13 @@ class TokensApi:
         """``PATCH /v3/tokens/{id}``: name, grants, referers, allowed_apis."""
         claims = await self.caller(request, WRITE_SCOPE)
         body = await _json_object(request)
-        record = await self.store.update_token(
-            request.path_params["token_id"], body, actor=claims.client_id
-        )
+        try:
+            self._check_grants(body, creating=False)
+            record = await self.store.update_token(
+                request.path_params["token_id"], body, actor=claims.client_id
+            )
+        except InvalidTokenSpec as exc:
+            return _invalid_spec(exc, spec_errors(body, creating=False))
         return JSONResponse(record.as_json(datetime.now(UTC)), headers=NO_STORE)
 
     async def revoke_token(self, request: Request) -> Response:
@@ -208,11 +257,16 @@ class TokensApi:
         return JSONResponse(usage_json(token_id, rows, begin, end), headers=NO_STORE)
 
     async def list_audit(self, request: Request) -> Response:
-        """``GET /v3/audit?limit=&before=``: newest first."""
+        """``GET /v3/audit?limit=&before=&token_id=``: newest first (one token's with token_id)."""
         await self.caller(request, READ_SCOPE)
         limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE) or DEFAULT_PAGE
         before = _int_param(request, "before", None, 1, 2**62)
-        entries = list(await self.store.list_audit(limit=limit + 1, before=before))
+        token_ids = request.query_params.getlist("token_id")
+        if len(token_ids) > 1:
+            raise BadRequest("token_id", "token_id is given more than once", "give one id")
+        entries = list(await self.store.list_audit(
+            limit=limit + 1, before=before, token_id=token_ids[0] if token_ids else None
+        ))
         page, more = entries[:limit], len(entries) > limit
         return JSONResponse(
             {"entries": [_audit_json(e) for e in page], "next": page[-1].id if more else None},

@@ -14,6 +14,7 @@ from token_guard.core.spec import GRANT_SCHEMA, TOKEN_FIELDS, TokenField
 from token_guard.management.api import MAX_PAGE
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
 from token_guard.management.grant import OAUTH_ERROR_CODES
+from token_guard.stores.base import DEFAULT_GRACE_SECONDS, MAX_GRACE_SECONDS
 
 _ERROR = {
     "type": "object",
@@ -23,6 +24,13 @@ _ERROR = {
         "hint": {"type": "string"},
         "code": {"type": "string"},
         "field": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "on invalid_token_spec: every field's error, for forms",
+            "items": {"type": "object", "required": ["field", "error"], "properties": {
+                "field": {"type": "string"}, "error": {"type": "string"},
+            }},
+        },
     },
 }
 _OAUTH_ERROR = {
@@ -54,7 +62,13 @@ _RECORD_FIELDS: dict[str, Any] = {
     "created_at": {"type": "string", "format": "date-time"},
     "last_used_at": _NULLABLE_TIME,
     "revoked_at": _NULLABLE_TIME,
-    "state": {"type": "string", "enum": ["active", "revoked", "expired"]},
+    "disabled_at": _NULLABLE_TIME,
+    "secret_prefix": {
+        "type": ["string", "null"],
+        "description": "The current secret's first characters (tgk_ + 8), to tell which "
+                       "token a secret belongs to; null for secrets issued before they were kept.",
+    },
+    "state": {"type": "string", "enum": ["active", "revoked", "expired", "disabled", "rotated"]},
 }
 _TOKEN = {
     "type": "object",
@@ -97,6 +111,20 @@ _AUTH_ERRORS = {
     "503": _resp("The store cannot answer now", "Error"),
 }
 _ID_PARAM = {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ROTATED = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Token"},
+        {
+            "type": "object",
+            "required": ["token", "grace_seconds", "old_secret_expires_at"],
+            "properties": {
+                "token": {"type": "string", "description": "The new secret. Shown this once."},
+                "grace_seconds": {"type": "integer"},
+                "old_secret_expires_at": {"type": "string", "format": "date-time"},
+            },
+        },
+    ]
+}
 
 
 def _usage_entry(*keys: str) -> dict[str, Any]:
@@ -111,8 +139,100 @@ def _usage_entry(*keys: str) -> dict[str, Any]:
     }
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of the management app."""
+_FOUND = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Token"},
+        {
+            "type": "object",
+            "required": ["secret"],
+            "properties": {"secret": {
+                "type": "object",
+                "required": ["prefix", "current", "expires_at", "rotated_at"],
+                "properties": {
+                    "prefix": {"type": ["string", "null"]},
+                    "current": {"type": "boolean",
+                                "description": "false: a rotation replaced this secret"},
+                    "expires_at": _NULLABLE_TIME,
+                    "rotated_at": _NULLABLE_TIME,
+                },
+            }},
+        },
+    ]
+}
+
+
+def _lifecycle_paths(write_sec: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """Rotate, end a rotation's grace, disable, enable (``management.lifecycle``)."""
+
+    def action(op_id: str, summary: str, answer: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"parameters": [_ID_PARAM], "post": {
+            "operationId": op_id, "summary": summary, "security": write_sec, **extra,
+            "responses": {
+                "200": answer,
+                "404": _resp("No token has this id", "Error"),
+                "409": _resp("The token is revoked (revocation is final)", "Error"),
+                **_AUTH_ERRORS,
+            },
+        }}
+
+    rotate = action(
+        "rotateToken", "A new secret; the old one works grace_seconds more (default 86400)",
+        _resp("The token with its new secret (shown once)", "RotatedToken"),
+        requestBody={"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"grace_seconds": {
+                "type": "integer", "minimum": 0, "maximum": MAX_GRACE_SECONDS,
+                "default": DEFAULT_GRACE_SECONDS,
+            }},
+        }}}},
+    )
+    rotate["post"]["responses"]["400"] = _resp("grace_seconds is invalid", "Error")
+    find = {"post": {
+        "operationId": "findToken", "summary": "Which token is this secret? (by its hash)",
+        "security": [{"oauth": [READ_SCOPE]}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["token"], "additionalProperties": False,
+            "properties": {"token": {"type": "string", "description": "the secret, tgk_..."}},
+        }}}},
+        "responses": {
+            "200": _resp("The token, and what this secret is now", "FoundToken"),
+            "400": _resp("Not a token_guard secret", "Error"),
+            "404": _resp("No token has this secret", "Error"),
+            **_AUTH_ERRORS,
+        },
+    }}
+    return {
+        "/v3/tokens/find": find,
+        "/v3/tokens/{token_id}/rotate": rotate,
+        "/v3/tokens/{token_id}/rotate/expire": action(
+            "endRotationGrace", "Replaced secrets stop working now",
+            _resp("The token", "Token"),
+        ),
+        "/v3/tokens/{token_id}/disable": action(
+            "disableToken", "Refuse the token (token_disabled) until enabled",
+            _resp("The disabled token", "Token"),
+        ),
+        "/v3/tokens/{token_id}/enable": action(
+            "enableToken", "Accept a disabled token again", _resp("The enabled token", "Token"),
+        ),
+    }
+
+
+def _with_connections(body: dict[str, Any], connections: Sequence[str]) -> dict[str, Any]:
+    """``body`` whose grants' ``connection_name`` is one of ``connections``."""
+    grants = body["properties"]["grants"]
+    item = {**grants["items"], "properties": {
+        **grants["items"]["properties"],
+        "connection_name": {"type": "string", "enum": list(connections)},
+    }}
+    # The generic example names a connection this app may not have: left out.
+    listed = {k: v for k, v in grants.items() if k != "examples"}
+    return {**body, "properties": {**body["properties"], "grants": {**listed, "items": item}}}
+
+
+def openapi_schema(connections: Sequence[str] = ()) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the management app; ``connections``, when the app was
+    given its configuration, are the only connection names grants may use."""
     read_sec = [{"oauth": [READ_SCOPE]}]
     write_sec = [{"oauth": [WRITE_SCOPE]}]
     return {
@@ -204,6 +324,7 @@ def openapi_schema() -> dict[str, Any]:
                     },
                 },
             },
+            **_lifecycle_paths(write_sec),
             "/v3/audit": {
                 "get": {
                     "operationId": "listAudit",
@@ -213,6 +334,8 @@ def openapi_schema() -> dict[str, Any]:
                          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
                         {"name": "before", "in": "query",
                          "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "token_id", "in": "query", "schema": {"type": "string"},
+                         "description": "only this token's entries"},
                     ],
                     "responses": {
                         "200": _resp("Audit entries, newest first", "AuditPage"),
@@ -263,7 +386,8 @@ def openapi_schema() -> dict[str, Any]:
                         "tokenUrl": "/oauth/token",
                         "scopes": {
                             READ_SCOPE: "list and show tokens, read the audit log",
-                            WRITE_SCOPE: "create, update and revoke tokens",
+                            WRITE_SCOPE: "create, update, rotate, disable, enable and revoke "
+                                         "tokens",
                         },
                     }},
                 },
@@ -272,10 +396,14 @@ def openapi_schema() -> dict[str, Any]:
                 "Error": _ERROR,
                 "OAuthError": _OAUTH_ERROR,
                 "Grant": GRANT_SCHEMA,
-                "TokenCreate": _TOKEN_CREATE,
-                "TokenUpdate": _TOKEN_UPDATE,
+                "TokenCreate": _with_connections(_TOKEN_CREATE, connections)
+                if connections else _TOKEN_CREATE,
+                "TokenUpdate": _with_connections(_TOKEN_UPDATE, connections)
+                if connections else _TOKEN_UPDATE,
                 "Token": _TOKEN,
                 "CreatedToken": _CREATED,
+                "RotatedToken": _ROTATED,
+                "FoundToken": _FOUND,
                 "TokenPage": {
                     "type": "object",
                     "required": ["tokens", "next"],

@@ -6,8 +6,8 @@ only on the protocol it uses:
 * ``TokenReader`` -- what the request path needs: the lookup by secret hash, the change
   feed and whether it is healthy, and the batched usage write. A store serving only the
   guard (a read replica, a cache of another service) implements just this.
-* ``TokenAdmin`` -- creating, reading, listing, updating and revoking tokens (CLI, the
-  Tokens API).
+* ``TokenAdmin`` -- creating, reading, listing, updating, rotating, disabling, enabling
+  and revoking tokens (CLI, the Tokens API).
 * ``ClientStore`` -- the OAuth clients of the Tokens API.
 * ``AuditLog`` -- the append-only record of who changed what.
 * ``TokenStore`` -- all four plus ``open``/``close``: what ``MemoryStore``,
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
+from token_guard.core.errors import TokenStateError
 from token_guard.core.records import (
     AuditEntry,
     ChangeEvent,
@@ -37,8 +38,14 @@ from token_guard.core.records import (
 
 __all__ = [
     "AUDIT_CREATE",
+    "AUDIT_DISABLE",
+    "AUDIT_ENABLE",
+    "AUDIT_END_GRACE",
     "AUDIT_REVOKE",
+    "AUDIT_ROTATE",
     "AUDIT_UPDATE",
+    "DEFAULT_GRACE_SECONDS",
+    "MAX_GRACE_SECONDS",
     "MAX_PAGE",
     "AuditLog",
     "ChangeListener",
@@ -48,7 +55,9 @@ __all__ = [
     "TokenReader",
     "TokenStore",
     "TokenWrite",
+    "check_grace",
     "check_limit",
+    "revoked_is_final",
     "utc_now",
 ]
 
@@ -62,6 +71,15 @@ MAX_PAGE = 1000
 AUDIT_CREATE = "token.create"
 AUDIT_UPDATE = "token.update"
 AUDIT_REVOKE = "token.revoke"
+AUDIT_ROTATE = "token.rotate"
+AUDIT_END_GRACE = "token.rotate.expire"
+AUDIT_DISABLE = "token.disable"
+AUDIT_ENABLE = "token.enable"
+
+DEFAULT_GRACE_SECONDS = 86_400
+"""How long a rotated-out secret keeps working unless the rotation says otherwise (24 h)."""
+MAX_GRACE_SECONDS = 30 * 86_400
+"""The longest grace period: a replaced secret (perhaps a leaked one) dies within 30 days."""
 
 
 @runtime_checkable
@@ -123,6 +141,28 @@ class TokenAdmin(Protocol):
     async def revoke_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
         """Revoke (idempotent) and notify; later requests with the token get 401."""
 
+    async def rotate_token(
+        self, token_id: str, *, grace_seconds: int = DEFAULT_GRACE_SECONDS, actor: str = "api"
+    ) -> IssuedToken:
+        """Issue a new secret for the same token (same id, body); the current secret keeps
+        working ``grace_seconds`` more (0: refused at once with ``token_rotated``).
+
+        Secrets replaced earlier keep their own end. A revoked token raises
+        ``TokenStateError``; a bad ``grace_seconds`` raises ``ValueError``.
+        """
+
+    async def end_rotation_grace(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """End the grace period of every replaced secret of the token now (idempotent)."""
+
+    async def disable_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Refuse the token (``token_disabled``) until ``enable_token``; idempotent.
+
+        A revoked token raises ``TokenStateError``.
+        """
+
+    async def enable_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Undo ``disable_token`` (idempotent); a revoked token raises ``TokenStateError``."""
+
 
 @runtime_checkable
 class ClientStore(Protocol):
@@ -153,9 +193,10 @@ class AuditLog(Protocol):
         """Append an audit entry. Never pass a secret in ``detail``."""
 
     async def list_audit(
-        self, *, limit: int = 100, before: int | None = None
+        self, *, limit: int = 100, before: int | None = None, token_id: str | None = None
     ) -> Sequence[AuditEntry]:
-        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``, only
+        ``token_id``'s when given."""
 
 
 @runtime_checkable
@@ -212,6 +253,29 @@ class TokenWrite:
     def event(self) -> ChangeEvent:
         """The event listeners hear for this change."""
         return ChangeEvent(self.kind, self.token_id)
+
+
+def check_grace(grace_seconds: int) -> int:
+    """``grace_seconds`` if it is a whole number of seconds from 0 to MAX_GRACE_SECONDS."""
+    if (
+        isinstance(grace_seconds, bool)
+        or not isinstance(grace_seconds, int)
+        or not 0 <= grace_seconds <= MAX_GRACE_SECONDS
+    ):
+        raise ValueError(
+            f"grace_seconds must be a whole number of seconds from 0 to {MAX_GRACE_SECONDS} "
+            f"(30 days), got {grace_seconds!r}; e.g. 86400 for 24 hours, 0 to end at once"
+        )
+    return grace_seconds
+
+
+def revoked_is_final(record: TokenRecord, change: str) -> None:
+    """Raise ``TokenStateError`` if ``record`` is revoked: it cannot be ``change``d."""
+    if record.revoked_at is not None:
+        raise TokenStateError(
+            f"token {record.id!r} is revoked and cannot be {change}: revocation is final; "
+            "create a new token instead"
+        )
 
 
 def check_limit(limit: int) -> None:

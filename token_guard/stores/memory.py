@@ -9,21 +9,35 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from token_guard.core.errors import NotFound, StoreError, StoreUnavailable
-from token_guard.core.records import AuditEntry, IssuedToken, OAuthClient, TokenRecord, UsageRow
-from token_guard.core.secret import hash_secret, new_secret, new_token_id
-from token_guard.core.spec import apply_update, parse_token_spec
+from token_guard.core.records import (
+    AuditEntry,
+    IssuedToken,
+    OAuthClient,
+    SecretInfo,
+    TokenRecord,
+    UsageRow,
+)
+from token_guard.core.secret import hash_secret, new_secret, new_token_id, secret_prefix
+from token_guard.core.spec import apply_update, format_datetime, parse_token_spec
 from token_guard.stores.base import (
     AUDIT_CREATE,
+    AUDIT_DISABLE,
+    AUDIT_ENABLE,
+    AUDIT_END_GRACE,
     AUDIT_REVOKE,
+    AUDIT_ROTATE,
     AUDIT_UPDATE,
+    DEFAULT_GRACE_SECONDS,
     ChangeListener,
     Listeners,
     TokenWrite,
+    check_grace,
     check_limit,
+    revoked_is_final,
     utc_now,
 )
 
@@ -37,8 +51,10 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._state = "new"  # new -> open -> closed -> open ...
+        # Records without ``secret``; the current secret's info is added on the way out.
         self._tokens: dict[str, TokenRecord] = {}
-        self._hashes: dict[str, str] = {}  # secret hash -> token id
+        self._hashes: dict[str, tuple[str, SecretInfo]] = {}  # secret hash -> (token id, info)
+        self._current: dict[str, str] = {}  # token id -> its current secret's hash
         self._clients: dict[str, tuple[OAuthClient, str]] = {}
         self._audit: list[AuditEntry] = []
         self._listeners = Listeners()
@@ -66,20 +82,34 @@ class MemoryStore:
         secret = new_secret()
         record = TokenRecord(id=new_token_id(), spec=spec, created_at=utc_now())
         self._tokens[record.id] = record
-        self._hashes[hash_secret(secret)] = record.id
+        self._add_secret(record.id, secret)
         self._record(TokenWrite("created", AUDIT_CREATE, record.id, actor), {"name": spec.name})
-        return IssuedToken(record, token=secret)
+        return IssuedToken(self._out(record), token=secret)
+
+    def _add_secret(self, token_id: str, secret: str) -> None:
+        secret_hash = hash_secret(secret)
+        self._hashes[secret_hash] = (token_id, SecretInfo(secret_prefix(secret)))
+        self._current[token_id] = secret_hash
+
+    def _out(self, record: TokenRecord) -> TokenRecord:
+        current = self._hashes.get(self._current.get(record.id, ""))
+        return replace(record, secret=None if current is None else current[1])
 
     async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
-        """The token whose secret hashes to ``secret_hash`` (revoked ones included)."""
+        """The token whose secret hashes to ``secret_hash``, revoked ones and replaced
+        secrets included (``record.secret`` says until when)."""
         self._ready()
-        token_id = self._hashes.get(secret_hash)
-        return None if token_id is None else self._tokens.get(token_id)
+        found = self._hashes.get(secret_hash)
+        if found is None:
+            return None
+        record = self._tokens.get(found[0])
+        return None if record is None else replace(record, secret=found[1])
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         """The token with public id ``token_id``, or None."""
         self._ready()
-        return self._tokens.get(token_id)
+        record = self._tokens.get(token_id)
+        return None if record is None else self._out(record)
 
     async def list_tokens(
         self, *, limit: int = 100, after: str | None = None
@@ -88,7 +118,7 @@ class MemoryStore:
         self._ready()
         check_limit(limit)
         ids = sorted(i for i in self._tokens if after is None or i > after)
-        return [self._tokens[i] for i in ids[:limit]]
+        return [self._out(self._tokens[i]) for i in ids[:limit]]
 
     async def update_token(
         self, token_id: str, changes: Mapping[str, Any], *, actor: str = "api"
@@ -102,7 +132,7 @@ class MemoryStore:
             TokenWrite("updated", AUDIT_UPDATE, token_id, actor),
             {"fields": sorted(map(str, changes))},
         )
-        return updated
+        return self._out(updated)
 
     async def revoke_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
         """Revoke (idempotent: the first revocation time is kept) and notify."""
@@ -115,7 +145,67 @@ class MemoryStore:
         self._record(
             TokenWrite("revoked", AUDIT_REVOKE, token_id, actor), {"already_revoked": already}
         )
-        return record
+        return self._out(record)
+
+    async def rotate_token(
+        self, token_id: str, *, grace_seconds: int = DEFAULT_GRACE_SECONDS, actor: str = "api"
+    ) -> IssuedToken:
+        """A new secret for the token; the current one works ``grace_seconds`` more."""
+        self._ready()
+        grace = check_grace(grace_seconds)
+        record = self._require(token_id)
+        revoked_is_final(record, "rotated")
+        now = utc_now()
+        until = now + timedelta(seconds=grace)
+        old = self._current.get(token_id)
+        if old is not None:
+            self._hashes[old] = (token_id, replace(self._hashes[old][1], expires_at=until,
+                                                   rotated_at=now))
+        secret = new_secret()
+        self._add_secret(token_id, secret)
+        self._record(
+            TokenWrite("updated", AUDIT_ROTATE, token_id, actor),
+            {"grace_seconds": grace, "old_secret_expires_at": format_datetime(until),
+             "prefix": secret_prefix(secret)},
+        )
+        return IssuedToken(self._out(record), token=secret)
+
+    async def end_rotation_grace(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """End every replaced secret's grace period now (idempotent)."""
+        self._ready()
+        record = self._require(token_id)
+        now = utc_now()
+        ended = 0
+        for secret_hash, (owner, info) in list(self._hashes.items()):
+            if owner == token_id and info.expires_at is not None and info.expires_at > now:
+                self._hashes[secret_hash] = (owner, replace(info, expires_at=now))
+                ended += 1
+        self._record(
+            TokenWrite("updated", AUDIT_END_GRACE, token_id, actor), {"secrets_ended": ended}
+        )
+        return self._out(record)
+
+    async def disable_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Refuse the token until ``enable_token`` (idempotent: the first time is kept)."""
+        return self._set_disabled(token_id, True, actor)
+
+    async def enable_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Undo ``disable_token`` (idempotent)."""
+        return self._set_disabled(token_id, False, actor)
+
+    def _set_disabled(self, token_id: str, disable: bool, actor: str) -> TokenRecord:
+        self._ready()
+        record = self._require(token_id)
+        revoked_is_final(record, "disabled" if disable else "enabled")
+        already = (record.disabled_at is not None) == disable
+        if not already:
+            record = replace(record, disabled_at=utc_now() if disable else None)
+            self._tokens[token_id] = record
+        self._record(
+            TokenWrite("updated", AUDIT_DISABLE if disable else AUDIT_ENABLE, token_id, actor),
+            {"already_disabled" if disable else "already_enabled": already},
+        )
+        return self._out(record)
 
     async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
         """Set ``last_used_at`` per token id, never moving it backwards; unknown ids are skipped."""
@@ -212,14 +302,17 @@ class MemoryStore:
         self._append_audit(actor, action, token_id, detail)
 
     async def list_audit(
-        self, *, limit: int = 100, before: int | None = None
+        self, *, limit: int = 100, before: int | None = None, token_id: str | None = None
     ) -> Sequence[AuditEntry]:
-        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``, only
+        ``token_id``'s when given."""
         self._ready()
         check_limit(limit)
         out: list[AuditEntry] = []
         for entry in reversed(self._audit):
             if before is not None and entry.id >= before:
+                continue
+            if token_id is not None and entry.token_id != token_id:
                 continue
             out.append(entry)
             if len(out) == limit:

@@ -82,24 +82,33 @@ from token_guard.core.records import (
     ChangeEvent,
     IssuedToken,
     OAuthClient,
+    SecretInfo,
     TokenRecord,
     UsageRow,
 )
-from token_guard.core.secret import hash_secret, new_secret, new_token_id
-from token_guard.core.spec import apply_update, parse_token_spec
+from token_guard.core.secret import hash_secret, new_secret, new_token_id, secret_prefix
+from token_guard.core.spec import apply_update, format_datetime, parse_token_spec
 from token_guard.stores.base import (
     AUDIT_CREATE,
+    AUDIT_DISABLE,
+    AUDIT_ENABLE,
+    AUDIT_END_GRACE,
     AUDIT_REVOKE,
+    AUDIT_ROTATE,
     AUDIT_UPDATE,
+    DEFAULT_GRACE_SECONDS,
     ChangeListener,
     Listeners,
     TokenWrite,
+    check_grace,
     check_limit,
+    revoked_is_final,
 )
 from token_guard.stores.pg_feed import PgChangeFeed, first_line
 from token_guard.stores.rows import (
     AUDIT_COLUMNS,
     CLIENT_COLUMNS,
+    SECRET_COLUMNS,
     TOKEN_COLUMNS,
     audit_from_row,
     body_json,
@@ -120,6 +129,18 @@ Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
 # The network or server failing, as opposed to a bug or bad data: the store "cannot answer".
 _UNAVAILABLE: Final = (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError)
+
+# The token columns and its current secret's prefix (NULL for secrets issued before v4).
+_TOKEN_SELECT = (
+    f"{TOKEN_COLUMNS}, (SELECT prefix FROM {{s}}.token_secrets s WHERE s.token_id = tokens.id"
+    " AND s.expires_at IS NULL LIMIT 1)"
+)
+_SECRET_LOOKUP = (
+    "SELECT " + ", ".join(f"t.{c}" for c in TOKEN_COLUMNS.split(", "))
+    + ", " + ", ".join(f"s.{c}" for c in SECRET_COLUMNS.split(", "))
+    + " FROM {s}.token_secrets s JOIN {s}.tokens t ON t.id = s.token_id"
+    " WHERE s.secret_hash = %s"
+)
 
 # The migrations live beside SQLite's (stores.schema), numbered step for step.
 SCHEMA_VERSION: Final = POSTGRES_MIGRATIONS[-1].version
@@ -491,28 +512,31 @@ class PostgresStore:
             )
             row = await cur.fetchone()
             assert row is not None  # INSERT ... RETURNING returns its row
-            await conn.execute(
-                self._q("INSERT INTO {s}.token_secrets (secret_hash, token_id) VALUES (%s, %s)"),
-                (hash_secret(secret), token_id),
-            )
+            await self._add_secret(conn, secret, token_id)
             return _utc(row[0]), {"name": spec.name}
 
         change = TokenWrite("created", AUDIT_CREATE, token_id, actor)
         created_at = await self._write("creating a token", change, op)
-        return IssuedToken(TokenRecord(token_id, spec, created_at), secret)
+        return IssuedToken(
+            TokenRecord(token_id, spec, created_at, secret=SecretInfo(secret_prefix(secret))),
+            secret,
+        )
+
+    async def _add_secret(self, conn: Conn, secret: str, token_id: str) -> None:
+        await conn.execute(
+            self._q(
+                "INSERT INTO {s}.token_secrets (secret_hash, token_id, prefix) "
+                "VALUES (%s, %s, %s)"
+            ),
+            (hash_secret(secret), token_id, secret_prefix(secret)),
+        )
 
     async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
-        """The token whose secret hashes to ``secret_hash`` (revoked ones included)."""
+        """The token whose secret hashes to ``secret_hash``, revoked ones and replaced
+        secrets included (``record.secret`` says until when)."""
 
         async def op(conn: Conn) -> tuple[Any, ...] | None:
-            cur = await conn.execute(
-                self._q(
-                    f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = "
-                    "(SELECT token_id FROM {s}.token_secrets WHERE secret_hash = %s "
-                    "AND (expires_at IS NULL OR expires_at > now()))"
-                ),
-                (secret_hash,),
-            )
+            cur = await conn.execute(self._q(_SECRET_LOOKUP), (secret_hash,))
             return await cur.fetchone()
 
         row = await self._run("a token lookup", op)
@@ -523,7 +547,7 @@ class PostgresStore:
 
         async def op(conn: Conn) -> tuple[Any, ...] | None:
             cur = await conn.execute(
-                self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = %s"), (token_id,)
+                self._q(f"SELECT {_TOKEN_SELECT} FROM {{s}}.tokens WHERE id = %s"), (token_id,)
             )
             return await cur.fetchone()
 
@@ -539,7 +563,7 @@ class PostgresStore:
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 self._q(
-                    f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens "
+                    f"SELECT {_TOKEN_SELECT} FROM {{s}}.tokens "
                     "WHERE (%s::text IS NULL OR id > %s) ORDER BY id LIMIT %s"
                 ),
                 (after, after, limit),
@@ -582,7 +606,7 @@ class PostgresStore:
             cur = await conn.execute(
                 self._q(
                     "UPDATE {s}.tokens SET revoked_at = coalesce(revoked_at, now()) "
-                    f"WHERE id = %s RETURNING {TOKEN_COLUMNS}"
+                    f"WHERE id = %s RETURNING {_TOKEN_SELECT}"
                 ),
                 (token_id,),
             )
@@ -600,6 +624,82 @@ class PostgresStore:
                 "see the error logged above"
             )
         return record
+
+    async def rotate_token(
+        self, token_id: str, *, grace_seconds: int = DEFAULT_GRACE_SECONDS, actor: str = "api"
+    ) -> IssuedToken:
+        """A new secret for the token; the current one works ``grace_seconds`` more."""
+        grace = check_grace(grace_seconds)
+        secret = new_secret()
+
+        async def op(conn: Conn) -> tuple[TokenRecord, Mapping[str, Any]]:
+            _, record = await self._locked_token(conn, token_id)
+            revoked_is_final(record, "rotated")
+            cur = await conn.execute(
+                self._q(
+                    "UPDATE {s}.token_secrets SET expires_at = now() + %s * interval '1 second', "
+                    "rotated_at = now() WHERE token_id = %s AND expires_at IS NULL "
+                    "RETURNING expires_at"
+                ),
+                (grace, token_id),
+            )
+            ended = await cur.fetchone()
+            await self._add_secret(conn, secret, token_id)
+            detail = {"grace_seconds": grace, "prefix": secret_prefix(secret),
+                      "old_secret_expires_at": format_datetime(
+                          None if ended is None else _utc(ended[0]))}
+            return replace(record, secret=SecretInfo(secret_prefix(secret))), detail
+
+        change = TokenWrite("updated", AUDIT_ROTATE, token_id, actor)
+        return IssuedToken(await self._write("rotating a token", change, op), secret)
+
+    async def end_rotation_grace(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """End every replaced secret's grace period now (idempotent)."""
+
+        async def op(conn: Conn) -> tuple[TokenRecord, Mapping[str, Any]]:
+            _, record = await self._locked_token(conn, token_id)
+            cur = await conn.execute(
+                self._q(
+                    "UPDATE {s}.token_secrets SET expires_at = now() WHERE token_id = %s "
+                    "AND expires_at IS NOT NULL AND expires_at > now()"
+                ),
+                (token_id,),
+            )
+            return record, {"secrets_ended": cur.rowcount}
+
+        change = TokenWrite("updated", AUDIT_END_GRACE, token_id, actor)
+        return await self._write("ending a rotation's grace period", change, op)
+
+    async def disable_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Refuse the token until ``enable_token`` (idempotent: the first time is kept)."""
+        return await self._set_disabled(token_id, True, actor)
+
+    async def enable_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Undo ``disable_token`` (idempotent)."""
+        return await self._set_disabled(token_id, False, actor)
+
+    async def _set_disabled(self, token_id: str, disable: bool, actor: str) -> TokenRecord:
+        async def op(conn: Conn) -> tuple[TokenRecord, Mapping[str, Any]]:
+            _, record = await self._locked_token(conn, token_id)
+            revoked_is_final(record, "disabled" if disable else "enabled")
+            already = (record.disabled_at is not None) == disable
+            if not already:
+                cur = await conn.execute(
+                    self._q(
+                        "UPDATE {s}.tokens SET disabled_at = "
+                        "CASE WHEN %s THEN now() END WHERE id = %s RETURNING disabled_at"
+                    ),
+                    (disable, token_id),
+                )
+                row = await cur.fetchone()
+                at = None if row is None or row[0] is None else _utc(row[0])
+                record = replace(record, disabled_at=at)
+            return record, {"already_disabled" if disable else "already_enabled": already}
+
+        action = AUDIT_DISABLE if disable else AUDIT_ENABLE
+        change = TokenWrite("updated", action, token_id, actor)
+        return await self._write("disabling a token" if disable else "enabling a token",
+                                 change, op)
 
     async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
         """Batch-write ``last_used_at`` per token id (called by the resolver, not per request)."""
@@ -677,7 +777,7 @@ class PostgresStore:
         self, conn: Conn, token_id: str
     ) -> tuple[tuple[Any, ...], TokenRecord]:
         cur = await conn.execute(
-            self._q(f"SELECT {TOKEN_COLUMNS} FROM {{s}}.tokens WHERE id = %s FOR UPDATE"),
+            self._q(f"SELECT {_TOKEN_SELECT} FROM {{s}}.tokens WHERE id = %s FOR UPDATE"),
             (token_id,),
         )
         row = await cur.fetchone()
@@ -802,18 +902,20 @@ class PostgresStore:
         await self._run("writing an audit entry", op)
 
     async def list_audit(
-        self, *, limit: int = 100, before: int | None = None
+        self, *, limit: int = 100, before: int | None = None, token_id: str | None = None
     ) -> Sequence[AuditEntry]:
-        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``, only
+        ``token_id``'s when given."""
         check_limit(limit)
 
         async def op(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
                 self._q(
                     f"SELECT {AUDIT_COLUMNS} FROM {{s}}.audit "
-                    "WHERE (%s::bigint IS NULL OR id < %s) ORDER BY id DESC LIMIT %s"
+                    "WHERE (%s::bigint IS NULL OR id < %s) "
+                    "AND (%s::text IS NULL OR token_id = %s) ORDER BY id DESC LIMIT %s"
                 ),
-                (before, before, limit),
+                (before, before, token_id, token_id, limit),
             )
             return await cur.fetchall()
 

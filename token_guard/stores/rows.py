@@ -33,13 +33,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from token_guard.core.records import AuditEntry, OAuthClient, TokenRecord
+from token_guard.core.records import AuditEntry, OAuthClient, SecretInfo, TokenRecord
 from token_guard.core.spec import TOKEN_FIELDS, TokenSpec, parse_token_spec
 from token_guard.stores.schema import parse_timestamp
 
 __all__ = [
     "AUDIT_COLUMNS",
     "CLIENT_COLUMNS",
+    "SECRET_COLUMNS",
     "TOKEN_COLUMNS",
     "audit_from_row",
     "body_json",
@@ -50,7 +51,10 @@ __all__ = [
 
 logger = logging.getLogger("token_guard.stores")
 
-TOKEN_COLUMNS: Final = "id, body, created_at, revoked_at, last_used_at"
+TOKEN_COLUMNS: Final = "id, body, created_at, revoked_at, last_used_at, disabled_at"
+#: What a row may add after ``TOKEN_COLUMNS``, in this order: the secret's prefix, then (for
+#: a lookup by secret hash) its ``expires_at`` and ``rotated_at``.
+SECRET_COLUMNS: Final = "prefix, expires_at, rotated_at"
 CLIENT_COLUMNS: Final = "client_id, name, scopes, created_at, revoked_at"
 AUDIT_COLUMNS: Final = "id, at, actor, action, token_id, detail"
 
@@ -91,12 +95,20 @@ def _body_object(body: Any) -> dict[str, Any]:
 
 
 def token_from_row(row: Sequence[Any], where: str) -> TokenRecord | None:
-    """The token in ``row`` (``TOKEN_COLUMNS``), re-validated; None, logged, if unreadable.
+    """The token in ``row`` (``TOKEN_COLUMNS``, then any of ``SECRET_COLUMNS``), re-validated;
+    None, logged, if unreadable.
 
     ``where`` names the store in the log line (a file path or a schema, never a DSN).
     """
-    token_id, body, created, revoked, last_used = row
+    token_id, body, created, revoked, last_used, disabled = row[:6]
+    extra = [*row[6:9], None, None, None][:3]
     try:
+        secret = None
+        if len(row) > 6:
+            prefix = extra[0]
+            if prefix is not None and not isinstance(prefix, str):
+                raise TypeError(f"secret prefix {prefix!r} is not text")
+            secret = SecretInfo(prefix, _timestamp(extra[1]), _timestamp(extra[2]))
         spec = spec_from_body(body)
         created_at = _timestamp(created)
         if created_at is None:
@@ -107,6 +119,8 @@ def token_from_row(row: Sequence[Any], where: str) -> TokenRecord | None:
             created_at=created_at,
             revoked_at=_timestamp(revoked),
             last_used_at=_timestamp(last_used),
+            disabled_at=_timestamp(disabled),
+            secret=secret,
         )
     except _UNREADABLE as exc:
         logger.error(

@@ -18,7 +18,14 @@ The tables since version 3:
   rotation adds the new hash and gives the old one an ``expires_at`` (its grace period).
   A lookup ignores a hash whose ``expires_at`` has passed.
 * ``oauth_clients``, ``audit``, and SQLite's ``changes`` feed, unchanged since v2.
-* ``token_usage(token_id, hour, api, code, count)`` (v4) -- requests per token, API, UTC
+
+Version 4 (the token lifecycle) adds ``tokens.disabled_at`` (a column, not a body key: an
+older reader that skipped it would let a disabled token through, and older versions refuse
+to open a newer schema) and ``token_secrets.prefix`` (the secret's non-secret start, shown
+in lists; NULL for secrets issued before v4) and ``token_secrets.rotated_at`` (when a
+rotation replaced that secret; its ``expires_at`` is the end of its grace period).
+
+* ``token_usage(token_id, hour, api, code, count)`` (v5) -- requests per token, API, UTC
   hour and outcome (``code`` ``''``: allowed), added to in batches, pruned by age.
 """
 
@@ -145,6 +152,15 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "token lifecycle: disabled tokens, secret prefixes and rotation times",
+        (
+            "ALTER TABLE tokens ADD COLUMN disabled_at TEXT",
+            "ALTER TABLE token_secrets ADD COLUMN prefix TEXT",
+            "ALTER TABLE token_secrets ADD COLUMN rotated_at TEXT",
+        ),
+    ),
+    Migration(
+        5,
         "usage per token, API, UTC hour and outcome",
         (
             """
@@ -250,6 +266,15 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
+        "token lifecycle: disabled tokens, secret prefixes and rotation times",
+        (
+            "ALTER TABLE {s}.tokens ADD COLUMN disabled_at timestamptz",
+            "ALTER TABLE {s}.token_secrets ADD COLUMN prefix text",
+            "ALTER TABLE {s}.token_secrets ADD COLUMN rotated_at timestamptz",
+        ),
+    ),
+    Migration(
+        5,
         "usage per token, API, UTC hour and outcome",
         (
             """CREATE TABLE {s}.token_usage (

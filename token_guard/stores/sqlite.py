@@ -37,30 +37,44 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from token_guard.core.errors import ConfigurationError, NotFound, StoreError, StoreUnavailable
+from token_guard.core.errors import (
+    ConfigurationError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from token_guard.core.records import (
     AuditEntry,
     ChangeEvent,
     IssuedToken,
     OAuthClient,
+    SecretInfo,
     TokenRecord,
     UsageRow,
 )
-from token_guard.core.secret import hash_secret, new_secret, new_token_id
-from token_guard.core.spec import apply_update, parse_token_spec
+from token_guard.core.secret import hash_secret, new_secret, new_token_id, secret_prefix
+from token_guard.core.spec import apply_update, format_datetime, parse_token_spec
 from token_guard.stores.base import (
     AUDIT_CREATE,
+    AUDIT_DISABLE,
+    AUDIT_ENABLE,
+    AUDIT_END_GRACE,
     AUDIT_REVOKE,
+    AUDIT_ROTATE,
     AUDIT_UPDATE,
+    DEFAULT_GRACE_SECONDS,
     ChangeListener,
     Listeners,
     TokenWrite,
+    check_grace,
     check_limit,
+    revoked_is_final,
     utc_now,
 )
 from token_guard.stores.rows import (
     AUDIT_COLUMNS,
     CLIENT_COLUMNS,
+    SECRET_COLUMNS,
     TOKEN_COLUMNS,
     audit_from_row,
     body_json,
@@ -74,6 +88,16 @@ logger = logging.getLogger("token_guard.stores")
 R = TypeVar("R")
 
 _CHANGE_KINDS = frozenset({"created", "updated", "revoked", "reset"})
+# The token columns and its current secret's prefix (NULL for secrets issued before v4).
+_TOKEN_SELECT = (
+    f"{TOKEN_COLUMNS}, (SELECT prefix FROM token_secrets s WHERE s.token_id = tokens.id"
+    " AND s.expires_at IS NULL ORDER BY s.rowid DESC LIMIT 1)"
+)
+_SECRET_LOOKUP = (
+    "SELECT " + ", ".join(f"t.{c}" for c in TOKEN_COLUMNS.split(", "))
+    + ", " + ", ".join(f"s.{c}" for c in SECRET_COLUMNS.split(", "))
+    + " FROM token_secrets s JOIN tokens t ON t.id = s.token_id WHERE s.secret_hash = ?"
+)
 _POLL_BATCH = 1000
 
 
@@ -270,32 +294,35 @@ class SQLiteStore:
         """Validate ``body``, store the token under its secret's hash, return it with the secret."""
         spec = parse_token_spec(body)
         secret = new_secret()
-        record = TokenRecord(id=new_token_id(), spec=spec, created_at=utc_now())
+        record = TokenRecord(
+            id=new_token_id(), spec=spec, created_at=utc_now(),
+            secret=SecretInfo(secret_prefix(secret)),
+        )
 
         def op(conn: sqlite3.Connection) -> tuple[None, Mapping[str, Any]]:
             conn.execute(
                 "INSERT INTO tokens (id, body, created_at) VALUES (?, ?, ?)",
                 (record.id, body_json(spec), format_timestamp(record.created_at)),
             )
-            conn.execute(
-                "INSERT INTO token_secrets (secret_hash, token_id) VALUES (?, ?)",
-                (hash_secret(secret), record.id),
-            )
+            self._add_secret(conn, secret, record.id)
             return None, {"name": spec.name}
 
         await self._write(TokenWrite("created", AUDIT_CREATE, record.id, actor), op)
         return IssuedToken(record, token=secret)
 
+    @staticmethod
+    def _add_secret(conn: sqlite3.Connection, secret: str, token_id: str) -> None:
+        conn.execute(
+            "INSERT INTO token_secrets (secret_hash, token_id, prefix) VALUES (?, ?, ?)",
+            (hash_secret(secret), token_id, secret_prefix(secret)),
+        )
+
     async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
-        """The token whose secret hashes to ``secret_hash`` (two primary-key lookups)."""
-        now = format_timestamp(utc_now())
+        """The token whose secret hashes to ``secret_hash`` (two primary-key lookups),
+        revoked ones and replaced secrets included (``record.secret`` says until when)."""
 
         def read(conn: sqlite3.Connection) -> sqlite3.Row | None:
-            row: sqlite3.Row | None = conn.execute(
-                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = (SELECT token_id FROM"
-                " token_secrets WHERE secret_hash = ? AND (expires_at IS NULL OR expires_at > ?))",
-                (secret_hash, now),
-            ).fetchone()
+            row: sqlite3.Row | None = conn.execute(_SECRET_LOOKUP, (secret_hash,)).fetchone()
             return row
 
         row = await self._run(read)
@@ -309,7 +336,7 @@ class SQLiteStore:
     @staticmethod
     def _token_row(conn: sqlite3.Connection, token_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = conn.execute(
-            f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
+            f"SELECT {_TOKEN_SELECT} FROM tokens WHERE id = ?", (token_id,)
         ).fetchone()
         return row
 
@@ -321,7 +348,7 @@ class SQLiteStore:
 
         def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             return conn.execute(
-                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE id > ? ORDER BY id LIMIT ?",
+                f"SELECT {_TOKEN_SELECT} FROM tokens WHERE id > ? ORDER BY id LIMIT ?",
                 ("" if after is None else after, limit),
             ).fetchall()
 
@@ -389,6 +416,72 @@ class SQLiteStore:
                 "inspect the row in the tokens table"
             )
         return record
+
+    async def rotate_token(
+        self, token_id: str, *, grace_seconds: int = DEFAULT_GRACE_SECONDS, actor: str = "api"
+    ) -> IssuedToken:
+        """A new secret for the token; the current one works ``grace_seconds`` more."""
+        grace = check_grace(grace_seconds)
+        secret = new_secret()
+
+        def op(conn: sqlite3.Connection) -> tuple[TokenRecord, Mapping[str, Any]]:
+            _, record = self._readable(conn, token_id)
+            revoked_is_final(record, "rotated")
+            now = utc_now()
+            until = now + timedelta(seconds=grace)
+            conn.execute(
+                "UPDATE token_secrets SET expires_at = ?, rotated_at = ?"
+                " WHERE token_id = ? AND expires_at IS NULL",
+                (format_timestamp(until), format_timestamp(now), token_id),
+            )
+            self._add_secret(conn, secret, token_id)
+            detail = {"grace_seconds": grace, "old_secret_expires_at": format_datetime(until),
+                      "prefix": secret_prefix(secret)}
+            return replace(record, secret=SecretInfo(secret_prefix(secret))), detail
+
+        change = TokenWrite("updated", AUDIT_ROTATE, token_id, actor)
+        return IssuedToken(await self._write(change, op), token=secret)
+
+    async def end_rotation_grace(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """End every replaced secret's grace period now (idempotent)."""
+
+        def op(conn: sqlite3.Connection) -> tuple[TokenRecord, Mapping[str, Any]]:
+            _, record = self._readable(conn, token_id)
+            now = format_timestamp(utc_now())
+            ended = conn.execute(
+                "UPDATE token_secrets SET expires_at = ? WHERE token_id = ?"
+                " AND expires_at IS NOT NULL AND expires_at > ?",
+                (now, token_id, now),
+            ).rowcount
+            return record, {"secrets_ended": ended}
+
+        return await self._write(TokenWrite("updated", AUDIT_END_GRACE, token_id, actor), op)
+
+    async def disable_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Refuse the token until ``enable_token`` (idempotent: the first time is kept)."""
+        return await self._set_disabled(token_id, True, actor)
+
+    async def enable_token(self, token_id: str, *, actor: str = "api") -> TokenRecord:
+        """Undo ``disable_token`` (idempotent)."""
+        return await self._set_disabled(token_id, False, actor)
+
+    async def _set_disabled(self, token_id: str, disable: bool, actor: str) -> TokenRecord:
+        def op(conn: sqlite3.Connection) -> tuple[TokenRecord, Mapping[str, Any]]:
+            _, record = self._readable(conn, token_id)
+            revoked_is_final(record, "disabled" if disable else "enabled")
+            already = (record.disabled_at is not None) == disable
+            if not already:
+                at = utc_now() if disable else None
+                conn.execute(
+                    "UPDATE tokens SET disabled_at = ? WHERE id = ?",
+                    (None if at is None else format_timestamp(at), token_id),
+                )
+                record = replace(record, disabled_at=at)
+            key = "already_disabled" if disable else "already_enabled"
+            return record, {key: already}
+
+        action = AUDIT_DISABLE if disable else AUDIT_ENABLE
+        return await self._write(TokenWrite("updated", action, token_id, actor), op)
 
     async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
         """Set ``last_used_at`` per token id in one transaction, never moving it backwards."""
@@ -610,16 +703,24 @@ class SQLiteStore:
         await self._run(write)
 
     async def list_audit(
-        self, *, limit: int = 100, before: int | None = None
+        self, *, limit: int = 100, before: int | None = None, token_id: str | None = None
     ) -> Sequence[AuditEntry]:
-        """Audit entries, newest first, ``limit`` at most, with id below ``before``."""
+        """Audit entries, newest first, ``limit`` at most, with id below ``before``, only
+        ``token_id``'s when given (the audit_token_id index)."""
         check_limit(limit)
+        upper = 2**63 - 1 if before is None else before
 
         def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            if token_id is not None:
+                return conn.execute(
+                    f"SELECT {AUDIT_COLUMNS} FROM audit WHERE token_id = ? AND id < ?"
+                    " ORDER BY id DESC LIMIT ?",
+                    (token_id, upper, limit),
+                ).fetchall()
             return conn.execute(
                 f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id < ?"
                 " ORDER BY id DESC LIMIT ?",
-                (2**63 - 1 if before is None else before, limit),
+                (upper, limit),
             ).fetchall()
 
         entries = (audit_from_row(row, self.path) for row in await self._run(read))

@@ -23,7 +23,9 @@
   };
 
   const session = { accessToken: null, clientId: "", expiryTimer: 0 };
-  const state = { tokens: [], loaded: false, created: null, revokeTarget: null, view: "" };
+  const state = {
+    tokens: [], loaded: false, created: null, revokeTarget: null, view: "", editing: null,
+  };
 
   // --- small DOM helpers ------------------------------------------------------------------
 
@@ -113,6 +115,10 @@
       this.status = status;
       this.field = body && typeof body.field === "string" ? body.field : "";
       this.hint = body && typeof body.hint === "string" ? body.hint : "";
+      // invalid_token_spec: every field's error at once, to show each beside its field.
+      this.errors = body && Array.isArray(body.errors)
+        ? body.errors.filter((e) => e && typeof e.field === "string" && typeof e.error === "string")
+        : [];
       this.description = body && typeof body.error_description === "string"
         ? body.error_description : "";
     }
@@ -173,6 +179,7 @@
       });
       const schema = response.ok && body && body.components && body.components.schemas
         && body.components.schemas.TokenCreate;
+      fillKnownConnections(schema);
       const apis = schema && schema.properties && schema.properties.allowed_apis;
       const list = apis && apis.items && apis.items.enum;
       if (Array.isArray(list) && list.length && list.every((n) => typeof n === "string")) {
@@ -192,6 +199,23 @@
     for (const name of names) {
       box.append(el("label", {},
         el("input", { type: "checkbox", name: "allowed_apis", value: name }), ` ${apiLabel(name)}`));
+    }
+  }
+
+  // The connections the app serves, when the server was given its configuration: offered in
+  // each grant row's Connection field (a datalist: a name typed by hand still reaches the
+  // server, which refuses an unknown one naming the field).
+  function fillKnownConnections(schema) {
+    const grants = schema && schema.properties && schema.properties.grants;
+    const conn = grants && grants.items && grants.items.properties
+      && grants.items.properties.connection_name;
+    const names = conn && conn.enum;
+    const list = $("known-connections");
+    if (!list || !Array.isArray(names)) return;
+    clear(list);
+    list.dataset.configured = "true"; // the app's own list: not replaced by offerConnections
+    for (const name of names) {
+      if (typeof name === "string") list.append(el("option", { value: name }));
     }
   }
 
@@ -263,6 +287,7 @@
     state.tokens = [];
     state.loaded = false;
     forgetCreated();
+    forgetRotated();
     clear($("token-rows"));
     clear($("detail-fields"));
     clear($("detail-grants"));
@@ -310,12 +335,16 @@
     }
     const hash = location.hash.replace(/^#/, "");
     if (hash !== "created") forgetCreated();
+    forgetRotated();
     if (hash === "new") {
       showView("view-new");
       resetCreateForm();
+      setFormMode(null);
       focusHeading("new-title");
     } else if (hash === "created" && state.created) {
       showView("view-created");
+    } else if (/^token\/[^/]+\/edit$/.test(hash)) {
+      showEdit(decodeURIComponent(hash.slice("token/".length, -"/edit".length)));
     } else if (hash.startsWith("token/")) {
       showDetail(decodeURIComponent(hash.slice("token/".length)));
     } else {
@@ -348,9 +377,20 @@
       state.tokens = await fetchAllTokens();
       state.loaded = true;
       renderTokens();
+      offerConnections(state.tokens);
     } catch (exc) {
       if (exc.status !== 401) announce(`Could not load the tokens: ${exc.message}`);
     }
+  }
+
+  // The connections grants may name, as the tokens already use them (the management app does
+  // not know the guard's configuration): offered by every grant row's connection field.
+  function offerConnections(tokens) {
+    const names = [...new Set(tokens.flatMap((t) => t.grants.map((g) => g.connection_name)))].sort();
+    const list = $("known-connections");
+    if (list.dataset.configured === "true") return;
+    clear(list);
+    for (const name of names) list.append(el("option", { value: name }));
   }
 
   function matches(token, needle) {
@@ -374,7 +414,7 @@
     for (const token of shown) {
       const name = token.name || "(no name)";
       const detail = el("a", { href: `#token/${encodeURIComponent(token.id)}`, className: "name" }, name);
-      const revoke = token.state === "active"
+      const revoke = token.state === "active" || token.state === "disabled"
         ? el("button", {
           type: "button", className: "button danger small",
           "aria-label": `Revoke ${name}`, onclick: () => openRevoke(token),
@@ -382,7 +422,9 @@
         : null;
       body.append(el("tr", { role: "row", dataset: { tokenId: token.id } },
         cell("Name", detail),
-        cell("Id", el("code", {}, token.id)),
+        // One child: at phone width each cell is a two-column grid (label, value).
+        cell("Id", el("span", {}, el("code", {}, token.id),
+          token.secret_prefix ? secretPrefix(token) : null)),
         cell("APIs", apisText(token.allowed_apis)),
         cell("Grants", grantsSummary(token.grants)),
         cell("Referers", referersText(token.referers)),
@@ -418,6 +460,10 @@
     clear($("detail-grants"));
     $("detail-title").textContent = "Token";
     $("detail-revoke").hidden = true;
+    $("detail-lifecycle").hidden = true;
+    $("detail-snippets").hidden = true;
+    $("detail-edit").hidden = true;
+    $("detail-history").hidden = true;
     let token;
     try {
       token = await api("GET", `v3/tokens/${encodeURIComponent(id)}`);
@@ -451,6 +497,8 @@
       ["Limits", limitsText(token.limits)],
     ];
     if (token.revoked_at) rows.push(["Revoked", formatTime(token.revoked_at, "")]);
+    if (token.disabled_at) rows.push(["Disabled", formatTime(token.disabled_at, "")]);
+    rows.splice(1, 0, ["Secret", secretPrefix(token)]);
     for (const [label, value] of rows) {
       fields.append(el("div", { className: "field-row" }, el("dt", {}, label), el("dd", {}, value)));
     }
@@ -463,8 +511,210 @@
     }
     $("detail-no-grants").hidden = token.grants.length > 0;
     const revoke = $("detail-revoke");
-    revoke.hidden = token.state !== "active";
+    revoke.hidden = token.state === "revoked" || token.state === "expired";
     revoke.onclick = () => openRevoke(token);
+    renderLifecycle(token);
+    $("detail-edit").href = `#token/${encodeURIComponent(token.id)}/edit`;
+    $("detail-edit").hidden = token.state === "revoked";
+    renderSnippets(token);
+    loadHistory(token);
+  }
+
+  // --- history: the token's audit log -----------------------------------------------------
+
+  const HISTORY_LIMIT = 50;
+  const ACTION_WORDS = {
+    "token.create": "created", "token.update": "edited", "token.revoke": "revoked",
+    "token.rotate": "secret rotated", "token.rotate.expire": "grace period ended",
+    "token.disable": "disabled", "token.enable": "enabled",
+    "token.leak_reported": "reported leaked by a secret scanner",
+  };
+
+  function historyDetail(entry) {
+    const d = entry.detail || {};
+    if (entry.action === "token.update" && Array.isArray(d.fields)) return ` (${d.fields.join(", ")})`;
+    if (entry.action === "token.rotate" && typeof d.grace_seconds === "number") {
+      return ` (old secret works ${d.grace_seconds ? `until ${d.old_secret_expires_at}` : "no longer"})`;
+    }
+    if (entry.action === "token.leak_reported" && typeof d.url === "string") return ` (${d.url})`;
+    return "";
+  }
+
+  async function loadHistory(token) {
+    const section = $("detail-history");
+    const list = $("history-entries");
+    let body;
+    try {
+      const query = new URLSearchParams({ token_id: token.id, limit: String(HISTORY_LIMIT) });
+      body = await api("GET", `v3/audit?${query}`);
+    } catch (exc) {
+      section.hidden = true;
+      return;
+    }
+    if (state.view !== "view-detail") return;
+    clear(list);
+    for (const entry of body.entries) {
+      const words = Object.prototype.hasOwnProperty.call(ACTION_WORDS, entry.action)
+        ? ACTION_WORDS[entry.action] : entry.action;
+      list.append(el("li", { dataset: { action: entry.action } },
+        formatTime(entry.at, ""), " ", el("strong", {}, words), historyDetail(entry), " ",
+        el("span", { className: "actor" }, `by ${entry.actor}`)));
+    }
+    $("history-more").hidden = !body.next;
+    section.hidden = !body.entries.length;
+  }
+
+  // --- snippets: curl and @carto/api-client, with the secret read from $TOKEN -------------
+
+  function snippetSource(token) {
+    // The first grant the token holds decides the example; LDS needs no grant.
+    const grant = token.grants[0];
+    const isQuery = grant && /^\s*(\(|select\b|with\b)/i.test(grant.source);
+    return { grant, isQuery };
+  }
+
+  function curlSnippet(token, base) {
+    const { grant, isQuery } = snippetSource(token);
+    const apis = token.allowed_apis;
+    let path;
+    if (grant && apis.includes("sql")) {
+      const q = isQuery ? grant.source : `SELECT * FROM ${grant.source.replace(/\*$/, "my_table")} LIMIT 10`;
+      path = `/v3/sql/${grant.connection_name}/query?q=${encodeURIComponent(q)}`;
+    } else if (grant && apis.includes("maps")) {
+      path = isQuery
+        ? `/v3/maps/${grant.connection_name}/query?q=${encodeURIComponent(grant.source)}`
+        : `/v3/maps/${grant.connection_name}/table?name=${encodeURIComponent(grant.source)}`;
+    } else if (apis.includes("lds")) {
+      path = "/v3/lds/geocoding/geocode?address=Madrid";
+    } else {
+      path = "/v3/imports";
+    }
+    return `curl -H "Authorization: Bearer $TOKEN" \\\n  "${base}${path}"`;
+  }
+
+  function jsSnippet(token, base) {
+    const { grant, isQuery } = snippetSource(token);
+    const conn = grant ? grant.connection_name : "carto_dw";
+    const source = grant ? grant.source : "project.dataset.table";
+    const fn = isQuery ? "vectorQuerySource" : "vectorTableSource";
+    const param = isQuery ? `sqlQuery: ${JSON.stringify(source)}` : `tableName: ${JSON.stringify(source)}`;
+    return [
+      `import { ${fn} } from "@carto/api-client";`,
+      "",
+      `const data = await ${fn}({`,
+      `  apiBaseUrl: ${JSON.stringify(base)},`,
+      "  accessToken: process.env.TOKEN, // the secret: never in source code",
+      `  connectionName: ${JSON.stringify(conn)},`,
+      `  ${param},`,
+      "});",
+    ].join("\n");
+  }
+
+  function renderSnippets(token) {
+    const live = token.state === "active" || token.state === "disabled";
+    $("detail-snippets").hidden = !live;
+    if (!live) return;
+    const base = location.origin;
+    $("snippet-curl").textContent = curlSnippet(token, base);
+    $("snippet-js").textContent = jsSnippet(token, base);
+    $("snippet-copy-status").textContent = "";
+  }
+
+  async function copySnippet(id) {
+    const status = $("snippet-copy-status");
+    try {
+      await navigator.clipboard.writeText($(id).textContent);
+      status.textContent = "Copied to the clipboard.";
+    } catch (_) {
+      status.textContent = "Could not copy automatically: select the text and press Ctrl+C.";
+    }
+  }
+
+  function secretPrefix(token) {
+    // The secret's non-secret start (tgk_ + 8 characters), to match a secret someone holds.
+    return token.secret_prefix
+      ? el("code", { className: "secret-prefix", title: "the start of the current secret" },
+        `${token.secret_prefix}…`)
+      : document.createTextNode("(not kept for this secret)");
+  }
+
+  // --- lifecycle: rotate, end the grace period, disable, enable ---------------------------
+
+  function renderLifecycle(token) {
+    const revoked = token.state === "revoked" || token.state === "expired";
+    $("detail-lifecycle").hidden = revoked;
+    if (revoked) return;
+    const disabled = token.state === "disabled";
+    $("detail-disable").hidden = disabled;
+    $("detail-enable").hidden = !disabled;
+    $("detail-rotate").onclick = () => rotateSecret(token);
+    $("detail-end-grace").onclick = () => endGrace(token);
+    $("detail-disable").onclick = () => setDisabled(token, true);
+    $("detail-enable").onclick = () => setDisabled(token, false);
+  }
+
+  async function lifecycleCall(token, path, payload, done) {
+    const name = token.name || "(no name)";
+    try {
+      const answer = await api("POST", `v3/tokens/${encodeURIComponent(token.id)}/${path}`, payload);
+      renderDetail(answer);
+      done(answer, name);
+    } catch (exc) {
+      if (exc.status !== 401) announce(`Could not change ${name}: ${exc.message}`);
+    }
+  }
+
+  function rotateSecret(token) {
+    const grace = Number($("rotate-grace").value);
+    return lifecycleCall(token, "rotate", { grace_seconds: grace }, (answer, name) => {
+      showRotated(answer);
+      announce(`A new secret was issued for ${name}; copy it now.`);
+    });
+  }
+
+  function endGrace(token) {
+    return lifecycleCall(token, "rotate/expire", undefined, (answer, name) => {
+      announce(`The grace period of ${name}'s old secrets ended: only the current secret works.`);
+    });
+  }
+
+  function setDisabled(token, disable) {
+    return lifecycleCall(token, disable ? "disable" : "enable", undefined, (answer, name) => {
+      announce(disable ? `Token ${name} was disabled; requests with it are refused until it is enabled.`
+        : `Token ${name} was enabled; requests with it are accepted again.`);
+      $(disable ? "detail-enable" : "detail-disable").focus();
+    });
+  }
+
+  function showRotated(answer) {
+    $("rotated-secret").value = answer.token;
+    clear($("rotated-until"));
+    $("rotated-until").append(answer.grace_seconds
+      ? formatTime(answer.old_secret_expires_at, "") : document.createTextNode("now (it is refused already)"));
+    $("rotated-copy-status").textContent = "";
+    $("rotated-box").hidden = false;
+    $("rotated-secret").focus();
+    $("rotated-secret").select();
+  }
+
+  function forgetRotated() {
+    const box = document.getElementById("rotated-box");
+    if (box) box.hidden = true;
+    const secret = document.getElementById("rotated-secret");
+    if (secret) secret.value = "";
+  }
+
+  async function copyRotated() {
+    const input = $("rotated-secret");
+    const status = $("rotated-copy-status");
+    try {
+      await navigator.clipboard.writeText(input.value);
+      status.textContent = "Copied to the clipboard.";
+    } catch (_) {
+      input.focus();
+      input.select();
+      status.textContent = "Could not copy automatically: the secret is selected, press Ctrl+C.";
+    }
   }
 
   // --- usage chart ------------------------------------------------------------------------
@@ -607,6 +857,7 @@
     error.id = `grant-error-${n}`;
     row.querySelector(".grant-conn-label").htmlFor = conn.id;
     row.querySelector(".grant-source-label").htmlFor = src.id;
+    conn.setAttribute("list", "known-connections");
     conn.value = connection || "";
     src.value = source || "";
     row.querySelector(".remove-grant").addEventListener("click", () => removeGrantRow(row));
@@ -635,6 +886,43 @@
       row.querySelector(".grant-conn").setAttribute("aria-label", `Connection, grant ${i + 1}`);
       row.querySelector(".grant-source").setAttribute("aria-label", `Source, grant ${i + 1}`);
     });
+  }
+
+  // --- edit: the create form, filled with the token and sent as a PATCH -------------------
+
+  function setFormMode(token) {
+    state.editing = token;
+    const submit = document.querySelector("#create-form button[type=submit]");
+    $("expiration").closest(".field").hidden = Boolean(token);
+    if (token) {
+      $("new-title").textContent = `Edit token: ${token.name || "(no name)"}`;
+      submit.textContent = "Save changes";
+    } else {
+      $("new-title").textContent = "Create an API access token";
+      submit.textContent = "Create token";
+    }
+  }
+
+  async function showEdit(id) {
+    showView("view-new");
+    resetCreateForm();
+    let token;
+    try {
+      token = await api("GET", `v3/tokens/${encodeURIComponent(id)}`);
+    } catch (exc) {
+      if (exc.status !== 401) announce(`Could not load the token: ${exc.message}`);
+      return;
+    }
+    setFormMode(token);
+    $("token-name").value = token.name || "";
+    for (const box of document.querySelectorAll("#apis input")) {
+      box.checked = token.allowed_apis.includes(box.value);
+    }
+    clear($("grant-rows"));
+    for (const grant of token.grants) addGrantRow(grant.connection_name, grant.source);
+    if (!token.grants.length) addGrantRow("", "");
+    $("referers").value = token.referers.join("\n");
+    focusHeading("new-title");
   }
 
   function resetCreateForm() {
@@ -738,6 +1026,30 @@
     return true;
   }
 
+  // Every error the server gave, each beside its field; those no field holds go in the
+  // form's box. True if at least one was placed beside a field.
+  function showServerErrors(exc, sent, verb) {
+    const all = exc.errors.length ? exc.errors : [{ field: exc.field, error: exc.message }];
+    const loose = [];
+    let placed = 0;
+    for (const item of all) {
+      if (item.field && showFieldError(item.field, item.error, sent)) placed += 1;
+      else loose.push(item.error);
+    }
+    if (loose.length) {
+      const box = $("create-error");
+      box.textContent = `${verb}: ${loose.join("; ")}${exc.hint && !placed ? ` (${exc.hint})` : ""}`;
+      box.hidden = false;
+    }
+    const first = document.querySelector("#create-form [aria-invalid='true']");
+    if (first) first.focus();
+    else if (loose.length) {
+      $("create-error").setAttribute("tabindex", "-1");
+      $("create-error").focus();
+    }
+    return placed > 0;
+  }
+
   async function createToken(event) {
     event.preventDefault();
     clearErrors();
@@ -748,6 +1060,10 @@
     }
     const submit = event.submitter || null;
     if (submit) submit.disabled = true;
+    if (state.editing) {
+      await saveEdit(state.editing, sent, submit);
+      return;
+    }
     try {
       const created = await api("POST", "v3/tokens", sent.body);
       state.created = created;
@@ -756,14 +1072,39 @@
       showCreated(created);
     } catch (exc) {
       if (exc.status === 401) return;
-      if (!(exc.status === 400 && exc.field && showFieldError(exc.field, exc.message, sent))) {
+      if (!(exc.status === 400 && exc.field)) {
         const box = $("create-error");
         box.textContent = `The token was not created: ${exc.message}${exc.hint ? ` (${exc.hint})` : ""}`;
         box.hidden = false;
         box.setAttribute("tabindex", "-1");
         box.focus();
-      } else {
-        announce("The token was not created: fix the marked field.");
+      } else if (showServerErrors(exc, sent, "The token was not created")) {
+        announce("The token was not created: fix the marked fields.");
+      }
+    } finally {
+      if (submit) submit.disabled = false;
+    }
+  }
+
+  async function saveEdit(token, sent, submit) {
+    const changes = { ...sent.body };
+    delete changes.expiration_date; // set only at creation
+    try {
+      await api("PATCH", `v3/tokens/${encodeURIComponent(token.id)}`, changes);
+      state.tokens = [];
+      state.loaded = false;
+      location.hash = `#token/${encodeURIComponent(token.id)}`;
+      announce("Your changes were saved.");
+    } catch (exc) {
+      if (exc.status === 401) return;
+      if (!(exc.status === 400 && exc.field)) {
+        const box = $("create-error");
+        box.textContent = `The changes were not saved: ${exc.message}${exc.hint ? ` (${exc.hint})` : ""}`;
+        box.hidden = false;
+        box.setAttribute("tabindex", "-1");
+        box.focus();
+      } else if (showServerErrors(exc, sent, "The changes were not saved")) {
+        announce("The changes were not saved: fix the marked fields.");
       }
     } finally {
       if (submit) submit.disabled = false;
@@ -806,6 +1147,22 @@
     }
   }
 
+  // --- expiration presets: fill the date field (30 or 90 days from now, or never) ----------
+
+  function setExpiryPreset(days) {
+    const input = $("expiration");
+    if (!days) {
+      input.value = "";
+      announce("The token will never expire.");
+      return;
+    }
+    const at = new Date(Date.now() + Number(days) * 86400000);
+    const pad = (n) => String(n).padStart(2, "0");
+    input.value = `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}`
+      + `T${pad(at.getHours())}:${pad(at.getMinutes())}`;
+    announce(`The token will expire in ${days} days.`);
+  }
+
   // --- wiring -----------------------------------------------------------------------------
 
   function start() {
@@ -822,6 +1179,12 @@
     });
     $("revoke-dialog").addEventListener("close", onRevokeClosed);
     $("copy-secret").addEventListener("click", copySecret);
+    $("copy-rotated").addEventListener("click", copyRotated);
+    $("copy-snippet-curl").addEventListener("click", () => copySnippet("snippet-curl"));
+    $("copy-snippet-js").addEventListener("click", () => copySnippet("snippet-js"));
+    for (const preset of document.querySelectorAll("[data-expires-days]")) {
+      preset.addEventListener("click", () => setExpiryPreset(preset.dataset.expiresDays));
+    }
     $("created-done").addEventListener("click", () => { location.hash = "#tokens"; });
     window.addEventListener("hashchange", route);
     // A link to the view already shown gives no hashchange; it should still refresh it.
