@@ -174,7 +174,12 @@ def test_extra_sql_functions_are_opt_in() -> None:
 
 
 async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
-    from token_guard.core.policy import DECISIONS_MEMO_SIZE, SITES_MEMO_SIZE
+    from token_guard.core.policy import (
+        ANSWERS_MEMO_SIZE,
+        PREPARED_MEMO_SIZE,
+        VERDICTS_MEMO_SIZE,
+    )
+    from token_guard.core.routes import READ_MEMO_SIZE, ROUTE_MEMO_SIZE
     from token_guard.core.secret import new_secret
     from token_guard.guard import BEARER_MEMO_SIZE, FACTS_MEMO_SIZE
 
@@ -183,22 +188,102 @@ async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
     browser = (await guard.store.create_token(referers)).token  # type: ignore[attr-defined]
     for token in (secret, browser):
         await drive(guard.check("GET", *TABLE, bearer(token), "https://a.example.com", None))
-    flood = max(FACTS_MEMO_SIZE, BEARER_MEMO_SIZE, DECISIONS_MEMO_SIZE, SITES_MEMO_SIZE) + 300
+    flood = max(FACTS_MEMO_SIZE, BEARER_MEMO_SIZE, PREPARED_MEMO_SIZE, ANSWERS_MEMO_SIZE,
+                VERDICTS_MEMO_SIZE, READ_MEMO_SIZE, ROUTE_MEMO_SIZE) + 300
     for i in range(flood):
         page = f"https://s{i % 5000}.example.com/p/{i}"
         step = guard.check("GET", f"/v3/maps/carto_dw/table/9/{i}/{i}".encode(),
                            f"name=proj.ds.stores&v={i}".encode(), bearer(browser), None, page)
         assert isinstance(step, TokenRecord)
+        # A distinct source name each time: new facts, new preparations.
+        other = guard.check("GET", f"/v3/maps/carto_dw/table/1/{i}/2".encode(),
+                            f"name=proj.ds.t{i}".encode(), bearer(browser), None, page)
+        assert isinstance(other, Denial) and other.code == "source_not_granted"
         if i % 7 == 0:
             unknown = guard.check("GET", *TABLE, bearer(new_secret()), None, None)
             assert isinstance(unknown, Awaiting)
     assert len(guard._facts) <= FACTS_MEMO_SIZE
     assert len(guard._bearers) <= BEARER_MEMO_SIZE
-    assert len(guard.policy._decided) <= DECISIONS_MEMO_SIZE
-    assert len(guard.policy._sites) <= SITES_MEMO_SIZE
+    assert len(guard.policy._prepared) <= PREPARED_MEMO_SIZE
+    assert len(guard.policy._answers) <= ANSWERS_MEMO_SIZE
+    assert len(guard.policy._verdicts) <= VERDICTS_MEMO_SIZE
+    assert len(guard.routes._read) <= READ_MEMO_SIZE
+    assert len(guard.routes._matched) <= ROUTE_MEMO_SIZE
     # After the flood, the same requests get the same answers as before it.
     evil = guard.check("GET", *TABLE, bearer(browser), "https://evil.com", None)
     assert isinstance(evil, Denial) and evil.code == "origin_not_allowed"
     secret_table = guard.check("GET", b"/v3/maps/carto_dw/table", b"name=proj.ds.secret",
                                bearer(secret), None, None)
     assert isinstance(secret_table, Denial) and secret_table.code == "source_not_granted"
+
+
+def _equivalent_requests() -> list[tuple[bytes, bytes, str | None, str | None]]:
+    """Requests that differ only where a decision does not look, and where it does."""
+    query = "SELECT name FROM proj.ds.stores WHERE city = @city"
+    out: list[tuple[bytes, bytes, str | None, str | None]] = []
+    pages = ["/", "/a/b", "/a/%2e%2e/b", "/x?y=1#z", "/a b", "/tab\\x", "/map/1"]
+    sites = ["https://maps.example.com", "https://evil.example.org", "http://localhost:3000",
+             "https://maps.example.com:444", "null"]
+    names = ["proj.ds.stores", "proj.ds.secret", "proj.shared.x", "bad;name", "a.b.c.d.e"]
+    for i in range(240):
+        z, x, y = i % 7, i, i * 3
+        site = sites[i % len(sites)]
+        origin = None if i % 3 == 0 else site
+        referer = None if i % 11 == 0 else site + pages[i % len(pages)]
+        name = names[i % len(names)]
+        extra = [f"v={i}", "client=x", f"queryParameters=%7B%22city%22%3A{i}%7D"][i % 3]
+        if i % 4 == 0:
+            path = f"/v3/sql/carto_dw/query/{i}".encode() if i % 8 == 0 else QUERY_PATH
+            text = query if i % 5 else query.replace("name", "secret_col FROM proj.ds.secret, x")
+            qs = f"q={text.replace(' ', '%20')}&{extra}"
+        else:
+            endpoint = "table" if i % 4 != 3 else f"table/{z}/{x}/{y}"
+            qs = f"name={name}&{extra}"
+            if i % 13 == 0:
+                qs += f"&name={name}"  # a read parameter twice: ambiguous
+            if i % 17 == 0:
+                qs += "&x=%zz"  # a bad escape anywhere
+            if i % 19 == 0:
+                qs = qs.replace("name=", "n%61me=", 1)  # an escaped key that is a read one
+            path = f"/v3/maps/carto_dw/{endpoint}".encode()
+        out.append((path, qs.encode(), origin, referer))
+    return out
+
+
+@pytest.mark.parametrize("referers", [
+    pytest.param([], id="no-referers"),
+    pytest.param(["https://*.example.com", "http://localhost:*"], id="sites"),
+    pytest.param(["https://maps.example.com/a", "http://localhost:*"], id="with-a-path"),
+])
+async def test_remembered_answers_equal_a_fresh_guards_on_equivalent_requests(
+    referers: list[str],
+) -> None:
+    """Every memo's answer (allow or the exact refusal) is what a guard with no memory
+    answers: tiles, pages, bound values and refusals that differ only where the decision
+    does not look share answers, and only those."""
+    store = MemoryStore()
+    body = {**BODY, "referers": referers, "grants": [
+        *BODY["grants"], {"connection_name": "carto_dw", "source": "proj.shared.*"},
+        {"connection_name": "carto_dw",
+         "source": "SELECT name FROM proj.ds.stores WHERE city = @city"}]}
+    secret = (await store.create_token(body)).token
+    warm = Guard(store=store, connections=CONNECTIONS)
+    requests = _equivalent_requests()
+    wanted = []
+    for path, qs, origin, referer in requests:
+        fresh = Guard(store=store, connections=CONNECTIONS)
+        wanted.append((await drive(fresh.check("GET", path, qs, bearer(secret), origin,
+                                               referer)))[0])
+    outcomes: set[str] = set()
+    # The second pass answers from memos filled by the first.
+    for (path, qs, origin, referer), want in [*zip(requests, wanted, strict=True)] * 2:
+        got, _ = await drive(warm.check("GET", path, qs, bearer(secret), origin, referer))
+        # A record's last_used_at moves with usage flushes: the same token is what counts.
+        if isinstance(want, TokenRecord):
+            assert isinstance(got, TokenRecord) and got.id == want.id, (path, qs, referer)
+        else:
+            assert got == want, (path, qs, origin, referer)
+        outcomes.add("allowed" if isinstance(got, TokenRecord) else got.code)
+    assert {"allowed", "malformed_request", "ambiguous_request"} <= outcomes
+    if referers:
+        assert "origin_not_allowed" in outcomes

@@ -240,10 +240,10 @@ def test_denials_never_contain_header_values_literals_or_comments(
 def test_the_secret_check_fails_on_a_denial_that_echoes_the_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def echoing(self: Policy, grants: object, name: str, source: Source) -> Denial:
-        return Denial(403, "query_not_allowed", f"refused {source.value}", "fix it")
+    def echoing(self: Policy, name: str, sources: tuple[Source, ...]) -> tuple[Denial, ...]:
+        return (Denial(403, "query_not_allowed", f"refused {sources[0].value}", "fix it"),)
 
-    monkeypatch.setattr(Policy, "_check_source", echoing)
+    monkeypatch.setattr(Policy, "_prepare", echoing)
     policy = Policy({"carto_dw": "bigquery", "sf": "snowflake", "pg": "postgres"})
     case = next(p for p in SECRET_CASES if p.id == "query-writes")
     with pytest.raises(AssertionError):

@@ -1538,7 +1538,9 @@ def test_tile_coordinates_share_one_remembered_answer() -> None:
     [
         pytest.param(b"/v3/maps/dw/table/1/2/3/4", "unknown_route", id="one-more-segment"),
         pytest.param(b"/v3/maps/dw/table/1/2", "unknown_route", id="one-fewer-segment"),
-        pytest.param(b"/v3/maps/dw/table/1/2/" + b"9" * 11, "match", id="long-digits-afresh"),
+        pytest.param(b"/v3/maps/dw/table/1/2/" + b"9" * 11, "shared", id="long-digits-shared"),
+        pytest.param(b"/v3/maps/dw/table2/1/2/3", "unknown_route", id="digits-end-a-literal"),
+        pytest.param(b"/v3/maps/dw/table/1//2/3", "malformed_request", id="empty-digit-segment"),
         pytest.param(b"/v3/maps/dw/table/1/2/3" + b"/1" * 3000, "malformed_request",
                      id="path-over-the-limit"),
         pytest.param(b"/v3/maps/dw/table/1/2/3/", "malformed_request", id="trailing-slash"),
@@ -1553,6 +1555,8 @@ def test_masked_memo_answers_exactly_as_a_fresh_classification(path: bytes, kind
     assert answer == RouteMap().match("GET", path)
     if kind == "match":
         assert isinstance(answer, RouteMatch) and answer is not warm
+    elif kind == "shared":  # the same route, the free z/x/y aside: the remembered answer
+        assert answer is warm
     else:
         assert isinstance(answer, Denial) and answer.code == kind
 

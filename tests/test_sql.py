@@ -287,9 +287,10 @@ def test_listing_a_name_does_not_allow_it_in_another_schema() -> None:
     assert isinstance(other, SqlRefusal) and NOT_READ_ONLY in other.reason
 
 
-def test_empty_function_list_refuses_spatial_functions() -> None:
+def test_empty_function_list_keeps_only_the_catalogued_builtins() -> None:
     analyzer = SqlAnalyzer(allowed_functions=())
-    result = analyzer.analyze("SELECT ST_X(g) FROM proj.ds.t", BQ)
+    assert isinstance(analyzer.analyze("SELECT ST_X(g) FROM proj.ds.t", BQ), QueryAnalysis)
+    result = analyzer.analyze("SELECT ST_NOT_A_BUILTIN(g) FROM proj.ds.t", BQ)
     assert isinstance(result, SqlRefusal) and NOT_READ_ONLY in result.reason
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from token_guard.adapters.asgi import SCOPE_KEY, TokenGuard, get_token
 from token_guard.config import Settings, load_config
+from token_guard.core import presets
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import (
@@ -83,6 +84,7 @@ __all__ = [
     "get_token",
     "load_config",
     "parse_token_spec",
+    "presets",
 ]
 
 

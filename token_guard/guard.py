@@ -158,6 +158,8 @@ FACTS_MEMO_SIZE = 8192
 BEARER_MEMO_SIZE = 8192
 """Remembered tokens per Authorization header; cleared when full."""
 _MEMO_MAX_QUERY = 2048  # longer query strings are read afresh every time
+# On the request path, bytes.find rather than ``in``: ``bytes in bytes`` first tries the
+# operand as an int, and the TypeError it raises and clears costs more than the search.
 _PROBE_TIMEOUT = 30.0  # the start-up lookup; the stores bound their own connects too
 CONFLICTING_HEADERS = "\x00conflict"
 """What adapters pass for an Origin/Referer header sent twice with different values."""
@@ -314,7 +316,7 @@ class Guard:
         self._bearers: dict[bytes, str | Denial] = {}
         # Bound once: attribute chains cost on a path this short.
         self._match = self.routes.match
-        self._route_facts = self.routes.facts
+        self._route_facts = self.routes.query_facts
         self._lookup = self.resolver.lookup
         self._policy_decide = self.policy.decide
         self._decide_parts = self.policy.decide_parts
@@ -341,9 +343,11 @@ class Guard:
 
         Each step remembers its own answer by what that answer depends on, never by the
         whole request: the route by its path (a tile's coordinates aside: ``RouteMap.match``),
-        the facts by (route answer, query string), the token by its Authorization header,
-        the decision by (token, facts) and the website by its headers (``Policy``). So a map's
-        distinct tiles, many tokens and varying bound parameters each cost a few lookups.
+        the facts by (route answer, query string) and then by the parameters the route
+        reads (``RouteMap.query_facts``), the token by its Authorization header, the website's
+        answer by (referer list, headers) and the sources' preparation by (connection,
+        sources) (``Policy``; nothing per token). So a map's distinct tiles, many tokens and
+        varying bound parameters each cost a few lookups.
         """
         if preflight and method == "OPTIONS" and origin is not None:
             return PASS
@@ -363,7 +367,7 @@ class Guard:
                 if known is not None and known[0] is match:
                     read = known[1]
                 else:
-                    read = self._route_facts(match, query_string, None, None, None)
+                    read = self._route_facts(match, query_string)
                     if len(query_string) <= _MEMO_MAX_QUERY:
                         if len(self._facts) >= FACTS_MEMO_SIZE:
                             self._facts.clear()
@@ -378,7 +382,7 @@ class Guard:
                 or conflicting_authorization
                 or origin == CONFLICTING_HEADERS
                 or referer == CONFLICTING_HEADERS
-                or b"access_token" in query_string
+                or query_string.find(b"access_token") != -1
             ):
                 token = self._token(authorization, origin, referer, query_string,
                                     conflicting_authorization)
@@ -435,7 +439,7 @@ class Guard:
                 if len(self._bearers) >= BEARER_MEMO_SIZE:
                     self._bearers.clear()
                 self._bearers[authorization] = token
-        if b"access_token" in query_string and not isinstance(token, Denial):
+        if query_string.find(b"access_token") != -1 and not isinstance(token, Denial):
             token = self._query_token(query_string, token)
         if token is None:
             return MISSING

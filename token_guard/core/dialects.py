@@ -54,6 +54,8 @@ class DialectRules:
     mode_comments: tuple[str, ...] = ()
     # PostgreSQL's own parser (pglast, where installed) must agree on the relations read.
     postgres_parser: bool = False
+    # PostGIS's operators (&&&, <#>, @, |>>...) parse (token_guard.core.postgis).
+    postgis_operators: bool = False
 
     # -- system tables -------------------------------------------------------------------
     # Unqualified names that may resolve in a catalog schema searched before the default
@@ -117,6 +119,7 @@ DIALECTS: Mapping[str, DialectRules] = MappingProxyType(
             escape_setting="standard_conforming_strings",
             max_identifier_bytes=63,
             postgres_parser=True,
+            postgis_operators=True,
             catalog_prefixes=("pg_",),
             system_schemas=frozenset({_PG_CATALOG, "pg_toast"}),
             system_schema_prefixes=("pg_temp", "pg_toast_temp"),

@@ -149,7 +149,7 @@ class OriginMatcher:
     token's matcher ``check_site``: set lookups.
     """
 
-    __slots__ = ("_any_port", "_exact", "_paths", "_patterns", "_wild")
+    __slots__ = ("_any_port", "_exact", "_paths", "_patterns", "_wild", "reads_path")
 
     def __init__(self, patterns: Sequence[str | OriginPattern]) -> None:
         if isinstance(patterns, str):
@@ -197,6 +197,8 @@ class OriginMatcher:
         self._any_port = frozenset(any_port)
         self._wild = tuple(wild)
         self._paths = tuple(paths)
+        # Whether an answer can depend on the Referer's path (else only on the website).
+        self.reads_path: bool = bool(paths)
 
     @property
     def patterns(self) -> tuple[OriginPattern, ...]:
@@ -330,6 +332,26 @@ def read_site(
         path = rest.partition("?")[0].partition("#")[0] or "/"
     assert site is not None
     return site, path
+
+
+def referer_site(referer: str) -> str | None:
+    """The ``scheme://authority`` part of a Referer whose rest ``read_site`` takes as it is.
+
+    Two such Referers with the same part, sent with the same Origin, name the same website
+    (or fail alike) in ``read_site``: only the page path differs, which only path patterns
+    read (``OriginMatcher.reads_path``). None: read the whole header.
+    """
+    if len(referer) > MAX_HEADER_LENGTH:
+        return None
+    found = _AUTHORITY.match(referer)
+    if found is None:
+        return None
+    end = found.end()
+    rest = referer[end:]
+    # The same test as _split_request's, which otherwise reads the whole header afresh.
+    if not rest.isprintable() or " " in rest or "\\" in rest.partition("?")[0].partition("#")[0]:
+        return None
+    return referer[:end]
 
 
 def _split_request(

@@ -30,7 +30,7 @@ from token_guard.core.decision import Denial
 from token_guard.core.errors import InvalidTokenSpec, did_you_mean
 from token_guard.core.facts import RequestFacts, Source
 from token_guard.core.limits import LimitRule
-from token_guard.core.origins import OriginMatcher, RequestSite, read_site
+from token_guard.core.origins import OriginMatcher, read_site, referer_site
 from token_guard.core.records import TokenRecord
 from token_guard.core.spec import Grant
 from token_guard.core.sql import SqlAnalyzer, SqlRefusal, is_system_table
@@ -40,14 +40,17 @@ _T = TypeVar("_T")
 
 _EMPTY_KEYS: frozenset[tuple[str, ...]] = frozenset()
 _EMPTY_TEXTS: frozenset[str] = frozenset()
-SOURCES_MEMO_SIZE = 65_536
-"""Remembered answers per (compiled grants, source): one dict for every token, cleared when
-full. Tokens with equal grants on a connection share one ``ConnectionGrants`` (interned)."""
-DECISIONS_MEMO_SIZE = 16_384
-"""Remembered answers per (compiled token, facts object, headers' reading), all tokens;
-cleared when full. An entry keeps the objects, so an ``id`` reused later never matches."""
-SITES_MEMO_SIZE = 4096
-"""Remembered readings of (Origin, Referer) header pairs, for every token; cleared when full."""
+PREPARED_MEMO_SIZE = 8192
+"""Remembered preparations of a request's sources (normalised table keys, query analyses
+and the refusals that hold for every token), per (connection, sources), for every token;
+cleared when full. It grows with distinct sources, not with tokens."""
+VERDICTS_MEMO_SIZE = 4096
+"""Remembered website answers per (referer list, website) (and page, for lists with path
+patterns), for every token; cleared when full. Tokens with one referer list share one."""
+ANSWERS_MEMO_SIZE = 8192
+"""Remembered website answers per (referer list, Origin, Referer): the one lookup a cached
+request makes; for every token, cleared when full. A miss reads the headers and asks the
+answers per website (``VERDICTS_MEMO_SIZE``)."""
 _CHECKED_MAX_VALUE = 2048  # longer source values (big queries) are not remembered
 _MATCHERS_SIZE = 10_000  # distinct referer lists whose matcher is shared
 
@@ -106,15 +109,17 @@ class Policy:
         self._matchers: dict[tuple[str, ...], OriginMatcher] = {}
         self._interned: dict[frozenset[Any], frozenset[Any]] = {}
         self._grants: dict[ConnectionGrants, ConnectionGrants] = {}
-        # (id of interned grants, kind, value) -> (those grants, answer); the entry keeps
-        # the grants, so an id reused by a later object never matches.
-        self._sources: dict[tuple[int, str, str], tuple[ConnectionGrants, Denial | None]] = {}
-        self._sites: dict[tuple[str | None, str | None], RequestSite | str] = {}
+        # Each memo entry keeps the objects whose id() is in its key, so an id reused by a
+        # later object never matches.
+        # (connection, sources) -> what they need of any token's grants
+        self._prepared: dict[tuple[str, tuple[Source, ...]], _Prepared] = {}
         self._authorities: dict[str, tuple[str, str, int | None] | str] = {}
-        self._decided: dict[
-            tuple[int, int, int],
-            tuple[CompiledToken, RequestFacts, RequestSite | str | None, Denial | None],
-        ] = {}
+        # (id(matcher), website or reading) -> (matcher, the 403 or None)
+        self._verdicts: dict[tuple[int, Any], tuple[OriginMatcher, Denial | None]] = {}
+        # (id(matcher), Origin, Referer) -> (matcher, the 403 or None)
+        # (and (id(matcher), Origin, scheme://authority of the Referer, True), see
+        # _site_denial)
+        self._answers: dict[tuple[Any, ...], tuple[OriginMatcher, Denial | None]] = {}
 
     # -- compile (once per cache fill) -------------------------------------------------
     def compile(self, record: TokenRecord) -> CompiledToken:
@@ -241,94 +246,122 @@ class Policy:
     ) -> Denial | None:
         """``decide`` with the headers apart: ``what``'s own origin and referer are not read.
 
-        Expiry is checked every time. The headers are read once per (Origin, Referer) pair
-        for all tokens (``SITES_MEMO_SIZE``); the answer is remembered per (compiled token,
-        ``what`` object, that reading) — the guard hands one ``what`` to every request with
-        the same route answer and query string (``DECISIONS_MEMO_SIZE``, all tokens).
+        Nothing here is remembered per token: the website's answer per (referer list,
+        headers) (``ANSWERS_MEMO_SIZE``), the sources' preparation per ``what`` object
+        (``PREPARED_MEMO_SIZE``; the guard hands one to every request with the same route
+        answer and read parameters); then a few set lookups in the token's grants.
         """
         if token.expires_at is not None and now >= token.expires_at:
             return _EXPIRED
-        read: RequestSite | str | None = None
-        if token.origins is not None:
-            site_key = (origin, referer)
-            sites = self._sites
-            read = sites.get(site_key)
-            if read is None:
-                read = read_site(origin, referer, self._authorities)
-                if len(sites) >= SITES_MEMO_SIZE:
-                    sites.clear()
-                sites[site_key] = read
-        key = (id(token), id(what), id(read))
-        decided = self._decided
-        hit = decided.get(key)
-        if hit is not None and hit[0] is token and hit[1] is what and hit[2] is read:
-            return hit[3]
-        answer = self._decide_request(token, what, read)
-        if len(decided) >= DECISIONS_MEMO_SIZE:
-            decided.clear()
-        decided[key] = (token, what, read, answer)
-        return answer
-
-    def _decide_request(
-        self, token: CompiledToken, what: RequestFacts, read: RequestSite | str | None
-    ) -> Denial | None:
         if what.api not in token.apis:
             return _api_denial(token, what.api)
-        if token.origins is not None and read is not None:
-            reason = token.origins.check_site(read)
-            if reason is not None:
-                return Denial(
-                    403,
-                    codes.ORIGIN_NOT_ALLOWED,
-                    reason,
-                    "Add the website's origin to the token's referers, or call from a "
-                    "website the token lists.",
-                )
-        return self._sources_denial(token, what)
-
-    def _sources_denial(self, token: CompiledToken, facts: RequestFacts) -> Denial | None:
-        name = facts.connection
+        matcher = token.origins
+        if matcher is not None:
+            answer = self._answers.get((id(matcher), origin, referer))
+            if answer is None or answer[0] is not matcher:
+                refused = self._site_denial(matcher, origin, referer)
+            else:
+                refused = answer[1]
+            if refused is not None:
+                return refused
+        name = what.connection
         if name is None:
             return None
         grants = token.grants.get(name)
         if grants is None:
             return self._connection_denial(name)
-        memo = self._sources
-        for kind, value in facts.sources:
-            source_key = (id(grants), kind, value)
-            hit = memo.get(source_key)
-            if hit is not None and hit[0] is grants:
-                denial = hit[1]
-            else:
-                denial = self._check_source(grants, name, Source(kind, value))
-                if len(value) <= _CHECKED_MAX_VALUE:
-                    if len(memo) >= SOURCES_MEMO_SIZE:
-                        memo.clear()
-                    memo[source_key] = (grants, denial)
-            if denial is not None:
+        checks = self._prepared.get((name, what.sources))
+        if checks is None:
+            checks = self._prepare(name, what.sources)
+        for check in checks:
+            if check.__class__ is tuple:
+                if check in grants.tables or _granted(grants, check):
+                    continue
+                return _table_denial(name, check)
+            if check.__class__ is _Query:
+                denial = check.denial(name, grants)
+                if denial is None:
+                    continue
                 return denial
+            return check  # type: ignore[return-value]
         return None
 
-    def _check_source(
-        self, grants: ConnectionGrants, name: str, source: Source
+    def _site_denial(
+        self, matcher: OriginMatcher, origin: str | None, referer: str | None
     ) -> Denial | None:
+        """The 403 for a website ``matcher`` does not allow, or None (remembered)."""
+        answers = self._answers
+        # A matcher without path patterns answers a website's pages alike: remembered per
+        # (Origin, the Referer's scheme://authority) too, so a new page is one more lookup.
+        site = None
+        if referer is not None and not matcher.reads_path:
+            site = referer_site(referer)
+        if site is not None:
+            hit = answers.get((id(matcher), origin, site, True))
+            if hit is not None and hit[0] is matcher:
+                denial: Denial | None = hit[1]
+            else:
+                denial = self._site_verdict(matcher, origin, referer)
+                if len(answers) >= ANSWERS_MEMO_SIZE:
+                    answers.clear()
+                answers[(id(matcher), origin, site, True)] = (
+                    matcher, denial)
+        else:
+            denial = self._site_verdict(matcher, origin, referer)
+        if len(answers) >= ANSWERS_MEMO_SIZE:
+            answers.clear()
+        answers[(id(matcher), origin, referer)] = (matcher, denial)
+        return denial
+
+    def _site_verdict(
+        self, matcher: OriginMatcher, origin: str | None, referer: str | None
+    ) -> Denial | None:
+        read = read_site(origin, referer, self._authorities)
+        # A matcher without path patterns reads only the website (or why there is none).
+        key = (id(matcher), read if matcher.reads_path or isinstance(read, str) else read[0])
+        verdicts = self._verdicts
+        hit = verdicts.get(key)
+        if hit is not None and hit[0] is matcher:
+            return hit[1]
+        reason = matcher.check_site(read)
+        denial = None if reason is None else Denial(
+            403,
+            codes.ORIGIN_NOT_ALLOWED,
+            reason,
+            "Add the website's origin to the token's referers, or call from a "
+            "website the token lists.",
+        )
+        if len(verdicts) >= VERDICTS_MEMO_SIZE:
+            verdicts.clear()
+        verdicts[key] = (matcher, denial)
+        return denial
+
+    def _prepare(self, name: str, sources: tuple[Source, ...]) -> _Prepared:
+        """What ``sources`` need of a token's grants on connection ``name`` (a known one)."""
+        connection = self.connections[name]
+        checks: list[_Check] = []
         sql = self.sql
-        if source.kind != "query":
-            key = sql.table_key(source.value, grants.connection)
-            if isinstance(key, SqlRefusal):
-                return Denial(403, codes.SOURCE_NOT_GRANTED, key.reason, key.hint)
-            if _granted(grants, key):
-                return None
-            return _table_denial(name, key)
-        analysis = sql.analyze(source.value, grants.connection)
-        if isinstance(analysis, SqlRefusal):
-            return Denial(403, codes.QUERY_NOT_ALLOWED, analysis.reason, analysis.hint)
-        if analysis.fingerprint in grants.queries:
-            return None
-        for key in analysis.tables:
-            if not _granted(grants, key):
-                return _table_denial(name, key)
-        return None
+        for kind, value in sources:
+            if kind != "query":
+                key = sql.table_key(value, connection)
+                if isinstance(key, SqlRefusal):
+                    checks.append(Denial(403, codes.SOURCE_NOT_GRANTED, key.reason, key.hint))
+                else:
+                    checks.append(tuple(key))  # decide_parts tells checks apart by class
+                continue
+            analysis = sql.analyze(value, connection)
+            if isinstance(analysis, SqlRefusal):
+                checks.append(
+                    Denial(403, codes.QUERY_NOT_ALLOWED, analysis.reason, analysis.hint))
+            else:
+                checks.append(_Query(analysis.fingerprint, tuple(analysis.tables)))
+        prepared = tuple(checks)
+        if all(len(value) <= _CHECKED_MAX_VALUE for _, value in sources):
+            memo = self._prepared
+            if len(memo) >= PREPARED_MEMO_SIZE:
+                memo.clear()
+            memo[(name, sources)] = prepared
+        return prepared
 
     def _connection_denial(self, name: str) -> Denial:
         if name not in self.connections:
@@ -346,6 +379,29 @@ class Policy:
             f"Add a grant with connection_name '{name}' to the token, or use a token "
             "that has one.",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """A query source, analysed: allowed by its fingerprint, else by all its tables."""
+
+    fingerprint: str
+    tables: tuple[tuple[str, ...], ...]
+
+    def denial(self, name: str, grants: ConnectionGrants) -> Denial | None:
+        """None if ``grants`` allow the query; else the refusal of its first table not granted."""
+        if self.fingerprint in grants.queries:
+            return None
+        for key in self.tables:
+            if not _granted(grants, key):
+                return _table_denial(name, key)
+        return None
+
+
+# One source's check: a table key, a query, or a refusal that holds for every token (a
+# name that is not one, a query the SQL checks refuse).
+_Check = tuple[str, ...] | _Query | Denial
+_Prepared = tuple[_Check, ...]
 
 
 def _granted(grants: ConnectionGrants, key: tuple[str, ...]) -> bool:

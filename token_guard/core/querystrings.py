@@ -20,7 +20,7 @@ from token_guard.core import decision as codes
 from token_guard.core.decision import Denial
 
 __all__ = ["BAD_ESCAPES", "SEMICOLON", "decode", "parse_all", "parse_wanted", "redact",
-           "values_of"]
+           "values_of", "wanted_text"]
 
 _BAD_ESCAPE_TEXT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 BAD_ESCAPES = Denial(
@@ -121,6 +121,34 @@ def parse_wanted(
         except UnicodeDecodeError:
             return _not_utf8(key)
     return found
+
+
+def wanted_text(query: bytes, names: frozenset[str]) -> str | None:
+    """The ``key=value`` pieces of ``names`` in ``query``, raw, joined by ``&``; or None.
+
+    Two query strings with the same wanted text give the same ``parse_wanted`` answer
+    (refusals included) when this is not None: no bad escape or raw ``;`` anywhere, and
+    every key plain ASCII without ``%`` or ``+``, so no other key can decode to a wanted
+    one. A memo keyed on it ignores the parameters a decision never reads (bound values,
+    client versions). None: read the query string whole (``parse_wanted``).
+    """
+    if not query:
+        return ""
+    text = query.decode("latin-1")
+    if ";" in text:
+        return None
+    if "%" in text or "+" in text or not text.isascii():
+        if _BAD_ESCAPE_TEXT.search(text):
+            return None
+        wanted = []
+        for piece in text.split("&"):
+            key = piece.partition("=")[0]
+            if key in names:
+                wanted.append(piece)
+            elif "%" in key or "+" in key or not key.isascii():
+                return None
+        return "&".join(wanted)
+    return "&".join([piece for piece in text.split("&") if piece.partition("=")[0] in names])
 
 
 def parse_all(data: bytes) -> dict[str, str] | Denial:

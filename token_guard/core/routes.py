@@ -67,6 +67,10 @@ maps       GET/POST ``/v3/maps/{connection}/table``            ``name`` (table)
 maps       GET/POST ``/v3/maps/{connection}/tileset``          ``name`` (tileset)
 maps       GET/POST ``/v3/maps/{connection}/query``            ``q`` (query)
 maps       GET/POST ``/v3/maps/{connection}/raster``           ``name`` (table) *ours*
+maps       GET/POST ``/v3/maps/{connection}/boundary``         ``tilesetTableName`` (tileset),
+                                                               and each of
+                                                               ``propertiesTableName`` (table),
+                                                               ``propertiesSqlQuery`` (query)
 maps       GET ``/v3/maps/{connection}/{type}/{z}/{x}/{y}``    as the instantiation above
 maps       GET/POST ``/v3/stats/{connection}/{source}/{attr}`` path ``{source}`` (table)
 maps       GET/POST ``/v3/stats/{connection}/{attribute}``     ``q`` (query)
@@ -84,7 +88,7 @@ imports    GET ``/v3/imports/{id}``                            none (API check o
 The data URL a map instantiation returns is the same path with ``format=tilejson`` (and
 ``cache=``) in the query string, so it classifies as the instantiation; its TileJSON
 ``tiles`` templates are ``.../{table,tileset,query,raster}/{z}/{x}/{y}`` with the same
-parameters. ``/v3/maps/public/{id}`` (public maps), ``/v3/tokens`` and boundary sources are
+parameters. ``/v3/maps/public/{id}`` (public maps) and ``/v3/tokens`` are
 not data routes here: declare a ``Route`` if your application serves them.
 """
 
@@ -103,7 +107,7 @@ from token_guard.core import decision as codes
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import API_NAMES, RequestFacts, Source, SourceKind
-from token_guard.core.querystrings import parse_wanted
+from token_guard.core.querystrings import parse_wanted, wanted_text
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -119,9 +123,11 @@ DEFAULT_PREFIX = "/v3/"
 MAX_PATH_BYTES = 4096
 ROUTE_MEMO_SIZE = 8192
 """Remembered route answers (see ``RouteMap.match``), for all requests; cleared when full."""
+READ_MEMO_SIZE = 8192
+"""Remembered facts per (route answer, the parameters its route reads) (see
+``RouteMap.query_facts``), for all requests; cleared when full."""
 _MEMO_MAX_PATH = 512  # longer paths are classified afresh every time
-# A path's trailing run of digit segments (tile coordinates), each of at most 10 digits.
-_DIGIT_TAIL = re.compile(rb"(?:/[0-9]{1,10}){1,8}\Z")
+_MEMO_MAX_WANTED = 2048  # longer read parameters (big queries) are read afresh every time
 MAX_CONNECTION_LENGTH = 128
 
 _KINDS: frozenset[str] = frozenset(get_args(SourceKind))
@@ -214,7 +220,9 @@ class Route:
     granted tables and a statement break or escape is refused; a name may be dotted, for
     a key in a JSON-object parameter (see ``SqlParam``). ``sql_params`` declares every
     other parameter the backend puts into SQL (identifiers, keywords, numbers, filters)
-    and how the guard checks it.
+    and how the guard checks it. ``more_sources`` names further optional parameters that
+    each hold a source, with its kind (a boundary request's ``propertiesTableName`` and
+    ``propertiesSqlQuery`` beside ``tilesetTableName``): every one present is checked.
     """
 
     api: str
@@ -228,6 +236,7 @@ class Route:
     source_in_body: bool = True
     expression_params: frozenset[str] = frozenset()
     sql_params: tuple[SqlParam, ...] = ()
+    more_sources: tuple[tuple[str, SourceKind], ...] = ()
 
 
 class RouteMatch(NamedTuple):
@@ -336,6 +345,24 @@ def _maps_routes() -> list[Route]:
                 sql_params=_MAPS_PARAMS,
             )
         )
+    # Boundary sources (@carto/api-client boundaryTableSource / boundaryQuerySource): a
+    # tileset of boundaries joined with properties from a table or a query; each is checked.
+    boundary: tuple[tuple[str, SourceKind], ...] = (
+        ("propertiesTableName", "table"), ("propertiesSqlQuery", "query"),
+    )
+    for path, methods in (("boundary", _ANY_METHODS),
+                          ("boundary/{z}/{x}/{y}", frozenset({"GET"}))):
+        out.append(
+            Route(
+                "maps",
+                f"/v3/maps/{{connection}}/{path}",
+                methods,
+                "tilesetTableName",
+                "tileset",
+                sql_params=_MAPS_PARAMS,
+                more_sources=boundary,
+            )
+        )
     return out
 
 
@@ -412,6 +439,7 @@ class _Plan:
     def of(cls, route: Route) -> _Plan:
         """The plan for ``route``."""
         names = {p for p in (route.source_param, route.kind_param, route.connection_param) if p}
+        names.update(param for param, _ in route.more_sources)
         path: list[SqlParam] = []
         top: list[SqlParam] = []
         objects: dict[str, dict[str, SqlParam]] = {}
@@ -516,6 +544,7 @@ class RouteMap:
         "_prefix_bytes",
         "_prefix_lower",
         "_prefix_segments",
+        "_read",
         "_root_lower",
         "_unknown",
         "routes",
@@ -544,6 +573,8 @@ class RouteMap:
         self._decoded: dict[str, str] = {}
         # See match(): (method, raw path) or (method, head, digit segments) -> (answer,)
         self._matched: dict[tuple[Any, ...], tuple[RouteMatch | Denial | None]] = {}
+        # See query_facts(): (id of a RouteMatch, wanted text) -> (that match, answer)
+        self._read: dict[tuple[int, str], tuple[RouteMatch, RequestFacts | Denial]] = {}
         self._head = prefix.strip("/").split("/") if self._prefix_segments else []
 
     # -- start-up ---------------------------------------------------------------------
@@ -578,6 +609,7 @@ class RouteMap:
             param_borne = (
                 route.source_param is not None
                 or route.connection_param is not None
+                or bool(route.more_sources)
                 or any(not p.name.startswith("{") for p in _declared(route))
             )
             for method in route.methods:
@@ -614,10 +646,15 @@ class RouteMap:
         head = b""
         tail = 0
         if raw_path[-1:].isdigit() and not self._digit_literals:
-            found = _DIGIT_TAIL.search(raw_path)
-            if found is not None and len(raw_path) <= MAX_PATH_BYTES:
-                head = raw_path[: found.start()]
-                tail = raw_path.count(b"/", found.start())
+            # The trailing run of non-empty digit segments (str methods, not a regex search
+            # that tries every position): head ends where that run's first "/" is.
+            rest = raw_path[len(raw_path.rstrip(b"0123456789/")):]
+            # (find, not ``in``: ``bytes in bytes`` raises and clears a TypeError first.)
+            start = rest.find(b"/")
+            run = rest[start:] if start != -1 else b""
+            if run and run.find(b"//") == -1 and len(raw_path) <= MAX_PATH_BYTES:
+                head = raw_path[: len(raw_path) - len(run)]
+                tail = run.count(b"/")
                 hit = memo.get((method, head, tail))
                 if hit is not None:
                     return hit[0]
@@ -792,6 +829,12 @@ class RouteMap:
             sources = (Source(kind, value),)
         elif "source" in params:
             sources = (Source(route.source_kind, params["source"]),)
+        for name, more_kind in route.more_sources:
+            if name in found or (body is not None and name in body):
+                more = _param(name, found, body)
+                if isinstance(more, Denial):
+                    return more
+                sources = (*sources, Source(more_kind, more))
         if plan.checks and (
             plan.path
             or not plan.checked_names.isdisjoint(found)
@@ -802,6 +845,29 @@ class RouteMap:
                 return checked
             sources = (*sources, *checked)
         return RequestFacts(route.api, connection, sources, origin, referer)
+
+
+    def query_facts(self, match: RouteMatch, query_string: bytes) -> RequestFacts | Denial:
+        """``facts`` without a body or headers, remembered per (match, the raw text of the
+        parameters its route reads): a tile's or a query's other parameters (bound
+        values, client versions) do not make it new. ``READ_MEMO_SIZE``, all requests."""
+        plan = self._plans.get(id(match.route))
+        if plan is None or plan.route is not match.route:
+            return self.facts(match, query_string, None, None, None)
+        wanted = wanted_text(query_string, plan.names)
+        if wanted is None:
+            return self.facts(match, query_string, None, None, None)
+        key = (id(match), wanted)
+        memo = self._read
+        hit = memo.get(key)
+        if hit is not None and hit[0] is match:
+            return hit[1]
+        answer = self.facts(match, query_string, None, None, None)
+        if len(wanted) <= _MEMO_MAX_WANTED:
+            if len(memo) >= READ_MEMO_SIZE:
+                memo.clear()
+            memo[key] = (match, answer)
+        return answer
 
 
 def _param(name: str, found: Mapping[str, str], body: Mapping[str, Any] | None) -> str | Denial:
@@ -1149,7 +1215,16 @@ def _check_route(route: Route, prefix: str) -> list[str]:
                 f"{where}: segment {segment!r} is not a plain literal; use letters, digits and "
                 "'-._~' (no '.', '..', '%', ';')"
             )
+    if not isinstance(route.more_sources, tuple) or not all(
+        isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str) and m[0] and m[1] in _KINDS
+        for m in route.more_sources
+    ):
+        raise ConfigurationError(
+            f"{where}: more_sources must be a tuple of (parameter, kind) pairs, kind one of "
+            f"{', '.join(sorted(_KINDS))}, e.g. (('propertiesSqlQuery', 'query'),)"
+        )
     params = [p for p in (route.source_param, route.kind_param, route.connection_param) if p]
+    params += [name for name, _ in route.more_sources]
     for param in (route.source_param, route.kind_param, route.connection_param):
         if param is not None and (not isinstance(param, str) or not param):
             raise ConfigurationError(f"{where}: parameter names must be non-empty strings")
@@ -1159,7 +1234,8 @@ def _check_route(route: Route, prefix: str) -> list[str]:
         )
     if len(set(params)) != len(params):
         raise ConfigurationError(
-            f"{where}: source_param, kind_param and connection_param must differ; got {params!r}"
+            f"{where}: source_param, kind_param, connection_param and more_sources must "
+            f"differ; got {params!r}"
         )
     if "source" in names and route.source_param is not None:
         raise ConfigurationError(

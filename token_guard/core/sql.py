@@ -91,10 +91,12 @@ from sqlglot.errors import ParseError
 from sqlglot.tokenizer_core import Token, TokenType
 from sqlglot.tokens import Tokenizer
 
-from token_guard.core import pg_parser
+from token_guard.core import pg_parser, presets
+from token_guard.core.catalogue import CATALOGUES
 from token_guard.core.connections import Connection
 from token_guard.core.dialects import DIALECTS, DialectRules
 from token_guard.core.errors import ConfigurationError
+from token_guard.core.postgis import PostGIS, is_spatial_operator
 from token_guard.core.sql_nodes import (
     DEFAULT_ALLOWED_FUNCTIONS,
     DENY,
@@ -133,6 +135,8 @@ _NO_NAME_BEFORE_DOT = frozenset(
 _NO_NAME_AFTER_DOT = frozenset(
     {TokenType.DOT, TokenType.COMMA, TokenType.FROM, TokenType.R_PAREN}
 )
+# Tokens after which a value, not a table name, starts (so ``.25`` is a number there).
+_VALUE_STARTS = frozenset({TokenType.COMMA, TokenType.L_PAREN, TokenType.SELECT})
 # Tokens after which ':' is not a placeholder's start (a slice ``a[x:y]``, a label).
 _OPERAND_ENDS = frozenset(
     {TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.STRING,
@@ -141,12 +145,19 @@ _OPERAND_ENDS = frozenset(
 # Text that makes a table name (request ``name=``, a grant) more than a name.
 _NAME_MARKS = ("--", "/*", "*/", ";", "#", "\n", "\r", "\x00")
 
+
+
+def _sqlglot_dialect(name: str) -> Dialect:
+    """The sqlglot dialect a connection's queries are read in (PostGIS operators added)."""
+    return PostGIS() if DIALECTS[name].postgis_operators else Dialect.get_or_raise(name)
+
+
 # Each dialect's rules by its sqlglot class, for the steps that are handed only a Dialect.
 _RULES_OF: dict[type[Dialect], DialectRules] = {
-    type(Dialect.get_or_raise(name)): rules for name, rules in DIALECTS.items()
+    type(_sqlglot_dialect(name)): rules for name, rules in DIALECTS.items()
 }
 _FOLD_AS: dict[type[Dialect], Dialect] = {
-    type(Dialect.get_or_raise(name)): Dialect.get_or_raise(rules.fold_as)
+    type(_sqlglot_dialect(name)): Dialect.get_or_raise(rules.fold_as)
     for name, rules in DIALECTS.items()
     if rules.fold_as is not None
 }
@@ -161,7 +172,32 @@ _SYSTEM_CATALOGS: frozenset[str] = frozenset().union(
 )
 _DUNDER_META_TABLES = any(r.dunder_meta_tables for r in DIALECTS.values())
 
+
+def _fold_builtin(name: str, dialect_name: str) -> str:
+    """A catalogue name (lower case) as the analyser folds an unquoted call in the dialect."""
+    if DIALECTS[dialect_name].names_as_written:
+        return name  # BigQuery built-ins compare lower-cased (see _function_path)
+    dialect = _sqlglot_dialect(dialect_name)
+    ident = exp.Identifier(this=name, quoted=False)
+    return _FOLD_AS.get(type(dialect), dialect).normalize_identifier(ident).name
+
+
+# Each dialect's catalogue folded once, at import: built-in reads (one-part paths) and the
+# refused names with their reasons. Lookups on the analysis path are set/dict lookups.
+_BUILTIN_READS: dict[str, frozenset[tuple[str, ...]]] = {
+    d: frozenset((_fold_builtin(n, d),) for n in CATALOGUES[d].reads)
+    for d in DIALECTS if d in CATALOGUES
+}
+_BUILTIN_REFUSED: dict[str, dict[tuple[str, ...], str]] = {
+    d: {(_fold_builtin(n, d),): why for n, why in CATALOGUES[d].refused.items()}
+    for d in DIALECTS if d in CATALOGUES
+}
+
 _R = TypeVar("_R")
+# sqlglot's wrapper of BigQuery's NET.* functions (absent from older sqlglot versions).
+_NET_FUNC: tuple[type[exp.Expression], ...] = (
+    (exp.NetFunc,) if hasattr(exp, "NetFunc") else ()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +336,7 @@ class SqlAnalyzer:
         self._defaults: LRUCache[tuple[str, tuple[str, ...]], tuple[str, ...] | SqlRefusal]
         self._defaults = LRUCache(maxsize=256)
         self._lock = threading.Lock()
-        self._dialects = {name: Dialect.get_or_raise(name) for name in DIALECTS}
+        self._dialects = {name: _sqlglot_dialect(name) for name in DIALECTS}
         self._kinds: dict[type[exp.Expression], int] = {}
         # The same tokenizer with the other backslash rule, where a setting decides it.
         self._other_tokenizers: dict[str, type[Tokenizer]] = {}
@@ -314,7 +350,8 @@ class SqlAnalyzer:
                 )
         # Per dialect: exact function paths, and "schema.*" prefixes (every function of a
         # schema, e.g. CARTO's "carto-un.carto.*"), folded by the dialect's rule.
-        names = [f.strip() for f in allowed_functions]
+        names = presets.expand([f.strip() for f in allowed_functions])
+        _check_not_refused(names)
         self._functions: dict[str, frozenset[tuple[str, ...]]] = {}
         self._function_prefixes: dict[str, frozenset[tuple[str, ...]]] = {}
         for dname in self._dialects:
@@ -326,7 +363,10 @@ class SqlAnalyzer:
                 idents = [exp.Identifier(this=p, quoted=False) for p in path.split(".")]
                 folded = self._function_path(idents, dname)
                 (prefixes if wildcard else exact).add(folded)
-            self._functions[dname] = frozenset(exact)
+            # Refused built-ins stay out even when a wildcard or a default names them.
+            refused = _BUILTIN_REFUSED.get(dname, {})
+            reads = _BUILTIN_READS.get(dname, frozenset())
+            self._functions[dname] = frozenset(exact.union(reads).difference(refused))
             self._function_prefixes[dname] = frozenset(prefixes)
 
     # -- public -------------------------------------------------------------------------
@@ -592,6 +632,9 @@ class SqlAnalyzer:
         idents = [this if isinstance(this, exp.Identifier) else exp.Identifier(
             this=node.name, quoted=False)]
         parent = node.parent
+        if isinstance(parent, _NET_FUNC):
+            # sqlglot reads BigQuery's NET.HOST(x) as NetFunc(HOST(x)).
+            idents = [exp.Identifier(this="net", quoted=False), *idents]
         # BigQuery writes UDFs as `proj`.ds.fn(...): a Dot chain whose last part is the call.
         while isinstance(parent, exp.Dot) and parent.expression is node:
             left = parent.this
@@ -609,7 +652,18 @@ class SqlAnalyzer:
             return False
         if path in self._functions[dialect_name]:
             return True
-        return len(path) > 1 and path[:-1] in self._function_prefixes[dialect_name]
+        if len(path) == 2 and DIALECTS[dialect_name].names_as_written:
+            # BigQuery: SAFE.fn() is fn returning NULL on error; NET.HOST, HLL_COUNT.MERGE,
+            # KEYS.*... are dotted built-ins (case-insensitive, unlike a dataset.udf path).
+            head = path[0].lower()
+            tail = ((path[1].lower(),) if head == "safe" else (f"{head}.{path[1].lower()}",))
+            if tail in self._functions[dialect_name]:
+                return True
+        return (
+            len(path) > 1
+            and path[:-1] in self._function_prefixes[dialect_name]
+            and path[-1:] not in _BUILTIN_REFUSED.get(dialect_name, {})
+        )
 
     # -- queries ------------------------------------------------------------------------
 
@@ -731,7 +785,7 @@ class SqlAnalyzer:
                 or i == last
                 or tokens[i - 1].token_type in _NO_NAME_BEFORE_DOT
                 or tokens[i + 1].token_type in _NO_NAME_AFTER_DOT
-            ):
+            ) and not _leading_dot_number(tokens, i):
                 return SqlRefusal(
                     "a name in the query has an empty part (as in a..b); engines fill it "
                     "differently (Snowflake reads a..b as a.PUBLIC.b)",
@@ -860,10 +914,18 @@ class SqlAnalyzer:
         connection: Connection,
     ) -> SqlRefusal | None:
         kind = self._kind(type(node))
-        if kind == DENY:
+        if kind == DENY and not (ctx.rules.postgis_operators and is_spatial_operator(node)):
             return _refuse_node(node)
         if kind == FUNCTION and not self._function_allowed(node, ctx.name):
             call = node.name or type(node).__name__
+            why = _BUILTIN_REFUSED.get(ctx.name, {}).get(
+                self._function_path([exp.Identifier(this=call, quoted=False)], ctx.name)
+            )
+            if why is not None:
+                return SqlRefusal(
+                    f"the query calls {call}, which {why}",
+                    "remove that function; read granted tables with a plain SELECT",
+                )
             return SqlRefusal(
                 f"the query calls {call}, which the guard does not know to be read-only",
                 "remove it, or ask the operator to list it in allowed_functions",
@@ -873,8 +935,10 @@ class SqlAnalyzer:
             refusal = self._table(node, visible, ctx, connection)
             if refusal is not None:
                 return refusal
-        elif isinstance(node, exp.Lateral | exp.TableFromRows) and not isinstance(
-            node.this, (exp.Subquery, *ROW_SOURCES)
+        elif (
+            isinstance(node, exp.Lateral | exp.TableFromRows)
+            and not isinstance(node.this, (exp.Subquery, *ROW_SOURCES))
+            and not _builtin_row_source(node.this, ctx)
         ):
             return _table_function(node.this, ctx)
         elif ctx.rules.implicit_unnest and isinstance(node, exp.Select) and node.args.get(
@@ -946,6 +1010,9 @@ class SqlAnalyzer:
         if isinstance(target, ROW_SOURCES):
             return None
         if not isinstance(target, exp.Identifier | exp.Dot):
+            qualified = table.args.get("db") or table.args.get("catalog")
+            if not qualified and _builtin_row_source(target, ctx):
+                return None  # its arguments are walked like any expression's
             return _table_function(target, ctx)
         if (
             isinstance(target, exp.Identifier)
@@ -964,6 +1031,38 @@ class SqlAnalyzer:
         ctx.tables.add(key)
         ctx.rewrites.append((table, key))
         return None
+
+
+def _check_not_refused(names: Iterable[str]) -> None:
+    """allowed_functions may not name a refused built-in: it would read what no grant covers."""
+    for name in names:
+        last = name.rsplit(".", 1)[-1].lower()
+        schema = name.rsplit(".", 1)[0].lower() if "." in name else ""
+        for dialect, catalogue in CATALOGUES.items():
+            why = catalogue.refused.get(last)
+            if why is not None and schema in ("", "pg_catalog", "main"):
+                raise ConfigurationError(
+                    f"allowed_functions: {name!r} is a {dialect} built-in that {why}; it "
+                    "stays refused (remove it from allowed_functions)"
+                )
+        if schema in ("pg_catalog", "information_schema") and last == "*":
+            raise ConfigurationError(
+                f"allowed_functions: {name!r} would allow the catalog's functions, some of "
+                "which read or change what no grant covers; list the functions you need"
+            )
+
+
+def _leading_dot_number(tokens: list[Token], i: int) -> bool:
+    """True for a number written ``.25`` (a DOT right before digits, where a value starts)."""
+    if i == len(tokens) - 1 or (i > 0 and tokens[i - 1].token_type is TokenType.DOT):
+        return False
+    after = tokens[i + 1]
+    return (
+        after.token_type is TokenType.NUMBER
+        and after.start == tokens[i].end + 1
+        and after.text.isdigit()
+        and (i == 0 or tokens[i - 1].token_type in _VALUE_STARTS)
+    )
 
 
 def _nesting_refusal(tokens: list[Token]) -> SqlRefusal | None:
@@ -1066,6 +1165,39 @@ def _flatten(node: exp.Expression) -> list[exp.Identifier]:
     return []
 
 
+# sqlglot's nodes for built-in set-returning functions, by the name the catalogue lists.
+_ROW_FUNCTION_NAMES: dict[type[exp.Expression], str] = {
+    getattr(exp, cls): name
+    for cls, name in (("GenerateSeries", "generate_series"),
+                      ("ExplodingGenerateSeries", "generate_series"))
+    if hasattr(exp, cls)
+}
+
+
+def _builtin_row_source(target: exp.Expression | None, ctx: _Context) -> bool:
+    """True for an unqualified built-in the catalogue lists as a pure read (``FROM ST_Dump(g)``).
+
+    Such a function reads only its arguments, which the walk checks. Functions named only in
+    ``allowed_functions`` (UDFs) are not trusted as table sources: one may read a table.
+    """
+    if isinstance(target, exp.Cast):
+        return True  # FROM CAST('POINT(0 1)' AS geometry) AS g: one row, its value
+    if not isinstance(target, exp.Func) or isinstance(target.parent, exp.Dot):
+        return False
+    if isinstance(target, NAMED_FUNCTIONS):
+        if not isinstance(target.this, str):
+            return False
+        name = target.this
+    else:
+        name = _ROW_FUNCTION_NAMES.get(type(target), target.sql_name())
+    ident = exp.Identifier(this=name, quoted=False)
+    reads = _BUILTIN_READS.get(ctx.name, frozenset())
+    path = (name.lower(),) if ctx.rules.names_as_written else (
+        _FOLD_AS.get(type(ctx.dialect), ctx.dialect).normalize_identifier(ident).name,
+    )
+    return classify(type(target)) != DENY and path in reads
+
+
 def _table_function(target: exp.Expression | None, ctx: _Context) -> SqlRefusal:
     if isinstance(target, exp.Var) and str(target.this).startswith("@"):
         return SqlRefusal(
@@ -1074,6 +1206,14 @@ def _table_function(target: exp.Expression | None, ctx: _Context) -> SqlRefusal:
         )
     if isinstance(target, exp.Func):
         name = target.name if isinstance(target, NAMED_FUNCTIONS) else target.sql_name()
+        why = _BUILTIN_REFUSED.get(ctx.name, {}).get((name.lower(),)) or _BUILTIN_REFUSED.get(
+            ctx.name, {}).get((name.upper(),))
+        if why is not None:
+            return SqlRefusal(
+                f"the query reads from {name}, which {why}",
+                "read granted tables directly; only UNNEST/FLATTEN of a column may be a table "
+                "source",
+            )
         what = f"the table function {name}" if name else "a table function"
     else:
         what = "a computed table source"

@@ -85,11 +85,12 @@ NAMED_FUNCTIONS: tuple[type[exp.Expression], ...] = (
 STRUCTURE: frozenset[type[exp.Expression]] = frozenset(
     getattr(exp, name)
     for name in (
-        "Alias", "Aliases", "AtTimeZone", "CTE", "CharacterSet", "Cluster", "Connect",
+        "Alias", "Aliases", "AtTimeZone", "CTE", "CharacterSet", "Cluster", "ColumnDef",
+        "Connect",
         "Cube", "DataType", "DataTypeParam", "Distinct", "Distribute", "Except", "Fetch",
         "Filter", "FormatJson", "From", "FromTimeZone", "Group", "GroupingSets", "Having",
         "HavingMax", "HistoricalData", "Identifier", "IgnoreNulls", "Intersect", "Interval",
-        "IntervalSpan", "Introducer", "JSONColumnDef", "JSONPath", "JSONPathFilter",
+        "IntervalSpan", "Introducer", "JSONColumnDef", "JSONKeyValue", "JSONPath", "JSONPathFilter",
         "JSONPathKey", "JSONPathPart", "JSONPathRecursive", "JSONPathRoot",
         "JSONPathSelector", "JSONPathSlice", "JSONPathSubscript", "JSONPathUnion",
         "JSONPathWildcard", "JSONSchema", "Join", "Lambda", "Lateral", "Limit",
