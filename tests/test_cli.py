@@ -389,6 +389,8 @@ def test_tokens_usage_prints_a_table_and_json(tmp_path: Path) -> None:
                                "refused": {"rate_limited": 2}}]
     bad = tg(tmp_path, "tokens", "usage", created["id"], "--from", "soon")
     assert bad.returncode != 0 and "--from" in bad.stderr
+
+
 def test_rotate_disable_enable_from_the_command_line(tmp_path: Path) -> None:
     created = tg_json(tmp_path, *CREATE)
     token_id, old = created["id"], created["token"]

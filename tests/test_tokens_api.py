@@ -512,6 +512,9 @@ async def test_usage_endpoint_reports_hours_and_days_and_checks_its_parameters(
     r = await api.http.get("/v3/tokens/tok_nope/usage", headers=_bearer(token))
     assert r.status_code == 404
     assert "/v3/tokens/{token_id}/usage" in (await api.http.get("/openapi.json")).json()["paths"]
+
+
+@pytest.mark.anyio
 async def test_an_invalid_body_lists_every_field_error_at_once(api: _Api) -> None:
     token, _ = await api.token_for([WRITE_SCOPE])
     bad = {"name": 7, "allowed_apis": ["maps", "ftp"], "referers": ["nope"],
