@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ import pytest
 
 from token_guard.cli import parse_expires
 from token_guard.core.secret import is_well_formed, secret_prefix
+from token_guard.stores.schema import migrate_sqlite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +31,16 @@ def _env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+@pytest.fixture(autouse=True)
+def existing_store(tmp_path: Path) -> Path:
+    """``tokens.db`` in the test's directory, made as ``--create`` would (a missing store is
+    an error for every other command; see the tests of that below)."""
+    path = tmp_path / "tokens.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        migrate_sqlite(conn)
+    return path
 
 
 def tg(
@@ -133,12 +146,42 @@ def test_exit_codes_and_messages(tmp_path: Path, args: list[str], code: int, say
 
 def test_store_from_environment_and_flag(tmp_path: Path) -> None:
     env = _env(TOKEN_GUARD_STORE=f"sqlite:///{tmp_path / 'env.db'}")
-    done = tg(tmp_path, "tokens", "create", "--api", "lds", "--json", env=env)
+    done = tg(tmp_path, "tokens", "create", "--api", "lds", "--json", "--create", env=env)
     assert done.returncode == 0, done.stderr
     tid = json.loads(done.stdout)["id"]
-    assert (tmp_path / "env.db").exists() and not (tmp_path / "tokens.db").exists()
+    assert (tmp_path / "env.db").exists()
+    assert tg_json(tmp_path, "tokens", "list")["tokens"] == []  # not in ./tokens.db
     listed = tg(tmp_path, "tokens", "list", "--store", str(tmp_path / "env.db"), "--json")
     assert [t["id"] for t in json.loads(listed.stdout)["tokens"]] == [tid]
+
+
+def test_a_missing_store_file_is_an_error_naming_it_unless_create(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    for command in (["tokens", "list"], ["tokens", "revoke", "tok_x"], CREATE):
+        done = tg(tmp_path, *command, "--store", str(missing))
+        assert done.returncode == 2
+        assert str(missing) in done.stderr and "--create" in done.stderr
+        assert "no token has id" not in done.stderr
+    assert not missing.exists()
+    done = tg(tmp_path, *CREATE, "--store", str(missing), "--create")
+    assert done.returncode == 0, done.stderr
+    assert len(tg_json(tmp_path, "tokens", "list", "--store", str(missing))["tokens"]) == 1
+
+
+def test_a_revocation_while_the_store_is_locked_says_it_was_not_done(tmp_path: Path) -> None:
+    created = tg_json(tmp_path, *CREATE)
+    holder = sqlite3.connect(tmp_path / "tokens.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's long write
+    try:
+        done = tg(tmp_path, "tokens", "revoke", created["id"])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert done.returncode == 1
+    assert "not done" in done.stderr and "locked" in done.stderr
+    assert "revoked" not in done.stdout
+    shown = tg_json(tmp_path, "tokens", "show", created["id"])
+    assert shown["revoked_at"] is None
 
 
 def test_clients_create_list_revoke(tmp_path: Path) -> None:
@@ -237,10 +280,11 @@ def test_tokens_create_with_a_config_refuses_grants_the_app_cannot_serve(
     done = tg(tmp_path, *args, "--grant", grant)
     assert done.returncode == 2, done.stdout + done.stderr
     assert field in done.stderr
-    made = tg(tmp_path, *args, "--grant", "carto_dw:proj.ds.stores", "--json")
+    made = tg(tmp_path, *args, "--grant", "carto_dw:proj.ds.stores", "--json", "--create")
     assert made.returncode == 0, made.stderr
     # the store named in the file (relative to it) got the token, the default one nothing
-    assert (tmp_path / "data" / "tokens.db").exists() and not (tmp_path / "tokens.db").exists()
+    assert (tmp_path / "data" / "tokens.db").exists()
+    assert tg_json(tmp_path, "tokens", "list")["tokens"] == []  # the default (empty) store got none
     via_env = tg(tmp_path, "tokens", "create", "--name", "y", "--api", "maps", "--grant", grant,
                  env=_env(TOKEN_GUARD_CONFIG=str(tmp_path / "token_guard.toml")))
     assert via_env.returncode == 2 and field in via_env.stderr
@@ -250,7 +294,7 @@ def test_serve_with_a_config_refuses_unservable_grants(tmp_path: Path, free_port
     (tmp_path / "data").mkdir()
     (tmp_path / "token_guard.toml").write_text(_CONFIG, "utf-8")
     client = tg_json(tmp_path, "clients", "create", "--name", "ci", "--store",
-                     "sqlite:///data/tokens.db", "--scope", "write:tokens")
+                     "sqlite:///data/tokens.db", "--create", "--scope", "write:tokens")
     proc = subprocess.Popen(
         [sys.executable, "-m", "token_guard.cli", "serve", "--port", str(free_port),
          "--log-level", "warning", "--config", "token_guard.toml"],

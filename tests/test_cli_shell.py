@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,10 +20,13 @@ import httpx
 import pytest
 
 import token_guard
-from tests.test_cli import _env, tg, tg_json
+from tests.test_cli import _env, existing_store, tg, tg_json
 from tests.tokens import FULL
 from token_guard.cli import build_parser
 from token_guard.stores import SQLiteStore
+
+# Every command here runs on ./tokens.db made beforehand, as --create would (autouse).
+__all__ = ["existing_store"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +54,9 @@ def test_global_options_before_or_after_the_command(tmp_path: Path, args: list[s
     done = tg(tmp_path, *[a.format(db=db) for a in args])
     assert done.returncode == 0, done.stderr
     assert [t["id"] for t in json.loads(done.stdout)["tokens"]] == made
-    assert not (tmp_path / "tokens.db").exists()  # never fell back to the default store
+    with contextlib.closing(sqlite3.connect(tmp_path / "tokens.db")) as default:
+        # never fell back to the default store (made empty by the autouse fixture)
+        assert default.execute("SELECT count(*) FROM tokens").fetchone() == (0,)
 
 
 def _many_tokens(db: Path, n: int) -> list[str]:

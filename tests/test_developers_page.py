@@ -12,6 +12,7 @@ import asyncio
 import html.parser
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -481,6 +482,29 @@ def test_revoke_from_the_list_by_keyboard_and_cancel_with_escape(tab: Tab, site:
     expect(page.locator("#token-rows tr").first).to_contain_text("revoked")
     expect(page.get_by_role("button", name="Revoke keyboard token")).to_have_count(0)
     assert tab.csp_errors == []
+
+
+def test_a_revocation_the_store_cannot_make_is_reported_as_not_done(
+    tab: Tab, site: Served
+) -> None:
+    token_id = site.seed({"name": "locked token", "allowed_apis": ["lds"]})
+    page = tab.page
+    _sign_in(page, site)
+    holder = sqlite3.connect(site.store.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        page.get_by_role("button", name="Revoke locked token").click()
+        page.get_by_role("dialog").get_by_role("button", name="Revoke token").click()
+        status = page.locator("#status")
+        expect(status).to_contain_text("Could not revoke locked token", timeout=15_000)
+        expect(status).to_contain_text("nothing was changed")
+        expect(status).not_to_contain_text("was revoked")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    expect(page.locator("#token-rows tr").first).to_contain_text("active")
+    record = site.server.call(lambda: site.store.get_token(token_id))
+    assert record is not None and record.revoked_at is None
 
 
 # --- the form's field errors ------------------------------------------------------------

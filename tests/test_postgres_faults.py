@@ -9,7 +9,12 @@ so a test can cut or stall that one link while the server keeps running for ever
   link returns the pool and the feed reconnect by themselves, the feed announces ``reset``,
   and a token revoked elsewhere meanwhile is refused;
 - stall: a lookup waits at most the configured timeout and the event loop keeps running;
-  the feed's heartbeat notices the hang.
+  the feed's heartbeat notices the hang;
+- the circuit breaker: after the first failure no request asks the store again (cached
+  tokens are answered from the stale window, others get 503) until a probe answers;
+- recovery: after the link returns no cached token is refused (the feed's reset marks
+  entries stale instead of dropping them) and a token revoked elsewhere during the cut is
+  refused once the store answers; writes while the link is down raise StoreUnavailable.
 
 No assertion is on speed: waits are bounded generously (``EVENT_WAIT``) to fail, not to time.
 """
@@ -38,7 +43,9 @@ from token_guard.stores.postgres import PostgresStore
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 STORE_TIMEOUT = 1.0  # seconds the store may take per operation in these tests
-SETTINGS = CacheSettings(ttl=60.0, negative_ttl=60.0, stale_window=300.0, lookup_timeout=5.0)
+SETTINGS = CacheSettings(
+    ttl=60.0, negative_ttl=60.0, stale_window=300.0, lookup_timeout=5.0, probe_interval=0.1
+)
 
 
 @pytest.fixture
@@ -225,3 +232,96 @@ async def test_a_store_that_starts_while_the_server_is_unreachable_comes_up_late
     assert await store.get_token(issued.id) == issued.record
     assert await store.wait_feed_ready(EVENT_WAIT)
     await store.close()
+
+
+async def test_while_cut_requests_are_answered_without_asking_the_store(
+    postgres_dsn: str, schema: str, proxy: TcpProxy
+) -> None:
+    async with proxied_store(postgres_dsn, proxy, schema) as store:
+        resolver = Resolver(store, identity, settings=SETTINGS)
+        known = await store.create_token(body(name="cached"))
+        uncached = await store.create_token(body(name="never looked up"))
+        assert await resolver.resolve(known.token) == known.record
+        await proxy.cut()
+        await wait_for(lambda: not store.feed_healthy, "the feed to notice the cut")
+        # The first request finds the store down (its entry is no longer trusted as fresh
+        # without the feed) and trips the breaker; it is still served, stale.
+        assert await resolver.resolve(known.token) == known.record
+        assert resolver.store_down
+        asked = resolver.stats()["store_lookups"]
+        for _ in range(50):
+            assert await resolver.resolve(known.token) == known.record
+            denial = await resolver.resolve(uncached.token)
+            assert isinstance(denial, Denial) and denial.code == "store_unavailable"
+        assert resolver.stats()["store_lookups"] == asked  # nobody waited on the store
+        await proxy.restore()
+        await wait_for(lambda: not resolver.store_down, "the probe to close the breaker")
+        assert await resolver.resolve(uncached.token) == uncached.record
+        await resolver.close()
+
+
+async def test_after_the_cut_known_tokens_stay_served_and_revocations_are_honoured(
+    postgres_dsn: str, schema: str, proxy: TcpProxy
+) -> None:
+    async with (
+        proxied_store(postgres_dsn, proxy, schema) as here,
+        PostgresStore(postgres_dsn, schema=schema) as elsewhere,
+    ):
+        resolver = Resolver(here, identity, settings=SETTINGS)
+        assert await here.wait_feed_ready(EVENT_WAIT)
+        kept = await elsewhere.create_token(body(name="kept"))
+        doomed = await elsewhere.create_token(body(name="revoked during the cut"))
+        spared = await elsewhere.create_token(body(name="a revocation here fails"))
+        assert await resolver.resolve(kept.token) == kept.record
+        assert await resolver.resolve(doomed.token) == doomed.record
+
+        await proxy.cut()
+        await wait_for(lambda: not here.feed_healthy, "the feed to notice the cut")
+        assert await resolver.resolve(kept.token) == kept.record  # trips the breaker
+        await elsewhere.revoke_token(doomed.id)
+        with pytest.raises(StoreUnavailable):
+            await here.revoke_token(spared.id)  # a write while cut fails, plainly
+
+        await proxy.restore()
+        answers: list[TokenRecord | Denial] = []
+
+        async def recovered() -> bool:
+            answers.append(await resolver.resolve(kept.token))
+            refused = await resolver.resolve(doomed.token)
+            return isinstance(refused, Denial) and refused.code == "revoked_token"
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EVENT_WAIT
+        while not await recovered():
+            assert loop.time() < deadline, "the revocation during the cut was never honoured"
+            await asyncio.sleep(0.01)
+        await wait_for(lambda: here.feed_healthy, "the feed to come back")
+        for _ in range(20):  # the feed's reset re-reads entries; it never drops them
+            answers.append(await resolver.resolve(kept.token))
+            await asyncio.sleep(0.01)
+        assert all(a == kept.record for a in answers), [a for a in answers if a != kept.record]
+        got = await here.get_token(spared.id)
+        assert got is not None and got.revoked_at is None  # the write that failed did not apply
+        await resolver.close()
+
+
+async def test_a_stall_trips_the_breaker_so_only_the_first_request_waits(
+    postgres_dsn: str, schema: str, proxy: TcpProxy
+) -> None:
+    async with proxied_store(postgres_dsn, proxy, schema) as store:
+        settings = CacheSettings(lookup_timeout=STORE_TIMEOUT, probe_interval=0.1)
+        resolver = Resolver(store, identity, settings=settings)
+        known = await store.create_token(body())
+        assert await resolver.resolve(known.token) == known.record
+        proxy.stall()
+        first = await resolver.resolve(new_secret())
+        assert isinstance(first, Denial) and first.code == "store_unavailable"
+        asked = resolver.stats()["store_lookups"]
+        for _ in range(20):
+            denial = await resolver.resolve(new_secret())
+            assert isinstance(denial, Denial) and denial.code == "store_unavailable"
+        assert resolver.stats()["store_lookups"] == asked
+        await proxy.restore()
+        await wait_for(lambda: not resolver.store_down, "the probe to see the stall end")
+        assert await resolver.resolve(known.token) == known.record
+        await resolver.close()

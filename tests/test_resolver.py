@@ -33,11 +33,12 @@ from token_guard.core.decision import (
     TOKEN_ROTATED,
     Denial,
 )
-from token_guard.core.errors import ConfigurationError
+from token_guard.core.errors import ConfigurationError, StoreUnavailable
 from token_guard.core.records import ChangeEvent, TokenRecord
 from token_guard.core.secret import is_well_formed, new_secret
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.stores import MemoryStore, SQLiteStore
+from token_guard.stores.base import Listeners
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.anyio
@@ -255,7 +256,7 @@ async def test_an_update_evicts_and_the_next_resolve_sees_it() -> None:
     await resolver.close()
 
 
-async def test_a_reset_event_clears_everything() -> None:
+async def test_a_reset_drops_refusals_and_makes_known_tokens_reread() -> None:
     store = CountingStore()
     tokens = [await store.create_token(body(name=str(i))) for i in range(3)]
     resolver = make(store)
@@ -263,10 +264,32 @@ async def test_a_reset_event_clears_everything() -> None:
     for issued in tokens:
         await resolver.resolve(issued.token)
     await resolver.resolve(new_secret())
+    heard, store._listeners = store._listeners, Listeners()
+    await store.revoke_token(tokens[0].id)  # as if elsewhere, unheard: only the reset tells
+    store._listeners = heard
     store._listeners.emit(ChangeEvent("reset"))  # what a store sends after losing its feed
-    assert all(resolver.lookup(i.token) is None for i in tokens)
+    assert all(resolver.lookup(i.token) is None for i in tokens)  # none is fresh now
     stats = resolver.stats()
-    assert stats["positive_entries"] == stats["negative_entries"] == stats["indexed_ids"] == 0
+    assert stats["negative_entries"] == 0
+    assert stats["positive_entries"] == stats["indexed_ids"] == 3
+    before = len(store.lookups)
+    assert is_denial(await resolver.resolve(tokens[0].token), REVOKED_TOKEN)
+    assert await resolver.resolve(tokens[1].token) == tokens[1].record
+    assert len(store.lookups) == before + 2  # each re-read once, then fresh again
+    assert resolver.lookup(tokens[1].token) == tokens[1].record
+    await resolver.close()
+
+
+async def test_after_a_reset_a_known_token_is_served_stale_while_the_store_fails() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    await resolver.start()
+    await resolver.resolve(issued.token)
+    await store.close()  # down, and then the feed says it may have missed changes
+    store._listeners.emit(ChangeEvent("reset"))
+    assert await resolver.resolve(issued.token) == issued.record
+    assert resolver.stats()["stale_served"] == 1
     await resolver.close()
 
 
@@ -311,7 +334,8 @@ async def test_a_failing_store_serves_cached_tokens_within_the_stale_window_only
     clock.now += 300.0  # past ttl + stale_window
     assert is_denial(await resolver.resolve(cached.token), STORE_UNAVAILABLE)
 
-    await store.open()  # back: fresh answers again
+    await store.open()  # back: fresh answers again once the breaker's probe sees it
+    await wait_for(lambda: not resolver.store_down, "the probe to close the breaker")
     assert await resolver.resolve(cached.token) == cached.record
     await resolver.close()
 
@@ -664,3 +688,74 @@ async def test_lifecycle_changes_by_another_sqlite_instance_reach_this_cache(
     await resolver.close()
     await mine.close()
     await other.close()
+
+
+# -- the circuit breaker ---------------------
+class FlakyStore(CountingStore):
+    """A real MemoryStore whose lookups fail while ``down`` (a store behind a cut link)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.pings = 0
+
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        if self.down:
+            self.lookups.append(secret_hash)
+            raise StoreUnavailable("the test cut the store off")
+        return await super().get_by_secret_hash(secret_hash)
+
+    async def ping(self) -> None:
+        self.pings += 1
+        if self.down:
+            raise StoreUnavailable("still cut off")
+
+
+async def test_after_a_failure_the_store_is_not_asked_until_a_probe_answers() -> None:
+    store = FlakyStore()
+    cached = await store.create_token(body(name="cached"))
+    uncached = await store.create_token(body(name="uncached"))
+    clock = Clock()
+    resolver = make(store, clock, ttl=60.0, stale_window=300.0, probe_interval=0.05)
+    await resolver.resolve(cached.token)
+    clock.now += 61.0  # past its TTL: the next request asks the store
+    store.down = True
+    assert await resolver.resolve(cached.token) == cached.record
+    assert resolver.store_down
+    asked = len(store.lookups)
+    for _ in range(20):  # answered at once, without the store
+        assert await resolver.resolve(cached.token) == cached.record
+        assert is_denial(await resolver.resolve(uncached.token), STORE_UNAVAILABLE)
+    assert len(store.lookups) == asked
+    assert resolver.stats()["fast_failures"] == 40
+    await wait_for(lambda: store.pings >= 2, "the probe to keep trying")
+    assert resolver.store_down
+    store.down = False
+    await wait_for(lambda: not resolver.store_down, "the probe to close the breaker")
+    assert await resolver.resolve(uncached.token) == uncached.record
+    assert resolver.stats()["breaker_trips"] == 1
+    await resolver.close()
+
+
+async def test_a_store_without_ping_is_probed_with_a_lookup_no_token_matches() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store, probe_interval=0.05)
+    await store.close()
+    assert is_denial(await resolver.resolve(issued.token), STORE_UNAVAILABLE)
+    assert resolver.store_down
+    await store.open()
+    await wait_for(lambda: not resolver.store_down, "the lookup probe to close the breaker")
+    assert await resolver.resolve(issued.token) == issued.record
+    await resolver.close()
+
+
+async def test_close_stops_the_probe() -> None:
+    store = FlakyStore()
+    store.down = True
+    resolver = make(store, probe_interval=0.05)
+    assert is_denial(await resolver.resolve(new_secret()), STORE_UNAVAILABLE)
+    await resolver.close()
+    pings = store.pings
+    await asyncio.sleep(0.2)
+    assert store.pings == pings and not resolver.store_down

@@ -94,7 +94,7 @@ def test_sqlite_store_satisfies_the_protocol(tmp_path: Path) -> None:
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(
-    tmp_path: Path, kwargs: dict[str, float], name: str
+    tmp_path: Path, kwargs: dict[str, Any], name: str
 ) -> None:
     with pytest.raises(ConfigurationError, match=name):
         SQLiteStore(tmp_path / "x.db", **kwargs)
@@ -375,3 +375,58 @@ async def test_a_revocation_in_another_process_reaches_this_one(tmp_path: Path) 
     assert record is not None and record.revoked_at is not None
     assert (await store.list_audit(limit=1))[0].actor == "other-process"
     await store.close()
+
+
+# -- readers and the write lock ------------------------------------------------------------
+_LOCK_HOLDER = textwrap.dedent("""
+    import sqlite3, sys, time
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("DELETE FROM changes WHERE id < 0")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    conn.execute("COMMIT")
+""")
+
+
+async def test_lookups_do_not_wait_behind_a_write_stuck_on_another_process_lock(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "held.db"
+    store = SQLiteStore(path, busy_timeout=2.0)
+    tokens = [await store.create_token(body(name=str(i))) for i in range(20)]
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LOCK_HOLDER, str(path), "4", stdout=asyncio.subprocess.PIPE
+    )
+    assert holder.stdout is not None
+    assert await asyncio.wait_for(holder.stdout.readline(), EVENT_WAIT) == b"locked\n"
+    try:
+        # A write queued first waits for the other process's lock on the writer thread...
+        write = asyncio.ensure_future(store.revoke_token(tokens[0].id))
+        await asyncio.sleep(0.05)
+        # ...while every lookup is answered by the reader, during the lock.
+        for issued in tokens:
+            assert await store.get_by_secret_hash(hash_secret(issued.token)) == issued.record
+        assert not write.done(), "the lookups waited for the write to give up"
+        assert holder.returncode is None, "the lock was released before the lookups finished"
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await write  # refused plainly, not applied
+        got = await store.get_token(tokens[0].id)
+        assert got is not None and got.revoked_at is None
+    finally:
+        await holder.wait()
+    await store.close()
+
+
+async def test_create_false_refuses_a_missing_file_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "missing.db"
+    store = SQLiteStore(path, create=False)
+    with pytest.raises(StoreUnavailable, match=r"missing\.db.*does not exist"):
+        await store.get_token("tok_x")
+    assert not path.exists()
+    created = SQLiteStore(path)  # the default creates it
+    await created.open()
+    await created.close()
+    opened = SQLiteStore(path, create=False)
+    assert await opened.list_tokens() == []
+    await opened.close()

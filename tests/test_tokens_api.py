@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -142,6 +143,42 @@ def test_token_lifecycle_over_http(tmp_path: Path, free_port: int) -> None:
         jwks = http.get("/.well-known/jwks.json").json()
         assert [k["kid"] for k in jwks["keys"]] == [
             jwt.get_unverified_header(auth["Authorization"][7:])["kid"]
+        ]
+    asyncio.run(store.close())
+
+
+def test_writes_while_the_store_is_locked_are_503_and_not_made(
+    tmp_path: Path, free_port: int
+) -> None:
+    db = tmp_path / "tokens.db"
+    client_id, secret = _new_client(db, [READ_SCOPE, WRITE_SCOPE])
+    store = SQLiteStore(str(db), busy_timeout=0.3)
+    app = create_management_app(
+        store, issuer=ISSUER, audience=AUDIENCE, keys=SigningKeys.open(tmp_path / "t.keys")
+    )
+    with serving(app, free_port) as base, httpx.Client(base_url=base, timeout=10) as http:
+        auth = {"Authorization": f"Bearer {_token(http, client_id, secret)}"}
+        token_id = http.post("/v3/tokens", json=BODY, headers=auth).json()["id"]
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process's long write
+        try:
+            answers = [
+                http.delete(f"/v3/tokens/{token_id}", headers=auth),
+                http.patch(f"/v3/tokens/{token_id}", json={"name": "x"}, headers=auth),
+                http.post("/v3/tokens", json=BODY, headers=auth),
+            ]
+            shown = http.get(f"/v3/tokens/{token_id}", headers=auth)  # reads still work
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        for r in answers:
+            assert r.status_code == 503, r.text
+            assert r.json()["code"] == "store_unavailable"
+            assert "nothing was changed" in r.json()["error"]
+        assert shown.status_code == 200 and shown.json()["state"] == "active"
+        listed = http.get("/v3/tokens", headers=auth).json()["tokens"]
+        assert [(t["id"], t["name"], t["state"]) for t in listed] == [
+            (token_id, BODY["name"], "active")
         ]
     asyncio.run(store.close())
 

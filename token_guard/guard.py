@@ -10,7 +10,8 @@ result back, until the step is final:
 - ``Awaiting`` — a store lookup (a cache miss): ``step.then(await step.work())``; WSGI runs
   ``work`` on its loop thread.
 - ``ReadBody`` — the route's source may travel in the body: read it (up to
-  ``max_body_bytes``, the transport's limits refuse with a ``Denial``) and
+  ``max_body_bytes``, within ``body_timeout`` seconds; the transport's limits refuse with
+  a ``Denial``: 413 ``body_too_large``, 408 ``request_timeout``) and
   ``step.then(raw_or_denial, content_type)``.
 
 The order is the guard's alone: route, facts from the query string and token extraction
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -40,7 +42,7 @@ from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import RequestFacts
 from token_guard.core.limits import ratelimit_headers
-from token_guard.core.policy import CompiledToken, Policy
+from token_guard.core.policy import CompiledToken, Policy, expired
 from token_guard.core.querystrings import redact, values_of
 from token_guard.core.records import TokenRecord
 from token_guard.core.routes import Route, RouteMap, RouteMatch
@@ -163,6 +165,38 @@ _MEMO_MAX_QUERY = 2048  # longer query strings are read afresh every time
 _PROBE_TIMEOUT = 30.0  # the start-up lookup; the stores bound their own connects too
 CONFLICTING_HEADERS = "\x00conflict"
 """What adapters pass for an Origin/Referer header sent twice with different values."""
+# Where a server or proxy joined repeated Referer headers: ", " before another URL's scheme.
+_JOINED_URLS = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def one_origin(value: str) -> str:
+    """One Origin value from a header value with a comma in it: a join of equal values is
+    that value, of different ones a conflict (WSGI servers join repeated headers with ", ",
+    so both adapters read a comma this way and decide alike)."""
+    parts = {p.strip() for p in value.split(",")}
+    return parts.pop() if len(parts) == 1 else CONFLICTING_HEADERS
+
+
+def one_referer(value: str) -> str:
+    """One Referer value from a header value with a comma in it: two URLs joined
+    (``"https://a/, https://b/"``) are a conflict unless equal; a comma not followed by a
+    URL stays part of one URL (``/map/@40.7,-74.0``). Two headers whose second is not a URL
+    thus read as one, on ASGI as on WSGI, where a server's join cannot be told apart."""
+    parts = _JOINED_URLS.split(value)
+    if len(parts) == 1:
+        return value
+    distinct = {p.strip() for p in parts}
+    return distinct.pop() if len(distinct) == 1 else CONFLICTING_HEADERS
+
+
+def body_timed_out(seconds: float) -> Denial:
+    """The 408 refusal for a body that did not arrive within ``seconds``."""
+    return Denial(
+        408,
+        codes.REQUEST_TIMEOUT,
+        f"The request body did not arrive within {seconds:g} seconds.",
+        "Send the whole body promptly (the guard's body_timeout bounds how long it waits).",
+    )
 
 
 def body_too_large(limit: int) -> Denial:
@@ -216,6 +250,7 @@ class GuardOptions(TypedDict, total=False):
     include_default_routes: bool
     allow_query_token: bool
     max_body_bytes: int
+    body_timeout: float
     max_query_bytes: int
     allowed_functions: Iterable[str]
     cache: CacheSettings | None
@@ -250,6 +285,7 @@ class Guard:
         include_default_routes: bool = True,
         allow_query_token: bool = False,
         max_body_bytes: int = 1024 * 1024,
+        body_timeout: float = 10.0,
         max_query_bytes: int = 64 * 1024,
         allowed_functions: Iterable[str] = (),
         cache: CacheSettings | None = None,
@@ -262,6 +298,13 @@ class Guard:
     ) -> None:
         if not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
             raise ConfigurationError("max_body_bytes: must be a positive number of bytes")
+        if (
+            isinstance(body_timeout, bool) or not isinstance(body_timeout, int | float)
+            or not 0 < body_timeout < float("inf")
+        ):
+            raise ConfigurationError(
+                f"body_timeout: must be a positive number of seconds, got {body_timeout!r}"
+            )
         if not isinstance(max_query_bytes, int) or max_query_bytes <= 0:
             raise ConfigurationError("max_query_bytes: must be a positive number of bytes")
         if isinstance(store, type):
@@ -299,6 +342,8 @@ class Guard:
         )
         self.allow_query_token = allow_query_token
         self.max_body_bytes = max_body_bytes
+        # Seconds a body the decision reads may take to arrive (408 past it).
+        self.body_timeout = float(body_timeout)
         self.on_decision = on_decision
         self.deny_response = deny_response or default_deny_response
         self.limiter = make_limiter(limiter)
@@ -453,6 +498,12 @@ class Guard:
                              compiled)
                 return compiled
             if pending.known is None:
+                # Every refusal that needs no body comes before reading one.
+                late = expired(compiled, time())
+                if late is not None:
+                    self.observe(pending.method, pending.path, pending.query_string, None,
+                                 late, compiled.record.id)
+                    return late
                 return ReadBody(partial(self._with_body, pending, compiled))
             return self._decide(pending, compiled, pending.known)
         except Exception:

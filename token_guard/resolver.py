@@ -12,9 +12,18 @@ Security and availability choices, stated once:
   its own "fresh until" and "usable while failing until" times. So one bounded structure
   holds both: an entry past its freshness is refreshed from the store, and is served
   (counted as ``stale_served``) only when the store fails or is too slow.
-* A change event for a token id evicts that token's entries at once; ``reset`` clears
-  everything. A lookup that raced with any change event answers its request but is not
-  cached, so a revocation can never be undone by a read that started before it.
+* A change event for a token id evicts that token's entries at once. ``reset`` (changes
+  may have been missed) drops every refusal and marks every known token stale: each is
+  re-read from the store on its next request, and served meanwhile only while the store
+  cannot answer (its stale window), so a reset after an outage neither lets a token
+  revoked during it through nor turns known tokens into 503s. A lookup that raced with
+  any change event answers its request but is not cached, so a revocation can never be
+  undone by a read that started before it.
+* Circuit breaker: after a store failure the request path stops asking the store. Until a
+  background probe (every ``probe_interval`` seconds, the store's ``ping()`` if it has
+  one, else a lookup of a hash no secret has) succeeds, a known token is answered at once
+  from its stale window and any other token gets 503 at once, instead of each request
+  waiting ``lookup_timeout`` for a store known to be down.
 * The store is never asked twice at once for the same token: the first miss starts one
   task, every other caller awaits it (shielded, so a cancelled caller does not cancel it).
 * Expiry is the policy's job (it checks ``expiration_date`` on every decision); the
@@ -47,9 +56,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
@@ -73,6 +83,8 @@ from token_guard.usage import UsageRecorder
 logger = logging.getLogger("token_guard.resolver")
 
 T = TypeVar("T")
+# What the breaker's probe looks up on a store without ``ping()``: no secret hashes to it.
+_PROBE_HASH = "0" * 64
 
 MALFORMED = Denial(
     401,
@@ -128,7 +140,8 @@ class CacheSettings:
     while the store fails (0 disables that). ``lookup_timeout``: seconds a store lookup
     may take before the request gets 503. ``usage_flush_interval``: seconds between
     batched ``last_used_at`` and request-count writes. ``usage_retention_days``: how long
-    request counts per hour are kept.
+    request counts per hour are kept. ``probe_interval``: seconds between the checks that
+    close the circuit breaker after a store failure (see the module docstring).
     """
 
     ttl: float = 60.0
@@ -139,6 +152,7 @@ class CacheSettings:
     lookup_timeout: float = 2.0
     usage_flush_interval: float = 10.0
     usage_retention_days: float = 90.0
+    probe_interval: float = 0.25
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -242,9 +256,15 @@ class Resolver(Generic[T]):
         self.note_refused = self._usage.note_refused
         self.usage = self._usage
         self._unsubscribe: Callable[[], None] | None = None
+        # The circuit breaker: the probe task runs while the store is known to be down.
+        self._probe: asyncio.Task[None] | None = None
+        ping = getattr(store, "ping", None)
+        self._ping: Callable[[], Awaitable[object]] = (
+            ping if callable(ping) else partial(store.get_by_secret_hash, _PROBE_HASH)
+        )
         self._counts = dict.fromkeys(
             ("hits", "misses", "store_lookups", "negative_hits", "stale_served", "evictions",
-             "malformed", "store_errors", "compile_errors"),
+             "malformed", "store_errors", "compile_errors", "breaker_trips", "fast_failures"),
             0,
         )
 
@@ -283,6 +303,9 @@ class Resolver(Generic[T]):
             self._start()
         with self._lock:
             self._counts["misses"] += 1
+        if self._probe is not None:
+            # Known to be down: answer now from what is cached, without asking the store.
+            return self._fallback(token, None)
         task = self._inflight.get(token)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._fetch(token))
@@ -299,10 +322,12 @@ class Resolver(Generic[T]):
             async with asyncio.timeout(self._settings.lookup_timeout):
                 record = await self._store.get_by_secret_hash(hash_secret(token))
         except (StoreError, TimeoutError) as exc:
+            self._trip(exc)
             return self._fallback(token, exc)
         except Exception as exc:
             # An unexpected failure is still "the store cannot answer": fail closed.
             logger.exception("token store lookup failed unexpectedly")
+            self._trip(exc)
             return self._fallback(token, exc)
         finally:
             # A change event may have replaced this task with a newer one; leave that be.
@@ -334,16 +359,53 @@ class Resolver(Generic[T]):
         self._put_positive(token, record, value, epoch)
         return value
 
-    def _fallback(self, token: str, exc: BaseException) -> T | Denial:
+    def _fallback(self, token: str, exc: BaseException | None) -> T | Denial:
+        """The store failed (``exc``) or is known to be down (None): stale, or 503."""
         with self._lock:
-            self._counts["store_errors"] += 1
+            self._counts["store_errors" if exc is not None else "fast_failures"] += 1
             entry: _Positive[T] | None = self._positive.get(token)
             if entry is not None and self._clock() < entry.stale_until:
                 self._counts["stale_served"] += 1
                 return entry.value
-        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-        logger.warning("token store cannot answer (%s); answering 503", reason)
         return UNAVAILABLE
+
+    # -- the circuit breaker ------------------------------------------------------------
+    @property
+    def store_down(self) -> bool:
+        """True while the breaker is open: the store failed and no probe has answered yet."""
+        return self._probe is not None
+
+    def _trip(self, exc: BaseException) -> None:
+        if self._probe is not None:
+            return
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        logger.warning(
+            "token store cannot answer (%s); serving cached tokens and answering 503 for "
+            "others until it answers again (probing every %g s)",
+            reason, self._settings.probe_interval,
+        )
+        with self._lock:
+            self._counts["breaker_trips"] += 1
+        self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        settings = self._settings
+        try:
+            while True:
+                await asyncio.sleep(settings.probe_interval)
+                try:
+                    async with asyncio.timeout(settings.lookup_timeout):
+                        await self._ping()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.debug("token store probe failed: %s", exc)
+                    continue
+                logger.warning("token store answers again; asking it on the request path")
+                return
+        finally:
+            if self._probe is asyncio.current_task():
+                self._probe = None
 
     def _put_positive(self, token: str, record: TokenRecord, value: T, epoch: int) -> None:
         settings = self._settings
@@ -412,11 +474,18 @@ class Resolver(Generic[T]):
     def _evict(self, event: ChangeEvent) -> None:
         self._epoch += 1
         if event.kind == "reset":
-            self._counts["evictions"] += len(self._positive) + len(self._negative)
-            self._positive.clear()
-            self._hot.clear()
+            # Refusals are dropped; known tokens stay as stale entries, re-read on their next
+            # request and served meanwhile only while the store cannot answer.
+            self._counts["evictions"] += len(self._negative)
             self._negative.clear()
+            self._hot.clear()
             self._by_id.clear()
+            kept: list[tuple[str, _Positive[T]]] = list(self._positive.items())
+            for token, entry in kept:
+                self._positive[token] = _Positive(
+                    entry.value, entry.token_id, -math.inf, entry.stale_until
+                )
+                self._index(entry.token_id, token)
             return
         if event.token_id is None:
             return
@@ -438,7 +507,10 @@ class Resolver(Generic[T]):
         self._usage.start()
 
     async def close(self) -> None:
-        """Flush usage, unsubscribe and cancel the flusher."""
+        """Flush usage, unsubscribe and cancel the flusher and the store probe."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
         await self._usage.close()
         unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:

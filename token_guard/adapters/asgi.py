@@ -12,7 +12,8 @@ Security choices, stated once:
 - The token is never logged, and ``access_token`` is redacted from every URL the guard logs.
 - A body is read only when the route's source may travel in it, only after the token is
   resolved (a missing, malformed, unknown, revoked or expired token is refused first), up
-  to ``max_body_bytes`` (413 above); it is read by its Content-Type as the app reads it
+  to ``max_body_bytes`` (413 above) and within ``body_timeout`` seconds (408 past it, so a
+  slow sender cannot hold the request open); it is read by its Content-Type as the app reads it
   (``token_guard.core.bodies``) and replayed intact to the app.
 - The path judged is the one the app beneath routes: ``path`` minus ``root_path``
   (``Mount``, FastAPI ``mount``, ``uvicorn --root-path``); see ``route_path``.
@@ -30,6 +31,7 @@ Handlers find the resolved ``TokenRecord`` (never the secret) at ``scope["token_
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -45,11 +47,13 @@ from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
-    CONFLICTING_HEADERS,
     Awaiting,
     GuardOptions,
     ReadBody,
+    body_timed_out,
     body_too_large,
+    one_origin,
+    one_referer,
 )
 from token_guard.limiters import Admitted
 from token_guard.report_only import HEADER
@@ -131,6 +135,11 @@ class TokenGuard:
             origin = None if found is None else found.decode("latin-1")
             found = named.get(b"referer")
             referer = None if found is None else found.decode("latin-1")
+            # A value with a comma is read as WSGI reads a server-joined pair: same decision.
+            if origin is not None and "," in origin:
+                origin = one_origin(origin)
+            if referer is not None and "," in referer:
+                referer = one_referer(referer)
             preflight = b"access-control-request-method" in named
             conflict = False
         else:
@@ -216,6 +225,13 @@ class TokenGuard:
         await self.app(scope, wrapped, send)
 
     async def _read_body(self, receive: Receive, seen: list[Message]) -> bytes | Denial:
+        try:
+            async with asyncio.timeout(self.guard.body_timeout):
+                return await self._read_chunks(receive, seen)
+        except TimeoutError:
+            return body_timed_out(self.guard.body_timeout)
+
+    async def _read_chunks(self, receive: Receive, seen: list[Message]) -> bytes | Denial:
         limit = self.guard.max_body_bytes
         chunks: list[bytes] = []
         size = 0
@@ -308,7 +324,7 @@ def _read_headers(
     headers: list[tuple[bytes, bytes]],
 ) -> tuple[bytes | None, str | None, str | None, bool, bool]:
     """Authorization, Origin, Referer, preflight and two-Authorizations, header by header
-    (a name sent twice: equal values are one, different ones a conflict)."""
+    (Authorization sent twice: equal values are one, different ones a conflict)."""
     authorization: bytes | None = None
     origin: str | None = None
     referer: str | None = None
@@ -320,12 +336,18 @@ def _read_headers(
             authorization = value
         elif name == b"origin":
             text = value.decode("latin-1")
-            origin = text if origin in (None, text) else CONFLICTING_HEADERS
+            origin = text if origin is None else f"{origin},{text}"
         elif name == b"referer":
             text = value.decode("latin-1")
-            referer = text if referer in (None, text) else CONFLICTING_HEADERS
+            referer = text if referer is None else f"{referer},{text}"
         elif name == b"access-control-request-method":
             preflight = True
+    # Repeated Origin/Referer headers are read as a WSGI server hands them over (joined with
+    # ","), so both adapters decide alike: see ``guard.one_origin`` / ``guard.one_referer``.
+    if origin is not None and "," in origin:
+        origin = one_origin(origin)
+    if referer is not None and "," in referer:
+        referer = one_referer(referer)
     return authorization, origin, referer, preflight, conflict
 
 

@@ -32,7 +32,9 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   ``Referer`` headers count as conflicting (refused where websites are restricted), as in ASGI.
 - **Bodies.** A body the decision reads is buffered (``CONTENT_LENGTH``, or to EOF when
   ``wsgi.input_terminated`` says the server dechunked it), refused with 413 above
-  ``max_body_bytes`` before it is read, and replayed intact to the app as a new
+  ``max_body_bytes`` before it is read, refused with 408 when it has not arrived within
+  ``body_timeout`` seconds (checked between reads of ``_READ_CHUNK`` bytes; a single read
+  blocks as long as the server's own socket timeout allows), and replayed intact to the app as a new
   ``wsgi.input`` with ``CONTENT_LENGTH`` set.
 - **Threads.** A cache hit is decided synchronously in the request thread
   (``Resolver.lookup`` and ``note_used`` are thread-safe). A miss is resolved on one
@@ -61,8 +63,8 @@ import contextlib
 import io
 import logging
 import os
-import re
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -79,12 +81,14 @@ from token_guard.core.errors import ConfigurationError
 from token_guard.core.policy import CompiledToken
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
-    CONFLICTING_HEADERS,
     Awaiting,
     Guard,
     GuardOptions,
     ReadBody,
+    body_timed_out,
     body_too_large,
+    one_origin,
+    one_referer,
 )
 from token_guard.limiters import Admitted
 from token_guard.report_only import HEADER
@@ -123,7 +127,6 @@ BAD_LENGTH = Denial(
 # classifier refuses it inside the prefix exactly as it refuses the encoded form.
 _PCHAR_SAFE = "/!$&'()*+,=:@~"
 # A comma followed by a URL scheme: where a server joined two Referer headers.
-_JOINED_URLS = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 _READ_CHUNK = 64 * 1024
 
 
@@ -215,8 +218,8 @@ class TokenGuardWSGI:
             raw_path,
             query_string,
             authorization,
-            origin if origin is None or "," not in origin else _one_origin(origin),
-            referer if referer is None or "," not in referer else _one_referer(referer),
+            origin if origin is None or "," not in origin else one_origin(origin),
+            referer if referer is None or "," not in referer else one_referer(referer),
             "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ,
             conflict,
         )
@@ -288,12 +291,19 @@ class TokenGuardWSGI:
             return b""  # WSGI: no length and no terminated stream means no readable body
         chunks: list[bytes] = []
         size = 0
+        # One read blocks as long as the server lets it (its socket timeout); between reads
+        # the deadline is checked, so a trickling sender is cut off at body_timeout.
+        deadline = time.monotonic() + self.guard.body_timeout
         while size < length:
             chunk = stream.read(min(_READ_CHUNK, length - size))
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
+            if size < length and time.monotonic() > deadline:
+                if self.guard.report_only is not None:
+                    environ["wsgi.input"] = _Unread(b"".join(chunks), stream)
+                return body_timed_out(self.guard.body_timeout)
         if size > limit or (length_text and size < length):
             if self.guard.report_only is not None:
                 # A refusal report-only may let through: the app reads what the client sent.
@@ -533,25 +543,6 @@ def _authorization(value: str | None) -> tuple[bytes | None, bool]:
         return raw, False
     first = parts[0]
     return first, any(p != first for p in parts)
-
-
-def _one_origin(value: str | None) -> str | None:
-    """One Origin value; a server-joined pair of different ones is a conflict."""
-    if value is None or "," not in value:
-        return value
-    parts = {p.strip() for p in value.split(",")}
-    return parts.pop() if len(parts) == 1 else CONFLICTING_HEADERS
-
-
-def _one_referer(value: str | None) -> str | None:
-    """One Referer value; a server-joined pair of different URLs is a conflict."""
-    if value is None or "," not in value:
-        return value
-    parts = _JOINED_URLS.split(value)
-    if len(parts) == 1:
-        return value  # one URL with a comma in it
-    distinct = {p.strip() for p in parts}
-    return distinct.pop() if len(distinct) == 1 else CONFLICTING_HEADERS
 
 
 def _path(environ: WSGIEnvironment) -> str:

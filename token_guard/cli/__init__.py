@@ -109,7 +109,10 @@ def _run(given: list[str]) -> int:
         print(f"token-guard: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StoreUnavailable as exc:
-        print(f"token-guard: the store cannot answer: {exc}", file=sys.stderr)
+        # Said plainly: a write refused here was not made (or, if the link broke after it
+        # was sent, is not confirmed); never reported as done.
+        print(f"token-guard: not done: the store cannot answer: {exc}; nothing is "
+              "confirmed changed, retry when the store is back", file=sys.stderr)
         return EXIT_REFUSED
     except StoreError as exc:
         print(f"token-guard: store error: {exc}", file=sys.stderr)

@@ -24,13 +24,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def common_flags(*, top: bool = False) -> Parser:
-    """The parent parser with the global flags: with defaults for the top parser (``top``),
-    without (``SUPPRESS``) for the commands'."""
+    """The parent parser with the global flags (``--store``, ``--create``, ``--json``): with
+    defaults for the top parser (``top``), without (``SUPPRESS``) for the commands'."""
     common = Parser(add_help=False)
     common.add_argument(
         "--store", default=None if top else argparse.SUPPRESS,
         help="sqlite:///tokens.db, a file path or postgresql://... "
              "(default: $TOKEN_GUARD_STORE, else sqlite:///tokens.db)",
+    )
+    common.add_argument(
+        "--create", action="store_true", default=False if top else argparse.SUPPRESS,
+        help="create the SQLite store if the file does not exist (otherwise a missing file "
+             "is an error, so a mistyped path never becomes an empty store)",
     )
     common.add_argument("--json", action="store_true",
                         default=False if top else argparse.SUPPRESS,

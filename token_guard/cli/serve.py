@@ -28,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     keys = SigningKeys.open(keys_path(args))
 
     async def go() -> int:
-        store = open_store(args.store)
+        store = open_store(args.store, create=args.create)
         await store.open()
         try:
             app = create_management_app(

@@ -21,10 +21,21 @@ from token_guard.stores.urls import DEFAULT_URL, parse_store_url
 DEFAULT_STORE = DEFAULT_URL
 
 
-def open_store(url: str | None) -> TokenStore:
-    """The store named by ``url`` (or ``TOKEN_GUARD_STORE``, else ``sqlite:///tokens.db``)."""
+def open_store(url: str | None, *, create: bool = False) -> TokenStore:
+    """The store named by ``url`` (or ``TOKEN_GUARD_STORE``, else ``sqlite:///tokens.db``);
+    a missing SQLite file is an error naming it unless ``create`` (``--create``)."""
     try:
-        return stores.open_store(url, default=DEFAULT_STORE)
+        parsed = parse_store_url(url, default=DEFAULT_STORE)
+        if (
+            parsed.kind == "sqlite" and not create and parsed.target != ":memory:"
+            and not os.path.exists(parsed.target)
+        ):
+            raise UsageError(
+                f"no token store at {os.path.abspath(parsed.target)} (the file does not "
+                "exist); check --store or TOKEN_GUARD_STORE, or pass --create to make a new, "
+                "empty store there"
+            )
+        return stores.open_store(url, default=DEFAULT_STORE, create=create)
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
 
@@ -57,7 +68,7 @@ def run_with_store(
 ) -> int:
     """Open ``--store``, run ``work`` on it, close it; return ``work``'s exit status."""
     async def go() -> int:
-        store = open_store(args.store)
+        store = open_store(args.store, create=getattr(args, "create", False))
         try:
             await store.open()
             return await work(store)

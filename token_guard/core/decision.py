@@ -31,6 +31,7 @@ MALFORMED_REQUEST = "malformed_request"
 AMBIGUOUS_REQUEST = "ambiguous_request"
 UNKNOWN_CONNECTION = "unknown_connection"
 BODY_TOO_LARGE = "body_too_large"
+REQUEST_TIMEOUT = "request_timeout"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 STORE_UNAVAILABLE = "store_unavailable"
 RATE_LIMITED = "rate_limited"
@@ -86,6 +87,8 @@ ERROR_CODES: Mapping[str, ErrorCode] = MappingProxyType({e.code: e for e in (
     ErrorCode(UNKNOWN_CONNECTION, 403, "the connection is not configured in the guard",
               guard=True),
     ErrorCode(BODY_TOO_LARGE, 413, "the body is larger than the guard reads", guard=True),
+    ErrorCode(REQUEST_TIMEOUT, 408,
+              "the body did not arrive within the guard's body_timeout", guard=True),
     ErrorCode(UNSUPPORTED_MEDIA_TYPE, 415,
               "the body's Content-Type is one the guard does not read on a source route",
               guard=True),

@@ -62,6 +62,13 @@ _EXPIRED = Denial(
 )
 
 
+def expired(token: CompiledToken, now: float) -> Denial | None:
+    """The expiry refusal if ``token`` has expired at ``now`` (checked before a body is read)."""
+    if token.expires_at is not None and now >= token.expires_at:
+        return _EXPIRED
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionGrants:
     """A token's grants on one connection, compiled for set lookups."""

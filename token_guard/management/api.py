@@ -75,9 +75,18 @@ def _guarded(handler: Handler) -> Handler:
                 "list tokens with GET /v3/tokens to find the right id",
             )
         except StoreUnavailable:
+            if request.method in ("GET", "HEAD"):
+                return error_response(
+                    503, STORE_UNAVAILABLE, "the token store cannot answer now",
+                    "retry in a few seconds",
+                )
+            # Never a success: the write was refused (or, if the link broke after it was
+            # sent, is unconfirmed), and the answer says so.
             return error_response(
-                503, STORE_UNAVAILABLE, "the token store cannot answer now",
-                "retry in a few seconds",
+                503, STORE_UNAVAILABLE,
+                "the token store cannot answer now, so nothing was changed "
+                "(the change was not made, or is not confirmed)",
+                "retry in a few seconds, then GET the token to see its state",
             )
 
     return wrapped

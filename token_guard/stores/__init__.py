@@ -39,16 +39,19 @@ __all__ = [
 ]
 
 
-def open_store(url: str | None = None, *, default: str | None = None) -> TokenStore:
+def open_store(
+    url: str | None = None, *, default: str | None = None, create: bool = True
+) -> TokenStore:
     """The store a URL names (see ``stores.urls``): ``sqlite:///path``, a bare path, or
     ``postgresql://...``. Without ``url``, ``$TOKEN_GUARD_STORE``; without that, ``default``.
+    ``create=False``: a missing SQLite file is an error naming it, not a new empty store.
     """
     parsed = parse_store_url(url, default=default)
     if parsed.kind == "postgresql":
         from token_guard.stores.postgres import PostgresStore
 
         return PostgresStore(parsed.target)
-    return SQLiteStore(parsed.target)
+    return SQLiteStore(parsed.target, create=create)
 
 
 def __getattr__(name: str) -> Any:

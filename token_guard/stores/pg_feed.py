@@ -31,7 +31,9 @@ Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 Bounded = Callable[[Coroutine[Any, Any, Any], str], Coroutine[Any, Any, Any]]
 
 _BACKOFF_MIN: Final = 0.05
-_BACKOFF_MAX: Final = 2.0
+# Short: a refused connect costs nothing, and the feed being back is what lets caches
+# trust their entries again.
+_BACKOFF_MAX: Final = 0.5
 _CHANGE_KINDS: Final = frozenset({"created", "updated", "revoked"})
 
 

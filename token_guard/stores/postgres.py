@@ -22,12 +22,16 @@ The listener itself is ``stores.pg_feed.PgChangeFeed``.
 When the feed breaks, and why what follows is safe:
 
 - PostgreSQL does not queue notifications for a session that is gone: whatever was sent
-  while the listener was away is lost. So the listener reconnects by itself (with backoff)
-  and, once it LISTENs again, emits ``ChangeEvent("reset")``: every cache drops everything
-  and the next request for each token re-reads it from the store. A reset therefore never
-  lets a revoked token through; its cost is a burst of lookups (one per distinct token,
-  as the resolver coalesces concurrent ones). Revalidating each cached entry instead would
-  cost as many queries and keep more code on the recovery path.
+  while the listener was away is lost. So the listener reconnects by itself (backoff of
+  at most 0.5 s) and, once it LISTENs again, emits ``ChangeEvent("reset")``: a cache then
+  drops its refusals and marks every known token stale, re-reading each from the store on
+  its next request (and serving it meanwhile only if the store cannot answer). A reset
+  therefore never lets a revoked token through and never turns known tokens into 503s;
+  its cost is one lookup per distinct token (the resolver coalesces concurrent ones).
+- Recovery. A query that fails marks the pool failed; psycopg_pool would then reconnect
+  in a doubling backoff (seconds). The first sign that the server answers again -- the
+  resolver's breaker probe (``ping``, on a new connection) or the feed's reconnect --
+  swaps in a fresh pool that connects at once.
 - The moment the listener is lost, the store does NOT emit ``reset``: if the network to
   PostgreSQL is down, dropping the cache would turn every request into a 503 when the
   resolver could still serve known tokens for its bounded stale window. Instead
@@ -290,6 +294,7 @@ class PostgresStore:
         self._closed = False
         self._opened_before = False
         self._pool_failed = False  # a query failed since the pool was made: renew on reset
+        self._renew_lock = asyncio.Lock()
         # Queries abandoned at their deadline, still being cancelled by psycopg.
         self._abandoned: set[asyncio.Task[Any]] = set()
 
@@ -382,19 +387,35 @@ class PostgresStore:
         await pool.open(wait=False)
         return pool
 
-    async def _renew_pool_then(self, event: ChangeEvent) -> None:
-        """The server answers again (the feed reconnected) after queries failed: a fresh
-        pool connects at once, where the old one would still be in its reconnect backoff
-        (seconds of 503s for tokens that are cached nowhere any more after the reset)."""
-        old = self._pool
-        try:
-            if old is not None and not self._closed:
-                self._pool = await self._new_pool()
-                self._pool_failed = False
-        finally:
-            self._listeners.emit(event)
-        if old is not None and old is not self._pool:
-            await old.close(timeout=1.0)
+    async def _renew_pool(self) -> None:
+        """The server answers again after queries failed: swap in a fresh pool, which
+        connects at once, where the old one would still sit in its doubling reconnect
+        backoff (seconds of 503s); the old one is closed behind it."""
+        async with self._renew_lock:
+            old = self._pool
+            if old is None or self._closed or not self._pool_failed:
+                return
+            self._pool = await self._new_pool()
+            self._pool_failed = False
+        await old.close(timeout=1.0)
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the server answers now, on a new connection
+        (not the pool's); once it does, renew the pool if queries failed meanwhile.
+
+        The resolver's circuit breaker calls this to learn that the store is back."""
+        await self.open()
+
+        async def probe() -> None:
+            async with asyncio.timeout(self._connect_deadline):
+                conn = await psycopg.AsyncConnection.connect(self._dsn, **self._conn_kwargs)
+            try:
+                await conn.execute("SELECT 1")
+            finally:
+                await conn.close()
+
+        await self._bounded(probe(), "a health probe")
+        await self._renew_pool()
 
     async def _bounded(
         self, coro: Coroutine[Any, Any, T], what: str, limit: float | None = None
@@ -802,11 +823,12 @@ class PostgresStore:
 
     def _emit(self, event: ChangeEvent) -> None:
         # Listeners.emit logs a failing subscriber and goes on: the feed never stops for one.
+        # A reset is passed on at once (a cache marks its entries stale and re-reads them);
+        # the pool, if it failed meanwhile, is renewed beside it.
         if event.kind == "reset" and self._pool_failed and self._pool is not None:
-            task = asyncio.ensure_future(self._renew_pool_then(event))
+            task = asyncio.ensure_future(self._renew_pool())
             self._abandoned.add(task)
             task.add_done_callback(_discard_result(self._abandoned))
-            return
         self._listeners.emit(event)
 
     # -- OAuth clients and audit ---------------------------------------------------------

@@ -2,15 +2,22 @@
 
 Choices, stated once:
 
-* **Threading.** Every SQLite call runs on one dedicated worker thread that owns the only
-  connection (a one-thread executor). sqlite3 connections must not be shared between
-  threads without a lock, and SQLite serialises writers anyway, so one thread costs no
-  concurrency worth having while it keeps the event loop free and the code lock-free.
-  The resolver's cache sits in front, so reads are rare.
+* **Threading.** Two dedicated threads, each owning one connection (one-thread
+  executors): the writer runs every write, migrations and the change-feed poll; the
+  reader runs the lookups of the request path and the other reads. sqlite3 connections
+  must not be shared between threads without a lock, and SQLite serialises writers
+  anyway. Kept apart, a read never queues behind a write that is waiting for another
+  process's write lock (in WAL mode readers proceed while a writer holds it).
+  ``":memory:"`` has one connection only, so there everything runs on the writer.
 * **Several processes.** WAL journal (readers never wait for the writer), a busy timeout
-  (a writer waits for another process's write instead of failing), ``BEGIN IMMEDIATE``
-  for every write and for migrations. ``synchronous`` stays FULL: a revocation that
-  returned must survive a power cut.
+  (a writer waits for another process's write instead of failing; 1.5 s by default, less
+  than the resolver's 2 s ``lookup_timeout``, so a request gets the store's own answer),
+  ``BEGIN IMMEDIATE`` for every write and for migrations. ``synchronous`` stays FULL: a
+  revocation that returned must survive a power cut.
+* **Creating.** ``SQLiteStore(path)`` creates the file if it is missing (the embedded
+  default); ``create=False`` refuses a missing file with ``StoreUnavailable`` naming the
+  path (the CLI and ``serve`` use it unless given ``--create``), so a mistyped or deleted
+  path never silently becomes an empty store.
 * **Cross-process change feed.** Another process cannot push to us, so every write also
   appends to the ``changes`` table and each store with subscribers polls it every
   ``poll_interval`` seconds (default 0.5). That interval is the bound on how long a
@@ -121,6 +128,7 @@ class SQLiteStore:
     """A ``TokenStore`` in one SQLite file (``":memory:"`` works for a single instance).
 
     ``busy_timeout`` is how long a write waits for another process's write (seconds).
+    ``create``: make the file when it is missing (else refuse, naming the path).
     ``poll_interval`` bounds how late a change made by another process reaches this
     store's subscribers. Changes are kept in the feed ``change_retention`` seconds; a
     subscriber that fell further behind gets a ``reset`` event instead.
@@ -134,9 +142,10 @@ class SQLiteStore:
         self,
         path: str | os.PathLike[str],
         *,
-        busy_timeout: float = 5.0,
+        busy_timeout: float = 1.5,
         poll_interval: float = 0.5,
         change_retention: float = 86_400.0,
+        create: bool = True,
     ) -> None:
         for name, value in (
             ("busy_timeout", busy_timeout),
@@ -148,12 +157,16 @@ class SQLiteStore:
                     f"SQLiteStore {name} must be a positive number of seconds, got {value!r}"
                 )
         self.path = os.fspath(path)
+        self.create = create
         self.poll_interval = float(poll_interval)
         self._busy_timeout = float(busy_timeout)
         self._retention = timedelta(seconds=change_retention)
         self._origin = secrets.token_hex(8)  # tells this instance's changes from others'
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
+        # The reader thread and its connection (None for ":memory:": reads use the writer).
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None  # the reader thread only
         self._state = "new"  # new -> open -> closed -> open ...
         self._cursor = 0  # last change id seen; worker thread only
         self._listeners = Listeners()
@@ -168,6 +181,10 @@ class SQLiteStore:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="token_guard-sqlite")
         await self._submit(self._open_sync)
+        if self._reader is None and self.path != ":memory:":
+            reader = ThreadPoolExecutor(1, thread_name_prefix="token_guard-sqlite-read")
+            await self._submit(self._open_read_sync, reader)
+            self._reader = reader
         self._state = "open"
         if len(self._listeners):
             self._ensure_poller()
@@ -182,15 +199,26 @@ class SQLiteStore:
                 if poller.get_loop() is asyncio.get_running_loop():
                     await poller
         executor, self._executor = self._executor, None
+        reader, self._reader = self._reader, None
+        loop = asyncio.get_running_loop()
+        if reader is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await loop.run_in_executor(reader, self._close_read_sync)
+            reader.shutdown(wait=False)
         if executor is not None:
             with contextlib.suppress(StoreUnavailable):
-                await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+                await loop.run_in_executor(executor, self._close_sync)
             executor.shutdown(wait=False)
 
     def _open_sync(self) -> None:
         if self._conn is not None:
             return
         conn: sqlite3.Connection | None = None
+        if not self.create and self.path != ":memory:" and not os.path.exists(self.path):
+            raise StoreUnavailable(
+                f"no token store at {os.path.abspath(self.path)}: the file does not exist; "
+                "check the path, or create a new empty store explicitly (--create)"
+            )
         try:
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
             conn.row_factory = sqlite3.Row
@@ -213,12 +241,35 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
 
-    async def _submit(self, fn: Callable[[], R]) -> R:
-        executor = self._executor
+    def _open_read_sync(self) -> None:
+        # After the writer migrated the file: this connection only reads (query_only), and
+        # in WAL mode it never waits for a writer; the short busy timeout covers the rare
+        # moments (WAL recovery) when a reader must.
+        conn = sqlite3.connect(
+            self.path, timeout=min(self._busy_timeout, 1.0), isolation_level=None,
+            check_same_thread=True,
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            conn.close()
+            raise
+        self._read_conn = conn
+
+    def _close_read_sync(self) -> None:
+        conn, self._read_conn = self._read_conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _submit(self, fn: Callable[[], R], executor: ThreadPoolExecutor | None = None) -> R:
+        executor = executor or self._executor
         if executor is None:
             raise StoreUnavailable(f"the SQLite store {self.path} is closed; call open()")
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, fn)
+        except StoreUnavailable:
+            raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(
                 f"the SQLite store {self.path} failed: {exc}; check that the file exists, is "
@@ -243,6 +294,22 @@ class SQLiteStore:
             return fn(conn)
 
         return await self._submit(call)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
+        """Run a read on the reader thread (the writer's for ``":memory:"``)."""
+        if self._state != "open":
+            await self._run(lambda conn: None)  # opens, or raises as _run does
+        reader = self._reader
+        if reader is None:
+            return await self._run(fn)
+
+        def call() -> R:
+            conn = self._read_conn
+            if conn is None:
+                raise StoreUnavailable(f"the SQLite store {self.path} is closed")
+            return fn(conn)
+
+        return await self._submit(call, reader)
 
     # -- token writes share these ------------------------------------------------------------
     async def _write(
@@ -325,12 +392,12 @@ class SQLiteStore:
             row: sqlite3.Row | None = conn.execute(_SECRET_LOOKUP, (secret_hash,)).fetchone()
             return row
 
-        row = await self._run(read)
+        row = await self._read(read)
         return None if row is None else token_from_row(row, self.path)
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         """The token with public id ``token_id``, or None (also when its row is unreadable)."""
-        row = await self._run(lambda conn: self._token_row(conn, token_id))
+        row = await self._read(lambda conn: self._token_row(conn, token_id))
         return None if row is None else token_from_row(row, self.path)
 
     @staticmethod
@@ -352,7 +419,7 @@ class SQLiteStore:
                 ("" if after is None else after, limit),
             ).fetchall()
 
-        rows = await self._run(read)
+        rows = await self._read(read)
         return [r for r in (token_from_row(row, self.path) for row in rows) if r is not None]
 
     async def update_token(
@@ -647,7 +714,7 @@ class SQLiteStore:
             client = client_from_row(row, self.path)
             return None if client is None else (client, str(row["secret_hash"]))
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def list_clients(self) -> Sequence[OAuthClient]:
         """All OAuth clients ordered by id, revoked ones included."""
@@ -659,7 +726,7 @@ class SQLiteStore:
             clients = (client_from_row(row, self.path) for row in rows)
             return [c for c in clients if c is not None]
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def revoke_client(self, client_id: str) -> OAuthClient:
         """Revoke an OAuth client (idempotent)."""
@@ -723,5 +790,5 @@ class SQLiteStore:
                 (upper, limit),
             ).fetchall()
 
-        entries = (audit_from_row(row, self.path) for row in await self._run(read))
+        entries = (audit_from_row(row, self.path) for row in await self._read(read))
         return [e for e in entries if e is not None]
