@@ -42,7 +42,7 @@ from token_guard.core.errors import (
     StoreUnavailable,
     TokenStateError,
 )
-from token_guard.core.records import ChangeEvent, PublishedKey, TokenRecord
+from token_guard.core.records import ChangeEvent, PublishedKey, TokenRecord, UsageRow
 from token_guard.core.secret import hash_secret, is_well_formed, secret_prefix
 from token_guard.core.spec import TOKEN_FIELDS, parse_token_spec
 from token_guard.management.keys import SigningKey
@@ -561,6 +561,25 @@ class StoreContract:
         assert key.kid.encode() in raw  # the public key is there...
         for private in private_key_forms(key):
             assert private not in raw  # ...its private half in no encoding
+
+    async def test_request_counts_add_up_per_hour_api_and_code_and_are_pruned(
+        self, store: TokenStore
+    ) -> None:
+        a = await store.create_token(body(name="a"))
+        h1 = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+        h2 = h1 + timedelta(hours=1)
+        rows = [UsageRow(a.id, h1, "maps", "", 5), UsageRow(a.id, h1, "maps", "rate_limited", 2),
+                UsageRow(a.id, h2, "sql", "", 1), UsageRow("tok_other", h1, "maps", "", 9)]
+        await store.add_usage(rows)
+        await store.add_usage([UsageRow(a.id, h1, "maps", "", 3)])
+        await store.add_usage([])
+        got = await store.get_usage(a.id, h1, h2 + timedelta(hours=1))
+        assert [(r.hour, r.api, r.code, r.count) for r in got] == [
+            (h1, "maps", "", 8), (h1, "maps", "rate_limited", 2), (h2, "sql", "", 1)]
+        assert all(r.hour.tzinfo is not None and r.token_id == a.id for r in got)
+        assert [r.hour for r in await store.get_usage(a.id, h2, h2 + timedelta(hours=1))] == [h2]
+        assert await store.prune_usage(h2) == 3
+        assert [r.hour for r in await store.get_usage(a.id, h1, h2 + timedelta(days=1))] == [h2]
 
     # -- OAuth clients ----------------------------------------------------------------------
     async def test_clients_create_get_list_revoke(self, store: TokenStore) -> None:

@@ -397,6 +397,48 @@ def test_parse_expires_passes_dates_through() -> None:
     assert parse_expires("2027-01-01T00:00:00Z") == "2027-01-01T00:00:00Z"
 
 
+def test_limits_are_set_by_flag_updated_and_shown(tmp_path: Path) -> None:
+    limits = {"rate": [{"requests": 600, "per": "minute", "api": "sql"}],
+              "quota": {"requests": 1000000, "per": "month"}}
+    created = tg_json(tmp_path, *CREATE, "--limits", json.dumps(limits))
+    assert created["limits"] == limits
+    shown = tg(tmp_path, "tokens", "show", created["id"])
+    assert "limits:      600/minute sql, 1000000/month" in shown.stdout
+    assert "600/minute sql, 1000000/month" in tg(tmp_path, "tokens", "list").stdout
+    updated = tg_json(tmp_path, "tokens", "update", created["id"], "--limits", "null")
+    assert updated["limits"] is None
+    bad = tg(tmp_path, "tokens", "update", created["id"], "--limits",
+             '{"rate": [{"requests": 5, "per": "week"}]}')
+    assert bad.returncode != 0 and "limits.rate[0].per" in bad.stderr
+
+
+def test_tokens_usage_prints_a_table_and_json(tmp_path: Path) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    from token_guard.core.records import UsageRow
+    from token_guard.stores import SQLiteStore
+
+    created = tg_json(tmp_path, *CREATE)
+    hour = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+
+    async def seed() -> None:
+        store = SQLiteStore(str(tmp_path / "tokens.db"))
+        await store.add_usage([UsageRow(created["id"], hour, "maps", "", 41),
+                               UsageRow(created["id"], hour, "maps", "rate_limited", 2)])
+        await store.close()
+
+    asyncio.run(seed())
+    done = tg(tmp_path, "tokens", "usage", created["id"])
+    assert done.returncode == 0, done.stderr
+    assert "ALLOWED" in done.stdout and "41" in done.stdout and "rate_limited 2" in done.stdout
+    report = tg_json(tmp_path, "tokens", "usage", created["id"])
+    assert report["days"] == [{"day": hour.date().isoformat(), "allowed": 41,
+                               "refused": {"rate_limited": 2}}]
+    bad = tg(tmp_path, "tokens", "usage", created["id"], "--from", "soon")
+    assert bad.returncode != 0 and "--from" in bad.stderr
+
+
 def test_rotate_disable_enable_from_the_command_line(tmp_path: Path) -> None:
     created = tg_json(tmp_path, *CREATE)
     token_id, old = created["id"], created["token"]

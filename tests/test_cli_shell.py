@@ -90,9 +90,8 @@ def test_a_pipe_closed_early_prints_no_traceback(crowded: tuple[Path, list[str]]
     cli.stdout.close()  # only head holds the read end now: when it exits, the pipe breaks
     stderr = cli.stderr.read().decode()
     assert cli.wait(60) == 0, stderr
-    assert head.stdout.split() == [
-        b"ID", b"SECRET", b"NAME", b"APIS", b"GRANTS", b"STATE", b"EXPIRES"
-    ]
+    assert head.stdout.split() == [b"ID", b"SECRET", b"NAME", b"APIS", b"GRANTS", b"STATE",
+                                   b"EXPIRES", b"LIMITS"]
     assert stderr == ""
 
 

@@ -748,6 +748,63 @@ def test_phone_width_has_no_sideways_scroll(browser: Browser, site: Served) -> N
         opened.context.close()
 
 
+def test_a_tokens_limits_are_shown_in_the_list_and_the_detail(tab: Tab, site: Served) -> None:
+    site.seed({"name": "limited map", "allowed_apis": ["maps", "sql"],
+               "grants": [{"connection_name": "demo", "source": "stores"}],
+               "limits": {"rate": [{"requests": 600, "per": "minute", "api": "sql"}],
+                          "quota": {"requests": 1000000, "per": "month"}}})
+    site.seed({"name": "unlimited", "allowed_apis": ["maps"]})
+    page = tab.page
+    _sign_in(page, site)
+    limited = page.locator("#token-rows tr", has_text="limited map")
+    expect(limited.locator("td[data-label=Limits]")).to_have_text(
+        "600/minute sql, 1000000/month")
+    expect(page.locator("#token-rows tr", has_text="unlimited").locator(
+        "td[data-label=Limits]")).to_have_text("")
+    limited.locator("a.name").click()
+    expect(page.locator("#detail-fields")).to_contain_text("600/minute sql, 1000000/month")
+    _shot(page, "30-token-limits")
+    assert tab.csp_errors == []
+
+
+def test_the_detail_charts_requests_per_day_and_refusals_by_reason(
+    tab: Tab, site: Served
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from token_guard.core.records import UsageRow
+
+    token_id = site.seed({"name": "charted", "allowed_apis": ["maps"]})
+    today = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    rows = [UsageRow(token_id, today - timedelta(days=d), "maps", "", 100 + 20 * d)
+            for d in range(0, 12)]
+    rows += [UsageRow(token_id, today - timedelta(days=2), "maps", "rate_limited", 60),
+             UsageRow(token_id, today - timedelta(days=5), "maps", "origin_not_allowed", 30)]
+    site.server.call(lambda: site.store.add_usage(rows))
+    page = tab.page
+    _sign_in(page, site)
+    page.locator("#token-rows a.name", has_text="charted").click()
+    chart = page.locator("#usage-chart svg")
+    expect(chart).to_be_visible()
+    expect(chart.locator("rect[data-series=allowed]")).to_have_count(12)
+    expect(chart.locator("rect[data-series=rate_limited]")).to_have_count(1)
+    day = (today - timedelta(days=2)).date().isoformat()
+    assert chart.locator(f"rect[data-day='{day}'][data-series=rate_limited]").get_attribute(
+        "data-count") == "60"
+    expect(page.locator("#usage-legend")).to_contain_text("Refused: origin_not_allowed")
+    allowed = sum(100 + 20 * d for d in range(12))
+    expect(page.locator("#usage-summary")).to_contain_text(f"{allowed} allowed, 90 refused")
+    _shot(page, "31-token-usage-chart")
+    assert tab.csp_errors == []
+
+
+def test_a_token_without_requests_says_so(tab: Tab, site: Served) -> None:
+    site.seed({"name": "quiet", "allowed_apis": ["maps"]})
+    page = tab.page
+    _sign_in(page, site)
+    page.locator("#token-rows a.name", has_text="quiet").click()
+    expect(page.locator("#usage-summary")).to_have_text("No requests in the last 30 days.")
+    assert page.locator("#usage-chart rect").count() == 0
 # --- the token lifecycle: rotate, end the grace, disable, enable ---------------------------
 # End to end against the running API and the guarded demo API; screenshots go to the test's
 # temporary directory, not the repository.

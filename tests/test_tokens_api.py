@@ -495,6 +495,63 @@ def test_external_issuer_token_manages_tokens_over_http(
 
 
 @pytest.mark.anyio
+async def test_limits_are_created_patched_listed_and_validated(api: _Api) -> None:
+    token, _ = await api.token_for([READ_SCOPE, WRITE_SCOPE])
+    limits = {"rate": [{"requests": 600, "per": "minute", "api": "sql"}],
+              "quota": {"requests": 1000000, "per": "month"}}
+    r = await api.http.post("/v3/tokens", json={**BODY, "limits": limits}, headers=_bearer(token))
+    assert r.status_code == 201 and r.json()["limits"] == limits
+    tid = r.json()["id"]
+    lowered = {"rate": [{"requests": 10, "per": "minute"}]}
+    r = await api.http.patch(f"/v3/tokens/{tid}", json={"limits": lowered},
+                             headers=_bearer(token))
+    assert r.status_code == 200 and r.json()["limits"] == lowered
+    listed = (await api.http.get("/v3/tokens", headers=_bearer(token))).json()["tokens"]
+    assert [t["limits"] for t in listed if t["id"] == tid] == [lowered]
+    r = await api.http.patch(f"/v3/tokens/{tid}", json={"limits": {"rate": [
+        {"requests": 10, "per": "fortnight"}]}}, headers=_bearer(token))
+    assert r.status_code == 400 and r.json()["field"] == "limits.rate[0].per"
+    schema = (await api.http.get("/openapi.json")).json()["components"]["schemas"]
+    assert "limits" in schema["TokenCreate"]["properties"]
+    assert "limits" in schema["TokenUpdate"]["properties"]
+
+
+@pytest.mark.anyio
+async def test_usage_endpoint_reports_hours_and_days_and_checks_its_parameters(
+    api: _Api
+) -> None:
+    from datetime import timedelta
+
+    from token_guard.core.records import UsageRow
+
+    token, _ = await api.token_for([READ_SCOPE])
+    issued = await api.store.create_token(BODY)
+    h = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
+    await api.store.add_usage([
+        UsageRow(issued.id, h, "maps", "", 7), UsageRow(issued.id, h, "sql", "", 2),
+        UsageRow(issued.id, h, "maps", "rate_limited", 3),
+        UsageRow(issued.id, h + timedelta(hours=1), "maps", "origin_not_allowed", 1),
+    ])
+    r = await api.http.get(f"/v3/tokens/{issued.id}/usage?from=2026-11-01&to=2026-12-02",
+                           headers=_bearer(token))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["days"] == [
+        {"day": "2026-11-30", "allowed": 9, "refused": {"rate_limited": 3}},
+        {"day": "2026-12-01", "allowed": 0, "refused": {"origin_not_allowed": 1}},
+    ]
+    assert out["hours"][0] == {"hour": "2026-11-30T23:00:00Z", "api": "maps", "allowed": 7,
+                               "refused": {"rate_limited": 3}}
+    for query, field in (("from=yesterday", "from"), ("from=2026-12-02&to=2026-12-01", "from"),
+                         ("to=1&to=2", "to")):
+        r = await api.http.get(f"/v3/tokens/{issued.id}/usage?{query}", headers=_bearer(token))
+        assert r.status_code == 400 and r.json()["field"] == field, query
+    r = await api.http.get("/v3/tokens/tok_nope/usage", headers=_bearer(token))
+    assert r.status_code == 404
+    assert "/v3/tokens/{token_id}/usage" in (await api.http.get("/openapi.json")).json()["paths"]
+
+
+@pytest.mark.anyio
 async def test_an_invalid_body_lists_every_field_error_at_once(api: _Api) -> None:
     token, _ = await api.token_for([WRITE_SCOPE])
     bad = {"name": 7, "allowed_apis": ["maps", "ftp"], "referers": ["nope"],

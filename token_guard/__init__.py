@@ -31,6 +31,7 @@ from token_guard.core.records import IssuedToken, TokenRecord
 from token_guard.core.routes import Route, SqlParam
 from token_guard.core.spec import Grant, TokenSpec, parse_token_spec
 from token_guard.guard import DecisionEvent
+from token_guard.limiters import MemoryLimiter, RedisLimiter
 from token_guard.logs import RedactTokens, uvicorn_log_config
 from token_guard.report_only import ReportOnlyWarning
 from token_guard.resolver import CacheSettings
@@ -61,10 +62,12 @@ __all__ = [
     "Grant",
     "InvalidTokenSpec",
     "IssuedToken",
+    "MemoryLimiter",
     "MemoryStore",
     "NotFound",
     "PostgresStore",
     "RedactTokens",
+    "RedisLimiter",
     "ReportOnlyWarning",
     "RequestFacts",
     "Route",

@@ -30,7 +30,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from time import time
 from typing import Any, TypedDict
@@ -41,11 +41,13 @@ from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import RequestFacts
+from token_guard.core.limits import ratelimit_headers
 from token_guard.core.policy import CompiledToken, Policy, expired
 from token_guard.core.querystrings import redact, values_of
 from token_guard.core.records import TokenRecord
 from token_guard.core.routes import Route, RouteMap, RouteMatch
 from token_guard.core.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
+from token_guard.limiters import Admitted, Charge, Limiter, make_limiter
 from token_guard.report_only import parse_report_only
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.stores.base import TokenReader
@@ -100,10 +102,10 @@ PASS = PassThrough()
 
 @dataclass(frozen=True, slots=True)
 class Awaiting:
-    """The guard needs the store: ``step.then(await step.work())``."""
+    """The guard needs I/O (the store, a shared limiter): ``step.then(await step.work())``."""
 
-    work: Callable[[], Awaitable[CompiledToken | Denial]]
-    then: Callable[[CompiledToken | Denial], Step]
+    work: Callable[[], Awaitable[Any]]
+    then: Callable[[Any], Step]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,7 @@ class ReadBody:
     then: Callable[[bytes | Denial, str | None], Step]
 
 
-Step = PassThrough | Denial | TokenRecord | Awaiting | ReadBody
+Step = PassThrough | Denial | TokenRecord | Admitted | Awaiting | ReadBody
 """What ``Guard.check`` and each continuation return."""
 
 INTERNAL_ERROR = Denial(
@@ -235,6 +237,8 @@ def default_deny_response(denial: Denial) -> ResponseParts:
         headers.append((b"www-authenticate", www))
     if denial.status == 503:
         headers.append((b"retry-after", b"2"))
+    if denial.headers:
+        headers.extend(denial.headers)
     return denial.status, headers, body
 
 
@@ -252,6 +256,8 @@ class GuardOptions(TypedDict, total=False):
     cache: CacheSettings | None
     on_decision: Callable[[DecisionEvent], None] | None
     deny_response: DenyResponder | None
+    limiter: str | Limiter | None
+    ratelimit_headers: bool
     report_only: bool | Iterable[str]
     report_only_header: bool
 
@@ -262,6 +268,11 @@ class Guard:
     ``allowed_functions`` adds SQL functions (``"name"`` or a whole schema,
     ``"carto-un.carto.*"``) to the read-only ones queries may call; any other function is
     refused, since it could read or change what no grant covers.
+
+    ``limiter`` counts the requests of tokens with ``limits``: None (in-process counters),
+    a Redis URL (shared by every instance: ``token_guard.limiters.RedisLimiter``) or a
+    limiter object. ``ratelimit_headers`` adds the RateLimit headers to allowed responses
+    of those tokens (refusals always carry them).
     """
 
     def __init__(
@@ -280,6 +291,8 @@ class Guard:
         cache: CacheSettings | None = None,
         on_decision: Callable[[DecisionEvent], None] | None = None,
         deny_response: DenyResponder | None = None,
+        limiter: str | Limiter | None = None,
+        ratelimit_headers: bool = True,
         report_only: bool | Iterable[str] = False,
         report_only_header: bool = False,
     ) -> None:
@@ -325,7 +338,7 @@ class Guard:
             prefix=prefix, routes=routes, include_defaults=include_default_routes
         )
         self.resolver: Resolver[CompiledToken] = Resolver(
-            store, self.policy.compile, settings=cache or CacheSettings()
+            store, self._compile, settings=cache or CacheSettings()
         )
         self.allow_query_token = allow_query_token
         self.max_body_bytes = max_body_bytes
@@ -333,6 +346,8 @@ class Guard:
         self.body_timeout = float(body_timeout)
         self.on_decision = on_decision
         self.deny_response = deny_response or default_deny_response
+        self.limiter = make_limiter(limiter)
+        self.ratelimit_headers = ratelimit_headers
         # None unless report_only= was given (token_guard.report_only: warns at start-up).
         self.report_only = parse_report_only(report_only, report_only_header)
         # What ``begin`` answers is a pure function of the request line and the three
@@ -351,6 +366,12 @@ class Guard:
         self._policy_decide = self.policy.decide
         self._decide_parts = self.policy.decide_parts
         self._note_used = self.resolver.note_used
+        self._note_refused = self.resolver.note_refused
+
+    def _compile(self, record: TokenRecord) -> CompiledToken:
+        """The policy's compiled token, with the usage recorder's counters for it."""
+        return replace(self.policy.compile(record),
+                       uses=self.resolver.usage.counters_for(record.id))
 
     def check(
         self,
@@ -430,7 +451,10 @@ class Guard:
                 self.observe(method, raw_path, query_string, _with(what, origin, referer),
                              denial, record.id)
                 return denial
-            self._note_used(record.id)
+            if compiled.limits is not None:
+                return self._charge(method, raw_path, query_string,
+                                    _with(what, origin, referer), compiled)
+            next(compiled.uses[what.api])  # type: ignore[index]  # counted: see _compile
             if self.on_decision is not None:
                 self.observe(method, raw_path, query_string, _with(what, origin, referer),
                              record)
@@ -515,9 +539,35 @@ class Guard:
             self.observe(pending.method, pending.path, pending.query_string, facts, denial,
                          record.id)
             return denial
-        self._note_used(record.id)
+        if compiled.limits is not None:
+            return self._charge(pending.method, pending.path, pending.query_string, facts,
+                                compiled)
+        next(compiled.uses[facts.api])  # type: ignore[index]
         if self.on_decision is not None:
             self.observe(pending.method, pending.path, pending.query_string, facts, record)
+        return record
+
+    def _charge(self, method: str, path: bytes, query_string: bytes,
+                facts: RequestFacts | None, compiled: CompiledToken) -> Step:
+        """Allowed, and the token has limits: count the request, or refuse it (429)."""
+        assert compiled.limits is not None and facts is not None
+        record = compiled.record
+        answer = self.limiter.charge(record.id, compiled.limits[facts.api], time())
+        done = partial(self._charged, method, path, query_string, facts, record)
+        if callable(answer):
+            return Awaiting(answer, done)
+        return done(answer)
+
+    def _charged(self, method: str, path: bytes, query_string: bytes, facts: RequestFacts,
+                 record: TokenRecord, answer: Charge) -> Step:
+        if isinstance(answer, Denial):
+            self.observe(method, path, query_string, facts, answer, record.id)
+            return answer
+        self._note_used(record.id, facts.api)
+        if self.on_decision is not None:
+            self.observe(method, path, query_string, facts, record)
+        if self.ratelimit_headers and answer:
+            return Admitted(record, ratelimit_headers(answer, time()))
         return record
 
     def _failed(self, pending: Pending) -> Denial:
@@ -545,6 +595,8 @@ class Guard:
                 limit = self.max_body_bytes
                 step = step.then(body_too_large(limit) if len(body) > limit else body,
                                  content_type)
+            elif isinstance(step, Admitted):
+                return step.record  # counted against its limits like any allowed request
             else:
                 return step
 
@@ -567,6 +619,9 @@ class Guard:
             path = path.decode("latin-1")
         logged = f"{path}?{redact_query(query_string)}" if query_string else path
         if isinstance(outcome, Denial):
+            if token_id is not None:
+                self._note_refused(token_id, facts.api if facts is not None else "",
+                                   outcome.code)
             passed = self.report_only is not None and self.lets_through(method, path)
             log.log(
                 logging.WARNING if passed else logging.INFO,

@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -139,7 +139,8 @@ class CacheSettings:
     caches. ``stale_window``: seconds past ``ttl`` a cached token may still be served
     while the store fails (0 disables that). ``lookup_timeout``: seconds a store lookup
     may take before the request gets 503. ``usage_flush_interval``: seconds between
-    batched ``last_used_at`` writes. ``probe_interval``: seconds between the checks that
+    batched ``last_used_at`` and request-count writes. ``usage_retention_days``: how long
+    request counts per hour are kept. ``probe_interval``: seconds between the checks that
     close the circuit breaker after a store failure (see the module docstring).
     """
 
@@ -150,6 +151,7 @@ class CacheSettings:
     stale_window: float = 300.0
     lookup_timeout: float = 2.0
     usage_flush_interval: float = 10.0
+    usage_retention_days: float = 90.0
     probe_interval: float = 0.25
 
     def __post_init__(self) -> None:
@@ -244,10 +246,15 @@ class Resolver(Generic[T]):
         self._lock = threading.Lock()  # see the module docstring: held for dict work only
         self._inflight: dict[str, asyncio.Task[T | Denial]] = {}
         self._epoch = 0  # bumped by every change event; see _fetch
-        self._usage = UsageRecorder(store, interval=settings.usage_flush_interval)
-        # ``note_used(token_id)``: record a use (batched; safe from any thread). Bound, not a
-        # method that forwards: the adapters call it on every allowed request.
+        self._usage = UsageRecorder(
+            store, interval=settings.usage_flush_interval,
+            retention=timedelta(days=settings.usage_retention_days),
+        )
+        # ``note_used(token_id, api)``: count a use (batched; safe from any thread). Bound, not
+        # a method that forwards: the adapters call it on every allowed request.
         self.note_used = self._usage.note_used
+        self.note_refused = self._usage.note_refused
+        self.usage = self._usage
         self._unsubscribe: Callable[[], None] | None = None
         # The circuit breaker: the probe task runs while the store is known to be down.
         self._probe: asyncio.Task[None] | None = None

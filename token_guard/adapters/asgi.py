@@ -60,6 +60,7 @@ from token_guard.guard import (
     one_origin,
     one_referer,
 )
+from token_guard.limiters import Admitted
 from token_guard.report_only import HEADER
 from token_guard.stores.base import TokenReader
 
@@ -181,6 +182,10 @@ class TokenGuard:
             if isinstance(step, Denial):
                 await self._refuse(scope, receive, send, step, method, raw_path)
                 return
+            if isinstance(step, Admitted):  # a token with limits: RateLimit headers added
+                scope[SCOPE_KEY] = step.record
+                await self.app(scope, receive, _with_headers(send, step.headers))
+                return
             if isinstance(step, Awaiting):
                 step = step.then(await step.work())
             elif isinstance(step, ReadBody):
@@ -209,6 +214,7 @@ class TokenGuard:
                 await send({"type": "lifespan.startup.failed", "message": problem})
                 return
         resolver = self.guard.resolver
+        limiter = self.guard.limiter
         store = self.guard.store if self._owns_store else None
         pending: Message | None = first
 
@@ -220,6 +226,7 @@ class TokenGuard:
                 message = await receive()
             if message.get("type") == "lifespan.shutdown":
                 await resolver.close()
+                await limiter.close()
                 close = getattr(store, "close", None)
                 if close is not None:
                     await close()
@@ -400,6 +407,17 @@ def route_path(scope: Scope, raw_path: bytes) -> bytes | None:
 def _unquote(raw: bytes) -> str:
     # As uvicorn decodes the path: %-escapes as UTF-8, undecodable bytes replaced.
     return unquote_to_bytes(raw).decode("utf-8", "replace")
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` with ``headers`` added to the response start (an http response only)."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+        await send(message)
+
+    return wrapped
 
 
 def _with_header(send: Send, header: tuple[bytes, bytes]) -> Send:

@@ -95,6 +95,7 @@ from token_guard.guard import (
     one_origin,
     one_referer,
 )
+from token_guard.limiters import Admitted
 from token_guard.logs import install_redaction
 from token_guard.report_only import HEADER
 from token_guard.resolver import UNAVAILABLE
@@ -178,7 +179,8 @@ class TokenGuardWSGI:
         self._closed = False
         # Runs at close() or at interpreter exit, whichever comes first; holds no ref to self.
         self._finalizer = weakref.finalize(
-            self, self._loop.stop, self.guard.resolver.close, *_closer(store)
+            self, self._loop.stop, self.guard.resolver.close, self.guard.limiter.close,
+            *_closer(store)
         )
         _before_executors_stop(self._finalizer)
 
@@ -236,6 +238,9 @@ class TokenGuardWSGI:
                 return self.app(environ, start_response)
             if isinstance(step, Denial):
                 return self._refuse(environ, start_response, step, method, raw_path)
+            if isinstance(step, Admitted):  # a token with limits: RateLimit headers added
+                environ[ENVIRON_KEY] = step.record
+                return self.app(environ, _with_headers(start_response, step.headers))
             if isinstance(step, Awaiting):
                 step = step.then(self._resolve(step.work))
             elif isinstance(step, ReadBody):
@@ -342,6 +347,19 @@ class TokenGuardWSGI:
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
         )
         return [body]
+
+
+def _with_headers(
+    start_response: StartResponse, headers: list[tuple[bytes, bytes]]
+) -> StartResponse:
+    """``start_response`` that adds ``headers`` to the app's."""
+    extra = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+
+    def wrapped(status: str, response_headers: list[tuple[str, str]],
+                exc_info: Any = None) -> Callable[[bytes], object]:
+        return start_response(status, [*response_headers, *extra], exc_info)
+
+    return wrapped
 
 
 class _Unread(io.RawIOBase):

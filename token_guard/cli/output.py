@@ -38,10 +38,15 @@ def token_rows(records: Sequence[TokenRecord], now: datetime) -> str:
     """The ``tokens list`` table."""
     rows = [
         [r.id, prefix(r), r.name or "-", ",".join(r.allowed_apis), str(len(r.grants)),
-         r.state(now), when(r.expiration_date)]
+         r.state(now), when(r.expiration_date), _limits(r)]
         for r in records
     ]
-    return table(rows, ["ID", "SECRET", "NAME", "APIS", "GRANTS", "STATE", "EXPIRES"])
+    return table(rows, ["ID", "SECRET", "NAME", "APIS", "GRANTS", "STATE", "EXPIRES", "LIMITS"])
+
+
+def _limits(record: TokenRecord) -> str:
+    limits = record.spec.limits
+    return "-" if limits is None else limits.summary()
 
 
 def prefix(record: TokenRecord) -> str:
@@ -60,6 +65,7 @@ def token_detail(record: TokenRecord, now: datetime) -> str:
         f"apis:        {', '.join(record.allowed_apis)}",
         f"referers:    {', '.join(record.referers) or '(any website)'}",
         f"expires:     {when(record.expiration_date)}",
+        f"limits:      {_limits(record) if record.spec.limits else '(none)'}",
         f"created:     {when(record.created_at)}",
         f"last used:   {when(record.last_used_at)}",
         f"revoked:     {when(record.revoked_at)}",
@@ -85,3 +91,21 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
         "id": entry.id, "at": format_datetime(entry.at), "actor": entry.actor,
         "action": entry.action, "token_id": entry.token_id, "detail": entry.detail,
     }
+
+
+def usage_rows(report: dict[str, Any]) -> str:
+    """The ``tokens usage`` table: one row per day and API (hours summed)."""
+    days: dict[tuple[str, str], list[Any]] = {}
+    for hour in report["hours"]:
+        row = days.setdefault((hour["hour"][:10], hour["api"]), [0, {}])
+        row[0] += hour["allowed"]
+        for code, n in hour["refused"].items():
+            row[1][code] = row[1].get(code, 0) + n
+    rows = [
+        [day, api or "-", str(allowed),
+         ", ".join(f"{c} {n}" for c, n in sorted(refused.items())) or "-"]
+        for (day, api), (allowed, refused) in sorted(days.items())
+    ]
+    if not rows:
+        return f"no requests recorded from {report['from']} to {report['to']}"
+    return table(rows, ["DAY", "API", "ALLOWED", "REFUSED"])

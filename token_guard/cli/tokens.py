@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from token_guard.cli.errors import EXIT_OK, Refused, UsageError
-from token_guard.cli.output import print_json, token_detail, token_rows
+from token_guard.cli.output import print_json, token_detail, token_rows, usage_rows
 from token_guard.cli.parser import Parser
 from token_guard.cli.settings import add_config_flag, read_config
 from token_guard.cli.store import actor, run_with_store
@@ -32,6 +32,7 @@ from token_guard.core.spec import (
     parse_grants,
     parse_token_spec,
 )
+from token_guard.core.usage_report import usage_json, usage_range
 from token_guard.management.leaks import found_json
 from token_guard.stores.base import TokenStore, check_grace
 
@@ -308,6 +309,25 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     return run_with_store(args, work)
 
 
+def cmd_tokens_usage(args: argparse.Namespace) -> int:
+    """``tokens usage ID [--from] [--to]``: requests per day and API, refusals by code."""
+    try:
+        begin, end = usage_range(args.start, args.end, datetime.now(UTC))
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
+
+    async def work(store: TokenStore) -> int:
+        await _require_token(store, args.id)
+        report = usage_json(args.id, await store.get_usage(args.id, begin, end), begin, end)
+        if args.json:
+            print_json(report)
+        else:
+            print(usage_rows(report))
+        return EXIT_OK
+
+    return run_with_store(args, work)
+
+
 def cmd_tokens_rotate(args: argparse.Namespace) -> int:
     """``tokens rotate ID [--grace 24h]``: a new secret; the old one works the grace more."""
     grace = parse_grace(args.grace)
@@ -403,6 +423,12 @@ def register(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     p.add_argument("--no-referers", action="store_true", help="allow any website")
     add_config_flag(p)
     p.set_defaults(func=cmd_tokens_update)
+    p = tsub.add_parser("usage", parents=[common],
+                        help="requests per day and API, refusals by code")
+    p.add_argument("id")
+    p.add_argument("--from", dest="start", metavar="DATE", help="ISO date; default 30 days ago")
+    p.add_argument("--to", dest="end", metavar="DATE", help="ISO date (exclusive); default now")
+    p.set_defaults(func=cmd_tokens_usage)
     p = tsub.add_parser("revoke", parents=[common], help="revoke a token")
     p.add_argument("id")
     p.set_defaults(func=cmd_tokens_revoke)

@@ -34,6 +34,9 @@ BODY_TOO_LARGE = "body_too_large"
 REQUEST_TIMEOUT = "request_timeout"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 STORE_UNAVAILABLE = "store_unavailable"
+RATE_LIMITED = "rate_limited"
+QUOTA_EXCEEDED = "quota_exceeded"
+LIMITER_UNAVAILABLE = "limiter_unavailable"
 INTERNAL_ERROR = "internal_error"
 # The management API's own (it shares MISSING_TOKEN, INVALID_TOKEN and STORE_UNAVAILABLE).
 INVALID_TOKEN_SPEC = "invalid_token_spec"
@@ -89,6 +92,12 @@ ERROR_CODES: Mapping[str, ErrorCode] = MappingProxyType({e.code: e for e in (
     ErrorCode(UNSUPPORTED_MEDIA_TYPE, 415,
               "the body's Content-Type is one the guard does not read on a source route",
               guard=True),
+    ErrorCode(RATE_LIMITED, 429, "the token is over one of its rate limits; the hint names the "
+              "limit and when its window resets (Retry-After)", guard=True),
+    ErrorCode(QUOTA_EXCEEDED, 429, "the token's calendar quota is used up; the hint names the "
+              "quota and when it resets (Retry-After)", guard=True),
+    ErrorCode(LIMITER_UNAVAILABLE, 503, "the shared limiter (Redis) cannot answer and the guard "
+              "is set to fail closed", guard=True),
     ErrorCode(INTERNAL_ERROR, 500, "the guard failed to decide, so it refused", guard=True),
     ErrorCode(STORE_UNAVAILABLE, 503, "the token store cannot answer now",
               guard=True, management=True),
@@ -117,7 +126,7 @@ def error_body(code: str, message: str, hint: str, **extra: str) -> dict[str, st
 
 @dataclass(frozen=True, slots=True)
 class Denial:
-    """A refusal: ``status`` (401/403/400/413/503), ``code`` (stable), ``message`` and ``hint``.
+    """A refusal: ``status`` (401/403/400/413/429/503), ``code`` (stable), ``message`` and ``hint``.
 
     ``message`` says what was wrong, ``hint`` what would fix it. Neither ever contains the
     token secret.
@@ -127,6 +136,8 @@ class Denial:
     code: str
     message: str
     hint: str = ""
+    #: Response headers the refusal needs besides the body's (429: Retry-After, RateLimit).
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def as_json(self) -> dict[str, str]:
         """The response body: ``{"error", "hint", "code"}`` (CARTO clients read ``error``)."""

@@ -29,6 +29,7 @@ from token_guard.core.connections import Connection, normalize_connections
 from token_guard.core.decision import Denial
 from token_guard.core.errors import InvalidTokenSpec, did_you_mean
 from token_guard.core.facts import RequestFacts, Source
+from token_guard.core.limits import LimitRule
 from token_guard.core.origins import OriginMatcher, read_site, referer_site
 from token_guard.core.records import TokenRecord
 from token_guard.core.spec import Grant
@@ -93,6 +94,11 @@ class CompiledToken:
     expires_at: float | None
     origins: OriginMatcher | None
     grants: Mapping[str, ConnectionGrants]
+    #: The token's rules per API (``Limits.by_api``); None: no limits, nothing to count.
+    limits: Mapping[str, tuple[LimitRule, ...]] | None = None
+    #: Allowed-request counters per API (``next`` counts one), set by the guard's usage
+    #: recorder when it compiles the token; None when compiled elsewhere.
+    uses: Mapping[str, Any] | None = None
 
 
 class Policy:
@@ -177,6 +183,7 @@ class Policy:
             expires_at=exp.timestamp() if exp is not None else None,
             origins=self._matcher(spec.referers) if spec.referers else None,
             grants=grants,
+            limits=spec.limits.by_api if spec.limits is not None else None,
         )
 
     def check_grants(self, grants: Sequence[Grant]) -> None:

@@ -179,3 +179,15 @@ class AuditEntry:
     action: str
     token_id: str | None
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Requests of one token to one API in one UTC hour: allowed (``code`` ``""``) or
+    refused with ``code``."""
+
+    token_id: str
+    hour: datetime
+    api: str
+    code: str
+    count: int

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from token_guard.core.errors import InvalidTokenSpec
 from token_guard.core.facts import API_NAMES
+from token_guard.core.limits import LIMITS_SCHEMA, Limits, limits_json, parse_limits
 from token_guard.core.origins import parse_origin_pattern
 
 GrantKind = Literal["table", "wildcard", "all", "query"]
@@ -72,6 +73,7 @@ class TokenSpec:
     referers: tuple[str, ...]
     allowed_apis: tuple[str, ...]
     expiration_date: datetime | None
+    limits: Limits | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The body as the Tokens API returns it."""
@@ -91,6 +93,13 @@ class TokenSpec:
                 "referers is empty: any website may use this token; list the sites that "
                 "embed it, e.g. 'https://*.example.com'"
             )
+        if self.limits is not None:
+            for rule in (*self.limits.rate, *self.limits.quota):
+                if rule.api is not None and rule.api not in self.allowed_apis:
+                    out.append(
+                        f"limit '{rule.describe()}' is on an API the token may not call; "
+                        f"add '{rule.api}' to allowed_apis or drop the rule"
+                    )
         return out
 
 
@@ -412,6 +421,15 @@ TOKEN_FIELDS: tuple[TokenField, ...] = (
         _parse_expiration, to_json=format_datetime, patchable=False,
         fixed_hint="is set only at creation; create a new token with the expiration you need "
         "and revoke this one",
+    ),
+    TokenField(
+        "limits", LIMITS_SCHEMA,
+        "Request rates ('rate': a list, per second|minute|hour|day) and calendar quotas "
+        "('quota': one rule or a list, per day|month, UTC), each optionally for one 'api'; "
+        "over a limit requests get 429. null: no limits.",
+        {"rate": [{"requests": 600, "per": "minute", "api": "sql"}],
+         "quota": {"requests": 1000000, "per": "month"}},
+        lambda v, _: parse_limits(v), to_json=limits_json,
     ),
 )
 _CREATE_FIELDS = frozenset(f.name for f in TOKEN_FIELDS if f.creatable)

@@ -29,6 +29,7 @@ from token_guard.core.decision import (
 from token_guard.core.errors import InvalidTokenSpec, NotFound, StoreUnavailable, TokenStateError
 from token_guard.core.records import AuditEntry
 from token_guard.core.spec import format_datetime, parse_grants, parse_token_spec, spec_errors
+from token_guard.core.usage_report import usage_json, usage_range
 from token_guard.management.clients import READ_SCOPE, WRITE_SCOPE
 from token_guard.management.http import NO_STORE, REALM, BadRequest, error_response, read_body
 from token_guard.management.verify import AccessClaims, AccessDenied, AccessTokenVerifier
@@ -174,6 +175,7 @@ class TokensApi:
             Route("/v3/tokens/{token_id}", _guarded(self.show_token), methods=["GET"]),
             Route("/v3/tokens/{token_id}", _guarded(self.update_token), methods=["PATCH"]),
             Route("/v3/tokens/{token_id}", _guarded(self.revoke_token), methods=["DELETE"]),
+            Route("/v3/tokens/{token_id}/usage", _guarded(self.token_usage), methods=["GET"]),
             Route("/v3/audit", _guarded(self.list_audit), methods=["GET"]),
         ]
 
@@ -242,6 +244,26 @@ class TokensApi:
             request.path_params["token_id"], actor=claims.client_id
         )
         return JSONResponse(record.as_json(datetime.now(UTC)), headers=NO_STORE)
+
+    async def token_usage(self, request: Request) -> Response:
+        """``GET /v3/tokens/{id}/usage?from=&to=``: requests per hour and API, and per day."""
+        await self.caller(request, READ_SCOPE)
+        token_id = request.path_params["token_id"]
+        params = {}
+        for name in ("from", "to"):
+            values = request.query_params.getlist(name)
+            if len(values) > 1:
+                raise BadRequest(name, f"{name} is given more than once", "give it once")
+            params[name] = values[0] if values else None
+        try:
+            begin, end = usage_range(params["from"], params["to"], datetime.now(UTC))
+        except ValueError as exc:
+            field = str(exc).partition(":")[0]
+            raise BadRequest(field, str(exc), "e.g. ?from=2026-12-01&to=2026-12-31") from None
+        if await self.store.get_token(token_id) is None:
+            raise NotFound(token_id)
+        rows = await self.store.get_usage(token_id, begin, end)
+        return JSONResponse(usage_json(token_id, rows, begin, end), headers=NO_STORE)
 
     async def list_audit(self, request: Request) -> Response:
         """``GET /v3/audit?limit=&before=&token_id=``: newest first (one token's with token_id)."""

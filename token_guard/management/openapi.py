@@ -127,6 +127,18 @@ _ROTATED = {
 }
 
 
+def _usage_entry(*keys: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [*keys, "allowed", "refused"],
+        "properties": {
+            **{k: {"type": "string"} for k in keys},
+            "allowed": {"type": "integer", "minimum": 0},
+            "refused": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    }
+
+
 _FOUND = {
     "allOf": [
         {"$ref": "#/components/schemas/Token"},
@@ -289,6 +301,29 @@ def openapi_schema(connections: Sequence[str] = ()) -> dict[str, Any]:
                     },
                 },
             },
+            "/v3/tokens/{token_id}/usage": {
+                "parameters": [_ID_PARAM],
+                "get": {
+                    "operationId": "tokenUsage",
+                    "security": read_sec,
+                    "description": "Requests per UTC hour and API, and per day: allowed, and "
+                    "refused by code. Written in batches (every usage_flush_interval).",
+                    "parameters": [
+                        {"name": "from", "in": "query", "schema": {"type": "string"},
+                         "description": "ISO 8601 date or date-time (UTC); default: 30 days "
+                         "before 'to'"},
+                        {"name": "to", "in": "query", "schema": {"type": "string"},
+                         "description": "ISO 8601 date or date-time (UTC), exclusive; "
+                         "default: now"},
+                    ],
+                    "responses": {
+                        "200": _resp("The token's usage", "TokenUsage"),
+                        "400": _resp("A bad parameter", "Error"),
+                        "404": _resp("No token has this id", "Error"),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
             **_lifecycle_paths(write_sec),
             "/v3/audit": {
                 "get": {
@@ -377,6 +412,17 @@ def openapi_schema(connections: Sequence[str] = ()) -> dict[str, Any]:
                             "type": "array", "items": {"$ref": "#/components/schemas/Token"},
                         },
                         "next": {"type": ["string", "null"]},
+                    },
+                },
+                "TokenUsage": {
+                    "type": "object",
+                    "required": ["token_id", "from", "to", "hours", "days"],
+                    "properties": {
+                        "token_id": {"type": "string"},
+                        "from": {"type": "string", "format": "date-time"},
+                        "to": {"type": "string", "format": "date-time"},
+                        "hours": {"type": "array", "items": _usage_entry("hour", "api")},
+                        "days": {"type": "array", "items": _usage_entry("day")},
                     },
                 },
                 "AuditEntry": {

@@ -36,6 +36,7 @@ from token_guard.core.records import (
     OAuthClient,
     PublishedKey,
     TokenRecord,
+    UsageRow,
 )
 
 __all__ = [
@@ -225,8 +226,25 @@ def retired_key(key: PublishedKey, at: datetime) -> PublishedKey:
     return replace(key, retired_at=at, verify_until=until)
 
 
+class UsageLog(Protocol):
+    """Requests per token, API, UTC hour and outcome, written in batches by the guard."""
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Add each row's count to the stored count of its (token, hour, api, code)."""
+
+    async def get_usage(
+        self, token_id: str, start: datetime, end: datetime
+    ) -> Sequence[UsageRow]:
+        """The token's rows with ``start <= hour < end``, oldest first."""
+
+    async def prune_usage(self, before: datetime) -> int:
+        """Delete rows of hours before ``before``; return how many went."""
+
+
 @runtime_checkable
-class TokenStore(TokenReader, TokenAdmin, ClientStore, AuditLog, SigningKeyRegistry, Protocol):
+class TokenStore(
+    TokenReader, TokenAdmin, ClientStore, AuditLog, SigningKeyRegistry, UsageLog, Protocol
+):
     """A whole store: every protocol above, plus its lifecycle.
 
     Methods open the store on first use; ``close`` releases it. Errors reaching the

@@ -20,6 +20,7 @@ from token_guard.core.records import (
     PublishedKey,
     SecretInfo,
     TokenRecord,
+    UsageRow,
 )
 from token_guard.core.secret import hash_secret, new_secret, new_token_id, secret_prefix
 from token_guard.core.spec import apply_update, format_datetime, parse_token_spec
@@ -60,6 +61,7 @@ class MemoryStore:
         self._audit: list[AuditEntry] = []
         self._signing_keys: dict[str, PublishedKey] = {}  # kid -> key, insertion = age
         self._listeners = Listeners()
+        self._usage: dict[tuple[str, datetime, str, str], int] = {}
 
     async def open(self) -> None:
         """Mark the store usable (idempotent)."""
@@ -219,6 +221,33 @@ class MemoryStore:
             if record.last_used_at is None or record.last_used_at < at:
                 self._tokens[token_id] = replace(record, last_used_at=at)
 
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Add the rows' counts."""
+        self._ready()
+        for r in rows:
+            key = (r.token_id, _aware(r.hour), r.api, r.code)
+            self._usage[key] = self._usage.get(key, 0) + r.count
+
+    async def get_usage(
+        self, token_id: str, start: datetime, end: datetime
+    ) -> Sequence[UsageRow]:
+        """The token's rows with ``start <= hour < end``, oldest first."""
+        self._ready()
+        start, end = _aware(start), _aware(end)
+        return [
+            UsageRow(t, h, a, c, n) for (t, h, a, c), n in sorted(self._usage.items())
+            if t == token_id and start <= h < end
+        ]
+
+    async def prune_usage(self, before: datetime) -> int:
+        """Delete rows of hours before ``before``."""
+        self._ready()
+        before = _aware(before)
+        old = [k for k in self._usage if k[1] < before]
+        for key in old:
+            del self._usage[key]
+        return len(old)
+
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener`` on every change made through this store; returns the unsubscriber."""
         return self._listeners.add(listener)
@@ -330,3 +359,7 @@ class MemoryStore:
             detail=copy.deepcopy(dict(detail)),
         )
         self._audit.append(entry)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

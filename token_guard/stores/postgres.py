@@ -89,6 +89,7 @@ from token_guard.core.records import (
     PublishedKey,
     SecretInfo,
     TokenRecord,
+    UsageRow,
 )
 from token_guard.core.secret import hash_secret, new_secret, new_token_id, secret_prefix
 from token_guard.core.spec import apply_update, format_datetime, parse_token_spec
@@ -741,6 +742,58 @@ class PostgresStore:
             )
 
         await self._run("recording token usage", op)
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Add the rows' counts in one statement."""
+        if not rows:
+            return
+        columns = (
+            [r.token_id for r in rows], [_as_utc(r.hour) for r in rows],
+            [r.api for r in rows], [r.code for r in rows], [r.count for r in rows],
+        )
+
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                self._q(
+                    "INSERT INTO {s}.token_usage AS u (token_id, hour, api, code, count) "
+                    "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[], "
+                    "%s::text[], %s::bigint[]) "
+                    "ON CONFLICT (token_id, hour, api, code) "
+                    "DO UPDATE SET count = u.count + excluded.count"
+                ),
+                columns,
+            )
+
+        await self._run("recording request counts", op)
+
+    async def get_usage(
+        self, token_id: str, start: datetime, end: datetime
+    ) -> Sequence[UsageRow]:
+        """The token's rows with ``start <= hour < end``, oldest first."""
+
+        async def op(conn: Conn) -> list[UsageRow]:
+            cur = await conn.execute(
+                self._q(
+                    "SELECT hour, api, code, count FROM {s}.token_usage WHERE token_id = %s "
+                    "AND hour >= %s AND hour < %s ORDER BY hour, api, code"
+                ),
+                (token_id, _as_utc(start), _as_utc(end)),
+            )
+            return [UsageRow(token_id, _utc(h), a, c, int(n)) for h, a, c, n in
+                    await cur.fetchall()]
+
+        return await self._run("reading request counts", op)
+
+    async def prune_usage(self, before: datetime) -> int:
+        """Delete rows of hours before ``before``."""
+
+        async def op(conn: Conn) -> int:
+            cur = await conn.execute(
+                self._q("DELETE FROM {s}.token_usage WHERE hour < %s"), (_as_utc(before),)
+            )
+            return int(cur.rowcount)
+
+        return await self._run("pruning request counts", op)
 
     async def _locked_token(
         self, conn: Conn, token_id: str

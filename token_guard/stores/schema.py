@@ -28,6 +28,8 @@ rotation replaced that secret; its ``expires_at`` is the end of its grace period
 * ``signing_keys(kid PRIMARY KEY, public_pem, created_at, verify_until, token_lifetime,
   retired_at)`` (v5) -- the PUBLIC keys of the Tokens API instances on this store
   (``management.store_keys``). Private keys are never written to the store.
+* ``token_usage(token_id, hour, api, code, count)`` (v6) -- requests per token, API, UTC
+  hour and outcome (``code`` ``''``: allowed), added to in batches, pruned by age.
 """
 
 from __future__ import annotations
@@ -176,6 +178,23 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        6,
+        "usage per token, API, UTC hour and outcome",
+        (
+            """
+            CREATE TABLE token_usage (
+                token_id TEXT NOT NULL,
+                hour TEXT NOT NULL,                 -- the hour's start, format_timestamp
+                api TEXT NOT NULL,
+                code TEXT NOT NULL,                 -- '' allowed, else the refusal's code
+                count INTEGER NOT NULL,
+                PRIMARY KEY (token_id, hour, api, code)
+            ) WITHOUT ROWID
+            """,
+            "CREATE INDEX token_usage_hour ON token_usage (hour)",
+        ),
+    ),
 )
 
 LATEST_SQLITE_VERSION = SQLITE_MIGRATIONS[-1].version
@@ -285,6 +304,21 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 token_lifetime integer NOT NULL,    -- seconds; retirement: retired_at + this
                 retired_at timestamptz
             )""",
+        ),
+    ),
+    Migration(
+        6,
+        "usage per token, API, UTC hour and outcome",
+        (
+            """CREATE TABLE {s}.token_usage (
+                token_id text NOT NULL,
+                hour timestamptz NOT NULL,
+                api text NOT NULL,
+                code text NOT NULL,                 -- '' allowed, else the refusal's code
+                count bigint NOT NULL,
+                PRIMARY KEY (token_id, hour, api, code)
+            )""",
+            "CREATE INDEX token_usage_hour ON {s}.token_usage (hour)",
         ),
     ),
 )

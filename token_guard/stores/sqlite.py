@@ -58,6 +58,7 @@ from token_guard.core.records import (
     PublishedKey,
     SecretInfo,
     TokenRecord,
+    UsageRow,
 )
 from token_guard.core.secret import hash_secret, new_secret, new_token_id, secret_prefix
 from token_guard.core.spec import apply_update, format_datetime, parse_token_spec
@@ -568,6 +569,51 @@ class SQLiteStore:
                 )
 
         await self._run(write)
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Add the rows' counts in one transaction."""
+        if not rows:
+            return
+        params = [(r.token_id, format_timestamp(r.hour), r.api, r.code, r.count) for r in rows]
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(
+                    "INSERT INTO token_usage (token_id, hour, api, code, count)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_id, hour, api, code)"
+                    " DO UPDATE SET count = count + excluded.count",
+                    params,
+                )
+
+        await self._run(write)
+
+    async def get_usage(
+        self, token_id: str, start: datetime, end: datetime
+    ) -> Sequence[UsageRow]:
+        """The token's rows with ``start <= hour < end``, oldest first."""
+
+        def read(conn: sqlite3.Connection) -> list[UsageRow]:
+            rows = conn.execute(
+                "SELECT hour, api, code, count FROM token_usage WHERE token_id = ?"
+                " AND hour >= ? AND hour < ? ORDER BY hour, api, code",
+                (token_id, format_timestamp(start), format_timestamp(end)),
+            ).fetchall()
+            return [UsageRow(token_id, parse_timestamp(h) or start, a, c, int(n))
+                    for h, a, c, n in rows]
+
+        return await self._run(read)
+
+    async def prune_usage(self, before: datetime) -> int:
+        """Delete rows of hours before ``before``."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "DELETE FROM token_usage WHERE hour < ?", (format_timestamp(before),)
+                )
+            return int(cur.rowcount)
+
+        return await self._run(delete)
 
     # -- change feed ------------------------------------------------------------------------
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:

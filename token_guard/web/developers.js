@@ -89,6 +89,14 @@
     return referers.length ? referers.join(", ") : "Any website";
   }
 
+  // "600/minute sql, 1000000/month" — the token's limits (null: none).
+  function limitsText(limits) {
+    if (!limits) return "None";
+    const quota = limits.quota ? [].concat(limits.quota) : [];
+    const rules = [...(limits.rate || []), ...quota];
+    return rules.map((r) => `${r.requests}/${r.per}${r.api ? ` ${r.api}` : ""}`).join(", ") || "None";
+  }
+
   function plural(n, noun) {
     return `${n} ${noun}${n === 1 ? "" : "s"}`;
   }
@@ -420,6 +428,7 @@
         cell("APIs", apisText(token.allowed_apis)),
         cell("Grants", grantsSummary(token.grants)),
         cell("Referers", referersText(token.referers)),
+        cell("Limits", token.limits ? limitsText(token.limits) : ""),
         cell("Created", formatTime(token.created_at, "")),
         cell("Last used", formatTime(token.last_used_at, "Never")),
         cell("Expires", formatTime(token.expiration_date, "Never")),
@@ -467,6 +476,7 @@
     }
     renderDetail(token);
     focusHeading("detail-title");
+    loadUsage(token.id);
   }
 
   function renderDetail(token) {
@@ -484,6 +494,7 @@
       ["Created", formatTime(token.created_at, "")],
       ["Last used", formatTime(token.last_used_at, "Never")],
       ["Expires", formatTime(token.expiration_date, "Never")],
+      ["Limits", limitsText(token.limits)],
     ];
     if (token.revoked_at) rows.push(["Revoked", formatTime(token.revoked_at, "")]);
     if (token.disabled_at) rows.push(["Disabled", formatTime(token.disabled_at, "")]);
@@ -704,6 +715,96 @@
       input.select();
       status.textContent = "Could not copy automatically: the secret is selected, press Ctrl+C.";
     }
+  }
+
+  // --- usage chart ------------------------------------------------------------------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+  const USAGE_COLOURS = ["#2f6fdb", "#d64545", "#e08a1e", "#8a4fd1", "#2a9d8f", "#6b7280"];
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  async function loadUsage(id) {
+    clear($("usage-chart"));
+    clear($("usage-legend"));
+    $("usage-summary").textContent = "Loading…";
+    let report;
+    try {
+      report = await api("GET", `v3/tokens/${encodeURIComponent(id)}/usage`);
+    } catch (exc) {
+      $("usage-summary").textContent = `Could not load the usage: ${exc.message}`;
+      return;
+    }
+    renderUsage(report);
+  }
+
+  // Requests per UTC day: allowed at the bottom, each refusal reason stacked above it.
+  function renderUsage(report) {
+    const chart = $("usage-chart");
+    clear(chart);
+    clear($("usage-legend"));
+    const end = new Date(report.to);
+    const days = [];
+    for (let i = 29; i >= 0; i -= 1) {
+      days.push(new Date(end.getTime() - i * 86400000).toISOString().slice(0, 10));
+    }
+    const byDay = new Map(report.days.map((d) => [d.day, d]));
+    const reasons = [...new Set(report.days.flatMap((d) => Object.keys(d.refused)))].sort();
+    const series = ["allowed", ...reasons];
+    const totals = days.map((day) => {
+      const d = byDay.get(day);
+      return d ? d.allowed + Object.values(d.refused).reduce((a, b) => a + b, 0) : 0;
+    });
+    const allowed = report.days.reduce((a, d) => a + d.allowed, 0);
+    const refused = totals.reduce((a, b) => a + b, 0) - allowed;
+    $("usage-summary").textContent = totals.some((t) => t > 0)
+      ? `${allowed} allowed, ${refused} refused in the last 30 days (UTC days; counts are written every few seconds).`
+      : "No requests in the last 30 days.";
+    const width = 600;
+    const height = 200;
+    const left = 40;
+    const bottom = 20;
+    const max = Math.max(1, ...totals);
+    const slot = (width - left) / days.length;
+    const plot = svg("svg", {
+      viewBox: `0 0 ${width} ${height}`, role: "img", preserveAspectRatio: "xMinYMid meet",
+      "aria-label": `Requests per day: ${allowed} allowed, ${refused} refused`,
+    });
+    plot.append(svg("line", { x1: left, y1: height - bottom, x2: width, y2: height - bottom, class: "axis" }));
+    plot.append(svg("text", { x: left - 4, y: 12, "text-anchor": "end" }, document.createTextNode(String(max))));
+    plot.append(svg("text", { x: left - 4, y: height - bottom, "text-anchor": "end" }, document.createTextNode("0")));
+    days.forEach((day, i) => {
+      const d = byDay.get(day);
+      let y = height - bottom;
+      series.forEach((name, k) => {
+        const n = d ? (name === "allowed" ? d.allowed : d.refused[name] || 0) : 0;
+        if (!n) return;
+        const h = (n / max) * (height - bottom - 10);
+        y -= h;
+        const bar = svg("rect", {
+          x: left + i * slot + 1, y, width: Math.max(1, slot - 2), height: h,
+          fill: USAGE_COLOURS[Math.min(k, USAGE_COLOURS.length - 1)],
+          "data-day": day, "data-series": name, "data-count": n,
+        });
+        bar.append(svg("title", {}, document.createTextNode(`${day}: ${n} ${name === "allowed" ? "allowed" : `refused (${name})`}`)));
+        plot.append(bar);
+      });
+      if ((days.length - 1 - i) % 7 === 0) {
+        plot.append(svg("text", { x: left + i * slot, y: height - 5 }, document.createTextNode(day.slice(5))));
+      }
+    });
+    chart.append(plot);
+    const legend = $("usage-legend");
+    series.forEach((name, k) => {
+      legend.append(el("li", {},
+        el("span", { className: `swatch c${Math.min(k, USAGE_COLOURS.length - 1)}`, "aria-hidden": "true" }),
+        name === "allowed" ? "Allowed" : `Refused: ${name}`));
+    });
   }
 
   // --- revoke -----------------------------------------------------------------------------
