@@ -64,7 +64,7 @@ async def test_limit_rejections_redis_latency_and_a_registered_gauge(
     guard = Guard(store=metrics.timed_store(store), connections=CONNECTIONS,
                   on_decision=metrics.on_decision, limiter=f"{redis_url}?prefix={prefix}")
     metrics.attach(guard)
-    metrics.add_gauge("token_guard_report_only", "1 when the guard only reports.", lambda: 1)
+    metrics.add_gauge("token_guard_custom", "A gauge of the app's own.", lambda: 1)
     issued = await store.create_token({**FULL, "limits": {"rate": [
         {"requests": 1, "per": "hour"}]}})
     for _ in range(2):
@@ -76,6 +76,24 @@ async def test_limit_rejections_redis_latency_and_a_registered_gauge(
     got = samples(generate_latest(metrics.registry).decode())
     assert got[("token_guard_limit_rejections_total", (("code", "rate_limited"),))] == 1
     assert got[("token_guard_limiter_redis_seconds_count", ())] == 2
-    assert got[("token_guard_report_only", ())] == 1
+    assert got[("token_guard_custom", ())] == 1
+    assert got[("token_guard_report_only", ())] == 0  # enforcing
     assert re.search(r"token_guard_decisions_total\{api=\"maps\",code=\"rate_limited\"\} 1",
                      generate_latest(metrics.registry).decode())
+
+
+@pytest.mark.anyio
+async def test_report_only_mode_is_visible_in_the_exposition() -> None:
+    metrics = GuardMetrics()
+    store = MemoryStore()
+    with pytest.warns(UserWarning, match="report-only|Nothing is enforced"):
+        guard = Guard(store=store, connections=CONNECTIONS, report_only=True)
+    metrics.attach(guard)
+    issued = await store.create_token(FULL)
+    await guard.check_async("GET", b"/v3/maps/carto_dw/table", b"name=proj.ds.other",
+                            f"Bearer {issued.token}".encode())
+    from prometheus_client import generate_latest
+
+    got = samples(generate_latest(metrics.registry).decode())
+    assert got[("token_guard_report_only", ())] == 1
+    assert got[("token_guard_would_refuse_total", (("code", "source_not_granted"),))] == 1

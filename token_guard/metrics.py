@@ -18,8 +18,10 @@ What is exposed (prefix ``token_guard_``):
 - ``store_lookup_seconds`` — a histogram of the store lookups behind cache misses
   (``timed_store``); ``limiter_redis_seconds`` of the Redis limiter's calls.
 - ``change_feed_healthy`` — 1 while the store hears every change made elsewhere, else 0.
-- ``add_gauge(name, documentation, read)`` registers any other gauge read at scrape time
-  (e.g. a report-only mode's ``token_guard_report_only``).
+- ``report_only`` — 1 while an attached guard runs in report-only mode (refusals recorded,
+  NOT enforced), else 0; ``would_refuse_total{code}`` its would-be refusals, so a dashboard
+  shows at once that nothing is enforced.
+- ``add_gauge(name, documentation, read)`` registers any other gauge read at scrape time.
 
 Counting decisions uses ``on_decision``, which the guard calls for every request: the cost
 is paid only by apps that ask for metrics.
@@ -61,6 +63,25 @@ class _ScrapeTime(Collector):
             "token_guard_change_feed_healthy",
             "1 while the store hears every change made elsewhere (revocations), else 0.",
         )
+        report_only = GaugeMetricFamily(
+            "token_guard_report_only",
+            "1 while an attached guard only reports refusals (nothing enforced), else 0.",
+        )
+        would_refuse = CounterMetricFamily(
+            "token_guard_would_refuse", "Refusals a report-only guard let through, by code.",
+            labels=["code"],
+        )
+        modes = [g.report_only for g in self.guards if g.report_only is not None]
+        report_only.add_metric([], float(bool(modes)))
+        codes: dict[str, int] = {}
+        for mode in modes:
+            counted = mode.stats()["would_refuse"]
+            assert isinstance(counted, dict)
+            for code, n in counted.items():
+                codes[code] = codes.get(code, 0) + n
+        for code, n in sorted(codes.items()):
+            would_refuse.add_metric([code], n)
+        yield from (report_only, would_refuse)
         if self.guards:
             stats = [g.resolver.stats() for g in self.guards]
             hits.add_metric([], sum(s["hits"] for s in stats))
