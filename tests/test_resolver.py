@@ -759,3 +759,64 @@ async def test_close_stops_the_probe() -> None:
     pings = store.pings
     await asyncio.sleep(0.2)
     assert store.pings == pings and not resolver.store_down
+
+
+# -- change events during a lookup ------------------------------------------------------------
+class ReadThenWaitStore(MemoryStore):
+    """A real MemoryStore whose lookups read first, then wait at a gate: the answer a slow
+    store gives is as of when it read, whatever happened while it was on its way back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.read = asyncio.Event()
+
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        record = await super().get_by_secret_hash(secret_hash)
+        self.read.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return record
+
+
+async def test_a_lookup_overlapping_changes_to_other_tokens_is_still_cached() -> None:
+    store = ReadThenWaitStore()
+    issued = await store.create_token(body(name="looked up"))
+    resolver = make(store)
+    await resolver.start()
+    store.gate = asyncio.Event()
+    lookup = asyncio.create_task(resolver.resolve(issued.token))
+    await store.read.wait()
+    other = await store.create_token(body(name="created elsewhere meanwhile"))
+    await store.revoke_token(other.id)
+    store.gate.set()
+    assert await lookup == issued.record
+    assert resolver.lookup(issued.token) == issued.record  # cached despite the events
+    await resolver.close()
+
+
+@pytest.mark.parametrize("change", ["revoke", "disable", "update"])
+async def test_a_lookup_overlapping_a_change_to_its_own_token_is_not_cached(change: str) -> None:
+    store = ReadThenWaitStore()
+    issued = await store.create_token(body(name="looked up"))
+    resolver = make(store)
+    await resolver.start()
+    store.gate = asyncio.Event()
+    lookup = asyncio.create_task(resolver.resolve(issued.token))
+    await store.read.wait()
+    if change == "revoke":
+        await store.revoke_token(issued.id)
+    elif change == "disable":
+        await store.disable_token(issued.id)
+    else:
+        await store.update_token(issued.id, {"name": "renamed"})
+    store.gate.set()
+    assert await lookup == issued.record  # the answer as the store read it...
+    assert resolver.lookup(issued.token) is None  # ...but not kept: the change may undo it
+    store.gate = None
+    after = await resolver.resolve(issued.token)
+    if change == "update":
+        assert isinstance(after, TokenRecord) and after.spec.name == "renamed"
+    else:
+        assert isinstance(after, Denial)
+    await resolver.close()

@@ -52,6 +52,7 @@ Usage: ``note_used`` hands the token id to a ``usage.UsageRecorder``, which writ
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import threading
@@ -85,6 +86,9 @@ logger = logging.getLogger("token_guard.resolver")
 T = TypeVar("T")
 # What the breaker's probe looks up on a store without ``ping()``: no secret hashes to it.
 _PROBE_HASH = "0" * 64
+# Change events remembered by token id (see Resolver._recent): a lookup overlapping more
+# events than this is not cached, as before.
+_RECENT_EVENTS = 1024
 
 MALFORMED = Denial(
     401,
@@ -246,6 +250,10 @@ class Resolver(Generic[T]):
         self._lock = threading.Lock()  # see the module docstring: held for dict work only
         self._inflight: dict[str, asyncio.Task[T | Denial]] = {}
         self._epoch = 0  # bumped by every change event; see _fetch
+        # The token ids of the latest change events (None: a reset or an event naming no
+        # token), newest last, so a lookup that overlapped events about OTHER tokens (e.g.
+        # creations elsewhere) may still cache its answer; bounded, older means "unknown".
+        self._recent: collections.deque[str | None] = collections.deque(maxlen=_RECENT_EVENTS)
         self._usage = UsageRecorder(
             store, interval=settings.usage_flush_interval,
             retention=timedelta(days=settings.usage_retention_days),
@@ -424,14 +432,26 @@ class Resolver(Generic[T]):
             fresh_for = min(fresh_for, secret_left)
             stale_for = min(stale_for, secret_left)
         with self._lock:
-            if epoch != self._epoch:
-                return  # a change event arrived during the lookup: the answer may be old
+            if epoch != self._epoch and not self._only_others_changed(epoch, record.id):
+                return  # a change to this token arrived during the lookup: it may be old
             now = self._clock()
             self._negative.pop(token, None)
             entry = _Positive(value, record.id, now + fresh_for, now + stale_for)
             self._positive[token] = entry
             self._hot[token] = entry
             self._index(record.id, token)
+
+    def _only_others_changed(self, epoch: int, token_id: str) -> bool:
+        """Whether every change event since ``epoch`` named a token other than ``token_id``
+        (a reset, an event naming no token, or events older than those kept: False)."""
+        since = self._epoch - epoch
+        if since > len(self._recent):
+            return False
+        for index in range(len(self._recent) - since, len(self._recent)):
+            changed = self._recent[index]
+            if changed is None or changed == token_id:
+                return False
+        return True
 
     def _put_negative(
         self, token: str, denial: Denial, token_id: str | None, epoch: int
@@ -473,6 +493,7 @@ class Resolver(Generic[T]):
 
     def _evict(self, event: ChangeEvent) -> None:
         self._epoch += 1
+        self._recent.append(None if event.kind == "reset" else event.token_id)
         if event.kind == "reset":
             # Refusals are dropped; known tokens stay as stale entries, re-read on their next
             # request and served meanwhile only while the store cannot answer.
