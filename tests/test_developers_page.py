@@ -1084,3 +1084,35 @@ def test_the_configured_connections_win_over_those_tokens_use(tab: Tab, site: Se
     options = page.locator("#known-connections option")
     expect(options).to_have_count(1)
     assert options.first.get_attribute("value") == "demo"
+
+
+def test_limits_are_edited_on_the_page_and_errors_shown_beside_the_field(
+    tab: Tab, site: Served
+) -> None:
+    site.seed({"name": "to limit", "allowed_apis": ["maps"]})
+    page = tab.page
+    _sign_in(page, site)
+    page.locator("#token-rows a.name", has_text="to limit").click()
+    page.get_by_role("link", name="Edit token").click()
+    expect(page.get_by_label("Name")).to_have_value("to limit")
+    limits = page.get_by_label("Limits (optional)")
+    expect(limits).to_have_value("")
+    limits.fill("{not json")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#limits-error")).to_contain_text("not JSON")
+    limits.fill('{"rate": [{"requests": 100, "per": "fortnight"}]}')
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#limits-error")).to_contain_text("limits.rate[0].per")
+    expect(limits).to_have_attribute("aria-invalid", "true")
+    limits.fill('{"rate": [{"requests": 100, "per": "minute"}]}')
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#status")).to_contain_text("saved")
+    expect(page.locator("#detail-fields")).to_contain_text("100/minute")
+    page.get_by_role("link", name="Edit token").click()
+    expect(page.get_by_label("Limits (optional)")).to_have_value(
+        '{"rate":[{"requests":100,"per":"minute"}]}')
+    page.get_by_label("Limits (optional)").fill("")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#status")).to_contain_text("saved")
+    expect(page.locator("#detail-fields")).not_to_contain_text("100/minute")
+    assert tab.csp_errors == [] and tab.alerts == []

@@ -922,6 +922,7 @@
     for (const grant of token.grants) addGrantRow(grant.connection_name, grant.source);
     if (!token.grants.length) addGrantRow("", "");
     $("referers").value = token.referers.join("\n");
+    $("limits").value = token.limits ? JSON.stringify(token.limits) : "";
     focusHeading("new-title");
   }
 
@@ -999,7 +1000,18 @@
     } else if (expiration.validity && expiration.validity.badInput) {
       expirationError = "the date and time are incomplete; complete them or clear the field";
     }
-    return { body, rows, refererLines, expirationError };
+    let limitsError = "";
+    const limitsText = $("limits").value.trim();
+    if (limitsText) {
+      try {
+        body.limits = JSON.parse(limitsText);
+      } catch (exc) {
+        limitsError = `not JSON (${exc.message}); write e.g. {"rate": [{"requests": 600, "per": "minute"}]}`;
+      }
+    } else if (state.editing) {
+      body.limits = null; // emptied while editing: the token's limits are removed
+    }
+    return { body, rows, refererLines, expirationError, limitsError };
   }
 
   function showFieldError(field, message, sent) {
@@ -1020,6 +1032,8 @@
       markInvalid([$("referers")], $("referers-error"), line ? `Line ${line}: ${message}` : message);
     } else if (field === "expiration_date") {
       markInvalid([$("expiration")], $("expiration-error"), message);
+    } else if (field === "limits" || field.startsWith("limits.") || field.startsWith("limits[")) {
+      markInvalid([$("limits")], $("limits-error"), message);
     } else {
       return false;
     }
@@ -1056,6 +1070,10 @@
     const sent = readForm();
     if (sent.expirationError) {
       showFieldError("expiration_date", `expiration_date: ${sent.expirationError}`, sent);
+      return;
+    }
+    if (sent.limitsError) {
+      showFieldError("limits", `limits: ${sent.limitsError}`, sent);
       return;
     }
     const submit = event.submitter || null;
