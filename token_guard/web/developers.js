@@ -704,18 +704,6 @@
     if (secret) secret.value = "";
   }
 
-  async function copyRotated() {
-    const input = $("rotated-secret");
-    const status = $("rotated-copy-status");
-    try {
-      await navigator.clipboard.writeText(input.value);
-      status.textContent = "Copied to the clipboard.";
-    } catch (_) {
-      input.focus();
-      input.select();
-      status.textContent = "Could not copy automatically: the secret is selected, press Ctrl+C.";
-    }
-  }
 
   // --- usage chart ------------------------------------------------------------------------
 
@@ -1151,9 +1139,10 @@
     if (secret) secret.value = "";
   }
 
-  async function copySecret() {
-    const input = $("created-secret");
-    const status = $("copy-status");
+  // Copy a secret shown once (created or rotated) from ``inputId``, saying how it went.
+  async function copyShownSecret(inputId, statusId, what) {
+    const input = $(inputId);
+    const status = $(statusId);
     try {
       await navigator.clipboard.writeText(input.value);
       status.textContent = "Copied to the clipboard.";
@@ -1161,7 +1150,7 @@
       // No clipboard permission: select it so Ctrl+C / long-press copies it.
       input.focus();
       input.select();
-      status.textContent = "Could not copy automatically: the token is selected, press Ctrl+C.";
+      status.textContent = `Could not copy automatically: the ${what} is selected, press Ctrl+C.`;
     }
   }
 
@@ -1196,8 +1185,10 @@
       row.querySelector(".grant-conn").focus();
     });
     $("revoke-dialog").addEventListener("close", onRevokeClosed);
-    $("copy-secret").addEventListener("click", copySecret);
-    $("copy-rotated").addEventListener("click", copyRotated);
+    $("copy-secret").addEventListener("click",
+      () => copyShownSecret("created-secret", "copy-status", "token"));
+    $("copy-rotated").addEventListener("click",
+      () => copyShownSecret("rotated-secret", "rotated-copy-status", "secret"));
     $("copy-snippet-curl").addEventListener("click", () => copySnippet("snippet-curl"));
     $("copy-snippet-js").addEventListener("click", () => copySnippet("snippet-js"));
     for (const preset of document.querySelectorAll("[data-expires-days]")) {
