@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import json
 import textwrap
-from datetime import UTC, datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,12 +25,19 @@ from starlette.routing import Route
 
 import token_guard as tg
 from tests.servers import ServerThread, bearer, send, serve
+from tests.store_contract import EVENT_WAIT, wait_for
+from tests.tcp_proxy import TcpProxy
+from tests.test_postgres_faults import proxied_store, proxy, schema  # noqa: F401 (fixtures)
 from tests.tokens import CONNECTIONS, FULL
 from token_guard.core.connections import Connection
+from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
+from token_guard.core.records import ChangeEvent
 from token_guard.core.sql import SqlAnalyzer, SqlRefusal
+from token_guard.guard import Guard
 from token_guard.report_only import ReportOnlyWarning, parse_report_only
-from token_guard.stores import MemoryStore
+from token_guard.stores import MemoryStore, SQLiteStore
+from token_guard.stores.postgres import PostgresStore
 
 ISSUER = "https://tokens.test"
 AUDIENCE = "token-guard-api"
@@ -212,8 +220,9 @@ def test_report_only_odd_values_fail_at_start_up(value: Any) -> None:
 
 def test_report_only_is_off_by_default_in_every_adapter() -> None:
     store = MemoryStore()
-    assert tg.TokenGuard(_data_app([]), store=store, connections=CONNECTIONS).guard.report_only is None
-    assert tg.TokenGuardWSGI(lambda e, s: [], store=store, connections=CONNECTIONS).guard.report_only is None
+    asgi = tg.TokenGuard(_data_app([]), store=store, connections=CONNECTIONS)
+    wsgi = tg.TokenGuardWSGI(lambda e, s: [], store=store, connections=CONNECTIONS)
+    assert asgi.guard.report_only is None and wsgi.guard.report_only is None
 
 
 @pytest.mark.parametrize("line", [
@@ -353,3 +362,72 @@ def test_sql_reads_nothing_ungranted_through_builtins_or_types(dialect: str, que
 def test_sql_plain_builtins_and_casts_stay_allowed(dialect: str, query: str) -> None:
     result = ANALYZER.analyze(query, Connection(dialect))
     assert not isinstance(result, SqlRefusal), result
+
+
+# -- caches across instances: a change made elsewhere is heard within the poll bound ----------
+@pytest.mark.anyio
+@pytest.mark.parametrize("change", ["disable", "end_grace", "revoke"])
+async def test_a_change_on_another_sqlite_instance_is_enforced_within_poll_interval(
+    tmp_path: Path, change: str
+) -> None:
+    """Two processes' stores on one SQLite file: the guard on A has the token cached (fresh
+    for 60 s); B disables it, ends its old secret's grace, or revokes it; A refuses within a
+    few poll intervals, never serving the cached answer for the rest of its ttl."""
+    url = tmp_path / "tokens.db"
+    a, b = SQLiteStore(str(url), poll_interval=0.05), SQLiteStore(str(url), poll_interval=0.05)
+    await a.open()
+    await b.open()
+    guard = Guard(store=a, connections=CONNECTIONS)
+    try:
+        issued = await b.create_token(FULL)
+        secret = issued.token
+        if change == "end_grace":
+            await b.rotate_token(issued.id, grace_seconds=3600)
+        path, query = b"/v3/maps/carto_dw/table", b"name=proj.ds.stores"
+        auth = f"Bearer {secret}".encode()
+        first = await guard.check_async("GET", path, query, auth)
+        assert isinstance(first, tg.TokenRecord), first
+        if change == "disable":
+            await b.disable_token(issued.id)
+        elif change == "end_grace":
+            await b.end_rotation_grace(issued.id)
+        else:
+            await b.revoke_token(issued.id)
+        await anyio.sleep(0.5)  # ten poll intervals
+        after = await guard.check_async("GET", path, query, auth)
+        assert not isinstance(after, tg.TokenRecord), f"{change}: still served from the cache"
+        assert isinstance(after, Denial) and after.status == 401, after
+    finally:
+        await guard.resolver.close()
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.anyio
+async def test_after_a_lost_listener_the_reset_lands_before_the_feed_is_trusted_again(
+    postgres_dsn: str, schema: str, proxy: TcpProxy  # noqa: F811 (the fixtures)
+) -> None:
+    """A token revoked elsewhere while this instance's LISTEN was cut: its cached entry is
+    still "fresh" by the clock. The resolver's lock-free hit path (WSGI request threads read
+    it outside the loop) trusts fresh entries only while ``feed_healthy``; so when the feed
+    reports healthy again, the reset must already have marked every entry stale."""
+    async with (
+        proxied_store(postgres_dsn, proxy, schema) as here,
+        PostgresStore(postgres_dsn, schema=schema) as elsewhere,
+    ):
+        assert await here.wait_feed_ready(EVENT_WAIT)
+        healthy_at_reset: list[bool] = []
+
+        def listener(event: ChangeEvent) -> None:
+            if event.kind == "reset":
+                healthy_at_reset.append(here.feed_healthy)
+
+        here.subscribe(listener)
+        issued = await elsewhere.create_token(FULL)
+        await proxy.cut()
+        await wait_for(lambda: not here.feed_healthy, "the feed to notice the cut")
+        await elsewhere.revoke_token(issued.id)
+        await proxy.restore()
+        await wait_for(lambda: bool(healthy_at_reset), "a reset once the feed is back")
+        await wait_for(lambda: here.feed_healthy, "the feed to come back")
+        assert healthy_at_reset == [False], "the feed was trusted before the reset landed"
