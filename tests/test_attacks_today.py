@@ -355,7 +355,9 @@ def test_sql_reads_nothing_ungranted_through_builtins_or_types(dialect: str, que
     pytest.param("postgres", "SELECT * FROM generate_series(1, 3)", id="pg-series"),
     pytest.param("postgres", "SELECT d.* FROM db.sch.t, ST_Dump(db.sch.t.g) d", id="pg-st-dump"),
     pytest.param("postgres", "SELECT g::geometry, g::geography, g::box2d, 'a'::citext, "
-                 "x::int, x::jsonb, x::text FROM db.sch.t", id="pg-plain-casts"),
+                 "x::int, x::jsonb, x::text, x::oid FROM db.sch.t", id="pg-plain-casts"),
+    pytest.param("postgres", "SELECT * FROM json_to_recordset('[]') AS x(a int, b text)",
+                 id="pg-column-definition-builtin-types"),
     pytest.param("duckdb", "SELECT * FROM range(3)", id="duck-range"),
     pytest.param("sqlite", "SELECT CAST(x AS varchar2) FROM t", id="sqlite-any-type-name"),
 ])

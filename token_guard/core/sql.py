@@ -241,7 +241,10 @@ def is_system_table(key: tuple[str, ...]) -> bool:
 
 # Extension types a cast may name although sqlglot does not know them (PostGIS, citext):
 # scalar types, not the row type of any table.
-_EXTENSION_TYPES = frozenset({"box2d", "box3d", "box2df", "gidx", "spheroid", "raster", "citext"})
+# (``record`` is PostgreSQL's anonymous row pseudo-type: no table behind it.)
+_EXTENSION_TYPES = frozenset(
+    {"box2d", "box3d", "box2df", "gidx", "spheroid", "raster", "citext", "record"}
+)
 
 
 def _named_type(node: exp.DataType) -> SqlRefusal | None:
@@ -251,7 +254,8 @@ def _named_type(node: exp.DataType) -> SqlRefusal | None:
     ungranted table's columns (and that it exists), and ``'t'::regclass`` looks a table up
     by name, as the refused ``to_regclass`` does: neither is a read a grant covers.
     """
-    if isinstance(node, exp.ObjectIdentifier):
+    if isinstance(node, exp.ObjectIdentifier) and str(node.this).upper() != "OID":
+        # (A plain oid is a number; the reg* types look their input up by name.)
         return SqlRefusal(
             f"the query casts to {node.sql()}, which looks a catalog object up by name",
             "remove the cast; read granted tables with a plain SELECT",
