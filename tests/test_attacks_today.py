@@ -27,8 +27,10 @@ import token_guard as tg
 from tests.servers import ServerThread, bearer, send, serve
 from tests.store_contract import EVENT_WAIT, wait_for
 from tests.tcp_proxy import TcpProxy
+from tests.test_limiters import limited_guard
 from tests.test_postgres_faults import proxied_store, proxy, schema  # noqa: F401 (fixtures)
 from tests.tokens import CONNECTIONS, FULL
+from token_guard.core import decision as codes
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
@@ -433,3 +435,34 @@ async def test_after_a_lost_listener_the_reset_lands_before_the_feed_is_trusted_
         await wait_for(lambda: bool(healthy_at_reset), "a reset once the feed is back")
         await wait_for(lambda: here.feed_healthy, "the feed to come back")
         assert healthy_at_reset == [False], "the feed was trusted before the reset landed"
+
+
+# -- limits: every allowed way in is charged, no refusal is ------------------------------------
+@pytest.mark.anyio
+async def test_a_limited_token_is_charged_on_head_and_on_a_body_read_and_not_for_refusals(
+) -> None:
+    guard, limited, _ = await limited_guard(
+        {"rate": [{"requests": 3, "per": "minute"}]})  # every API
+    auth = f"Bearer {limited}".encode()
+    # Refusals of every kind cost nothing: ungranted source, unknown route, wrong method.
+    for path, qs, method in [
+        (b"/v3/maps/carto_dw/table", b"name=proj.other.t", "GET"),
+        (b"/v3/maps/nowhere", b"", "GET"),
+        (b"/v3/maps/carto_dw/table", b"name=proj.ds.stores", "DELETE"),
+        (b"/v3/sql/carto_dw/query", b"", "POST"),  # a body that is no query
+    ]:
+        refused = await guard.check_async(method, path, qs, auth, body=b"{}")
+        assert isinstance(refused, Denial) and refused.status != 429, refused
+    head = await guard.check_async("HEAD", b"/v3/maps/carto_dw/table", b"name=proj.ds.stores",
+                                   auth)
+    assert isinstance(head, tg.TokenRecord), head
+    posted = await guard.check_async(
+        "POST", b"/v3/sql/carto_dw/query", b"", auth,
+        body=json.dumps({"q": "SELECT * FROM proj.ds.stores"}).encode())
+    assert isinstance(posted, tg.TokenRecord), posted
+    get = await guard.check_async("GET", b"/v3/maps/carto_dw/table", b"name=proj.ds.stores",
+                                  auth)
+    assert isinstance(get, tg.TokenRecord), get
+    over = await guard.check_async("HEAD", b"/v3/maps/carto_dw/table", b"name=proj.ds.stores",
+                                   auth)
+    assert isinstance(over, Denial) and over.code == codes.RATE_LIMITED, over
