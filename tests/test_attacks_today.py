@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import textwrap
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -149,14 +150,19 @@ DISAGREEING_SCOPES = [
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("report_only", [False, {"maps"}], ids=["enforced", "report-only-maps"])
 @pytest.mark.parametrize(("raw_path", "path"), DISAGREEING_SCOPES)
 async def test_one_port_raw_path_and_path_disagreeing_reach_no_other_handler(
-    raw_path: bytes, path: str
+    raw_path: bytes, path: str, report_only: Any
 ) -> None:
     store = MemoryStore()
     hits: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ReportOnlyWarning)
+        guarded = tg.TokenGuard(_data_app(hits), store=store, connections=CONNECTIONS,
+                                report_only=report_only)
     app = tg.one_port(
-        guarded=tg.TokenGuard(_data_app(hits), store=store, connections=CONNECTIONS),
+        guarded=guarded,
         management=tg.create_management_app(store, issuer=ISSUER, audience=AUDIENCE),
     )
     issued = await store.create_token({**FULL, "allowed_apis": ["maps"]})
