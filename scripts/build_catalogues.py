@@ -56,6 +56,9 @@ PG_REFUSED_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"^has_.*_privilege$", NAMES_TABLES),
     (r"^(set_config|current_setting|setseed|nextval|setval|currval|lastval)$", SESSION),
     (r"^to_reg", NAMES_TABLES),
+    # regclass(text) is a cast by name: regclass('db.sch.t') looks the table up.
+    (r"^reg(class|proc|procedure|namespace|role|type|oper|operator|config|dictionary|"
+     r"collation)$", NAMES_TABLES),
     (r"^(txid_|xmin$|xmax$)", SESSION),
     (r"^pgr_", RUNS_SQL),
     (r"^(addgeometrycolumn|dropgeometrycolumn|dropgeometrytable|updategeometrysrid|"

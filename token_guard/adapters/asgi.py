@@ -156,11 +156,15 @@ class TokenGuard:
             redacted = redacted_query(query_string)
             if redacted is not None:
                 scope["query_string"] = redacted  # in place: the server logs this dict
-        if scope.get("root_path"):
+        if scope.get("root_path") or raw_path != scope["path"].encode("utf-8"):
+            # The app beneath routes ``path``: the raw path decided on must decode to it
+            # (a middleware outside that rewrote ``path`` alone would get its new path served
+            # on the old one's decision).
             routed = route_path(scope, raw_path)
             if routed is None:
+                denial = OUTSIDE_ROOT if scope.get("root_path") else PATH_MISMATCH
                 await self._refuse(scope, receive, send, self.guard.refused(
-                    method, scope["path"], query_string, OUTSIDE_ROOT
+                    method, scope["path"], query_string, denial
                 ), method, scope["path"])
                 return
             raw_path = routed
@@ -368,6 +372,14 @@ OUTSIDE_ROOT = Denial(
     "Send the request to a path under the application's mount point.",
 )
 
+PATH_MISMATCH = Denial(
+    400,
+    codes.MALFORMED_REQUEST,
+    "The request path does not match the path the application would route (raw_path).",
+    "Send the path as a client library builds it; if a middleware rewrites the ASGI "
+    "scope's path, set raw_path too, or put TokenGuard inside it.",
+)
+
 
 def route_path(scope: Scope, raw_path: bytes) -> bytes | None:
     """The raw form of the path the app beneath routes: ``path`` minus ``root_path``.
@@ -378,11 +390,11 @@ def route_path(scope: Scope, raw_path: bytes) -> bytes | None:
     ``path`` not under ``root_path``, or a raw path that decodes to neither form.
     """
     path: str = scope["path"]
-    root: str = scope["root_path"]
+    root: str = scope.get("root_path", "")
     if not path.startswith(root):
         return None
     rest = path[len(root):]
-    if rest and rest[0] != "/":
+    if root and rest and rest[0] != "/":
         # Starlette routes the whole path then ("/api" + "v3/..." is not under "/api").
         return raw_path
     encoded = root.encode("utf-8")

@@ -239,6 +239,39 @@ def is_system_table(key: tuple[str, ...]) -> bool:
     return len(key) >= 3 and key[0].lower() in _SYSTEM_CATALOGS
 
 
+# Extension types a cast may name although sqlglot does not know them (PostGIS, citext):
+# scalar types, not the row type of any table.
+# (``record`` is PostgreSQL's anonymous row pseudo-type: no table behind it.)
+_EXTENSION_TYPES = frozenset(
+    {"box2d", "box3d", "box2df", "gidx", "spheroid", "raster", "citext", "record"}
+)
+
+
+def _named_type(node: exp.DataType) -> SqlRefusal | None:
+    """Refuse a type the query names that may be a table's row type or a catalog lookup.
+
+    ``null::db.sch.secret`` or ``json_populate_recordset(null::secret, ...)`` reveals an
+    ungranted table's columns (and that it exists), and ``'t'::regclass`` looks a table up
+    by name, as the refused ``to_regclass`` does: neither is a read a grant covers.
+    """
+    if isinstance(node, exp.ObjectIdentifier) and str(node.this).upper() != "OID":
+        # (A plain oid is a number; the reg* types look their input up by name.)
+        return SqlRefusal(
+            f"the query casts to {node.sql()}, which looks a catalog object up by name",
+            "remove the cast; read granted tables with a plain SELECT",
+        )
+    if node.this is not exp.DataType.Type.USERDEFINED:
+        return None
+    name = node.sql()
+    if name.lower() in _EXTENSION_TYPES:
+        return None
+    return SqlRefusal(
+        f"the query names the type {name[:80]!r}, which the guard does not know; a "
+        "table's name used as a type reveals that table's columns",
+        "cast to a built-in type (int, text, jsonb, geometry, ...)",
+    )
+
+
 def _refuse_node(node: exp.Expr) -> SqlRefusal:
     name = type(node).__name__
     if isinstance(node, exp.Into):
@@ -930,6 +963,10 @@ class SqlAnalyzer:
                 f"the query calls {call}, which the guard does not know to be read-only",
                 "remove it, or ask the operator to list it in allowed_functions",
             )
+        if isinstance(node, exp.DataType) and ctx.name != "sqlite":
+            refusal = _named_type(node)
+            if refusal is not None:
+                return refusal
         if kind == TABLE:
             assert isinstance(node, exp.Table)
             refusal = self._table(node, visible, ctx, connection)

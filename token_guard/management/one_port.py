@@ -8,7 +8,8 @@ Layout::
       └─ everything else  ─► ``guarded`` (your app behind TokenGuard, CORS outside it)
 
 The management paths are ``/v3/tokens``, ``/v3/audit``, ``/oauth/...``, ``/.well-known/...``,
-``/openapi.json`` and ``/developers`` (``MANAGEMENT_PATHS``, ``MANAGEMENT_TREES``).
+``/openapi.json``, ``/developers`` and ``/v3/secret-scanning/github`` (``MANAGEMENT_PATHS``,
+``MANAGEMENT_TREES``).
 
 Security choices:
 
@@ -17,8 +18,9 @@ Security choices:
   FastAPI ``mount``; see ``adapters.asgi.route_path``), by segment-exact prefixes:
   ``/v3/tokens`` and ``/v3/tokens/...`` go to management, ``/v3/tokensX`` does not.
   Everything that is not a management path reaches ``guarded``, whose guard denies what it
-  cannot classify; a scope whose path is not under its ``root_path`` goes there too, and
-  TokenGuard refuses it (400).
+  cannot classify; a scope whose path is not under its ``root_path``, or whose
+  ``raw_path`` does not decode to its ``path``, goes there too, and TokenGuard refuses it
+  (400).
 - A management-looking path with a dot segment (``/v3/tokens/../sql/...``), an encoded dot,
   slash or backslash, or a raw backslash is refused here (400): no layer behind gets to
   interpret it differently from this one.
@@ -36,7 +38,8 @@ __all__ = ["MANAGEMENT_PATHS", "MANAGEMENT_TREES", "OnePort", "is_management_pat
 
 #: Paths served by the management app exactly as written.
 MANAGEMENT_PATHS: frozenset[bytes] = frozenset(
-    {b"/v3/tokens", b"/v3/audit", b"/openapi.json", b"/developers"}
+    {b"/v3/tokens", b"/v3/audit", b"/openapi.json", b"/developers",
+     b"/v3/secret-scanning/github"}
 )
 #: Path prefixes (ending in "/") whose whole subtree the management app serves.
 MANAGEMENT_TREES: tuple[bytes, ...] = (
@@ -77,7 +80,7 @@ class OnePort:
             await self.guarded(scope, receive, send)
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        if scope.get("root_path"):
+        if scope.get("root_path") or raw_path != scope["path"].encode("utf-8"):
             routed = route_path(scope, raw_path)
             if routed is None:
                 await self.guarded(scope, receive, send)  # TokenGuard refuses it (400)

@@ -140,13 +140,15 @@ class PgChangeFeed:
                 if conn is None:
                     conn = await self.connect()
                     announce = True
+                if announce:
+                    # Whatever was notified while no LISTEN was active is lost: drop all
+                    # caches; the next request for each token re-reads it. Before healthy
+                    # turns True: a cache trusts its fresh entries again (WSGI threads read
+                    # them without the loop) only once they are marked stale.
+                    self._emit(ChangeEvent("reset"))
                 self._healthy = True
                 self._ready.set()
                 delay = _BACKOFF_MIN
-                if announce:
-                    # Whatever was notified while no LISTEN was active is lost: drop all
-                    # caches; the next request for each token re-reads it.
-                    self._emit(ChangeEvent("reset"))
                 await self._receive(conn)
             except asyncio.CancelledError:
                 raise
