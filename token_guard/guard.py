@@ -695,7 +695,7 @@ def _bearer(value: bytes) -> str | Denial:
     if scheme.lower() != b"bearer":
         return BAD_AUTHORIZATION
     token = rest.strip(b" \t")
-    if not token or b" " in token or b"," in token:
+    if not token or token.find(b" ") != -1 or token.find(b",") != -1:
         return BAD_AUTHORIZATION
     try:
         return token.decode("ascii")

@@ -557,7 +557,7 @@ def _authorization(value: str | None) -> tuple[bytes | None, bool]:
     if value is None:
         return None, False
     raw = value.encode("latin-1")
-    if b"," not in raw:
+    if raw.find(b",") == -1:
         return raw, False
     parts = [p.strip() for p in raw.split(b",")]
     # Only a join of whole credentials ("Bearer a,Bearer b") is a repeated header; anything
