@@ -745,7 +745,8 @@ class RouteMap:
             if raw != raw.translate(None, _FORBIDDEN_RAW_BYTES):
                 return _PATH_DENIALS["char"]
             try:
-                text = unquote_to_bytes(raw).decode("utf-8") if raw.find(b"%") != -1 else raw.decode()
+                text = (unquote_to_bytes(raw).decode("utf-8") if raw.find(b"%") != -1
+                        else raw.decode())
             except UnicodeDecodeError:
                 return _PATH_DENIALS["utf8"]
             if text in (".", ".."):
