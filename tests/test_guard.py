@@ -346,3 +346,12 @@ async def test_a_remembered_repeat_is_only_that_exact_request() -> None:
     two = guard.check("GET", *TABLE, bearer(browser.token), "https://a.example.com", None,
                       conflicting_authorization=True)
     assert isinstance(two, Denial)
+
+
+async def test_tiles_are_allowed_but_not_remembered_as_repeats() -> None:
+    guard, secret = await guard_and_secret()
+    for _ in range(2):
+        step, _ = await drive(guard.check("GET", b"/v3/maps/carto_dw/table/9/1/2", TABLE[1],
+                                          bearer(secret), None, None))
+        assert isinstance(step, TokenRecord)
+    assert not guard._repeats

@@ -477,7 +477,12 @@ class Guard:
                 return self._charge(method, raw_path, query_string,
                                     _with(what, origin, referer), compiled)
             next(compiled.uses[what.api])  # type: ignore[index]  # counted: see _compile
-            if not conflicting_authorization and len(query_string) <= _MEMO_MAX_QUERY:
+            # Not stored: a path ending in a digit (a tile's z/x/y: a map asks for each tile
+            # once, so the entry would only cost), a long query string, two Authorizations.
+            if (
+                not raw_path[-1:].isdigit() and len(query_string) <= _MEMO_MAX_QUERY
+                and not conflicting_authorization
+            ):
                 if len(self._repeats) >= REPEAT_MEMO_SIZE:
                     self._repeats.clear()
                 self._repeats[repeat] = (token, compiled, what)
