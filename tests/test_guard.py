@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import pytest
 
 import token_guard as tg
@@ -181,7 +182,7 @@ async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
     )
     from token_guard.core.routes import READ_MEMO_SIZE, ROUTE_MEMO_SIZE
     from token_guard.core.secret import new_secret
-    from token_guard.guard import BEARER_MEMO_SIZE, FACTS_MEMO_SIZE
+    from token_guard.guard import BEARER_MEMO_SIZE, FACTS_MEMO_SIZE, REPEAT_MEMO_SIZE
 
     guard, secret = await guard_and_secret()
     referers = {**BODY, "referers": ["https://*.example.com"]}
@@ -204,6 +205,7 @@ async def test_memos_stay_bounded_and_answer_alike_under_a_flood() -> None:
             assert isinstance(unknown, Awaiting)
     assert len(guard._facts) <= FACTS_MEMO_SIZE
     assert len(guard._bearers) <= BEARER_MEMO_SIZE
+    assert len(guard._repeats) <= REPEAT_MEMO_SIZE
     assert len(guard.policy._prepared) <= PREPARED_MEMO_SIZE
     assert len(guard.policy._answers) <= ANSWERS_MEMO_SIZE
     assert len(guard.policy._verdicts) <= VERDICTS_MEMO_SIZE
@@ -287,3 +289,69 @@ async def test_remembered_answers_equal_a_fresh_guards_on_equivalent_requests(
     assert {"allowed", "malformed_request", "ambiguous_request"} <= outcomes
     if referers:
         assert "origin_not_allowed" in outcomes
+
+
+async def _allowed_twice(guard: Guard, secret: str) -> None:
+    """The same allowed request twice: the second answered by the exact-repeat memo."""
+    for _ in range(2):
+        step, _ = await drive(guard.check("GET", *TABLE, bearer(secret), None, None))
+        assert isinstance(step, TokenRecord)
+    assert guard._repeats
+
+
+@pytest.mark.parametrize("change", ["revoke", "disable", "rotate", "narrow", "no_maps"])
+async def test_a_remembered_repeat_follows_every_change_of_its_token(change: str) -> None:
+    guard, secret = await guard_and_secret()
+    store: MemoryStore = guard.store  # type: ignore[assignment]
+    await _allowed_twice(guard, secret)
+    token_id = (await drive(guard.check("GET", *TABLE, bearer(secret), None, None)))[0].id
+    if change == "revoke":
+        await store.revoke_token(token_id)
+    elif change == "disable":
+        await store.disable_token(token_id)
+    elif change == "rotate":
+        await store.rotate_token(token_id, grace_seconds=0)
+    elif change == "narrow":
+        await store.update_token(token_id, {"grants": [
+            {"connection_name": "carto_dw", "source": "proj.ds.other"}]})
+    else:
+        await store.update_token(token_id, {"allowed_apis": ["sql"]})
+    step, _ = await drive(guard.check("GET", *TABLE, bearer(secret), None, None))
+    assert isinstance(step, Denial), change
+
+
+async def test_a_remembered_repeat_expires_on_time() -> None:
+    store = MemoryStore()
+    soon = datetime.fromtimestamp(time.time() + 1.5, UTC).isoformat()
+    issued = await store.create_token(dict(BODY, expiration_date=soon))
+    guard = Guard(store=store, connections=CONNECTIONS)
+    await _allowed_twice(guard, issued.token)
+    await anyio.sleep(max(0.0, datetime.fromisoformat(soon).timestamp() - time.time()) + 0.1)
+    step, _ = await drive(guard.check("GET", *TABLE, bearer(issued.token), None, None))
+    assert isinstance(step, Denial) and step.code == "expired_token"
+
+
+async def test_a_remembered_repeat_is_only_that_exact_request() -> None:
+    guard, _ = await guard_and_secret()
+    browser = await guard.store.create_token(  # type: ignore[attr-defined]
+        {**BODY, "referers": ["https://*.example.com"]})
+    for _ in range(2):
+        ok = guard.check("GET", *TABLE, bearer(browser.token), "https://a.example.com", None)
+        assert isinstance((await drive(ok))[0], TokenRecord)
+    evil = guard.check("GET", *TABLE, bearer(browser.token), "https://evil.com", None)
+    assert isinstance(evil, Denial) and evil.code == "origin_not_allowed"
+    other = guard.check("GET", TABLE[0], b"name=proj.ds.secret", bearer(browser.token),
+                        "https://a.example.com", None)
+    assert isinstance(other, Denial) and other.code == "source_not_granted"
+    two = guard.check("GET", *TABLE, bearer(browser.token), "https://a.example.com", None,
+                      conflicting_authorization=True)
+    assert isinstance(two, Denial)
+
+
+async def test_tiles_are_allowed_but_not_remembered_as_repeats() -> None:
+    guard, secret = await guard_and_secret()
+    for _ in range(2):
+        step, _ = await drive(guard.check("GET", b"/v3/maps/carto_dw/table/9/1/2", TABLE[1],
+                                          bearer(secret), None, None))
+        assert isinstance(step, TokenRecord)
+    assert not guard._repeats

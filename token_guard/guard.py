@@ -160,6 +160,9 @@ FACTS_MEMO_SIZE = 8192
 BEARER_MEMO_SIZE = 8192
 """Remembered tokens per Authorization header; cleared when full."""
 _MEMO_MAX_QUERY = 2048  # longer query strings are read afresh every time
+REPEAT_MEMO_SIZE = 2048
+"""Remembered allowed requests (exact repeats, re-validated: see ``Guard.check``); cleared
+when full."""
 # On the request path, bytes.find rather than ``in``: ``bytes in bytes`` first tries the
 # operand as an int, and the TypeError it raises and clears costs more than the search.
 _PROBE_TIMEOUT = 30.0  # the start-up lookup; the stores bound their own connects too
@@ -359,6 +362,9 @@ class Guard:
         self._facts: dict[tuple[Any, ...], tuple[RouteMatch, RequestFacts | Denial]] = {}
         # Authorization header -> its token (or why it has none)
         self._bearers: dict[bytes, str | Denial] = {}
+        # (path, query string, Authorization, Origin, Referer, method) of an allowed request
+        # without limits or body -> (token, its compiled token, facts): see ``check``.
+        self._repeats: dict[tuple[Any, ...], tuple[str, CompiledToken, RequestFacts]] = {}
         # Bound once: attribute chains cost on a path this short.
         self._match = self.routes.match
         self._route_facts = self.routes.query_facts
@@ -397,6 +403,22 @@ class Guard:
         if preflight and method == "OPTIONS" and origin is not None:
             return PASS
         try:
+            # An exact repeat of an allowed request: everything the decision reads is in the
+            # key, except the token's cache entry and the clock, re-validated here (the same
+            # compiled object still cached and fresh, not expired); anything else takes the
+            # full path below, which decides as if this memo did not exist.
+            repeat = (raw_path, query_string, authorization, origin, referer, method)
+            seen = self._repeats.get(repeat)
+            if seen is not None and not conflicting_authorization:
+                cached = seen[1]
+                if self._lookup(seen[0]) is cached and (
+                    cached.expires_at is None or time() < cached.expires_at
+                ):
+                    next(cached.uses[seen[2].api])  # type: ignore[index]
+                    if self.on_decision is not None:
+                        self.observe(method, raw_path, query_string,
+                                     _with(seen[2], origin, referer), cached.record)
+                    return cached.record
             match = self._match(method, raw_path)
             if match is None:
                 return PASS
@@ -455,6 +477,15 @@ class Guard:
                 return self._charge(method, raw_path, query_string,
                                     _with(what, origin, referer), compiled)
             next(compiled.uses[what.api])  # type: ignore[index]  # counted: see _compile
+            # Not stored: a path ending in a digit (a tile's z/x/y: a map asks for each tile
+            # once, so the entry would only cost), a long query string, two Authorizations.
+            if (
+                not raw_path[-1:].isdigit() and len(query_string) <= _MEMO_MAX_QUERY
+                and not conflicting_authorization
+            ):
+                if len(self._repeats) >= REPEAT_MEMO_SIZE:
+                    self._repeats.clear()
+                self._repeats[repeat] = (token, compiled, what)
             if self.on_decision is not None:
                 self.observe(method, raw_path, query_string, _with(what, origin, referer),
                              record)
@@ -695,7 +726,7 @@ def _bearer(value: bytes) -> str | Denial:
     if scheme.lower() != b"bearer":
         return BAD_AUTHORIZATION
     token = rest.strip(b" \t")
-    if not token or b" " in token or b"," in token:
+    if not token or token.find(b" ") != -1 or token.find(b",") != -1:
         return BAD_AUTHORIZATION
     try:
         return token.decode("ascii")

@@ -49,7 +49,7 @@ from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
-from token_guard.core.querystrings import may_hold_token, redacted_query
+from token_guard.core.querystrings import redacted_query
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     Awaiting,
@@ -152,7 +152,8 @@ class TokenGuard:
         method: str = scope.get("method", "GET")
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         query_string: bytes = scope.get("query_string", b"")
-        if may_hold_token(query_string):
+        # querystrings.may_hold_token, written out (a call costs more than the two finds).
+        if query_string.find(b"ccess") != -1 or query_string.find(b"CCESS") != -1:
             redacted = redacted_query(query_string)
             if redacted is not None:
                 scope["query_string"] = redacted  # in place: the server logs this dict

@@ -207,7 +207,9 @@ def may_hold_token(query: bytes) -> bool:
     True for ``access_token``, ``ACCESS_TOKEN``, ``Access_Token`` and ``access%5Ftoken``;
     the rest of ``redacted_query`` runs only then, so other requests pay nothing more.
     """
-    return b"ccess" in query or b"CCESS" in query
+    # find, not ``in``: bytes ``in`` first tries the operand as an int and builds (then
+    # drops) a TypeError, ~1.9 k instructions per test.
+    return query.find(b"ccess") != -1 or query.find(b"CCESS") != -1
 
 
 def redacted_query(query: bytes) -> bytes | None:

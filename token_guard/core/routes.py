@@ -736,7 +736,7 @@ class RouteMap:
             return None
         if len(raw_path) > MAX_PATH_BYTES:
             return _PATH_DENIALS["long"]
-        if b"%" in raw_path and _BAD_ESCAPE.search(raw_path):
+        if raw_path.find(b"%") != -1 and _BAD_ESCAPE.search(raw_path):
             return _PATH_DENIALS["escape"]
         decoded: list[str] = []
         for raw in raw_path[1:].split(b"/"):
@@ -745,7 +745,8 @@ class RouteMap:
             if raw != raw.translate(None, _FORBIDDEN_RAW_BYTES):
                 return _PATH_DENIALS["char"]
             try:
-                text = unquote_to_bytes(raw).decode("utf-8") if b"%" in raw else raw.decode()
+                text = (unquote_to_bytes(raw).decode("utf-8") if raw.find(b"%") != -1
+                        else raw.decode())
             except UnicodeDecodeError:
                 return _PATH_DENIALS["utf8"]
             if text in (".", ".."):
@@ -763,7 +764,7 @@ class RouteMap:
             return True
         text = raw_path
         for _ in range(4):  # undo several levels of %-encoding
-            if b"%" not in text:
+            if text.find(b"%") == -1:
                 break
             text = unquote_to_bytes(text)
             if self._under(text.lower()):
