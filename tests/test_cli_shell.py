@@ -153,6 +153,14 @@ def test_serve_prints_the_developers_page_and_api_documentation(
         urls = re.findall(r"(http://\S+)$", "".join(lines), re.MULTILINE)
         base = f"http://127.0.0.1:{free_port}"
         assert f"{base}/developers" in urls and f"{base}/openapi.json" in urls
+        # The URLs are printed as the server starts; it may take a moment to listen.
+        while True:
+            try:
+                httpx.get(f"{base}/openapi.json", timeout=10)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline and proc.poll() is None, lines
+                time.sleep(0.1)
         for url in (f"{base}/developers", f"{base}/openapi.json"):
             assert httpx.get(url, timeout=10).status_code == 200
     finally:
