@@ -82,6 +82,8 @@ def _calls(secret: str) -> list[str]:
         f"/v3/lds/geocoding/geocode?access_token={secret}x",  # refused (malformed)
         f"/v3/lds/geocoding/geocode?access%5Ftoken={secret}",  # an encoded name
         f"/v3/lds/geocoding/geocode?ACCESS_TOKEN={secret}",  # another case
+        f"/v3/lds/geocoding/geocode?a%63cess_token={secret}",  # read as access_token
+        f"/v3/lds/geocoding/geocode?aCcEss_tOkEn={secret}",  # neither 'ccess' nor 'CCESS'
         f"/health?access_token={secret}",  # outside the prefix: passed, still redacted
     ]
 
@@ -109,9 +111,9 @@ def test_uvicorn_access_log_never_prints_the_token(
     assert allowed.json()["token"] and allowed.json()["address"] == "Main St"
     assert "REDACTED" in allowed.json()["query"] and secret not in allowed.json()["query"]
     assert replies[1].status_code == 401
-    assert replies[4].status_code == 200
+    assert replies[-1].status_code == 200
     assert "access_token=REDACTED" in out  # the access log is on, and redacted
-    assert out.count('"GET /') >= 5
+    assert out.count('"GET /') >= len(replies)
     _assert_secret_nowhere(out, secret)
 
 

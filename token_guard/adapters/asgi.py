@@ -152,8 +152,9 @@ class TokenGuard:
         method: str = scope.get("method", "GET")
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         query_string: bytes = scope.get("query_string", b"")
-        # querystrings.may_hold_token, written out (a call costs more than the two finds).
-        if query_string.find(b"ccess") != -1 or query_string.find(b"CCESS") != -1:
+        # querystrings.may_hold_token, written out (a call costs more than the finds).
+        if (query_string.find(b"ccess") != -1 or query_string.find(b"CCESS") != -1
+                or query_string.find(b"tgk_") != -1 or query_string.find(b"%") != -1):
             redacted = redacted_query(query_string)
             if redacted is not None:
                 scope["query_string"] = redacted  # in place: the server logs this dict

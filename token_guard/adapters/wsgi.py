@@ -208,8 +208,9 @@ class TokenGuardWSGI:
         method: str = environ.get("REQUEST_METHOD", "GET")
         query_string: bytes = environ.get("QUERY_STRING", "").encode("latin-1")
         raw_path, app_path = _raw_path(environ)
-        # querystrings.may_hold_token, written out (a call costs more than the two finds).
-        if query_string.find(b"ccess") != -1 or query_string.find(b"CCESS") != -1:
+        # querystrings.may_hold_token, written out (a call costs more than the finds).
+        if (query_string.find(b"ccess") != -1 or query_string.find(b"CCESS") != -1
+                or query_string.find(b"tgk_") != -1 or query_string.find(b"%") != -1):
             _redact_environ(environ, query_string)
         if app_path is not None:
             checked = self._reconcile(method, raw_path, app_path)
