@@ -150,7 +150,6 @@ class TokenGuard:
         else:
             authorization, origin, referer, preflight, conflict = _read_headers(headers)
         method: str = scope.get("method", "GET")
-        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         query_string: bytes = scope.get("query_string", b"")
         # querystrings.may_hold_token, written out (a call costs more than the finds).
         if (query_string.find(b"ccess") != -1 or query_string.find(b"CCESS") != -1
@@ -158,18 +157,13 @@ class TokenGuard:
             redacted = redacted_query(query_string)
             if redacted is not None:
                 scope["query_string"] = redacted  # in place: the server logs this dict
-        if scope.get("root_path") or raw_path != scope["path"].encode("utf-8"):
-            # The app beneath routes ``path``: the raw path decided on must decode to it
-            # (a middleware outside that rewrote ``path`` alone would get its new path served
-            # on the old one's decision).
-            routed = route_path(scope, raw_path)
-            if routed is None:
-                denial = OUTSIDE_ROOT if scope.get("root_path") else PATH_MISMATCH
-                await self._refuse(scope, receive, send, self.guard.refused(
-                    method, scope["path"], query_string, denial
-                ), method, scope["path"])
-                return
-            raw_path = routed
+        raw_path = served_raw_path(scope)
+        if raw_path is None:
+            denial = OUTSIDE_ROOT if scope.get("root_path") else PATH_MISMATCH
+            await self._refuse(scope, receive, send, self.guard.refused(
+                method, scope["path"], query_string, denial
+            ), method, scope["path"])
+            return
         step = self._check(
             method,
             raw_path,
@@ -381,6 +375,17 @@ PATH_MISMATCH = Denial(
     "Send the path as a client library builds it; if a middleware rewrites the ASGI "
     "scope's path, set raw_path too, or put TokenGuard inside it.",
 )
+
+
+def served_raw_path(scope: Scope) -> bytes | None:
+    """The raw form of the path the app beneath routes, or None when ``raw_path`` and
+    ``path`` (minus ``root_path``) cannot be reconciled: a middleware outside that rewrote
+    ``path`` alone would otherwise get its new path served on the old one's decision."""
+    path: str = scope["path"]
+    raw_path: bytes = scope.get("raw_path") or path.encode("utf-8")
+    if scope.get("root_path") or raw_path != path.encode("utf-8"):
+        return route_path(scope, raw_path)
+    return raw_path
 
 
 def route_path(scope: Scope, raw_path: bytes) -> bytes | None:

@@ -83,7 +83,7 @@ from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.policy import CompiledToken
-from token_guard.core.querystrings import redacted_query
+from token_guard.core.querystrings import may_hold_token, redacted_query
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     Awaiting,
@@ -208,9 +208,7 @@ class TokenGuardWSGI:
         method: str = environ.get("REQUEST_METHOD", "GET")
         query_string: bytes = environ.get("QUERY_STRING", "").encode("latin-1")
         raw_path, app_path = _raw_path(environ)
-        # querystrings.may_hold_token, written out (a call costs more than the finds).
-        if (query_string.find(b"ccess") != -1 or query_string.find(b"CCESS") != -1
-                or query_string.find(b"tgk_") != -1 or query_string.find(b"%") != -1):
+        if may_hold_token(query_string):
             _redact_environ(environ, query_string)
         if app_path is not None:
             checked = self._reconcile(method, raw_path, app_path)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 
-from token_guard.adapters.asgi import ASGIApp, Receive, Scope, Send, route_path
+from token_guard.adapters.asgi import ASGIApp, Receive, Scope, Send, served_raw_path
 
 __all__ = ["MANAGEMENT_PATHS", "MANAGEMENT_TREES", "OnePort", "is_management_path", "one_port"]
 
@@ -79,13 +79,10 @@ class OnePort:
         if scope["type"] not in ("http", "websocket"):
             await self.guarded(scope, receive, send)
             return
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        if scope.get("root_path") or raw_path != scope["path"].encode("utf-8"):
-            routed = route_path(scope, raw_path)
-            if routed is None:
-                await self.guarded(scope, receive, send)  # TokenGuard refuses it (400)
-                return
-            raw_path = routed
+        raw_path = served_raw_path(scope)
+        if raw_path is None:
+            await self.guarded(scope, receive, send)  # TokenGuard refuses it (400)
+            return
         if not is_management_path(raw_path):
             await self.guarded(scope, receive, send)
             return
