@@ -49,7 +49,7 @@ from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
-from token_guard.core.querystrings import redacted_query
+from token_guard.core.querystrings import NAME_MARK, redacted_query
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     Awaiting,
@@ -151,9 +151,9 @@ class TokenGuard:
             authorization, origin, referer, preflight, conflict = _read_headers(headers)
         method: str = scope.get("method", "GET")
         query_string: bytes = scope.get("query_string", b"")
-        # querystrings.may_hold_token, written out (a call costs more than the finds).
-        if (query_string.find(b"ccess") != -1 or query_string.find(b"CCESS") != -1
-                or query_string.find(b"tgk_") != -1 or query_string.find(b"%") != -1):
+        # querystrings.may_hold_token: its first test written out (most queries end there).
+        if (query_string.find(b"_") != -1 or query_string.find(b"%") != -1) and (
+                NAME_MARK.search(b"&" + query_string) is not None):
             redacted = redacted_query(query_string)
             if redacted is not None:
                 scope["query_string"] = redacted  # in place: the server logs this dict
