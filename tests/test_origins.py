@@ -6,7 +6,7 @@ import re
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from token_guard.core.origins import (
@@ -539,3 +539,31 @@ def test_remembered_authorities_read_exactly_as_a_fresh_parse(
     fresh = read_site(origin, referer)
     assert read_site(origin, referer, memo) == fresh
     assert read_site(origin, referer, memo) == fresh  # from the memo this time
+
+
+def _referer_site_by_the_rules(referer: str) -> str | None:
+    """referer_site's rule, written plainly: scheme://authority, when the rest is printable,
+    has no space and no backslash before its query or fragment."""
+    import re
+
+    from token_guard.core.origins import MAX_HEADER_LENGTH
+
+    if len(referer) > MAX_HEADER_LENGTH:
+        return None
+    found = re.match(r"[^/?#]*://[^/?#]*", referer)
+    if found is None:
+        return None
+    rest = referer[found.end():]
+    if not rest.isprintable() or " " in rest or "\\" in rest.partition("?")[0].partition("#")[0]:
+        return None
+    return referer[:found.end()]
+
+
+@given(st.lists(st.sampled_from(["https", "http", ":", "//", "/", "?", "#", "\\", " ", "@",
+                                 "a.com", "é", "\x00", "\t", "x", "[::1]", ":8080", "%2F"]),
+                max_size=12).map("".join))
+@settings(max_examples=3000)
+def test_referer_site_fast_path_agrees_with_the_rule(referer: str) -> None:
+    from token_guard.core.origins import referer_site
+
+    assert referer_site(referer) == _referer_site_by_the_rules(referer)

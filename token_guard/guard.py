@@ -359,7 +359,7 @@ class Guard:
         # Facts that depend on a body are never part of it (Pending.known is None).
         # The memos of check(), each bounded for all requests and cleared when full:
         # (id of a RouteMatch, query string) -> (that match, facts without headers or Denial)
-        self._facts: dict[tuple[Any, ...], tuple[RouteMatch, RequestFacts | Denial]] = {}
+        self._facts: dict[tuple[Any, ...], tuple[RouteMatch, RequestFacts | Denial, bool]] = {}
         # Authorization header -> its token (or why it has none)
         self._bearers: dict[bytes, str | Denial] = {}
         # (path, query string, Authorization, Origin, Referer, method) of an allowed request
@@ -407,18 +407,21 @@ class Guard:
             # key, except the token's cache entry and the clock, re-validated here (the same
             # compiled object still cached and fresh, not expired); anything else takes the
             # full path below, which decides as if this memo did not exist.
-            repeat = (raw_path, query_string, authorization, origin, referer, method)
-            seen = self._repeats.get(repeat)
-            if seen is not None and not conflicting_authorization:
-                cached = seen[1]
-                if self._lookup(seen[0]) is cached and (
-                    cached.expires_at is None or time() < cached.expires_at
-                ):
-                    next(cached.uses[seen[2].api])  # type: ignore[index]
-                    if self.on_decision is not None:
-                        self.observe(method, raw_path, query_string,
-                                     _with(seen[2], origin, referer), cached.record)
-                    return cached.record
+            # A path ending in a digit (a tile's z/x/y) is never remembered here (below).
+            tiled = raw_path[-1:].isdigit()
+            if not tiled:
+                repeat = (raw_path, query_string, authorization, origin, referer, method)
+                seen = self._repeats.get(repeat)
+                if seen is not None and not conflicting_authorization:
+                    cached = seen[1]
+                    if self._lookup(seen[0]) is cached and (
+                        cached.expires_at is None or time() < cached.expires_at
+                    ):
+                        next(cached.uses[seen[2].api])  # type: ignore[index]
+                        if self.on_decision is not None:
+                            self.observe(method, raw_path, query_string,
+                                         _with(seen[2], origin, referer), cached.record)
+                        return cached.record
             match = self._match(method, raw_path)
             if match is None:
                 return PASS
@@ -426,19 +429,23 @@ class Guard:
                 self.observe(method, raw_path, query_string, None, match)
                 return match
             # What the request reads, without its headers (origin and referer None): the
-            # same object for every request with this route answer and query string.
+            # same object for every request with this route answer and query string; and
+            # whether the query string names access_token.
             what: RequestFacts | None = None
+            named = True
             if not match.needs_body:
                 key = (id(match), query_string)
                 known = self._facts.get(key)
                 if known is not None and known[0] is match:
                     read = known[1]
+                    named = known[2]
                 else:
                     read = self._route_facts(match, query_string)
+                    named = query_string.find(b"access_token") != -1
                     if len(query_string) <= _MEMO_MAX_QUERY:
                         if len(self._facts) >= FACTS_MEMO_SIZE:
                             self._facts.clear()
-                        self._facts[key] = (match, read)
+                        self._facts[key] = (match, read, named)
                 if isinstance(read, Denial):
                     self.observe(method, raw_path, query_string, None, read)
                     return read
@@ -446,10 +453,10 @@ class Guard:
             token = None if authorization is None else self._bearers.get(authorization)
             if (
                 token is None
+                or named
                 or conflicting_authorization
                 or origin == CONFLICTING_HEADERS
                 or referer == CONFLICTING_HEADERS
-                or query_string.find(b"access_token") != -1
             ):
                 token = self._token(authorization, origin, referer, query_string,
                                     conflicting_authorization)
@@ -458,7 +465,7 @@ class Guard:
                              token)
                 return token
             compiled = self._lookup(token)
-            if compiled is None or what is None or isinstance(compiled, Denial):
+            if what is None or compiled.__class__ is not CompiledToken:
                 pending = Pending(method, raw_path, match, token, query_string, origin,
                                   referer, _with(what, origin, referer))
                 if compiled is None:
@@ -479,10 +486,7 @@ class Guard:
             next(compiled.uses[what.api])  # type: ignore[index]  # counted: see _compile
             # Not stored: a path ending in a digit (a tile's z/x/y: a map asks for each tile
             # once, so the entry would only cost), a long query string, two Authorizations.
-            if (
-                not raw_path[-1:].isdigit() and len(query_string) <= _MEMO_MAX_QUERY
-                and not conflicting_authorization
-            ):
+            if not tiled and len(query_string) <= _MEMO_MAX_QUERY and not conflicting_authorization:
                 if len(self._repeats) >= REPEAT_MEMO_SIZE:
                     self._repeats.clear()
                 self._repeats[repeat] = (token, compiled, what)

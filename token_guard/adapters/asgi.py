@@ -145,22 +145,25 @@ class TokenGuard:
                 origin = one_origin(origin)
             if referer is not None and "," in referer:
                 referer = one_referer(referer)
-            preflight = b"access-control-request-method" in named
+            preflight = False
             conflict = False
         else:
             authorization, origin, referer, preflight, conflict = _read_headers(headers)
         method: str = scope.get("method", "GET")
+        if method == "OPTIONS" and not preflight:
+            preflight = b"access-control-request-method" in named
         query_string: bytes = scope.get("query_string", b"")
-        # querystrings.may_hold_token: its first test written out (most queries end there).
-        if (query_string.find(b"_") != -1 or query_string.find(b"%") != -1) and (
-                NAME_MARK.search(b"&" + query_string) is not None):
+        # querystrings.may_hold_token, its one search written out: a name with "_" or "%".
+        if NAME_MARK.search(b"&" + query_string) is not None:
             redacted = redacted_query(query_string)
             if redacted is not None:
                 scope["query_string"] = redacted  # in place: the server logs this dict
         # served_raw_path(scope), written out for the common case (the call costs ~400
         # instructions a request): only a mounted app or a differing raw path needs it.
-        raw_path: bytes | None = scope.get("raw_path") or scope["path"].encode("utf-8")
-        if scope.get("root_path") or raw_path != scope["path"].encode("utf-8"):
+        path: str = scope["path"]
+        encoded = path.encode("utf-8")
+        raw_path: bytes | None = scope.get("raw_path") or encoded
+        if raw_path != encoded or scope.get("root_path"):
             raw_path = served_raw_path(scope)
         if raw_path is None:
             denial = OUTSIDE_ROOT if scope.get("root_path") else PATH_MISMATCH

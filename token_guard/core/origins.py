@@ -334,6 +334,11 @@ def read_site(
     return site, path
 
 
+# A Referer whose rest (after scheme://authority) is printable ASCII without a space or a
+# backslash: what referer_site checks of the rest, in one match.
+_PLAIN_REFERER = re.compile(r"([^/?#]*://[^/?#]*)[!-\[\]-~]*")
+
+
 def referer_site(referer: str) -> str | None:
     """The ``scheme://authority`` part of a Referer whose rest ``read_site`` takes as it is.
 
@@ -343,6 +348,9 @@ def referer_site(referer: str) -> str | None:
     """
     if len(referer) > MAX_HEADER_LENGTH:
         return None
+    plain = _PLAIN_REFERER.fullmatch(referer)
+    if plain is not None:
+        return plain[1]
     found = _AUTHORITY.match(referer)
     if found is None:
         return None

@@ -298,6 +298,8 @@ class Policy:
     ) -> Denial | None:
         """The 403 for a website ``matcher`` does not allow, or None (remembered)."""
         answers = self._answers
+        if len(answers) >= ANSWERS_MEMO_SIZE:
+            answers.clear()
         # A matcher without path patterns answers a website's pages alike: remembered per
         # (Origin, the Referer's scheme://authority) too, so a new page is one more lookup.
         site = None
@@ -306,17 +308,13 @@ class Policy:
         if site is not None:
             hit = answers.get((id(matcher), origin, site, True))
             if hit is not None and hit[0] is matcher:
-                denial: Denial | None = hit[1]
-            else:
-                denial = self._site_verdict(matcher, origin, referer)
-                if len(answers) >= ANSWERS_MEMO_SIZE:
-                    answers.clear()
-                answers[(id(matcher), origin, site, True)] = (
-                    matcher, denial)
-        else:
+                answers[(id(matcher), origin, referer)] = hit
+                return hit[1]
             denial = self._site_verdict(matcher, origin, referer)
-        if len(answers) >= ANSWERS_MEMO_SIZE:
-            answers.clear()
+            answers[(id(matcher), origin, site, True)] = answers[
+                (id(matcher), origin, referer)] = (matcher, denial)
+            return denial
+        denial = self._site_verdict(matcher, origin, referer)
         answers[(id(matcher), origin, referer)] = (matcher, denial)
         return denial
 

@@ -21,8 +21,9 @@ from urllib.parse import unquote_to_bytes
 from token_guard.core import decision as codes
 from token_guard.core.decision import Denial
 
-__all__ = ["BAD_ESCAPES", "NAME_MARK", "SEMICOLON", "decode", "may_hold_token", "parse_all", "parse_wanted",
-           "redact", "redacted_query", "valid_escapes", "values_of", "wanted_text"]
+__all__ = ["BAD_ESCAPES", "NAME_MARK", "SEMICOLON", "decode", "may_hold_token", "parse_all",
+           "parse_wanted", "redact", "redacted_query", "valid_escapes", "values_of",
+           "wanted_text"]
 
 # Each byte's class for ``valid_escapes``: "%", "h" (a hex digit) or "x" (anything else).
 _CLASSES = bytes(
