@@ -50,6 +50,7 @@ def loops(setup: Any) -> dict[str, Callable[[int], None]]:
     from token_guard.adapters.asgi import TokenGuard
     from token_guard.core.policy import CompiledToken
     from token_guard.core.querystrings import may_hold_token, redacted_query
+    from token_guard.core.routes import RouteMatch
 
     tg: TokenGuard = setup.apps["tokenguard"]
     guard = tg.guard
@@ -59,8 +60,8 @@ def loops(setup: Any) -> dict[str, Callable[[int], None]]:
     matches = [guard.routes.match(a[0], a[1]) for a in args]
     tokens = [guard._token(a[3], a[4], a[5], a[2], False) for a in args]
     compiled = [guard.resolver.lookup(t) if isinstance(t, str) else None for t in tokens]
-    facts = [guard.routes.query_facts(m, a[2]) if m is not None and not isinstance(m, Exception)
-             and hasattr(m, "route") else None for m, a in zip(matches, args, strict=True)]
+    facts = [guard.routes.query_facts(m, a[2]) if isinstance(m, RouteMatch) else None
+             for m, a in zip(matches, args, strict=True)]
     now = 1.0e9
 
     def call(n: int) -> None:
@@ -87,7 +88,7 @@ def loops(setup: Any) -> dict[str, Callable[[int], None]]:
     def query_facts(n: int) -> None:
         q = guard.routes.query_facts
         for m, a in zip(matches[:n], args[:n], strict=True):
-            if hasattr(m, "route"):
+            if isinstance(m, RouteMatch):
                 q(m, a[2])
 
     def bearer(n: int) -> None:

@@ -125,3 +125,36 @@ def test_valid_escapes_agrees_with_the_escape_grammar(data: bytes) -> None:
 
     expected = re.search(rb"%(?![0-9A-Fa-f]{2})", data) is None
     assert valid_escapes(data) is expected, data
+
+
+_PIECES = st.lists(
+    st.sampled_from([b"name", b"q", b"qq", b"nam", b"v", b"=", b"&", b"%", b"%6E", b"%71", b"+",
+                     b";", b"a", b"%2", b"%zz", b"\xc3\xa9", b"%C3%A9", b"x=1", b"name=t",
+                     b"q=SELECT+1"]),
+    max_size=10,
+).map(b"".join)
+
+
+@given(_PIECES)
+@settings(max_examples=4000)
+def test_wanted_pieces_decide_as_the_whole_query_string(query: bytes) -> None:
+    """What ``wanted_pieces`` keeps is all ``parse_wanted`` reads: parsing the pieces alone
+    gives the answer the whole query string gives (refusals included), so a memo keyed on
+    them answers any query string with the same pieces rightly."""
+    from token_guard.core.querystrings import wanted_pattern, wanted_pieces
+
+    pieces = wanted_pieces(query, wanted_pattern(NAMES))
+    if pieces is not None:
+        assert parse_wanted(pieces, NAMES) == parse_wanted(query, NAMES), (query, pieces)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    (b"name=t&v=3.4", b"name=t"), (b"q=SELECT%201&queryParameters=%7B%7D", b"q=SELECT%201"),
+    (b"v=1&q&name=a", b"q&name=a"), (b"qq=1&nam=2", b""), (b"name=a&name=b", b"name=a&name=b"),
+    (b"na%6De=x", None), (b"x=1;name=b", None), (b"x=%zz&name=a", None), (b"n+ame=a", None),
+    (b"name=\xc3\xa9", None), (b"", b""),
+])
+def test_wanted_pieces_examples(query: bytes, expected: bytes | None) -> None:
+    from token_guard.core.querystrings import wanted_pattern, wanted_pieces
+
+    assert wanted_pieces(query, wanted_pattern(NAMES)) == expected

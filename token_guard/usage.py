@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Protocol, runtime_checkable
 
-from token_guard.core.facts import API_NAMES
 from token_guard.core.records import UsageRow
 
 __all__ = ["UsageRecorder", "UsageSink"]
@@ -53,6 +52,16 @@ class CountSink(Protocol):
 Key = tuple[str, str, str]  # (token id, api, code; "" allowed)
 
 
+class Counters(dict[str, "count[int]"]):
+    """A token's allowed-request counters per API, each made on its first use: a token
+    that calls one API holds one counter (a cached token's memory is mostly its own)."""
+
+    __slots__ = ()
+
+    def __missing__(self, api: str) -> count[int]:
+        return self.setdefault(api, count())  # setdefault: two threads get one counter
+
+
 class UsageRecorder:
     """Collects uses and writes them to ``sink`` every ``interval`` seconds."""
 
@@ -71,11 +80,11 @@ class UsageRecorder:
         self._pruned_at: datetime | None = None
         # token id -> api -> counter, handed to the compiled token (``counters_for``) so the
         # request path counts with one ``next``; and the value each counter had when last read.
-        self._tokens: dict[str, dict[str, count[int]]] = {}
-        self._read: dict[str, dict[str, int]] = {}
+        self._tokens: dict[str, Counters] = {}
+        self._read: dict[str, dict[str, int]] = {}  # made on the token's first flush with uses
         self.flush_errors = 0
 
-    def counters_for(self, token_id: str) -> dict[str, count[int]]:
+    def counters_for(self, token_id: str) -> Counters:
         """The token's allowed-request counters per API: ``next(counters[api])`` counts one.
 
         One set per token id for the recorder's life (bounded by the tokens that exist), so
@@ -83,8 +92,7 @@ class UsageRecorder:
         with self._lock:
             got = self._tokens.get(token_id)
             if got is None:
-                got = self._tokens[token_id] = {api: count() for api in API_NAMES}
-                self._read[token_id] = dict.fromkeys(API_NAMES, 0)
+                got = self._tokens[token_id] = Counters()
             return got
 
     def note_used(self, token_id: str, api: str = "") -> None:
@@ -142,11 +150,15 @@ class UsageRecorder:
         with self._lock:
             tokens = list(self._tokens.items())
         for token_id, per_api in tokens:
-            read = self._read[token_id]
-            for api, counter in per_api.items():
+            if not per_api:
+                continue
+            read = self._read.get(token_id)
+            if read is None:
+                read = self._read[token_id] = {}
+            for api, counter in list(per_api.items()):  # a request may add one meanwhile
                 # Reading a count is a next(): the read itself is remembered as one more.
                 value = next(counter)
-                used, read[api] = value - read[api], value + 1
+                used, read[api] = value - read.get(api, 0), value + 1
                 if used:
                     batch[token_id] = now
                     key = (token_id, hour, api, "")

@@ -23,7 +23,7 @@ from token_guard.core.decision import Denial
 
 __all__ = ["BAD_ESCAPES", "NAME_MARK", "SEMICOLON", "decode", "may_hold_token", "parse_all",
            "parse_wanted", "redact", "redacted_query", "valid_escapes", "values_of",
-           "wanted_text"]
+           "wanted_pattern", "wanted_pieces", "wanted_text"]
 
 # Each byte's class for ``valid_escapes``: "%", "h" (a hex digit) or "x" (anything else).
 _CLASSES = bytes(
@@ -35,14 +35,13 @@ _CLASSES = bytes(
 def valid_escapes(data: bytes) -> bool:
     """Whether every ``%`` in ``data`` starts an escape: ``%`` and two hex digits.
 
-    One ``bytes.translate`` (C) and a few substring searches: a granted query's dozens of
-    escapes cost no more than its length (a regex search runs its matcher at each ``%``).
+    One ``bytes.translate`` (C) and two counts: a granted query's dozens of escapes cost no
+    more than its length (a regex search runs its matcher at each ``%``: twice the cost).
     """
     if data.find(b"%") == -1:
         return True
     kinds = data.translate(_CLASSES)
-    return (kinds.find(b"%x") == -1 and kinds.find(b"%%") == -1 and kinds.find(b"%hx") == -1
-            and kinds.find(b"%h%") == -1 and not kinds.endswith((b"%", b"%h")))
+    return kinds.count(b"%hh") == kinds.count(b"%")  # "%hh" cannot overlap itself
 
 
 BAD_ESCAPES = Denial(
@@ -171,6 +170,38 @@ def wanted_text(query: bytes, names: frozenset[str]) -> str | None:
                 return None
         return "&".join(wanted)
     return "&".join([piece for piece in text.split("&") if piece.partition("=")[0] in names])
+
+
+# A parameter name with a "%" escape or a "+" in it (the query string given a leading "&").
+_ESCAPED_NAME = re.compile(rb"&[^=&%+]*+[%+]")
+
+
+def wanted_pattern(names: frozenset[str]) -> re.Pattern[bytes]:
+    """The pattern ``wanted_pieces`` finds the ``names`` pieces with, compiled once per route
+    (search on the query string given a leading "&": each piece's name is then whole)."""
+    alternatives = b"|".join(re.escape(n.encode("ascii")) for n in sorted(names)) or b"(?!)"
+    return re.compile(rb"&((?:" + alternatives + rb")(?:=[^&]*+)?)(?=&|\Z)")
+
+
+def wanted_pieces(query: bytes, pattern: re.Pattern[bytes]) -> bytes | None:
+    """``wanted_text`` with the names' ``wanted_pattern``, in a few C calls: the raw
+    ``key=value`` pieces of the wanted names (a name alone, too), joined by ``&``; or None.
+
+    The same promise: two query strings with the same answer (not None) give the same
+    ``parse_wanted`` answer, refusals included. None when any escape is invalid, there is a
+    raw ``;``, a byte outside ASCII, or a name with an escape or a ``+`` (which could
+    decode to a wanted name): read the query string whole then.
+    """
+    if not query:
+        return b""
+    if query.find(b";") != -1 or not query.isascii():
+        return None
+    marked = b"&" + query
+    if (query.find(b"%") != -1 or query.find(b"+") != -1) and (
+        not valid_escapes(query) or _ESCAPED_NAME.search(marked) is not None
+    ):
+        return None
+    return b"&".join(pattern.findall(marked))
 
 
 def parse_all(data: bytes) -> dict[str, str] | Denial:

@@ -107,7 +107,7 @@ from token_guard.core import decision as codes
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import API_NAMES, RequestFacts, Source, SourceKind
-from token_guard.core.querystrings import parse_wanted, wanted_text
+from token_guard.core.querystrings import parse_wanted, wanted_pattern, wanted_pieces
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -434,6 +434,8 @@ class _Plan:
     checks: bool
     # the top-level names the checks read: absent from a request, only path checks run
     checked_names: frozenset[str]
+    # finds the pieces of ``names`` in a query string (querystrings.wanted_pieces)
+    pieces: re.Pattern[bytes]
 
     @classmethod
     def of(cls, route: Route) -> _Plan:
@@ -460,6 +462,7 @@ class _Plan:
             tuple(objects.items()),
             bool(path or top or objects),
             frozenset({p.name for p in top} | set(objects)),
+            wanted_pattern(frozenset(names)),
         )
 
 
@@ -576,7 +579,7 @@ class RouteMap:
         # See match(): (method, raw path) or (method, head, digit segments) -> (answer,)
         self._matched: dict[tuple[Any, ...], tuple[RouteMatch | Denial | None]] = {}
         # See query_facts(): (id of a RouteMatch, wanted text) -> (that match, answer)
-        self._read: dict[tuple[int, str], tuple[RouteMatch, RequestFacts | Denial]] = {}
+        self._read: dict[tuple[int, bytes], tuple[RouteMatch, RequestFacts | Denial]] = {}
         self._head = prefix.strip("/").split("/") if self._prefix_segments else []
 
     # -- start-up ---------------------------------------------------------------------
@@ -857,7 +860,7 @@ class RouteMap:
         plan = self._plans.get(id(match.route))
         if plan is None or plan.route is not match.route:
             return self.facts(match, query_string, None, None, None)
-        wanted = wanted_text(query_string, plan.names)
+        wanted = wanted_pieces(query_string, plan.pieces)
         if wanted is None:
             return self.facts(match, query_string, None, None, None)
         key = (id(match), wanted)
