@@ -79,6 +79,11 @@ SCOPE_KEY = "token_guard.token"
 """The scope key under which handlers find the resolved ``TokenRecord``."""
 
 
+REDACTED_MEMO_SIZE = 4096
+"""Query strings whose log redaction ``TokenGuard`` remembers; cleared when full."""
+_REDACTED_MAX_QUERY = 512  # longer query strings are tested afresh every time
+
+
 def get_token(scope: Mapping[str, Any]) -> TokenRecord | None:
     """The token record TokenGuard resolved for this request (pass ``request.scope``)."""
     value = scope.get(SCOPE_KEY)
@@ -123,6 +128,8 @@ class TokenGuard:
             log.error("%s", self.problem)
             return
         self._check = self.guard.check  # bound once: attribute chains cost at this size
+        # query string -> its redacted form, or None when nothing is redacted (bounded)
+        self._redacted: dict[bytes, bytes | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -153,11 +160,19 @@ class TokenGuard:
         if method == "OPTIONS" and not preflight:
             preflight = b"access-control-request-method" in named
         query_string: bytes = scope.get("query_string", b"")
-        # querystrings.may_hold_token, its one search written out: a name with "_" or "%".
-        if NAME_MARK.search(b"&" + query_string) is not None:
-            redacted = redacted_query(query_string)
-            if redacted is not None:
-                scope["query_string"] = redacted  # in place: the server logs this dict
+        # What the server's log must print instead of this query string (None: itself),
+        # remembered per query string (a map's table tiles send one again and again).
+        redacted = self._redacted.get(query_string, query_string)
+        if redacted is query_string:
+            # querystrings.may_hold_token, its one search written out: a name with "_" or "%".
+            redacted = (redacted_query(query_string)
+                        if NAME_MARK.search(b"&" + query_string) is not None else None)
+            if len(query_string) <= _REDACTED_MAX_QUERY:
+                if len(self._redacted) >= REDACTED_MEMO_SIZE:
+                    self._redacted.clear()
+                self._redacted[query_string] = redacted
+        if redacted is not None:
+            scope["query_string"] = redacted  # in place: the server logs this dict
         # served_raw_path(scope), written out for the common case (the call costs ~400
         # instructions a request): only a mounted app or a differing raw path needs it.
         path: str = scope["path"]
