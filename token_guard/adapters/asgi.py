@@ -161,13 +161,14 @@ class TokenGuard:
             preflight = b"access-control-request-method" in named
         query_string: bytes = scope.get("query_string", b"")
         # What the server's log must print instead of this query string (None: itself),
-        # remembered per query string (a map's table tiles send one again and again).
+        # remembered per query string without escapes (a map's table tiles send one again
+        # and again; escaped ones carry SQL and bound values, new on most requests).
         redacted = self._redacted.get(query_string, query_string)
         if redacted is query_string:
             # querystrings.may_hold_token, its one search written out: a name with "_" or "%".
             redacted = (redacted_query(query_string)
                         if NAME_MARK.search(b"&" + query_string) is not None else None)
-            if len(query_string) <= _REDACTED_MAX_QUERY:
+            if len(query_string) <= _REDACTED_MAX_QUERY and query_string.find(b"%") == -1:
                 if len(self._redacted) >= REDACTED_MEMO_SIZE:
                     self._redacted.clear()
                 self._redacted[query_string] = redacted
