@@ -462,9 +462,8 @@ class Guard:
                 pending = Pending(method, raw_path, match, token, query_string, origin,
                                   referer, _with(what, origin, referer))
                 if compiled is None:
-                    return Awaiting(
-                        partial(self.resolver.resolve, token), partial(self._resolved, pending)
-                    )
+                    return Awaiting(partial(self.resolver.resolve_missed, token),
+                                    partial(self._resolved, pending))
                 return self._resolved(pending, compiled)
             # _decide, written out: the path every cached request takes.
             record = compiled.record
