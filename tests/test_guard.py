@@ -355,3 +355,24 @@ async def test_tiles_are_allowed_but_not_remembered_as_repeats() -> None:
                                           bearer(secret), None, None))
         assert isinstance(step, TokenRecord)
     assert not guard._repeats
+
+
+def test_a_refusals_response_is_remembered_per_object_and_stays_bounded() -> None:
+    from token_guard import guard as module
+    from token_guard.resolver import UNKNOWN
+
+    first = module.default_deny_response(UNKNOWN)
+    assert first == module._deny_response(UNKNOWN)
+    first[1].append((b"x-added", b"by a caller"))  # each call gets its own headers
+    again = module.default_deny_response(UNKNOWN)
+    assert again == module._deny_response(UNKNOWN) and again[1] is not first[1]
+    # An equal refusal made anew, or a different one, is answered for what it says.
+    other = Denial(401, UNKNOWN.code, "another message", UNKNOWN.hint)
+    assert module.default_deny_response(other) == module._deny_response(other)
+    for i in range(module.RESPONSE_MEMO_SIZE + 10):
+        made = Denial(400, "malformed_request", f"message {i}", "hint")
+        assert b"message %d" % i in module.default_deny_response(made)[2]
+    assert len(module._responses) <= module.RESPONSE_MEMO_SIZE
+    limited = Denial(429, "rate_limited", "slow down", "", ((b"retry-after", b"7"),))
+    assert (b"retry-after", b"7") in module.default_deny_response(limited)[1]
+    assert all(entry[0] is not limited for entry in module._responses.values())

@@ -227,8 +227,35 @@ ResponseParts = tuple[int, list[tuple[bytes, bytes]], bytes]
 DenyResponder = Callable[[Denial], ResponseParts]
 
 
+RESPONSE_MEMO_SIZE = 256
+"""Refusals whose response is remembered, by identity (the module's constants: UNKNOWN,
+MISSING...); cleared when full."""
+# id(denial) -> (that denial, its status, headers, body). The denial is kept with its
+# response, so its id cannot be reused while the entry exists.
+_responses: dict[int, tuple[Denial, int, tuple[tuple[bytes, bytes], ...], bytes]] = {}
+
+
 def default_deny_response(denial: Denial) -> ResponseParts:
-    """The JSON body ``{"error", "hint", "code"}`` with an RFC 6750 ``WWW-Authenticate``."""
+    """The JSON body ``{"error", "hint", "code"}`` with an RFC 6750 ``WWW-Authenticate``.
+
+    Remembered per refusal object: building it (JSON encoding) cost about 30 k
+    instructions, the most of a refusal's; a flood of unknown tokens is refused with one
+    object, ``resolver.UNKNOWN``. Each call gets its own list of headers. A refusal with
+    headers of its own (a 429's Retry-After and RateLimit, made per request) is not kept.
+    """
+    known = _responses.get(id(denial))
+    if known is not None and known[0] is denial:
+        return known[1], list(known[2]), known[3]
+    status, headers, body = _deny_response(denial)
+    if denial.headers:
+        return status, headers, body
+    if len(_responses) >= RESPONSE_MEMO_SIZE:
+        _responses.clear()
+    _responses[id(denial)] = (denial, status, tuple(headers), body)
+    return status, headers, body
+
+
+def _deny_response(denial: Denial) -> ResponseParts:
     body = json.dumps(denial.as_json()).encode("utf-8")
     www = _MISSING_AUTH if denial.code == codes.MISSING_TOKEN else _WWW_AUTH.get(denial.status)
     headers = [
