@@ -376,3 +376,26 @@ def test_a_refusals_response_is_remembered_per_object_and_stays_bounded() -> Non
     limited = Denial(429, "rate_limited", "slow down", "", ((b"retry-after", b"7"),))
     assert (b"retry-after", b"7") in module.default_deny_response(limited)[1]
     assert all(entry[0] is not limited for entry in module._responses.values())
+
+
+async def test_a_refusal_is_logged_and_counted_with_or_without_on_decision(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from token_guard.core.secret import new_secret
+    from token_guard.report_only import ReportOnlyWarning
+
+    with pytest.warns(ReportOnlyWarning):
+        guard, _ = await guard_and_secret(report_only=True)
+    assert guard.report_only is not None
+    unknown = bearer(new_secret())
+    with caplog.at_level(logging.WARNING, logger="token_guard"):
+        final, _ = await drive(guard.check("GET", *TABLE, unknown, None, None))
+    assert isinstance(final, Denial) and final.code == "invalid_token"
+    assert "report-only: would refuse GET /v3/maps/carto_dw/table" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="token_guard"):  # nobody reads the line
+        await drive(guard.check("GET", *TABLE, unknown, None, None))
+    assert caplog.text == ""
+    assert guard.report_only.would_refuse == {"invalid_token": 2}  # counted either way
