@@ -355,3 +355,47 @@ async def test_tiles_are_allowed_but_not_remembered_as_repeats() -> None:
                                           bearer(secret), None, None))
         assert isinstance(step, TokenRecord)
     assert not guard._repeats
+
+
+def test_a_refusals_response_is_remembered_per_object_and_stays_bounded() -> None:
+    from token_guard import guard as module
+    from token_guard.resolver import UNKNOWN
+
+    first = module.default_deny_response(UNKNOWN)
+    assert first == module._deny_response(UNKNOWN)
+    first[1].append((b"x-added", b"by a caller"))  # each call gets its own headers
+    again = module.default_deny_response(UNKNOWN)
+    assert again == module._deny_response(UNKNOWN) and again[1] is not first[1]
+    # An equal refusal made anew, or a different one, is answered for what it says.
+    other = Denial(401, UNKNOWN.code, "another message", UNKNOWN.hint)
+    assert module.default_deny_response(other) == module._deny_response(other)
+    for i in range(module.RESPONSE_MEMO_SIZE + 10):
+        made = Denial(400, "malformed_request", f"message {i}", "hint")
+        assert b"message %d" % i in module.default_deny_response(made)[2]
+    assert len(module._responses) <= module.RESPONSE_MEMO_SIZE
+    limited = Denial(429, "rate_limited", "slow down", "", ((b"retry-after", b"7"),))
+    assert (b"retry-after", b"7") in module.default_deny_response(limited)[1]
+    assert all(entry[0] is not limited for entry in module._responses.values())
+
+
+async def test_a_refusal_is_logged_and_counted_with_or_without_on_decision(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from token_guard.core.secret import new_secret
+    from token_guard.report_only import ReportOnlyWarning
+
+    with pytest.warns(ReportOnlyWarning):
+        guard, _ = await guard_and_secret(report_only=True)
+    assert guard.report_only is not None
+    unknown = bearer(new_secret())
+    with caplog.at_level(logging.WARNING, logger="token_guard"):
+        final, _ = await drive(guard.check("GET", *TABLE, unknown, None, None))
+    assert isinstance(final, Denial) and final.code == "invalid_token"
+    assert "report-only: would refuse GET /v3/maps/carto_dw/table" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="token_guard"):  # nobody reads the line
+        await drive(guard.check("GET", *TABLE, unknown, None, None))
+    assert caplog.text == ""
+    assert guard.report_only.would_refuse == {"invalid_token": 2}  # counted either way

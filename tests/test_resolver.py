@@ -38,7 +38,7 @@ from token_guard.core.records import ChangeEvent, TokenRecord
 from token_guard.core.secret import is_well_formed, new_secret
 from token_guard.resolver import CacheSettings, Resolver
 from token_guard.stores import MemoryStore, SQLiteStore
-from token_guard.stores.base import Listeners
+from token_guard.stores.base import Listeners, answers_from_memory
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.anyio
@@ -74,6 +74,23 @@ class CountingStore(MemoryStore):
     async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
         self.usage_batches.append(dict(last_used))
         await super().record_usage(last_used)
+
+
+class InlineCountingStore(CountingStore):
+    """A CountingStore whose lookup is marked ``answers_from_memory``: the resolver starts it
+    within the caller's step and, since it waits (a yield to the loop, or the gate), runs
+    the rest of it in a task, as it does any other store's lookup."""
+
+    @answers_from_memory
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        return await super().get_by_secret_hash(secret_hash)
+
+
+# The single-flight, timeout and race tests run both ways a lookup can go: in a task from
+# the start, and started within the caller's step, then on in a task.
+BOTH_WAYS = pytest.mark.parametrize(
+    "counting", [CountingStore, InlineCountingStore], ids=["task", "inline-then-task"]
+)
 
 
 def identity(record: TokenRecord) -> TokenRecord:
@@ -132,8 +149,11 @@ async def test_a_valid_token_is_looked_up_once_then_served_from_cache() -> None:
     await resolver.close()
 
 
-async def test_ten_thousand_concurrent_resolves_make_one_store_lookup() -> None:
-    store = CountingStore()
+@BOTH_WAYS
+async def test_ten_thousand_concurrent_resolves_make_one_store_lookup(
+    counting: type[CountingStore],
+) -> None:
+    store = counting()
     issued = await store.create_token(body())
     resolver = make(store)
     results = await asyncio.gather(*(resolver.resolve(issued.token) for _ in range(10_000)))
@@ -144,8 +164,11 @@ async def test_ten_thousand_concurrent_resolves_make_one_store_lookup() -> None:
     await resolver.close()
 
 
-async def test_a_caller_giving_up_does_not_cancel_the_others_lookup() -> None:
-    store = CountingStore()
+@BOTH_WAYS
+async def test_a_caller_giving_up_does_not_cancel_the_others_lookup(
+    counting: type[CountingStore],
+) -> None:
+    store = counting()
     store.gate = asyncio.Event()
     issued = await store.create_token(body())
     resolver = make(store)
@@ -293,8 +316,9 @@ async def test_after_a_reset_a_known_token_is_served_stale_while_the_store_fails
     await resolver.close()
 
 
-async def test_a_lookup_racing_a_revocation_is_not_cached() -> None:
-    store = CountingStore()
+@BOTH_WAYS
+async def test_a_lookup_racing_a_revocation_is_not_cached(counting: type[CountingStore]) -> None:
+    store = counting()
     issued = await store.create_token(body())
     resolver = make(store)
     await resolver.start()
@@ -356,8 +380,22 @@ class HangingStore(MemoryStore):
         raise AssertionError("unreachable")
 
 
-async def test_a_lookup_timeout_gives_503_and_does_not_block_the_loop() -> None:
-    store = HangingStore()
+class InlineHangingStore(MemoryStore):
+    """HangingStore, marked ``answers_from_memory``: started within the caller's step, it
+    waits, and the timeout still cuts it short."""
+
+    @answers_from_memory
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("hanging", [HangingStore, InlineHangingStore],
+                         ids=["task", "inline-then-task"])
+async def test_a_lookup_timeout_gives_503_and_does_not_block_the_loop(
+    hanging: type[MemoryStore],
+) -> None:
+    store = hanging()
     issued = await store.create_token(body())
     resolver = make(store, lookup_timeout=0.2)
     ticks = 0
@@ -711,8 +749,20 @@ class FlakyStore(CountingStore):
             raise StoreUnavailable("still cut off")
 
 
-async def test_after_a_failure_the_store_is_not_asked_until_a_probe_answers() -> None:
-    store = FlakyStore()
+class InlineFlakyStore(FlakyStore):
+    """FlakyStore, marked ``answers_from_memory``: while down, its lookup raises within the
+    caller's step."""
+
+    @answers_from_memory
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        return await super().get_by_secret_hash(secret_hash)
+
+
+@pytest.mark.parametrize("flaky", [FlakyStore, InlineFlakyStore], ids=["task", "inline"])
+async def test_after_a_failure_the_store_is_not_asked_until_a_probe_answers(
+    flaky: type[FlakyStore],
+) -> None:
+    store = flaky()
     cached = await store.create_token(body(name="cached"))
     uncached = await store.create_token(body(name="uncached"))
     clock = Clock()
@@ -779,8 +829,26 @@ class ReadThenWaitStore(MemoryStore):
         return record
 
 
-async def test_a_lookup_overlapping_changes_to_other_tokens_is_still_cached() -> None:
-    store = ReadThenWaitStore()
+class InlineReadThenWaitStore(ReadThenWaitStore):
+    """ReadThenWaitStore, marked ``answers_from_memory``: it reads within the caller's step,
+    then waits at the gate in a task."""
+
+    @answers_from_memory
+    async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
+        return await super().get_by_secret_hash(secret_hash)
+
+
+READ_THEN_WAIT = pytest.mark.parametrize(
+    "read_then_wait", [ReadThenWaitStore, InlineReadThenWaitStore],
+    ids=["task", "inline-then-task"],
+)
+
+
+@READ_THEN_WAIT
+async def test_a_lookup_overlapping_changes_to_other_tokens_is_still_cached(
+    read_then_wait: type[ReadThenWaitStore],
+) -> None:
+    store = read_then_wait()
     issued = await store.create_token(body(name="looked up"))
     resolver = make(store)
     await resolver.start()
@@ -795,9 +863,12 @@ async def test_a_lookup_overlapping_changes_to_other_tokens_is_still_cached() ->
     await resolver.close()
 
 
+@READ_THEN_WAIT
 @pytest.mark.parametrize("change", ["revoke", "disable", "update"])
-async def test_a_lookup_overlapping_a_change_to_its_own_token_is_not_cached(change: str) -> None:
-    store = ReadThenWaitStore()
+async def test_a_lookup_overlapping_a_change_to_its_own_token_is_not_cached(
+    change: str, read_then_wait: type[ReadThenWaitStore],
+) -> None:
+    store = read_then_wait()
     issued = await store.create_token(body(name="looked up"))
     resolver = make(store)
     await resolver.start()
@@ -819,4 +890,80 @@ async def test_a_lookup_overlapping_a_change_to_its_own_token_is_not_cached(chan
         assert isinstance(after, TokenRecord) and after.spec.name == "renamed"
     else:
         assert isinstance(after, Denial)
+    await resolver.close()
+
+
+# -- a lookup that answers from memory ------------------------------------------------------
+def step_once(coro: Any) -> object:
+    """Run one step of ``coro``: its result if it finished without waiting, else fail."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("the coroutine waited")
+
+
+async def test_a_memory_store_lookup_is_answered_within_the_callers_step() -> None:
+    store = MemoryStore()
+    issued = await store.create_token(body())
+    await store.revoke_token((await store.create_token(body(name="revoked"))).id)
+    resolver = make(store)
+    unknown = new_secret()
+    # One step each: no task, no timeout, no trip through the event loop.
+    assert is_denial(step_once(resolver.resolve(unknown)), INVALID_TOKEN)
+    assert step_once(resolver.resolve(issued.token)) == issued.record
+    assert is_denial(step_once(resolver.resolve_missed(unknown)), INVALID_TOKEN)  # cached
+    assert resolver.lookup(issued.token) == issued.record
+    stats = resolver.stats()
+    assert (stats["store_lookups"], stats["inflight"]) == (2, 0)
+    await store.revoke_token(issued.id)  # change events still evict
+    assert is_denial(step_once(resolver.resolve(issued.token)), REVOKED_TOKEN)
+    await resolver.close()
+
+
+async def test_only_the_marked_function_is_asked_within_the_step() -> None:
+    assert MemoryStore().get_by_secret_hash.answers_from_memory is True  # type: ignore[attr-defined]
+    # A subclass that overrides the lookup is not marked: its lookup runs in a task.
+    assert not hasattr(CountingStore().get_by_secret_hash, "answers_from_memory")
+    store = CountingStore()
+    resolver = make(store)
+    resolving = resolver.resolve(new_secret())
+    assert isinstance(resolving.send(None), type(None) | asyncio.Future)  # it waited
+    resolving.close()
+    await resolver.close()
+
+
+async def test_a_memory_store_failing_within_the_step_gives_503_and_trips_the_breaker() -> None:
+    store = MemoryStore()
+    issued = await store.create_token(body())
+    resolver = make(store, probe_interval=0.05)
+    await store.close()
+    assert is_denial(step_once(resolver.resolve(issued.token)), STORE_UNAVAILABLE)
+    assert resolver.store_down and resolver.stats()["store_errors"] == 1
+    await store.open()
+    await wait_for(lambda: not resolver.store_down, "the probe to close the breaker")
+    assert step_once(resolver.resolve(issued.token)) == issued.record
+    await resolver.close()
+
+
+async def test_refusals_stay_within_their_bound_and_the_id_index_with_them() -> None:
+    store = MemoryStore()
+    tokens = [await store.create_token(body(name=str(i))) for i in range(30)]
+    for issued in tokens:
+        await store.revoke_token(issued.id)
+    clock = Clock()
+    resolver = make(store, clock, max_negative=10, negative_ttl=5.0)
+    for issued in tokens:
+        assert is_denial(await resolver.resolve(issued.token), REVOKED_TOKEN)
+    stats = resolver.stats()
+    assert stats["negative_entries"] == 10 and stats["indexed_ids"] == 10
+    assert stats["capacity_evictions"] == 20
+    # The oldest went first: the last ten are the ones still cached.
+    assert [resolver.lookup(i.token) is not None for i in tokens[-11:]] == [False] + [True] * 10
+    clock.now += 5.0  # all of them ran out: the next write drops them, index and all
+    assert is_denial(await resolver.resolve(new_secret()), INVALID_TOKEN)
+    stats = resolver.stats()
+    assert (stats["negative_entries"], stats["indexed_ids"]) == (1, 0)
+    assert resolver.lookup(tokens[-1].token) is None
     await resolver.close()

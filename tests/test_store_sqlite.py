@@ -430,3 +430,69 @@ async def test_create_false_refuses_a_missing_file_naming_it(tmp_path: Path) -> 
     opened = SQLiteStore(path, create=False)
     assert await opened.list_tokens() == []
     await opened.close()
+
+
+# -- the reader thread ------------------------------------------------------------------------
+async def test_reads_after_close_fail_at_once_and_a_reopen_reads_again(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    issued = await store.create_token(body())
+    reader = store._reader
+    assert reader is not None
+    await store.close()
+    reader._thread.join()  # the thread ended with the store
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.get_by_secret_hash(hash_secret(issued.token))
+    with pytest.raises(RuntimeError):  # a stopped reader takes no job (none would be run)
+        reader.call(lambda: None)
+    await store.open()
+    assert await store.get_by_secret_hash(hash_secret(issued.token)) == issued.record
+    await store.close()
+
+
+async def test_a_read_given_up_on_leaves_the_reader_answering_the_next(tmp_path: Path) -> None:
+    import threading
+
+    store = SQLiteStore(tmp_path / "t.db")
+    first = await store.create_token(body(name="first"))
+    second = await store.create_token(body(name="second"))
+    assert store._reader is not None
+    gate = threading.Event()
+    held = store._reader.call(gate.wait)  # the reader is busy until the gate opens
+    lookup = asyncio.ensure_future(store.get_by_secret_hash(hash_secret(first.token)))
+    await asyncio.sleep(0)
+    lookup.cancel()  # the asker gives up (its timeout) while its read is queued
+    gate.set()
+    assert await held is True
+    with pytest.raises(asyncio.CancelledError):
+        await lookup
+    # The abandoned answer is dropped; the next read gets its own.
+    assert await store.get_by_secret_hash(hash_secret(second.token)) == second.record
+    with pytest.raises(StoreUnavailable, match="failed"):  # errors still arrive as before
+        await store._read(lambda conn: conn.execute("SELECT * FROM no_such_table"))
+    await store.close()
+
+
+def test_a_read_answering_a_closed_loop_does_not_stop_the_reader(tmp_path: Path) -> None:
+    import threading
+
+    from token_guard.stores.sqlite import _ReadThread
+
+    reader = _ReadThread("test-reader")
+    gate = threading.Event()
+    first = asyncio.new_event_loop()
+
+    async def ask() -> asyncio.Future[bool]:
+        return reader.call(gate.wait)
+
+    first.run_until_complete(ask())
+    first.close()  # gone before the answer: posting it fails, and is ignored
+    gate.set()
+    second = asyncio.new_event_loop()
+
+    async def ask_and_wait() -> int:
+        return await reader.call(lambda: 7)
+
+    assert second.run_until_complete(ask_and_wait()) == 7
+    second.close()
+    reader.stop()
+    reader._thread.join()

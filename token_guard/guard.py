@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from time import time
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from token_guard.core import decision as codes
 from token_guard.core.bodies import parse_body
@@ -69,12 +69,13 @@ class DecisionEvent:
     """True: a refusal the report-only mode let through to the app (``denial`` says why)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
+class Pending(NamedTuple):
     """A request that passed routing and token extraction.
 
     ``known`` holds its facts when they did not depend on a body; otherwise the guard asks
-    for the body (``ReadBody``) once the token is resolved.
+    for the body (``ReadBody``) once the token is resolved. A named tuple: every cache miss
+    and every refusal of a known-bad token makes one, and a frozen dataclass's ``__init__``
+    cost ~12 k instructions to the tuple's ~3.5 k.
     """
 
     method: str
@@ -100,9 +101,10 @@ PASS = PassThrough()
 """``check``'s answer for a request the guard does not handle (outside the prefix, preflight)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Awaiting:
-    """The guard needs I/O (the store, a shared limiter): ``step.then(await step.work())``."""
+class Awaiting(NamedTuple):
+    """The guard needs I/O (the store, a shared limiter): ``step.then(await step.work())``.
+
+    A named tuple, as ``Pending`` is: one a cache miss."""
 
     work: Callable[[], Awaitable[Any]]
     then: Callable[[Any], Step]
@@ -227,8 +229,35 @@ ResponseParts = tuple[int, list[tuple[bytes, bytes]], bytes]
 DenyResponder = Callable[[Denial], ResponseParts]
 
 
+RESPONSE_MEMO_SIZE = 256
+"""Refusals whose response is remembered, by identity (the module's constants: UNKNOWN,
+MISSING...); cleared when full."""
+# id(denial) -> (that denial, its status, headers, body). The denial is kept with its
+# response, so its id cannot be reused while the entry exists.
+_responses: dict[int, tuple[Denial, int, tuple[tuple[bytes, bytes], ...], bytes]] = {}
+
+
 def default_deny_response(denial: Denial) -> ResponseParts:
-    """The JSON body ``{"error", "hint", "code"}`` with an RFC 6750 ``WWW-Authenticate``."""
+    """The JSON body ``{"error", "hint", "code"}`` with an RFC 6750 ``WWW-Authenticate``.
+
+    Remembered per refusal object: building it (JSON encoding) cost about 30 k
+    instructions, the most of a refusal's; a flood of unknown tokens is refused with one
+    object, ``resolver.UNKNOWN``. Each call gets its own list of headers. A refusal with
+    headers of its own (a 429's Retry-After and RateLimit, made per request) is not kept.
+    """
+    known = _responses.get(id(denial))
+    if known is not None and known[0] is denial:
+        return known[1], list(known[2]), known[3]
+    status, headers, body = _deny_response(denial)
+    if denial.headers:
+        return status, headers, body
+    if len(_responses) >= RESPONSE_MEMO_SIZE:
+        _responses.clear()
+    _responses[id(denial)] = (denial, status, tuple(headers), body)
+    return status, headers, body
+
+
+def _deny_response(denial: Denial) -> ResponseParts:
     body = json.dumps(denial.as_json()).encode("utf-8")
     www = _MISSING_AUTH if denial.code == codes.MISSING_TOKEN else _WWW_AUTH.get(denial.status)
     headers = [
@@ -469,9 +498,8 @@ class Guard:
                 pending = Pending(method, raw_path, match, token, query_string, origin,
                                   referer, _with(what, origin, referer))
                 if compiled is None:
-                    return Awaiting(
-                        partial(self.resolver.resolve, token), partial(self._resolved, pending)
-                    )
+                    return Awaiting(partial(self.resolver.resolve_missed, token),
+                                    partial(self._resolved, pending))
                 return self._resolved(pending, compiled)
             # _decide, written out: the path every cached request takes.
             record = compiled.record
@@ -649,28 +677,37 @@ class Guard:
         outcome: TokenRecord | Denial,
         token_id: str | None = None,
     ) -> None:
-        """Log a refusal (never the token) and tell ``on_decision``, if set."""
+        """Log a refusal (never the token) and tell ``on_decision``, if set.
+
+        The log line and the event are only made for someone to read (a refusal of a flood
+        of made-up tokens costs less by their ~15 k instructions when nobody does).
+        """
         if isinstance(path, bytes):
             path = path.decode("latin-1")
-        logged = f"{path}?{redact_query(query_string)}" if query_string else path
+        on_decision = self.on_decision
         if isinstance(outcome, Denial):
             if token_id is not None:
                 self._note_refused(token_id, facts.api if facts is not None else "",
                                    outcome.code)
             passed = self.report_only is not None and self.lets_through(method, path)
+            if passed:
+                self.report_only.count(outcome.code)  # type: ignore[union-attr]
+            level = logging.WARNING if passed else logging.INFO
+            if on_decision is None and not log.isEnabledFor(level):
+                return
+            logged = f"{path}?{redact_query(query_string)}" if query_string else path
             log.log(
-                logging.WARNING if passed else logging.INFO,
+                level,
                 "%s %s %s: %s (%s)%s", "report-only: would refuse" if passed else "denied",
                 method, logged, outcome.code, outcome.status,
                 f" token {token_id}" if token_id else "",
             )
-            if passed:
-                self.report_only.count(outcome.code)  # type: ignore[union-attr]
-            event = DecisionEvent(False, method, logged, token_id, facts, outcome, passed)
-        else:
-            event = DecisionEvent(True, method, logged, outcome.id, facts, None)
-        if self.on_decision is not None:
-            self.on_decision(event)
+            if on_decision is not None:
+                on_decision(DecisionEvent(False, method, logged, token_id, facts, outcome,
+                                          passed))
+        elif on_decision is not None:
+            logged = f"{path}?{redact_query(query_string)}" if query_string else path
+            on_decision(DecisionEvent(True, method, logged, outcome.id, facts, None))
 
     def lets_through(self, method: str, path: bytes | str) -> bool:
         """Whether report-only mode lets a refusal of this request reach the app (an unknown

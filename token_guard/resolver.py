@@ -6,7 +6,8 @@ Security and availability choices, stated once:
   refused with ``malformed_token`` before any cache or store work, and is never cached:
   rechecking costs a CRC32, and caching garbage would let anyone fill memory with it.
 * Unknown and revoked tokens are cached negatively for ``negative_ttl`` seconds, at most
-  ``max_negative`` of them (LRU beyond that).
+  ``max_negative`` of them (beyond that the oldest goes first: with one lifetime for all,
+  it is also the one nearest its expiry).
 * A known token is cached for ``ttl`` seconds (less when it expires sooner). The positive
   cache is a ``TTLCache`` whose own lifetime is ``ttl + stale_window``; each entry carries
   its own "fresh until" and "usable while failing until" times. So one bounded structure
@@ -26,6 +27,11 @@ Security and availability choices, stated once:
   waiting ``lookup_timeout`` for a store known to be down.
 * The store is never asked twice at once for the same token: the first miss starts one
   task, every other caller awaits it (shielded, so a cancelled caller does not cancel it).
+  A store whose lookup only reads memory (``MemoryStore``: see
+  ``stores.base.answers_from_memory``) is asked within the first caller's own step
+  instead: its answer is there before any other caller can run, so it needs no task, no
+  timeout and no trip through the event loop (were it to wait after all, it would go on
+  in a task as above).
 * Expiry is the policy's job (it checks ``expiration_date`` on every decision); the
   resolver only avoids keeping an entry fresh past that date.
 * Secret rotation: a secret a rotation replaced works until its ``expires_at`` (the end of
@@ -43,7 +49,9 @@ for a few dictionary operations and never across an ``await``: LRU bookkeeping r
 between threads could corrupt the cache. The hit path takes no lock: fresh positive
 entries are mirrored in a plain dict (``_hot``), and one ``dict.get`` is atomic under the
 GIL; a hit reads an entry that a concurrent eviction may remove a moment later, which is
-the same as the request having arrived a moment earlier.
+the same as the request having arrived a moment earlier. Refusals are read the same way
+(one ``OrderedDict.get``). The ``misses`` and ``store_lookups`` counters, which only the
+loop's thread writes, are counted without the lock; the others under it.
 
 Usage: ``note_used`` hands the token id to a ``usage.UsageRecorder``, which writes
 ``last_used_at`` in batches every ``usage_flush_interval`` seconds (10 by default).
@@ -57,13 +65,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
-from cachetools import TTLCache
+from cachetools import Cache, TTLCache
 
 from token_guard.core.decision import (
     INVALID_TOKEN,
@@ -84,6 +93,7 @@ from token_guard.usage import UsageRecorder
 logger = logging.getLogger("token_guard.resolver")
 
 T = TypeVar("T")
+R = TypeVar("R")
 # What the breaker's probe looks up on a store without ``ping()``: no secret hashes to it.
 _PROBE_HASH = "0" * 64
 # Change events remembered by token id (see Resolver._recent): a lookup overlapping more
@@ -188,10 +198,10 @@ class _Positive(Generic[T]):
     stale_until: float
 
 
-@dataclass(frozen=True, slots=True)
-class _Negative:
+class _Negative(NamedTuple):
     denial: Denial
     token_id: str | None
+    expires: float  # the resolver's clock
 
 
 class _IndexedCache(TTLCache[str, Any, float]):
@@ -217,6 +227,107 @@ class _IndexedCache(TTLCache[str, Any, float]):
         self._on_drop(key, value)
         return key, value
 
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` is stored, expired or not (no clock read: a cheap pre-test)."""
+        return Cache.__contains__(self, key)
+
+
+class _Refusals:
+    """The negative cache: token -> ``_Negative`` for ``ttl`` seconds, at most ``maxsize``.
+
+    Every entry lives as long, so the order of insertion is the order of expiry: an insert
+    first drops the expired entries from the front, then, when full, the oldest. ``on_drop``
+    hears of each, as with ``_IndexedCache``. ``get`` takes no lock (one
+    ``OrderedDict.get``, atomic under the GIL); the writes are made under the resolver's.
+    A plain structure rather than a ``TTLCache``: a flood of made-up tokens writes one
+    entry a request, and the ``TTLCache`` read and write cost about 30 k instructions.
+    """
+
+    __slots__ = ("_clock", "_entries", "_maxsize", "_on_drop", "_soonest", "_ttl",
+                 "dropped_for_space")
+
+    def __init__(
+        self, maxsize: int, ttl: float, clock: Callable[[], float],
+        on_drop: Callable[[str, Any], None],
+    ) -> None:
+        self._entries: collections.OrderedDict[str, _Negative] = collections.OrderedDict()
+        self._maxsize = maxsize
+        self._ttl = ttl
+        self._clock = clock
+        self._on_drop = on_drop
+        self._soonest = math.inf  # no entry expires before this
+        self.dropped_for_space = 0
+
+    def get(self, token: str) -> _Negative | None:
+        """The unexpired refusal of ``token``, or None."""
+        entry = self._entries.get(token)
+        if entry is not None and self._clock() < entry.expires:
+            return entry
+        return None
+
+    def __contains__(self, token: str) -> bool:
+        return self.get(token) is not None
+
+    def __len__(self) -> int:
+        self._expire(self._clock())
+        return len(self._entries)
+
+    def put(self, token: str, denial: Denial, token_id: str | None) -> None:
+        """Remember the refusal of ``token`` for ``ttl`` seconds from now."""
+        now = self._clock()
+        if now >= self._soonest:
+            self._expire(now)
+        entries = self._entries
+        if entries.pop(token, None) is None:  # a new entry (a repeated one goes last)
+            while len(entries) >= self._maxsize:
+                key, value = entries.popitem(last=False)
+                self.dropped_for_space += 1
+                self._on_drop(key, value)
+        expires = now + self._ttl
+        entries[token] = _Negative(denial, token_id, expires)
+        if expires < self._soonest:
+            self._soonest = expires
+
+    def pop(self, token: str) -> _Negative | None:
+        """Forget ``token``'s refusal (``on_drop`` is not told); it, if unexpired."""
+        entry = self._entries.pop(token, None)
+        return entry if entry is not None and self._clock() < entry.expires else None
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._soonest = math.inf
+
+    def _expire(self, now: float) -> None:
+        entries = self._entries
+        while entries:
+            token, entry = next(iter(entries.items()))
+            if now < entry.expires:
+                self._soonest = entry.expires
+                return
+            del entries[token]
+            self._on_drop(token, entry)
+        self._soonest = math.inf
+
+
+@types.coroutine
+def _resume(lookup: Coroutine[Any, Any, R], waiting: Any) -> Generator[Any, Any, R]:
+    """Go on running ``lookup``, whose first step yielded ``waiting``, in the awaiting task:
+    what the task would have done from its second step on (a send after each wake-up, a
+    throw for each exception thrown in, such as the timeout's cancellation)."""
+    while True:
+        try:
+            yield waiting
+        except BaseException as exc:
+            try:
+                waiting = lookup.throw(exc)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+        else:
+            try:
+                waiting = lookup.send(None)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
 
 class Resolver(Generic[T]):
     """Turns a token string into the compiled token ``T`` or a ``Denial``, via the cache."""
@@ -239,7 +350,7 @@ class Resolver(Generic[T]):
         self._positive = _IndexedCache(
             settings.max_entries, settings.ttl + settings.stale_window, clock, self._dropped
         )
-        self._negative = _IndexedCache(
+        self._negative = _Refusals(
             settings.max_negative, settings.negative_ttl, clock, self._dropped
         )
         # token id -> cached token strings (a list: nearly always one, and a set costs
@@ -270,6 +381,8 @@ class Resolver(Generic[T]):
         self._ping: Callable[[], Awaitable[object]] = (
             ping if callable(ping) else partial(store.get_by_secret_hash, _PROBE_HASH)
         )
+        # See the module docstring: asked within the caller's step (stores.base).
+        self._inline = getattr(store.get_by_secret_hash, "answers_from_memory", False) is True
         self._counts = dict.fromkeys(
             ("hits", "misses", "store_lookups", "negative_hits", "stale_served", "evictions",
              "malformed", "store_errors", "compile_errors", "breaker_trips", "fast_failures"),
@@ -291,11 +404,11 @@ class Resolver(Generic[T]):
                 self._hits += 1
                 return entry.value
             return None
-        with self._lock:
-            negative: _Negative | None = self._negative.get(token)
-            if negative is not None:
+        negative = self._negative.get(token)
+        if negative is not None:
+            with self._lock:
                 self._counts["negative_hits"] += 1
-                return negative.denial
+            return negative.denial
         if not is_well_formed(token):
             self._counts["malformed"] += 1
             return MALFORMED
@@ -307,40 +420,88 @@ class Resolver(Generic[T]):
         cached = self.lookup(token)
         if cached is not None:
             return cached
+        answer = self._miss(token)
+        if isinstance(answer, asyncio.Task):
+            # Shielded: one caller giving up (client gone) must not cancel the others' lookup.
+            return await asyncio.shield(answer)
+        return answer
+
+    async def resolve_missed(self, token: str) -> T | Denial:
+        """``resolve`` for a token ``lookup`` has just answered None for (the guard's
+        ``Awaiting`` step): the caches are read again (the WSGI adapter runs this a moment
+        later, on the loop's thread), the token's form, already checked, is not."""
+        entry = self._hot.get(token)
+        if entry is not None:
+            if self._clock() < entry.fresh_until and self._store.feed_healthy:
+                self._hits += 1
+                return entry.value
+        else:
+            negative = self._negative.get(token)
+            if negative is not None:
+                with self._lock:
+                    self._counts["negative_hits"] += 1
+                return negative.denial
+        answer = self._miss(token)
+        if isinstance(answer, asyncio.Task):
+            return await asyncio.shield(answer)  # shielded: see resolve
+        return answer
+
+    def _miss(self, token: str) -> T | Denial | asyncio.Task[T | Denial]:
+        """Not cached: the answer, if there is one at once, or the task that will have it."""
         if self._unsubscribe is None:
             self._start()
-        with self._lock:
-            self._counts["misses"] += 1
+        counts = self._counts  # this thread's alone: see the module docstring
+        counts["misses"] += 1
         if self._probe is not None:
             # Known to be down: answer now from what is cached, without asking the store.
             return self._fallback(token, None)
         task = self._inflight.get(token)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(token))
-            self._inflight[token] = task
-        # Shielded: one caller giving up (client gone) must not cancel the others' lookup.
-        return await asyncio.shield(task)
+        if task is not None:
+            return task
+        counts["store_lookups"] += 1
+        epoch = self._epoch  # bumped by every change event; see _answer
+        if not self._inline:
+            task = asyncio.get_running_loop().create_task(self._fetch(token, epoch))
+        else:
+            lookup = self._store.get_by_secret_hash(hash_secret(token))
+            try:
+                waiting = lookup.send(None)
+            except StopIteration as done:
+                return self._answer(token, done.value, epoch)
+            except Exception as exc:
+                return self._failed(token, exc)
+            task = asyncio.get_running_loop().create_task(
+                self._fetch(token, epoch, _resume(lookup, waiting))
+            )
+        self._inflight[token] = task
+        return task
 
-    async def _fetch(self, token: str) -> T | Denial:
-        with self._lock:
-            epoch = self._epoch
-            self._counts["store_lookups"] += 1
+    async def _fetch(
+        self, token: str, epoch: int, lookup: Awaitable[TokenRecord | None] | None = None
+    ) -> T | Denial:
         try:
             # asyncio.timeout rather than wait_for: no extra task per lookup.
             async with asyncio.timeout(self._settings.lookup_timeout):
-                record = await self._store.get_by_secret_hash(hash_secret(token))
-        except (StoreError, TimeoutError) as exc:
-            self._trip(exc)
-            return self._fallback(token, exc)
+                if lookup is None:
+                    lookup = self._store.get_by_secret_hash(hash_secret(token))
+                record = await lookup
         except Exception as exc:
-            # An unexpected failure is still "the store cannot answer": fail closed.
-            logger.exception("token store lookup failed unexpectedly")
-            self._trip(exc)
-            return self._fallback(token, exc)
+            return self._failed(token, exc)
         finally:
             # A change event may have replaced this task with a newer one; leave that be.
             if self._inflight.get(token) is asyncio.current_task():
                 del self._inflight[token]
+        return self._answer(token, record, epoch)
+
+    def _failed(self, token: str, exc: Exception) -> T | Denial:
+        """The lookup raised ``exc``: the store cannot answer (fail closed), trip the breaker."""
+        if not isinstance(exc, StoreError | TimeoutError):
+            logger.error("token store lookup failed unexpectedly", exc_info=exc)
+        self._trip(exc)
+        return self._fallback(token, exc)
+
+    def _answer(self, token: str, record: TokenRecord | None, epoch: int) -> T | Denial:
+        """The store's answer for ``token`` (asked at ``epoch``): cached, and compiled."""
         if record is None:
             self._put_negative(token, UNKNOWN, None, epoch)
             return UNKNOWN
@@ -435,7 +596,7 @@ class Resolver(Generic[T]):
             if epoch != self._epoch and not self._only_others_changed(epoch, record.id):
                 return  # a change to this token arrived during the lookup: it may be old
             now = self._clock()
-            self._negative.pop(token, None)
+            self._negative.pop(token)
             entry = _Positive(value, record.id, now + fresh_for, now + stale_for)
             self._positive[token] = entry
             self._hot[token] = entry
@@ -459,9 +620,10 @@ class Resolver(Generic[T]):
         with self._lock:
             if epoch != self._epoch:
                 return
-            self._positive.pop(token, None)
             self._hot.pop(token, None)
-            self._negative[token] = _Negative(denial, token_id)
+            if self._positive.holds(token):
+                self._positive.pop(token, None)
+            self._negative.put(token, denial, token_id)
             if token_id is not None:
                 self._index(token_id, token)
 
@@ -514,7 +676,7 @@ class Resolver(Generic[T]):
             self._hot.pop(token, None)
             if self._positive.pop(token, None) is not None:
                 self._counts["evictions"] += 1
-            if self._negative.pop(token, None) is not None:
+            if self._negative.pop(token) is not None:
                 self._counts["evictions"] += 1
 
     # -- lifecycle ----------------------------------------------------------------------------

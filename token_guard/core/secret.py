@@ -19,16 +19,21 @@ TOKEN_LENGTH = len(TOKEN_PREFIX) + _BODY_LEN + _CHECK_LEN
 _ALPHABET_SET = frozenset(_ALPHABET)
 
 
-def _base62(number: int, width: int) -> str:
-    digits = []
-    while number:
-        number, rem = divmod(number, 62)
-        digits.append(_ALPHABET[rem])
-    return "".join(reversed(digits)).rjust(width, "0")
+# Every pair of base62 digits, by value: a CRC32 (< 62**6) is three of them, so a checksum
+# is three divisions and three look-ups. Every unknown token a request sends (a flood of
+# made-up ones) has its checksum checked; digit by digit in a loop, is_well_formed cost
+# twice as many instructions.
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
+_PAIR = len(_PAIRS)  # 62 ** 2
+_PAIR2 = _PAIR * _PAIR
+_PREFIX_LEN = len(TOKEN_PREFIX)
+_crc32 = zlib.crc32
+_compare = secrets.compare_digest
 
 
 def _checksum(prefix_and_body: str) -> str:
-    return _base62(zlib.crc32(prefix_and_body.encode("ascii")), _CHECK_LEN)
+    n = _crc32(prefix_and_body.encode("ascii"))
+    return _PAIRS[n // _PAIR2] + _PAIRS[n // _PAIR % _PAIR] + _PAIRS[n % _PAIR]
 
 
 def new_secret() -> str:
@@ -46,13 +51,15 @@ def secret_from_body(body: str) -> str:
 
 def is_well_formed(token: str) -> bool:
     """True if ``token`` has the prefix, length, alphabet and a matching checksum."""
-    if len(token) != TOKEN_LENGTH or not token.startswith(TOKEN_PREFIX):
+    if len(token) != TOKEN_LENGTH or token[:_PREFIX_LEN] != TOKEN_PREFIX:
         return False
-    rest = token[len(TOKEN_PREFIX) :]
-    if not _ALPHABET_SET.issuperset(rest):
+    rest = token[_PREFIX_LEN:]
+    # ASCII letters and digits are exactly the base62 alphabet (tests/test_secret.py).
+    if not (rest.isascii() and rest.isalnum()):
         return False
-    head = token[: -_CHECK_LEN]
-    return secrets.compare_digest(_checksum(head), token[-_CHECK_LEN:])
+    n = _crc32(token[:-_CHECK_LEN].encode("ascii"))  # _checksum, written out
+    return _compare(_PAIRS[n // _PAIR2] + _PAIRS[n // _PAIR % _PAIR] + _PAIRS[n % _PAIR],
+                    token[-_CHECK_LEN:])
 
 
 PREFIX_BODY_CHARS = 8

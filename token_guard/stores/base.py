@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from token_guard.core.errors import TokenStateError
 from token_guard.core.records import (
@@ -59,6 +59,7 @@ __all__ = [
     "TokenReader",
     "TokenStore",
     "TokenWrite",
+    "answers_from_memory",
     "check_grace",
     "check_limit",
     "retired_key",
@@ -304,6 +305,25 @@ def revoked_is_final(record: TokenRecord, change: str) -> None:
             f"token {record.id!r} is revoked and cannot be {change}: revocation is final; "
             "create a new token instead"
         )
+
+
+L = TypeVar("L", bound=Callable[..., Any])
+
+
+def answers_from_memory(lookup: L) -> L:
+    """Mark a store's ``async def get_by_secret_hash`` that only reads process memory.
+
+    The resolver then runs its first step within the request's own step, and when it
+    returns without waiting (as it does: it has nothing to wait for), takes its answer at
+    once: no task, no timeout, no trip through the event loop; on a cache miss those cost
+    more than the lookup itself. Only for a lookup that, before it first waits, neither
+    uses the running task (``asyncio.timeout``, ``asyncio.current_task``: that would be
+    the request's) nor sets a context variable; were it to wait after all, it goes on in a
+    task of its own under ``lookup_timeout``, as any other store's lookup does. The mark
+    belongs to the function: a subclass that overrides the method is not marked.
+    """
+    lookup.answers_from_memory = True  # type: ignore[attr-defined]
+    return lookup
 
 
 def check_limit(limit: int) -> None:

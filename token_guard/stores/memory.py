@@ -36,6 +36,7 @@ from token_guard.stores.base import (
     ChangeListener,
     Listeners,
     TokenWrite,
+    answers_from_memory,
     check_grace,
     check_limit,
     retired_key,
@@ -98,6 +99,7 @@ class MemoryStore:
         current = self._hashes.get(self._current.get(record.id, ""))
         return replace(record, secret=None if current is None else current[1])
 
+    @answers_from_memory  # the resolver asks it within the request's step
     async def get_by_secret_hash(self, secret_hash: str) -> TokenRecord | None:
         """The token whose secret hashes to ``secret_hash``, revoked ones and replaced
         secrets included (``record.secret`` says until when)."""
