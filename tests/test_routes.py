@@ -1588,3 +1588,39 @@ def test_route_memo_stays_bounded_under_a_flood() -> None:
     for i in range(ROUTE_MEMO_SIZE + 500):
         routes.match("GET", f"/v3/sql/c{i}/query".encode())
     assert len(routes._matched) <= ROUTE_MEMO_SIZE
+
+
+_TILE_SEGMENTS = st.lists(
+    st.sampled_from(["v3", "maps", "sql", "carto_dw", "table", "query", "tileset", "5", "12",
+                     "0", "", "a1", "%31", ".", "..", "table5", "007"]),
+    min_size=1, max_size=9,
+)
+
+
+@given(st.lists(_TILE_SEGMENTS, min_size=1, max_size=6))
+@settings(max_examples=1500)
+def test_the_route_memo_answers_as_the_router_does(paths: list[list[str]]) -> None:
+    """``match`` (remembered per path, and per path without a tile's z/x/y) answers every
+    path as the router does unremembered, whatever was asked before it."""
+    routes = RouteMap()
+    for segments in paths:
+        raw = ("/" + "/".join(segments)).encode("ascii")
+        expected, _ = RouteMap()._match("GET", raw)
+        assert routes.match("GET", raw) == expected, raw
+
+
+_HEADS = st.sampled_from(["/v3/maps/carto_dw/table", "/v3/maps/carto_dw/query",
+                          "/v3/maps/carto_dw/tileset", "/v3/maps/c1/table", "/v3/maps/c/table5",
+                          "/v3/sql/carto_dw/query", "/v3/maps/carto_dw", "/v3/maps/carto_dw/7",
+                          "/v3//maps/c/table", "/v3/maps/c/table/1"])
+_TAILS = st.lists(st.sampled_from(["0", "12", "345", "", "x", "007"]), min_size=0, max_size=5)
+
+
+@given(st.lists(st.tuples(_HEADS, _TAILS), min_size=1, max_size=8))
+@settings(max_examples=1500)
+def test_the_tile_memo_answers_as_the_router_does(paths: list[tuple[str, list[str]]]) -> None:
+    routes = RouteMap()
+    for head, tail in paths:
+        raw = "/".join([head, *tail]).encode("ascii")
+        expected, _ = RouteMap()._match("GET", raw)
+        assert routes.match("GET", raw) == expected, raw

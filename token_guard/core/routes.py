@@ -650,16 +650,25 @@ class RouteMap:
         memo = self._matched
         head = b""
         tail = 0
-        if raw_path[-1:].isdigit() and not self._digit_literals:
-            # The trailing run of non-empty digit segments (str methods, not a regex search
-            # that tries every position): head ends where that run's first "/" is.
-            rest = raw_path[len(raw_path.rstrip(b"0123456789/")):]
-            # (find, not ``in``: ``bytes in bytes`` raises and clears a TypeError first.)
-            start = rest.find(b"/")
-            run = rest[start:] if start != -1 else b""
-            if run and run.find(b"//") == -1 and len(raw_path) <= MAX_PATH_BYTES:
-                head = raw_path[: len(raw_path) - len(run)]
-                tail = run.count(b"/")
+        if raw_path[-1:].isdigit() and not self._digit_literals and (
+                len(raw_path) <= MAX_PATH_BYTES):
+            # A tile's z/x/y: the last three segments, each non-empty ASCII digits.
+            parts = raw_path.rsplit(b"/", 3)
+            if (len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit()
+                    and parts[3].isdigit()):
+                head = parts[0]
+                tail = 3
+            else:
+                # The trailing run of non-empty digit segments (str methods, not a regex
+                # search that tries every position): head ends where its first "/" is.
+                rest = raw_path[len(raw_path.rstrip(b"0123456789/")):]
+                # (find, not ``in``: ``bytes in bytes`` raises and clears a TypeError first.)
+                start = rest.find(b"/")
+                run = rest[start:] if start != -1 else b""
+                if run and run.find(b"//") == -1:
+                    head = raw_path[: len(raw_path) - len(run)]
+                    tail = run.count(b"/")
+            if tail:
                 hit = memo.get((method, head, tail))
                 if hit is not None:
                     return hit[0]
