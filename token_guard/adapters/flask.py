@@ -141,9 +141,9 @@ class _FlaskGuardedApp(TokenGuardWSGI):
     def _respond(
         self, environ: WSGIEnvironment, start_response: StartResponse, denial: Denial
     ) -> Iterable[bytes]:
-        status, headers, body = self.guard.deny_response(denial)
+        status, _, headers, body = self._response(denial)
         flask_app = self.flask_app
-        listed = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+        listed = list(headers)
         environ.pop(ENVIRON_KEY, None)  # no hook may find a token on a refused request
         try:
             with flask_app.request_context(environ):
