@@ -62,7 +62,7 @@ NAMES = ("repeated", "mixed")
 # The repeated request costs the same every time: fewer of them measure it as well.
 LENGTHS = {
     "full": {"repeated": (100, 300), "mixed": (300, 1100)},
-    "quick": {"repeated": (40, 120), "mixed": (100, 300)},
+    "quick": {"repeated": (40, 120), "mixed": (150, 550)},
     "smoke": {"repeated": (4, 12), "mixed": (4, 12)},
 }
 # FlaskTokenGuard's row costs a third more set-up under valgrind: the full run only.
