@@ -38,7 +38,8 @@ codes, JSON bodies and headers); its security choices are stated there. What is 
   ``wsgi.input`` with ``CONTENT_LENGTH`` set.
 - **Threads.** A cache hit is decided synchronously in the request thread
   (``Resolver.lookup`` and ``note_used`` are thread-safe). A miss is resolved on one
-  long-lived event loop in a daemon thread (``asyncio.run_coroutine_threadsafe``), so
+  long-lived event loop in a daemon thread (a task scheduled with
+  ``call_soon_threadsafe`` that releases the waiting request thread when done), so
   concurrent misses for a token share one store lookup and no request creates an event loop.
   The store is used only on that loop: reach it with
   ``guard.call(lambda: store.create_token(body))``. The loop starts on the first miss in each
