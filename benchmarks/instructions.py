@@ -215,7 +215,10 @@ def child_main(names: Sequence[str], lengths: Sequence[int], parallel: int = 2) 
 
     import benchmarks.inprocess  # noqa: F401
     import token_guard.adapters.asgi  # noqa: F401
+    from benchmarks import instructions_wsgi
 
+    if any(name.startswith(instructions_wsgi.JOB) for name in names):
+        instructions_wsgi.preimport()  # section 0b's Flask jobs run in this process too
     running: dict[int, str] = {}
     failed = 0
     for name in [*names, *[None] * parallel]:
@@ -231,7 +234,10 @@ def child_main(names: Sequence[str], lengths: Sequence[int], parallel: int = 2) 
         if pid == 0:
             code = 3
             try:
-                code = _workload_main(name, lengths)
+                if name.startswith(instructions_wsgi.JOB):
+                    code = instructions_wsgi.job_main(name)
+                else:
+                    code = _workload_main(name, lengths)
             except BaseException as exc:
                 print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             os._exit(code)
@@ -313,8 +319,10 @@ def per_request(counts: dict[tuple[str, str, int], int], name: str, variant: str
 
 
 def run(budget: Budget) -> tuple[list[Row], list[Threshold]]:
-    """Count every workload (smoke: the repeated request only); rows, targets, guardrail."""
-    return section(budget, ["repeated"] if budget.mode == "smoke" else list(workloads()))
+    """Count every workload (smoke: the repeated request only), and section 0b's Flask
+    workloads in the same valgrind process; rows, targets, guardrail."""
+    names = ["repeated"] if budget.mode == "smoke" else list(workloads())
+    return section(budget, names, flask=True)
 
 
 GUARDRAIL = 4.0
@@ -324,8 +332,14 @@ instructions on the mixed workload. The issue's guardrail is 2.0; the guard meas
 fails on a regression past 4.0 (it was 5.0 while the ratio was 3.7)."""
 
 
-def section(budget: Budget, names: Sequence[str]) -> tuple[list[Row], list[Threshold]]:
-    """The rows and thresholds for ``names`` at ``budget``'s lengths."""
+def section(budget: Budget, names: Sequence[str], flask: bool = False
+            ) -> tuple[list[Row], list[Threshold]]:
+    """The rows and thresholds for ``names`` at ``budget``'s lengths; with ``flask``, section
+    0b's too (``instructions_wsgi``: Flask bare and guarded, on those of ``names`` it
+    has), counted by the same valgrind process, which imports everything once."""
+    from benchmarks import instructions_wsgi
+
+    flask_names = [n for n in instructions_wsgi.NAMES if n in names] if flask else []
     lengths = LENGTHS[budget.mode]
     guard = Threshold(f"instructions: TokenGuard / AuthMiddleware on mixed > {GUARDRAIL}",
                       None, GUARDRAIL, True, "x", gross=True)
@@ -333,7 +347,9 @@ def section(budget: Budget, names: Sequence[str]) -> tuple[list[Row], list[Thres
         why = "valgrind is not installed (apt-get install valgrind)"
         return [Row(SECTION, "instructions", None, "", why)], [guard]
     started = time.perf_counter()
-    counts, error = count(names, lengths)
+    # The Flask jobs first: the longest, they run alongside the rest, two at a time.
+    counts, error = count([*instructions_wsgi.jobs(budget.mode, flask_names), *names],
+                          lengths)
     elapsed = time.perf_counter() - started
     described = workloads()
     rows: list[Row] = []
@@ -379,7 +395,8 @@ def section(budget: Budget, names: Sequence[str]) -> tuple[list[Row], list[Thres
             thresholds.append(Threshold(f"instructions, {flood} / mixed (TokenGuard added)", r,
                                         2.0, True, "x"))
     rows.append(Row(SECTION, "callgrind wall time", elapsed, "", f"N = {lengths[0]} and "
-                    f"{lengths[1]}; {len(names)} workloads, 2 at a time"))
+                    f"{lengths[1]}; {len(names)} workloads, 2 at a time"
+                    + (f", and {len(flask_names)} through Flask (0b)" if flask_names else "")))
     if "mixed" in added:
         m = added["mixed"]
         tg, auth = m["tokenguard"], m["authmw"]
@@ -387,6 +404,11 @@ def section(budget: Budget, names: Sequence[str]) -> tuple[list[Row], list[Thres
         thresholds.append(Threshold("instructions, mixed: TokenGuard / AuthMiddleware (the "
                                     "guardrail asked for)", ratio, 2.0, True, "x"))
         guard = Threshold(guard.name, ratio, GUARDRAIL, True, "x", gross=True)
+    if flask_names:
+        flask_rows, flask_thresholds = instructions_wsgi.section(budget.mode, flask_names,
+                                                                 counts, error)
+        rows += flask_rows
+        thresholds += flask_thresholds
     return rows, [*thresholds, guard]
 
 
@@ -457,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(workloads()))
     parser.add_argument("--lengths", nargs=2, type=int, metavar=("N1", "N2"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--flask", action="store_true",
+                        help="also section 0b (Flask bare and guarded, instructions_wsgi)")
     args = parser.parse_args(argv)
     if args.child:
         counts, *names = args.child
@@ -475,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget.quick() if args.quick else Budget.full()
     if args.lengths:
         LENGTHS[budget.mode] = tuple(args.lengths)
-    rows, thresholds = section(budget, args.only or list(workloads()))
+    rows, thresholds = section(budget, args.only or list(workloads()), flask=args.flask)
     from benchmarks.report import Results, format_table
 
     results = Results(budget.mode)

@@ -41,12 +41,12 @@ Security choices, and what is Flask's own:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Unpack
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Unpack
 
-from flask import Flask, g, request
+from flask import Flask, Request, g, request
 
-from token_guard.adapters.wsgi import ENVIRON_KEY, TokenGuardWSGI, current_token, get_token
+from token_guard.adapters.wsgi import ENVIRON_KEY, TokenGuardWSGI, current_token
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
@@ -118,8 +118,18 @@ class FlaskTokenGuard:
             self.wsgi.close()
 
 
+# The objects behind Flask's ``request`` and ``g`` proxies (werkzeug's documented
+# ``LocalProxy._get_current_object``; each reads the current context): an attribute read or
+# write through a proxy costs thousands of instructions, and the hook below runs on every
+# request of the app.
+_current_request: Callable[[], Request] = request._get_current_object  # type: ignore[attr-defined]
+_current_g: Callable[[], Any] = g._get_current_object
+
+
 def _token_on_g() -> None:
-    setattr(g, G_ATTRIBUTE, get_token(request.environ))
+    # setattr(g, G_ATTRIBUTE, get_token(request.environ)), without the proxies.
+    token = _current_request().environ.get(ENVIRON_KEY)
+    _current_g().token_guard_token = token if isinstance(token, TokenRecord) else None
 
 
 class _FlaskGuardedApp(TokenGuardWSGI):
@@ -141,9 +151,9 @@ class _FlaskGuardedApp(TokenGuardWSGI):
     def _respond(
         self, environ: WSGIEnvironment, start_response: StartResponse, denial: Denial
     ) -> Iterable[bytes]:
-        status, headers, body = self.guard.deny_response(denial)
+        status, _, headers, body = self._response(denial)
         flask_app = self.flask_app
-        listed = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+        listed = list(headers)
         environ.pop(ENVIRON_KEY, None)  # no hook may find a token on a refused request
         try:
             with flask_app.request_context(environ):
