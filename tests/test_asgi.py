@@ -189,3 +189,31 @@ def test_ten_thousand_concurrent_requests_with_one_uncached_token_make_one_looku
     statuses = asyncio.run(main())
     assert len(statuses) == 10_000 and set(statuses) == {200}
     assert CountingStore.lookups == 1
+
+
+@pytest.mark.parametrize("name", ["a%63cess_token", "access%5Ftoken", "%61ccess_token",
+                                  "access_tok%65n"])
+@pytest.mark.parametrize("allow_query_token", [False, True])
+def test_an_escaped_access_token_is_read_as_the_app_reads_it(name: str,
+                                                            allow_query_token: bool) -> None:
+    """Starlette and Flask decode ``a%63cess_token`` to ``access_token``: the guard must
+    read it too, or a request decided on the header's token would carry a second token (or
+    a query token the guard refuses) to the app."""
+    store = MemoryStore()
+    guard = TokenGuard(inner_app(), store=store, connections=CONNECTIONS,
+                       allow_query_token=allow_query_token)
+    with serve(guard) as server:
+        header = server.call(lambda: store.create_token(FULL))
+        other = server.call(lambda: store.create_token(FULL))
+        base = f"{server.url}/v3/maps/carto_dw/table?name=proj.ds.stores"
+        for _ in range(2):  # a fresh guard, then the same request warm
+            r = httpx.get(f"{base}&{name}={other.token}",
+                          headers={"Authorization": f"Bearer {header.token}"})
+            assert r.status_code == 400, r.text
+            expected = "ambiguous_request" if allow_query_token else "malformed_request"
+            assert r.json()["code"] == expected
+        r = httpx.get(f"{base}&{name}={other.token}")
+        if allow_query_token:
+            assert r.status_code == 200  # the escaped name is the token, as the app reads it
+        else:
+            assert r.status_code == 400 and "access_token" in r.json()["error"]

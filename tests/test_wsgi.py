@@ -273,3 +273,15 @@ def test_preflight_passes_to_cors_layer_outside(env: Env) -> None:
     # Without Origin it is no browser's preflight: the guard judges it, and OPTIONS is no
     # declared method of the route.
     assert_denied(r, 403, "unknown_route")
+
+
+@pytest.mark.parametrize("name", ["a%63cess_token", "access%5Ftoken"])
+def test_an_escaped_access_token_next_to_the_header_is_two_tokens(env: Env, name: str) -> None:
+    """Flask decodes ``a%63cess_token`` to ``access_token``: the guard reads it as a second
+    token beside the header's, not as an unknown parameter (cold, then warm)."""
+    issued = env.create(FULL)
+    other = env.create(FULL)
+    for _ in range(2):
+        r = env.get(f"/v3/maps/carto_dw/tileset?name=proj.shared.t&{name}={other.token}",
+                    bearer(issued.token))
+        assert_denied(r, 400, "malformed_request", other.token)

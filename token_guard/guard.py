@@ -43,7 +43,7 @@ from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import RequestFacts
 from token_guard.core.limits import ratelimit_headers
 from token_guard.core.policy import CompiledToken, Policy, expired
-from token_guard.core.querystrings import redact, values_of
+from token_guard.core.querystrings import may_hold_token, redact, values_of
 from token_guard.core.records import TokenRecord
 from token_guard.core.routes import Route, RouteMap, RouteMatch
 from token_guard.core.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
@@ -470,7 +470,7 @@ class Guard:
                     named = known[2]
                 else:
                     read = self._route_facts(match, query_string)
-                    named = query_string.find(b"access_token") != -1
+                    named = may_hold_token(query_string)
                     if len(query_string) <= _MEMO_MAX_QUERY:
                         if len(self._facts) >= FACTS_MEMO_SIZE:
                             self._facts.clear()
@@ -547,7 +547,9 @@ class Guard:
                 if len(self._bearers) >= BEARER_MEMO_SIZE:
                     self._bearers.clear()
                 self._bearers[authorization] = token
-        if query_string.find(b"access_token") != -1 and not isinstance(token, Denial):
+        # Any spelling the app decodes to access_token (a%63cess_token too): values_of
+        # reads names as the frameworks do.
+        if may_hold_token(query_string) and not isinstance(token, Denial):
             token = self._query_token(query_string, token)
         if token is None:
             return MISSING
