@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,26 +186,40 @@ def check_statuses(requests: Sequence[Request], statuses: Sequence[int]) -> None
                            f"wrongly (target, expected, got), e.g. {wrong[:3]}")
 
 
-def measure_in_child(setup: Setup, variant: str, n: int, label: str) -> int:
-    """Fork; the child counts ``n`` requests of ``variant`` and exits. Its exit status."""
+def count_in_child(label: str, prepare: Callable[[], Any], run: Callable[[Any], Any],
+                   check: Callable[[Any], None] | None = None) -> int:
+    """Fork; the child runs ``prepare()`` uninstrumented, then ``run`` on what it returned
+    with callgrind's counters on (dumped as ``label``), then ``check`` on run's answer, and
+    exits. The child's exit status (3: something raised, said on stderr)."""
     pid = os.fork()
     if pid:
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     code = 0
     try:
-        scopes = [r.scope() for r in setup.measured[:n]]
+        prepared = prepare()
         cg = ClientRequests()
         cg.request(cg.START)
         cg.request(cg.ZERO_STATS)
-        statuses = setup.loop.run_until_complete(drive(setup.apps[variant], scopes))
+        answer = run(prepared)
         cg.dump(label)
         cg.request(cg.STOP)
-        if variant == "tokenguard":
-            check_statuses(setup.measured[:n], statuses)
+        if check is not None:
+            check(answer)
     except BaseException as exc:  # the child must never return into the parent's code
         print(f"{label}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         code = 3
     os._exit(code)
+
+
+def measure_in_child(setup: Setup, variant: str, n: int, label: str) -> int:
+    """Fork; the child counts ``n`` requests of ``variant`` and exits. Its exit status."""
+    return count_in_child(
+        label,
+        lambda: [r.scope() for r in setup.measured[:n]],
+        lambda scopes: setup.loop.run_until_complete(drive(setup.apps[variant], scopes)),
+        (lambda statuses: check_statuses(setup.measured[:n], statuses))
+        if variant == "tokenguard" else None,
+    )
 
 
 def child_main(names: Sequence[str], lengths: Sequence[int], parallel: int = 2) -> int:
@@ -412,23 +426,24 @@ def section(budget: Budget, names: Sequence[str], flask: bool = False
     return rows, [*thresholds, guard]
 
 
-def profile(name: str, requests: int, out: Path) -> None:
-    """Callgrind (C functions, self cost) and cProfile (token_guard functions, inclusive)
-    of the TokenGuard variant on ``requests`` requests of workload ``name``."""
+def callgrind_top(module: str, prefix: str, name: str, variant: str, requests: int,
+                  out: Path, what: str) -> float:
+    """Run ``python -m module --child requests name --variant variant`` under callgrind
+    (dumps named ``prefix*`` in ``out``), print the C functions' top (self cost), and
+    return the instructions per request."""
     env = {**os.environ, "PYTHONHASHSEED": "0",
            "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(f"{name}.*"):
+    for old in out.glob(f"{prefix}.*"):
         old.unlink()
-    command = [*valgrind_command(str(out / f"{name}.%p")), sys.executable, "-m",
-               "benchmarks.instructions", "--child", str(requests), name, "--variant",
-               "tokenguard"]
+    command = [*valgrind_command(str(out / f"{prefix}.%p")), sys.executable, "-m", module,
+               "--child", str(requests), name, "--variant", variant]
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
-    dump = next(p for p in out.glob(f"{name}.*")
+    dump = next(p for p in out.glob(f"{prefix}.*")
                 if "Client Request" in p.read_text(errors="replace"))
     total = _SUMMARY.search(dump.read_text(errors="replace"))
     per_request = int(total[1]) / requests if total else float("nan")
-    print(f"== callgrind, TokenGuard on {name}, {requests} requests (app included): "
+    print(f"== callgrind, {what} on {name}, {requests} requests: "
           f"{per_request:,.0f} instructions per request; {dump}")
     print(f"   (callgrind_annotate {dump}; --inclusive=yes only shows the interpreter loop)")
     annotated = subprocess.run(["callgrind_annotate", str(dump)], check=True,
@@ -437,6 +452,14 @@ def profile(name: str, requests: int, out: Path) -> None:
     start = next((i for i, line in enumerate(lines) if "file:function" in line), 0)
     for line in lines[start + 2:start + 27]:
         print("  " + re.sub(r"\S*/Python-3[.0-9]*/", "", line))
+    return per_request
+
+
+def profile(name: str, requests: int, out: Path) -> None:
+    """Callgrind (C functions, self cost) and cProfile (token_guard functions, inclusive)
+    of the TokenGuard variant on ``requests`` requests of workload ``name``."""
+    per_request = callgrind_top("benchmarks.instructions", name, name, "tokenguard", requests,
+                                out, "TokenGuard (app included)")
     cprofile(name, requests, per_request)
 
 
@@ -458,12 +481,20 @@ def cprofile(name: str, requests: int, instructions: float, top: int = 15) -> No
             rows.append((cumulative, calls, f"{short}:{line}({function})"))
     rows.sort(reverse=True)
     whole = rows[0][0] if rows else float("nan")  # asgi.TokenGuard.__call__: the request
-    print(f"\n== cProfile, TokenGuard on {name}, {requests} requests: token_guard functions,"
-          " inclusive. Calls are exact; '~instructions' is the function's share of the"
-          " request's profiled time times the callgrind count (the profiler's own cost per"
-          " call overstates small functions)")
+    print_profile(
+        f"TokenGuard on {name}, {requests} requests: token_guard functions, inclusive. Calls"
+        " are exact; '~instructions' is the function's share of the request's profiled time"
+        " times the callgrind count (the profiler's own cost per call overstates small"
+        " functions)", rows[:top], whole, instructions, requests)
+
+
+def print_profile(title: str, rows: Sequence[tuple[float, int, str]], whole: float,
+                  instructions: float, requests: int) -> None:
+    """A cProfile table: (inclusive seconds, calls, function) rows, per request, with the
+    share of ``whole`` (seconds) of the callgrind count ``instructions``."""
+    print(f"\n== cProfile, {title}")
     print(f"{'~instructions':>13} {'µs (profiled)':>13} {'calls':>6}  function   (per request)")
-    for cumulative, calls, where in rows[:top]:
+    for cumulative, calls, where in rows:
         print(f"{cumulative / whole * instructions:>13,.0f} {cumulative / requests * 1e6:>13.2f}"
               f" {calls / requests:>6.2f}  {where}")
 

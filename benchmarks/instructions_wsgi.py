@@ -30,9 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,14 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.instructions import (
-    _SUMMARY,
-    ROOT,
-    ClientRequests,
     _collector_for_counting,
     _deterministic_cache,
+    callgrind_top,
     check_statuses,
+    count_in_child,
     per_request,
-    valgrind_command,
+    print_profile,
 )
 from benchmarks.report import Row, Threshold
 from benchmarks.workloads import CONNECTIONS, Request, create_tokens, take, workloads
@@ -158,26 +154,17 @@ async def _nothing() -> None:
 
 def measure_in_child(setup: Setup, variant: str, n: int, label: str) -> int:
     """Fork; the child counts ``n`` requests of ``variant`` and exits. Its exit status."""
-    pid = os.fork()
-    if pid:
-        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    code = 0
-    try:
+
+    def prepare() -> list[dict[str, Any]]:
         for guard in setup.guards:
             guard.call(_nothing)  # the loop thread did not survive the fork: start it
-        environs = [r.environ() for r in setup.measured[:n]]
-        cg = ClientRequests()
-        cg.request(cg.START)
-        cg.request(cg.ZERO_STATS)
-        statuses = drive(setup.apps[variant], environs)
-        cg.dump(label)
-        cg.request(cg.STOP)
-        if variant in GUARDED:
-            check_statuses(setup.measured[:n], statuses)
-    except BaseException as exc:  # the child must never return into the parent's code
-        print(f"{label}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        code = 3
-    os._exit(code)
+        return [r.environ() for r in setup.measured[:n]]
+
+    return count_in_child(
+        label, prepare, lambda environs: drive(setup.apps[variant], environs),
+        (lambda statuses: check_statuses(setup.measured[:n], statuses))
+        if variant in GUARDED else None,
+    )
 
 
 def _quiet_fork() -> None:
@@ -266,27 +253,8 @@ def section(mode: str, names: Sequence[str], counts: dict[tuple[str, str, int], 
 def profile(name: str, requests: int, out: Path, variant: str) -> None:
     """Callgrind (C functions, self cost) and cProfile (token_guard functions, inclusive)
     of ``variant`` on ``requests`` requests of workload ``name``."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(f"wsgi-{name}.*"):
-        old.unlink()
-    command = [*valgrind_command(str(out / f"wsgi-{name}.%p")), sys.executable, "-m",
-               "benchmarks.instructions_wsgi", "--child", str(requests), name, "--variant",
-               variant]
-    env = {**os.environ, "PYTHONHASHSEED": "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
-    dump = next(p for p in out.glob(f"wsgi-{name}.*")
-                if "Client Request" in p.read_text(errors="replace"))
-    total = _SUMMARY.search(dump.read_text(errors="replace"))
-    instructions = int(total[1]) / requests if total else float("nan")
-    print(f"== callgrind, {variant} on {name}, {requests} requests (Flask included): "
-          f"{instructions:,.0f} instructions per request; {dump}")
-    annotated = subprocess.run(["callgrind_annotate", str(dump)], check=True,
-                               capture_output=True, text=True).stdout
-    lines = annotated.splitlines()
-    start = next((i for i, line in enumerate(lines) if "file:function" in line), 0)
-    for line in lines[start + 2:start + 27]:
-        print("  " + re.sub(r"\S*/Python-3[.0-9]*/", "", line))
+    instructions = callgrind_top("benchmarks.instructions_wsgi", f"wsgi-{name}", name,
+                                 variant, requests, out, f"{variant} (Flask included)")
     cprofile(name, requests, instructions, variant)
 
 
@@ -313,13 +281,11 @@ def cprofile(name: str, requests: int, instructions: float, variant: str,
             rows.append((cumulative, calls, f"{short}:{line}({function})"))
     rows.sort(reverse=True)
     whole = whole or (rows[0][0] if rows else float("nan"))
-    print(f"\n== cProfile, {variant} on {name}, {requests} requests: token_guard functions,"
-          " inclusive; '~instructions' is the share of the time in Flask's __call__ times"
-          " the callgrind count (a wait for the loop thread counts as time)")
-    print(f"{'~instructions':>13} {'µs (profiled)':>13} {'calls':>6}  function   (per request)")
-    for cumulative, calls, where in rows[:top]:
-        print(f"{cumulative / whole * instructions:>13,.0f} {cumulative / requests * 1e6:>13.2f}"
-              f" {calls / requests:>6.2f}  {where}")
+    print_profile(
+        f"{variant} on {name}, {requests} requests: token_guard functions, inclusive;"
+        " '~instructions' is the share of the time in Flask's __call__ times the callgrind"
+        " count (a wait for the loop thread counts as time)", rows[:top], whole,
+        instructions, requests)
 
 
 def main(argv: list[str] | None = None) -> int:
