@@ -43,7 +43,7 @@ from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import RequestFacts
 from token_guard.core.limits import ratelimit_headers
 from token_guard.core.policy import CompiledToken, Policy, expired
-from token_guard.core.querystrings import NAME_MARK, may_hold_token, redact, values_of
+from token_guard.core.querystrings import may_hold_token, redact, values_of
 from token_guard.core.records import TokenRecord
 from token_guard.core.routes import Route, RouteMap, RouteMatch
 from token_guard.core.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
@@ -470,8 +470,7 @@ class Guard:
                     named = known[2]
                 else:
                     read = self._route_facts(match, query_string)
-                    # may_hold_token, its one search written out: a name with "_" or "%".
-                    named = NAME_MARK.search(b"&" + query_string) is not None
+                    named = may_hold_token(query_string)
                     if len(query_string) <= _MEMO_MAX_QUERY:
                         if len(self._facts) >= FACTS_MEMO_SIZE:
                             self._facts.clear()

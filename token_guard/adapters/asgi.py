@@ -49,7 +49,7 @@ from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
-from token_guard.core.querystrings import NAME_MARK, redacted_query
+from token_guard.core.querystrings import may_hold_token, redacted_query
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     Awaiting,
@@ -165,9 +165,7 @@ class TokenGuard:
         # and again; escaped ones carry SQL and bound values, new on most requests).
         redacted = self._redacted.get(query_string, query_string)
         if redacted is query_string:
-            # querystrings.may_hold_token, its one search written out: a name with "_" or "%".
-            redacted = (redacted_query(query_string)
-                        if NAME_MARK.search(b"&" + query_string) is not None else None)
+            redacted = redacted_query(query_string) if may_hold_token(query_string) else None
             if len(query_string) <= _REDACTED_MAX_QUERY and query_string.find(b"%") == -1:
                 if len(self._redacted) >= REDACTED_MEMO_SIZE:
                     self._redacted.clear()
