@@ -91,6 +91,40 @@ def test_the_redaction_pretest_never_misses_a_name_redaction_would_change(query:
         assert may_hold_token(query), query
 
 
+@given(st.one_of(_QUERY_BYTES, st.binary(max_size=24)))
+@settings(max_examples=3000)
+def test_plain_names_stands_for_both_name_searches(query: bytes) -> None:
+    """``plain_names`` True (the ASGI adapter hands it to ``Guard.check``) must mean what the
+    two searches it replaces would say: no name ``may_hold_token`` fires on, so nothing to
+    redact and no query token to read, and no name with an escape or a ``+``, so
+    ``wanted_pieces`` answers as if it had searched the names itself."""
+    from token_guard.core.querystrings import (
+        may_hold_token,
+        plain_names,
+        redacted_query,
+        wanted_pattern,
+        wanted_pieces,
+    )
+
+    if plain_names(query):
+        assert not may_hold_token(query), query
+        assert redacted_query(query) is None, query
+        pattern = wanted_pattern(NAMES)
+        assert wanted_pieces(query, pattern, True) == wanted_pieces(query, pattern), query
+
+
+@pytest.mark.parametrize(("query", "plain"), [
+    (b"q=SELECT%20*%20FROM%20t&queryParameters=%7B%22a_b%22%3A1%7D&v=3.4", True),
+    (b"name=proj.ds1.table_1&v=3.4&client=deckgl-carto", True), (b"", True), (b"a", True),
+    (b"access_token=1", False), (b"na%6De=x", False), (b"n+ame=a", False), (b"x=1&_=2", False),
+    (b"x&a_b", False), (b"x=1&&y_z=", False),
+])
+def test_plain_names_examples(query: bytes, plain: bool) -> None:
+    from token_guard.core.querystrings import plain_names
+
+    assert plain_names(query) is plain
+
+
 @pytest.mark.parametrize("query", [
     b"access_token=tgk_x", b"ACCESS_TOKEN=1", b"aCcEss_tOkEn=1", b"a%63cess_token=1",
     b"access%5Ftoken=1", b"access%5ftoken=1", b"%61ccess_token=1", b"x=1&a%63cess%5Ftoken=2",

@@ -43,7 +43,7 @@ from token_guard.core.errors import ConfigurationError
 from token_guard.core.facts import RequestFacts
 from token_guard.core.limits import ratelimit_headers
 from token_guard.core.policy import CompiledToken, Policy, expired
-from token_guard.core.querystrings import may_hold_token, redact, values_of
+from token_guard.core.querystrings import may_hold_token, plain_names, redact, values_of
 from token_guard.core.records import TokenRecord
 from token_guard.core.routes import Route, RouteMap, RouteMatch
 from token_guard.core.sql import DEFAULT_ALLOWED_FUNCTIONS, SqlAnalyzer
@@ -418,8 +418,12 @@ class Guard:
         referer: str | None,
         preflight: bool = False,
         conflicting_authorization: bool = False,
+        names_plain: bool | None = None,
     ) -> Step:
         """The first step of a request (see the module docstring for the steps).
+
+        ``names_plain``: what ``querystrings.plain_names(query_string)`` answers, if the
+        adapter already asked (None: the guard asks when it needs to).
 
         Each step remembers its own answer by what that answer depends on, never by the
         whole request: the route by its path (a tile's coordinates aside: ``RouteMap.match``),
@@ -469,8 +473,12 @@ class Guard:
                     read = known[1]
                     named = known[2]
                 else:
-                    read = self._route_facts(match, query_string)
-                    named = may_hold_token(query_string)
+                    # No name with "%", "+" or "_": none reads as access_token, and none
+                    # decodes to a name the route reads. Otherwise _token looks closer.
+                    if names_plain is None:
+                        names_plain = plain_names(query_string)
+                    read = self._route_facts(match, query_string, names_plain)
+                    named = not names_plain
                     if len(query_string) <= _MEMO_MAX_QUERY:
                         if len(self._facts) >= FACTS_MEMO_SIZE:
                             self._facts.clear()

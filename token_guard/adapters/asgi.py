@@ -49,7 +49,7 @@ from token_guard.core.bodies import one_content_type
 from token_guard.core.connections import Connection
 from token_guard.core.decision import Denial
 from token_guard.core.errors import ConfigurationError
-from token_guard.core.querystrings import may_hold_token, redacted_query
+from token_guard.core.querystrings import may_hold_token, plain_names, redacted_query
 from token_guard.core.records import TokenRecord
 from token_guard.guard import (
     Awaiting,
@@ -164,8 +164,11 @@ class TokenGuard:
         # remembered per query string without escapes (a map's table tiles send one again
         # and again; escaped ones carry SQL and bound values, new on most requests).
         redacted = self._redacted.get(query_string, query_string)
+        names_plain: bool | None = None  # plain_names(query_string), when asked here
         if redacted is query_string:
-            redacted = redacted_query(query_string) if may_hold_token(query_string) else None
+            names_plain = plain_names(query_string)
+            redacted = (None if names_plain or not may_hold_token(query_string)
+                        else redacted_query(query_string))
             if len(query_string) <= _REDACTED_MAX_QUERY and query_string.find(b"%") == -1:
                 if len(self._redacted) >= REDACTED_MEMO_SIZE:
                     self._redacted.clear()
@@ -194,6 +197,7 @@ class TokenGuard:
             referer,
             preflight,
             conflict,
+            names_plain,
         )
         while True:
             if isinstance(step, TokenRecord):

@@ -862,14 +862,17 @@ class RouteMap:
         return RequestFacts(route.api, connection, sources, origin, referer)
 
 
-    def query_facts(self, match: RouteMatch, query_string: bytes) -> RequestFacts | Denial:
+    def query_facts(
+        self, match: RouteMatch, query_string: bytes, names_plain: bool = False
+    ) -> RequestFacts | Denial:
         """``facts`` without a body or headers, remembered per (match, the raw text of the
         parameters its route reads): a tile's or a query's other parameters (bound
-        values, client versions) do not make it new. ``READ_MEMO_SIZE``, all requests."""
+        values, client versions) do not make it new. ``READ_MEMO_SIZE``, all requests.
+        ``names_plain``: ``querystrings.plain_names(query_string)`` is known to be True."""
         plan = self._plans.get(id(match.route))
         if plan is None or plan.route is not match.route:
             return self.facts(match, query_string, None, None, None)
-        wanted = wanted_pieces(query_string, plan.pieces)
+        wanted = wanted_pieces(query_string, plan.pieces, names_plain)
         if wanted is None:
             return self.facts(match, query_string, None, None, None)
         key = (id(match), wanted)
