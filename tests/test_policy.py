@@ -358,3 +358,34 @@ def test_grant_whose_compilation_raises_is_skipped(caplog: pytest.LogCaptureFixt
         token = policy.compile(TokenRecord(id="tok_x", spec=spec, created_at=datetime.now(UTC)))
     assert sum(r.levelname == "WARNING" for r in caplog.records) == 1
     assert policy.decide(token, facts("maps", "carto_dw", table("proj.ds.ok")), NOW) is None
+
+
+@pytest.mark.parametrize(("grant", "allowed"), [
+    pytest.param("*", False, id="star"),
+    pytest.param("DB.INFORMATION_SCHEMA.*", False, id="wildcard"),
+    pytest.param("DB.INFORMATION_SCHEMA.TABLES", True, id="exact"),
+])
+@pytest.mark.parametrize("source", [
+    pytest.param(table("DB.INFORMATION_SCHEMA.TABLES"), id="table-source"),
+    pytest.param(query("SELECT table_name FROM DB.INFORMATION_SCHEMA.TABLES"), id="query"),
+    pytest.param(query("SELECT t.a FROM DB.S.T t JOIN DB.INFORMATION_SCHEMA.TABLES i "
+                       "ON t.a = i.table_name"), id="query-joining-it"),
+])
+def test_a_catalog_table_is_allowed_only_by_an_exact_grant(
+    grant: str, allowed: bool, source: Source
+) -> None:
+    """Catalog tables are told apart once, when a source is prepared (not per request):
+    the second decision, from the prepared memo, must say what the first said."""
+    policy = Policy({"sf": "snowflake"})
+    grants = [{"connection_name": "sf", "source": grant},
+              {"connection_name": "sf", "source": "DB.S.T"}]
+    token = policy.compile(TokenRecord(
+        id="tok_cat", spec=parse_token_spec(dict(BODY, grants=grants)),
+        created_at=datetime.now(UTC)))
+    request = facts("sql", "sf", source)
+    for _ in range(2):
+        denial = policy.decide(token, request, NOW)
+        assert (denial is None) is allowed, denial
+        if denial is not None:
+            assert denial.code == "source_not_granted"
+            assert "INFORMATION_SCHEMA" in denial.message.upper()

@@ -153,8 +153,15 @@ _ESCAPED_NAME = re.compile(rb"&[^=&%+]*+[%+]")
 def wanted_pattern(names: frozenset[str]) -> re.Pattern[bytes]:
     """The pattern ``wanted_pieces`` finds the ``names`` pieces with, compiled once per route
     (search on the query string given a leading "&": each piece's name is then whole)."""
-    alternatives = b"|".join(re.escape(n.encode("ascii")) for n in sorted(names)) or b"(?!)"
+    if not names:
+        return _NO_NAMES
+    alternatives = b"|".join(re.escape(n.encode("ascii")) for n in sorted(names))
     return re.compile(rb"&((?:" + alternatives + rb")(?:=[^&]*+)?)(?=&|\Z)")
+
+
+# The pattern of a route that reads no parameter (LDS): it finds nothing, and
+# ``wanted_pieces`` does not search with it.
+_NO_NAMES = re.compile(rb"(?!)")
 
 
 def wanted_pieces(
@@ -182,6 +189,8 @@ def wanted_pieces(
     if (not names_plain and (escaped or query.find(b"+") != -1)
             and _ESCAPED_NAME.search(marked) is not None):
         return None
+    if pattern is _NO_NAMES:
+        return b""
     return b"&".join(pattern.findall(marked))
 
 
