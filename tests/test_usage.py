@@ -56,6 +56,7 @@ async def test_the_guard_counts_allowed_per_api_and_refusals_by_code_per_hour() 
     from datetime import UTC, timedelta
 
     from tests.tokens import CONNECTIONS, FULL
+    from token_guard.core.decision import Denial
     from token_guard.guard import Guard
     from token_guard.stores.memory import MemoryStore
 
@@ -81,6 +82,18 @@ async def test_the_guard_counts_allowed_per_api_and_refusals_by_code_per_hour() 
         ("sql", ""): 2, ("sql", "rate_limited"): 1,
     }
     assert {r.hour for r in rows} == {now.replace(minute=0, second=0, microsecond=0)}
+    # A token without limits counts on its compiled token's counters: each flush writes only
+    # what came since the last (the counter's last reading is kept).
+    plain = await store.create_token(FULL)
+    auth = f"Bearer {plain.token}".encode()
+    for uses in (3, 2, 0):
+        for _ in range(uses):
+            step = await guard.check_async("GET", b"/v3/maps/carto_dw/table",
+                                           b"name=proj.ds.stores", auth)
+            assert not isinstance(step, Denial)
+        await guard.resolver.flush_usage()
+    rows = await store.get_usage(plain.id, now - timedelta(hours=1), now + timedelta(hours=2))
+    assert sum(r.count for r in rows if r.api == "maps" and not r.code) == 5
 
 
 async def test_failed_count_writes_are_retried_and_old_rows_pruned() -> None:

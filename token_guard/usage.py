@@ -81,7 +81,8 @@ class UsageRecorder:
         # token id -> api -> counter, handed to the compiled token (``counters_for``) so the
         # request path counts with one ``next``; and the value each counter had when last read.
         self._tokens: dict[str, Counters] = {}
-        self._read: dict[str, dict[str, int]] = {}  # made on the token's first flush with uses
+        # Keyed by the counter itself: one flat dict, not one per token (~200 B a token).
+        self._read: dict[count[int], int] = {}
         self.flush_errors = 0
 
     def counters_for(self, token_id: str) -> Counters:
@@ -149,16 +150,14 @@ class UsageRecorder:
         hour = now.replace(minute=0, second=0, microsecond=0)
         with self._lock:
             tokens = list(self._tokens.items())
+        read = self._read
         for token_id, per_api in tokens:
             if not per_api:
                 continue
-            read = self._read.get(token_id)
-            if read is None:
-                read = self._read[token_id] = {}
             for api, counter in list(per_api.items()):  # a request may add one meanwhile
                 # Reading a count is a next(): the read itself is remembered as one more.
                 value = next(counter)
-                used, read[api] = value - read.get(api, 0), value + 1
+                used, read[counter] = value - read.get(counter, 0), value + 1
                 if used:
                     batch[token_id] = now
                     key = (token_id, hour, api, "")
