@@ -339,11 +339,12 @@ def run(budget: Budget) -> tuple[list[Row], list[Threshold]]:
     return section(budget, names, flask=True)
 
 
-GUARDRAIL = 4.0
+GUARDRAIL = 3.5
 """The run fails when TokenGuard adds more than this many times AuthenticationMiddleware's
 instructions on the mixed workload. The issue's guardrail is 2.0; the guard measures about
-2.9 today (see benchmarks/README.md), so 2.0 is printed as a target until it is met, and CI
-fails on a regression past 4.0 (it was 5.0 while the ratio was 3.7)."""
+2.65 at the full lengths and 2.97 at the quick ones today (see benchmarks/README.md), so 2.0
+is printed as a target until it is met, and CI fails on a regression past 3.5 (it was 4.0
+while the ratio was 2.9, 5.0 while it was 3.7)."""
 
 
 def section(budget: Budget, names: Sequence[str], flask: bool = False
