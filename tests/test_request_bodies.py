@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator, MutableMapping
@@ -253,11 +254,21 @@ def _request_head(authorization: str, length: int) -> bytes:
 
 
 def _status(sock: socket.socket) -> tuple[int, bytes]:
+    """The status and the whole response: the head, then as much body as its
+    content-length says (a server may send them in separate writes)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
             break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    while length is not None and len(body) < int(length[1]):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
         data += chunk
     return int(data.split(b" ", 2)[1]), data
 
