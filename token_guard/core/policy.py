@@ -430,19 +430,11 @@ _Check = tuple[str, ...] | _SystemTable | _Query | Denial
 _Prepared = tuple[_Check, ...]
 
 
-def _granted(grants: ConnectionGrants, key: tuple[str, ...]) -> bool:
-    """Whether ``grants`` allow reading table ``key``: exactly, or (not a catalog table) by
-    a wildcard or a grant of everything."""
-    if key in grants.tables:
-        return True
-    if is_system_table(key):
-        return False
-    return _by_wildcard(grants, key)
-
-
 def _by_wildcard(grants: ConnectionGrants, key: tuple[str, ...]) -> bool:
-    """``_granted`` past its first two tests, for a key known not to be a catalog table
-    (prepared once: ``is_system_table`` costs ~12 k instructions on a three-part name)."""
+    """Whether ``grants`` allow table ``key`` without naming it: by a grant of everything or
+    a wildcard. Only for a key known not to be a catalog table (``_prepare`` tells them
+    apart once: ``is_system_table`` costs ~12 k instructions on a three-part name), which
+    only an exact grant allows."""
     if grants.everything:
         return True
     n = len(key)

@@ -146,8 +146,14 @@ def parse_wanted(
     return found
 
 
-# A parameter name with a "%" escape or a "+" in it (the query string given a leading "&").
-_ESCAPED_NAME = re.compile(rb"&[^=&%+]*+[%+]")
+def _name_holding(marks: bytes) -> re.Pattern[bytes]:
+    """The search for a parameter name holding any of ``marks`` (on the query string given
+    a leading "&": a name runs from an "&" to the next "=" or "&")."""
+    return re.compile(rb"&[^=&" + marks + rb"]*+[" + marks + rb"]")
+
+
+# A parameter name with a "%" escape or a "+" in it.
+_ESCAPED_NAME = _name_holding(b"%+")
 
 
 def wanted_pattern(names: frozenset[str]) -> re.Pattern[bytes]:
@@ -242,8 +248,8 @@ def redact(query: bytes) -> str:
     return "&".join(parts)
 
 
-# A parameter name with ``_`` or a ``%`` escape in it (the query string given a leading "&").
-_NAME_MARK = re.compile(rb"&[^=&%_]*+[%_]")
+# A parameter name with ``_`` or a ``%`` escape in it.
+_NAME_MARK = _name_holding(b"%_")
 
 
 def may_hold_token(query: bytes) -> bool:
@@ -259,8 +265,8 @@ def may_hold_token(query: bytes) -> bool:
     return _NAME_MARK.search(b"&" + query) is not None
 
 
-# A parameter name with "%", "+" or "_" in it (the query string given a leading "&").
-_MARKED_NAME = re.compile(rb"&[^=&%+_]*+[%+_]")
+# A parameter name with "%", "+" or "_" in it.
+_MARKED_NAME = _name_holding(b"%+_")
 
 
 def plain_names(query: bytes) -> bool:
