@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port
+from tests.servers import free_port, interruptible
 
 READY_LINE = "Ctrl-C stops the demo."
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def demo_process(
         process = subprocess.Popen(
             [sys.executable, "-m", "token_guard.demo", "--port", str(port),
              *(["--data-dir", str(data_dir)] if data_dir is not None else [])],
-            stdout=out, stderr=err, env=env, cwd=cwd,
+            stdout=out, stderr=err, env=env, cwd=cwd, preexec_fn=interruptible,
         )
     if data_dir is None:
         data_dir = (cwd or Path.cwd()) / "token_guard_demo"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import signal
 import socket
 import socketserver
 import threading
@@ -31,6 +32,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 ServerKind = Literal["waitress", "werkzeug", "wsgiref"]
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a server process a test stops with Ctrl-C (SIGINT): SIGINT as a
+    terminal's foreground job has it.
+
+    A shell without job control (a script's ``cmd &``, some CI runners) starts a background
+    job with SIGINT ignored, and its children inherit that; Python then installs no
+    ``KeyboardInterrupt`` handler, so waitress, which relies on it, never stops and the test
+    waits out its timeout (uvicorn installs its own handler and stops either way).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.servers import serve
+from tests.servers import interruptible, serve
 from token_guard.demo import DemoOptions, parse_args
 from token_guard.demo.app import (
     ApiError,
@@ -543,7 +543,8 @@ def test_main_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path, free_port: int)
               f"sys.exit(main(['--port', '{free_port}', '--data-dir', sys.argv[1]]))")
     process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=interruptible)
     try:
         url = f"http://127.0.0.1:{free_port}/v3/lds/geocoding/geocode?address=Rome"
         deadline = time.monotonic() + 30

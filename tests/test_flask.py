@@ -22,7 +22,7 @@ from flask import Flask, Response, g, jsonify
 
 import token_guard as tg
 from tests.flask_app import ALLOWED_ORIGIN
-from tests.servers import Reply, bearer, free_port, send, serve_wsgi
+from tests.servers import Reply, bearer, free_port, interruptible, send, serve_wsgi
 from tests.tokens import CONNECTIONS, FULL
 from token_guard.adapters.flask import EXTENSION_KEY, G_ATTRIBUTE
 
@@ -85,7 +85,7 @@ def flask_server(kind: str, tmp_path: Path) -> Iterator[Served]:
     with stderr_path.open("wb") as err:
         process = subprocess.Popen(
             [part.format(port=port) for part in SERVERS[kind]], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=err,
+            stdout=subprocess.DEVNULL, stderr=err, preexec_fn=interruptible,
         )
     served = Served(kind, port, process, stderr_path, issued, store_path)
     try:
