@@ -480,6 +480,59 @@ async def test_the_id_index_shrinks_with_the_cache() -> None:
     await resolver.close()
 
 
+async def test_a_full_cache_drops_the_token_written_longest_ago() -> None:
+    store = CountingStore()
+    tokens = [await store.create_token(body(name=str(i))) for i in range(12)]
+    clock = Clock()
+    resolver = make(store, clock, max_entries=10)
+    for issued in tokens[:10]:
+        await resolver.resolve(issued.token)
+        clock.now += 1.0
+    await resolver.resolve(tokens[0].token)  # a hit: it does not move the token up
+    await resolver.resolve(tokens[10].token)
+    await resolver.resolve(tokens[11].token)
+    assert [resolver.lookup(i.token) is not None for i in tokens] == [False, False] + [True] * 10
+    stats = resolver.stats()
+    assert stats["capacity_evictions"] == 2 and stats["indexed_ids"] == 10
+    await resolver.close()
+
+
+async def test_a_short_lived_entry_behind_a_long_lived_one_is_never_served_late() -> None:
+    """Entries leave the cache oldest first; one whose stale window ends before the entry
+    ahead of it stays until then, and is refused by its own times meanwhile."""
+    store = CountingStore()
+    long_lived = await store.create_token(body(name="long"))
+    short_lived = await store.create_token(body(name="short"))
+    await store.rotate_token(short_lived.id, grace_seconds=30)  # the old secret: 30 s more
+    clock = Clock()
+    resolver = make(store, clock, ttl=600.0, stale_window=600.0)
+    await resolver.resolve(long_lived.token)
+    await resolver.resolve(short_lived.token)
+    clock.now += 60.0  # past the grace: the old secret's freshness and stale window ended
+    assert resolver.lookup(short_lived.token) is None
+    assert resolver.lookup(long_lived.token) == long_lived.record
+    await store.close()  # the store fails: only an entry inside its stale window serves
+    assert resolver.lookup(short_lived.token) is None
+    assert is_denial(await resolver.resolve(short_lived.token), STORE_UNAVAILABLE)
+    await resolver.close()
+
+
+async def test_a_change_evicts_every_cached_secret_of_the_token() -> None:
+    store = CountingStore()
+    issued = await store.create_token(body())
+    resolver = make(store)
+    rotated = await store.rotate_token(issued.id, grace_seconds=3600)
+    for secret in (issued.token, rotated.token):  # the old one in its grace, and the new
+        assert not isinstance(await resolver.resolve(secret), Denial)
+    stats = resolver.stats()
+    assert (stats["positive_entries"], stats["indexed_ids"]) == (2, 1)
+    await store.revoke_token(issued.id)
+    assert resolver.lookup(issued.token) is None and resolver.lookup(rotated.token) is None
+    for secret in (issued.token, rotated.token):
+        assert is_denial(await resolver.resolve(secret), REVOKED_TOKEN)
+    await resolver.close()
+
+
 async def test_a_token_is_not_kept_fresh_past_its_expiry() -> None:
     store = CountingStore()
     soon = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()

@@ -8,11 +8,12 @@ Security and availability choices, stated once:
 * Unknown and revoked tokens are cached negatively for ``negative_ttl`` seconds, at most
   ``max_negative`` of them (beyond that the oldest goes first: with one lifetime for all,
   it is also the one nearest its expiry).
-* A known token is cached for ``ttl`` seconds (less when it expires sooner). The positive
-  cache is a ``TTLCache`` whose own lifetime is ``ttl + stale_window``; each entry carries
-  its own "fresh until" and "usable while failing until" times. So one bounded structure
-  holds both: an entry past its freshness is refreshed from the store, and is served
-  (counted as ``stale_served``) only when the store fails or is too slow.
+* A known token is cached for ``ttl`` seconds (less when it expires sooner). Each entry of
+  the positive cache (``_Positives``, at most ``max_entries``, the oldest written dropped
+  first) carries its own "fresh until" and "usable while failing until" times, and is kept
+  until the latter (``ttl + stale_window`` at most). So one bounded structure holds both:
+  an entry past its freshness is refreshed from the store, and is served (counted as
+  ``stale_served``) only when the store fails or is too slow.
 * A change event for a token id evicts that token's entries at once. ``reset`` (changes
   may have been missed) drops every refusal and marks every known token stale: each is
   re-read from the store on its next request, and served meanwhile only while the store
@@ -45,11 +46,11 @@ Security and availability choices, stated once:
 Threads: ``resolve``, ``start`` and ``close`` belong to one event loop. ``lookup``,
 ``note_used`` and ``stats`` may also be called from other threads (the WSGI adapter decides
 cache hits in its request threads). Every write to the caches holds one ``threading.Lock``
-for a few dictionary operations and never across an ``await``: LRU bookkeeping racing
-between threads could corrupt the cache. The hit path takes no lock: fresh positive
-entries are mirrored in a plain dict (``_hot``), and one ``dict.get`` is atomic under the
-GIL; a hit reads an entry that a concurrent eviction may remove a moment later, which is
-the same as the request having arrived a moment earlier. Refusals are read the same way
+for a few dictionary operations and never across an ``await``: the caches' bookkeeping
+racing between threads could corrupt them. The hit path takes no lock: it reads the
+positive entries' ``OrderedDict`` (``_hot``), one ``get``, atomic under the GIL; a hit
+reads an entry that a concurrent eviction may remove a moment later, which is the same as
+the request having arrived a moment earlier. Refusals are read the same way
 (one ``OrderedDict.get``). The ``misses`` and ``store_lookups`` counters, which only the
 loop's thread writes, are counted without the lock; the others under it.
 
@@ -71,8 +72,6 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Generic, NamedTuple, TypeVar
-
-from cachetools import Cache, TTLCache
 
 from token_guard.core.decision import (
     INVALID_TOKEN,
@@ -204,32 +203,91 @@ class _Negative(NamedTuple):
     expires: float  # the resolver's clock
 
 
-class _IndexedCache(TTLCache[str, Any, float]):
-    """A TTLCache that tells its owner about every entry it drops by itself (expiry, LRU)."""
+class _Positives:
+    """The positive cache: token -> ``_Positive``, at most ``maxsize``, each kept until its
+    own ``stale_until`` (never more than ``ttl + stale_window`` after it was written).
+
+    Entries are kept in the order they were written, so the front is the oldest: a write
+    first drops, from the front, the entries whose stale window has ended (an entry behind
+    a longer-lived one waits for it, unusable meanwhile: every read checks its times), then,
+    when full, the oldest. ``on_drop`` hears of each. ``entries`` is the ``OrderedDict``
+    itself: the hit path reads it without a lock (one ``get``, atomic under the GIL), the
+    writes are made under the resolver's.
+
+    A plain structure rather than a ``TTLCache``: that keeps each key in four structures (its
+    data and size dicts, its own ``OrderedDict`` of links, a link object with an expiry
+    float) and the resolver mirrored it in a fifth, a dict for lock-free hits: ~330 bytes a
+    cached token where this keeps one ``OrderedDict`` entry (~100). With hits read from the
+    mirror, the ``TTLCache``'s LRU order was the order of writes anyway.
+    """
+
+    __slots__ = ("_clock", "_maxsize", "_on_drop", "_soonest", "dropped_for_space",
+                 "entries")
 
     def __init__(
-        self, maxsize: int, ttl: float, timer: Callable[[], float],
-        on_drop: Callable[[str, Any], None],
+        self, maxsize: int, clock: Callable[[], float], on_drop: Callable[[str, Any], None]
     ) -> None:
-        super().__init__(maxsize, ttl, timer)
+        self.entries: collections.OrderedDict[str, _Positive[Any]] = collections.OrderedDict()
+        self._maxsize = maxsize
+        self._clock = clock
         self._on_drop = on_drop
+        self._soonest = math.inf  # no entry at the front ends before this
         self.dropped_for_space = 0
 
-    def expire(self, time: float | None = None) -> list[tuple[str, Any]]:
-        expired = super().expire(time)
-        for key, value in expired:
-            self._on_drop(key, value)
-        return expired
+    def get(self, token: str) -> _Positive[Any] | None:
+        """``token``'s entry, however old (the caller checks its times), or None."""
+        return self.entries.get(token)
 
-    def popitem(self) -> tuple[str, Any]:
-        key, value = super().popitem()
-        self.dropped_for_space += 1
-        self._on_drop(key, value)
-        return key, value
+    def holds(self, token: str) -> bool:
+        """Whether ``token`` has an entry, however old."""
+        return token in self.entries
 
-    def holds(self, key: str) -> bool:
-        """Whether ``key`` is stored, expired or not (no clock read: a cheap pre-test)."""
-        return Cache.__contains__(self, key)
+    def __len__(self) -> int:
+        self._expire(self._clock())
+        return len(self.entries)
+
+    def items(self) -> list[tuple[str, _Positive[Any]]]:
+        """The entries whose stale window has not ended, oldest first."""
+        self._expire(self._clock())
+        return list(self.entries.items())
+
+    def put(self, token: str, entry: _Positive[Any]) -> None:
+        """Remember ``entry`` for ``token``, newest."""
+        now = self._clock()
+        if now >= self._soonest:
+            self._expire(now)
+        entries = self.entries
+        if entries.pop(token, None) is None:  # a new entry (a rewritten one goes last)
+            while len(entries) >= self._maxsize:
+                key, value = entries.popitem(last=False)
+                self.dropped_for_space += 1
+                self._on_drop(key, value)
+        entries[token] = entry
+        if len(entries) == 1:
+            self._soonest = entry.stale_until
+
+    def replace(self, token: str, entry: _Positive[Any]) -> None:
+        """Rewrite ``token``'s entry where it stands (it keeps its place in the order)."""
+        self.entries[token] = entry
+
+    def pop(self, token: str) -> _Positive[Any] | None:
+        """Forget ``token``'s entry (``on_drop`` is not told); it, if there was one."""
+        return self.entries.pop(token, None)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._soonest = math.inf
+
+    def _expire(self, now: float) -> None:
+        entries = self.entries
+        while entries:
+            token, entry = next(iter(entries.items()))
+            if now < entry.stale_until:
+                self._soonest = entry.stale_until
+                return
+            del entries[token]
+            self._on_drop(token, entry)
+        self._soonest = math.inf
 
 
 class _Refusals:
@@ -237,7 +295,7 @@ class _Refusals:
 
     Every entry lives as long, so the order of insertion is the order of expiry: an insert
     first drops the expired entries from the front, then, when full, the oldest. ``on_drop``
-    hears of each, as with ``_IndexedCache``. ``get`` takes no lock (one
+    hears of each, as with ``_Positives``. ``get`` takes no lock (one
     ``OrderedDict.get``, atomic under the GIL); the writes are made under the resolver's.
     A plain structure rather than a ``TTLCache``: a flood of made-up tokens writes one
     entry a request, and the ``TTLCache`` read and write cost about 30 k instructions.
@@ -309,6 +367,14 @@ class _Refusals:
         self._soonest = math.inf
 
 
+def _indexed(keys: str | list[str] | None) -> tuple[str, ...] | list[str]:
+    """The token strings of one ``Resolver._by_id`` value (a string is one of them, not its
+    characters)."""
+    if keys is None:
+        return ()
+    return (keys,) if isinstance(keys, str) else keys
+
+
 @types.coroutine
 def _resume(lookup: Coroutine[Any, Any, R], waiting: Any) -> Generator[Any, Any, R]:
     """Go on running ``lookup``, whose first step yielded ``waiting``, in the awaiting task:
@@ -347,16 +413,16 @@ class Resolver(Generic[T]):
         self._compile = compile
         self._settings = settings
         self._clock = clock
-        self._positive = _IndexedCache(
-            settings.max_entries, settings.ttl + settings.stale_window, clock, self._dropped
-        )
+        self._positive = _Positives(settings.max_entries, clock, self._dropped)
         self._negative = _Refusals(
             settings.max_negative, settings.negative_ttl, clock, self._dropped
         )
-        # token id -> cached token strings (a list: nearly always one, and a set costs
-        # 216 bytes a token)
-        self._by_id: dict[str, list[str]] = {}
-        self._hot: dict[str, _Positive[T]] = {}  # lock-free mirror of _positive for hits
+        # token id -> its cached token string, or a list of them when there are more (a
+        # rotated token's old and new secrets): nearly always one, and a list costs ~110
+        # bytes a token (a set 216). Read through _indexed.
+        self._by_id: dict[str, str | list[str]] = {}
+        # The positive entries themselves, read by hits without the lock (see _Positives).
+        self._hot: collections.OrderedDict[str, _Positive[T]] = self._positive.entries
         self._hits = 0
         self._lock = threading.Lock()  # see the module docstring: held for dict work only
         self._inflight: dict[str, asyncio.Task[T | Denial]] = {}
@@ -598,8 +664,7 @@ class Resolver(Generic[T]):
             now = self._clock()
             self._negative.pop(token)
             entry = _Positive(value, record.id, now + fresh_for, now + stale_for)
-            self._positive[token] = entry
-            self._hot[token] = entry
+            self._positive.put(token, entry)
             self._index(record.id, token)
 
     def _only_others_changed(self, epoch: int, token_id: str) -> bool:
@@ -620,30 +685,37 @@ class Resolver(Generic[T]):
         with self._lock:
             if epoch != self._epoch:
                 return
-            self._hot.pop(token, None)
-            if self._positive.holds(token):
-                self._positive.pop(token, None)
+            self._positive.pop(token)
             self._negative.put(token, denial, token_id)
             if token_id is not None:
                 self._index(token_id, token)
 
     def _index(self, token_id: str, token: str) -> None:
-        keys = self._by_id.setdefault(token_id, [])
-        if token not in keys:
+        by_id = self._by_id
+        keys = by_id.get(token_id)
+        if keys is None:
+            by_id[token_id] = token
+        elif isinstance(keys, str):
+            if keys != token:
+                by_id[token_id] = [keys, token]
+        elif token not in keys:
             keys.append(token)
 
     def _dropped(self, token: str, value: Any) -> None:
-        if isinstance(value, _Positive) and self._hot.get(token) is value:
-            del self._hot[token]
         token_id = value.token_id
         if token_id is None:
             return
         keys = self._by_id.get(token_id)
-        if keys is not None and token not in self._positive and token not in self._negative:
-            if token in keys:
-                keys.remove(token)
-            if not keys:
+        if keys is None or self._positive.holds(token) or token in self._negative:
+            return
+        if isinstance(keys, str):
+            if keys == token:
                 del self._by_id[token_id]
+            return
+        if token in keys:
+            keys.remove(token)
+        if not keys:
+            del self._by_id[token_id]
 
     # -- change feed ------------------------------------------------------------------------
     def _on_change(self, event: ChangeEvent) -> None:
@@ -661,20 +733,17 @@ class Resolver(Generic[T]):
             # request and served meanwhile only while the store cannot answer.
             self._counts["evictions"] += len(self._negative)
             self._negative.clear()
-            self._hot.clear()
             self._by_id.clear()
-            kept: list[tuple[str, _Positive[T]]] = list(self._positive.items())
-            for token, entry in kept:
-                self._positive[token] = _Positive(
+            for token, entry in self._positive.items():
+                self._positive.replace(token, _Positive(
                     entry.value, entry.token_id, -math.inf, entry.stale_until
-                )
+                ))
                 self._index(entry.token_id, token)
             return
         if event.token_id is None:
             return
-        for token in self._by_id.pop(event.token_id, ()):
-            self._hot.pop(token, None)
-            if self._positive.pop(token, None) is not None:
+        for token in _indexed(self._by_id.pop(event.token_id, None)):
+            if self._positive.pop(token) is not None:
                 self._counts["evictions"] += 1
             if self._negative.pop(token) is not None:
                 self._counts["evictions"] += 1
@@ -701,12 +770,7 @@ class Resolver(Generic[T]):
         # No change event reaches a closed resolver, so no token it remembers can be
         # trusted any more (refusals it remembers stay refusals).
         with self._lock:
-            self._hot.clear()
-            settings = self._settings
-            self._positive = _IndexedCache(
-                settings.max_entries, settings.ttl + settings.stale_window, self._clock,
-                self._dropped,
-            )
+            self._positive.clear()
             self._by_id.clear()
 
     async def flush_usage(self) -> None:
