@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import pytest
 
-from token_guard.usage import UsageRecorder
+from token_guard.core.records import UsageRow
+from token_guard.usage import FLUSH_CHUNK, UsageRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -116,3 +117,59 @@ async def test_failed_count_writes_are_retried_and_old_rows_pruned() -> None:
     rows = await store.get_usage("tok_a", old - timedelta(days=1), datetime.now(UTC)
                                  + timedelta(hours=1))
     assert [(r.api, r.count) for r in rows] == [("maps", 1)]  # the 100-day-old row pruned
+
+
+class ChunkSink(Sink):
+    """Keeps every counts call too; its ``fail_calls``-th calls (1-based, each kind) fail."""
+
+    def __init__(self, fail_calls: set[int]) -> None:
+        super().__init__()
+        self.row_calls: list[list[tuple[str, str, str, int]]] = []
+        self.fail_calls = fail_calls
+        self.calls = {"used": 0, "rows": 0}
+
+    async def record_usage(self, last_used: Mapping[str, datetime]) -> None:
+        self.calls["used"] += 1
+        if self.calls["used"] in self.fail_calls:
+            raise OSError("down")
+        self.batches.append(dict(last_used))
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        self.calls["rows"] += 1
+        if self.calls["rows"] in self.fail_calls:
+            raise OSError("down")
+        self.row_calls.append([(r.token_id, r.api, r.code, r.count) for r in rows])
+
+    async def prune_usage(self, before: datetime) -> int:
+        return 0
+
+
+async def test_a_flush_of_many_tokens_writes_in_bounded_chunks_and_loses_nothing() -> None:
+    """More tokens than FLUSH_CHUNK: several calls of at most FLUSH_CHUNK rows each; a chunk
+    that fails is written with the next flush, and no count is written twice."""
+    sink = ChunkSink(fail_calls={2})
+    recorder = UsageRecorder(sink, interval=60.0)
+    ids = [f"tok_{i}" for i in range(2 * FLUSH_CHUNK + 500)]
+    for n, token_id in enumerate(ids):
+        for _ in range(1 + n % 3):
+            next(recorder.uses["maps"][token_id])
+        next(recorder.uses["sql"][token_id])
+    recorder.note_refused(ids[0], "maps", "source_not_granted")
+    await recorder.flush()
+    assert recorder.flush_errors == 1  # one failed flush, however many chunks failed
+    assert sink.calls["rows"] >= 2 * len(ids) // FLUSH_CHUNK  # two rows a token
+    next(recorder.uses["lds"][ids[-1]])
+    await recorder.flush()
+    assert recorder.flush_errors == 1 and recorder.pending == 0
+    assert all(len(call) <= FLUSH_CHUNK for call in sink.row_calls)
+    assert all(len(batch) <= FLUSH_CHUNK for batch in sink.batches)
+    written: dict[tuple[str, str, str], int] = {}
+    for call in sink.row_calls:
+        for token_id, api, code, n in call:
+            written[token_id, api, code] = written.get((token_id, api, code), 0) + n
+    expected = {(t, "maps", ""): 1 + n % 3 for n, t in enumerate(ids)}
+    expected |= {(t, "sql", ""): 1 for t in ids}
+    expected[ids[-1], "lds", ""] = 1
+    expected[ids[0], "maps", "source_not_granted"] = 1
+    assert written == expected
+    assert {t for batch in sink.batches for t in batch} == set(ids)

@@ -30,8 +30,9 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
+from itertools import count
 from time import time
 from typing import Any, NamedTuple, TypedDict
 
@@ -370,7 +371,7 @@ class Guard:
             prefix=prefix, routes=routes, include_defaults=include_default_routes
         )
         self.resolver: Resolver[CompiledToken] = Resolver(
-            store, self._compile, settings=cache or CacheSettings()
+            store, self.policy.compile, settings=cache or CacheSettings()
         )
         self.allow_query_token = allow_query_token
         self.max_body_bytes = max_body_bytes
@@ -392,8 +393,11 @@ class Guard:
         # Authorization header -> its token (or why it has none)
         self._bearers: dict[bytes, str | Denial] = {}
         # (path, query string, Authorization, Origin, Referer, method) of an allowed request
-        # without limits or body -> (token, its compiled token, facts): see ``check``.
-        self._repeats: dict[tuple[Any, ...], tuple[str, CompiledToken, RequestFacts]] = {}
+        # without limits or body -> (token, its compiled token, facts, the token's counter
+        # for the API): see ``check``.
+        self._repeats: dict[
+            tuple[Any, ...], tuple[str, CompiledToken, RequestFacts, count[int]]
+        ] = {}
         # Bound once: attribute chains cost on a path this short.
         self._match = self.routes.match
         self._route_facts = self.routes.query_facts
@@ -401,12 +405,8 @@ class Guard:
         self._policy_decide = self.policy.decide
         self._decide_parts = self.policy.decide_parts
         self._note_used = self.resolver.note_used
+        self._uses = self.resolver.usage.uses
         self._note_refused = self.resolver.note_refused
-
-    def _compile(self, record: TokenRecord) -> CompiledToken:
-        """The policy's compiled token, with the usage recorder's counters for it."""
-        return replace(self.policy.compile(record),
-                       uses=self.resolver.usage.counters_for(record.id))
 
     def check(
         self,
@@ -450,7 +450,7 @@ class Guard:
                     if self._lookup(seen[0]) is cached and (
                         cached.expires_at is None or time() < cached.expires_at
                     ):
-                        next(cached.uses[seen[2].api])  # type: ignore[index]
+                        next(seen[3])  # the token's counter for this API
                         if self.on_decision is not None:
                             self.observe(method, raw_path, query_string,
                                          _with(seen[2], origin, referer), cached.record)
@@ -519,13 +519,14 @@ class Guard:
             if compiled.limits is not None:
                 return self._charge(method, raw_path, query_string,
                                     _with(what, origin, referer), compiled)
-            next(compiled.uses[what.api])  # type: ignore[index]  # counted: see _compile
+            counter = self._uses[what.api][record.id]  # see usage.Uses
+            next(counter)
             # Not stored: a path ending in a digit (a tile's z/x/y: a map asks for each tile
             # once, so the entry would only cost), a long query string, two Authorizations.
             if not tiled and len(query_string) <= _MEMO_MAX_QUERY and not conflicting_authorization:
                 if len(self._repeats) >= REPEAT_MEMO_SIZE:
                     self._repeats.clear()
-                self._repeats[repeat] = (token, compiled, what)
+                self._repeats[repeat] = (token, compiled, what, counter)
             if self.on_decision is not None:
                 self.observe(method, raw_path, query_string, _with(what, origin, referer),
                              record)
@@ -615,7 +616,7 @@ class Guard:
         if compiled.limits is not None:
             return self._charge(pending.method, pending.path, pending.query_string, facts,
                                 compiled)
-        next(compiled.uses[facts.api])  # type: ignore[index]
+        next(self._uses[facts.api][record.id])
         if self.on_decision is not None:
             self.observe(pending.method, pending.path, pending.query_string, facts, record)
         return record

@@ -5,11 +5,12 @@ per request.
 code)`` a refusal of a known token, in a dict of ``itertools.count`` per (token, api, code)
 (``next`` on a counter is one C call, safe from any thread under the GIL). A flusher task
 on the event loop swaps the dict every ``interval`` seconds and writes, stamped with the
-flush time: ``last_used_at`` of the tokens allowed (one ``record_usage`` call) and, when
-the sink is a ``UsageLog`` (every store here), the counts as rows of the flush's UTC hour
-(one ``add_usage`` call). So both are precise to ``interval`` at no per-request write. A
-batch that fails to write is kept and retried with the next one (newest time per token;
-counts are added, bounded by tokens x APIs x codes). Once an hour, rows older than
+flush time: ``last_used_at`` of the tokens allowed (``record_usage``) and, when the sink
+is a ``UsageLog`` (every store here), the counts as rows of the flush's UTC hour
+(``add_usage``): one call of each, or one per ``FLUSH_CHUNK`` tokens when more were used.
+So both are precise to ``interval`` at no per-request write. A batch that fails to write
+is kept and retried with the next one (newest time per token; counts are added, bounded by
+tokens x APIs x codes). Once an hour, rows older than
 ``retention`` are pruned.
 """
 
@@ -50,16 +51,31 @@ class CountSink(Protocol):
 
 
 Key = tuple[str, str, str]  # (token id, api, code; "" allowed)
+# Rows (and tokens' last uses) a flush writes per call: beyond this many it writes in several
+# calls, so its own dicts and rows (~130 B a token in use, all at once) stay bounded.
+FLUSH_CHUNK = 1000
 
 
-class Counters(dict[str, "count[int]"]):
-    """A token's allowed-request counters per API, each made on its first use: a token
-    that calls one API holds one counter (a cached token's memory is mostly its own)."""
+class TokenCounters(dict[str, "count[int]"]):
+    """One API's allowed-request counters by token id, each made on its first use."""
 
     __slots__ = ()
 
-    def __missing__(self, api: str) -> count[int]:
-        return self.setdefault(api, count())  # setdefault: two threads get one counter
+    def __missing__(self, token_id: str) -> count[int]:
+        return self.setdefault(token_id, count())  # setdefault: two threads get one counter
+
+
+class Uses(dict[str, TokenCounters]):
+    """Allowed-request counters: ``next(uses[api][token_id])`` counts one, from any thread.
+
+    One flat dict per API rather than a dict per token: a dict costs ~190 bytes however few
+    keys it holds, and a cached token calls one or two APIs (~190 B a cached token saved).
+    """
+
+    __slots__ = ()
+
+    def __missing__(self, api: str) -> TokenCounters:
+        return self.setdefault(api, TokenCounters())
 
 
 class UsageRecorder:
@@ -78,23 +94,13 @@ class UsageRecorder:
         self._lock = threading.Lock()  # held for the swap of the structures only
         self._flusher: asyncio.Task[None] | None = None
         self._pruned_at: datetime | None = None
-        # token id -> api -> counter, handed to the compiled token (``counters_for``) so the
-        # request path counts with one ``next``; and the value each counter had when last read.
-        self._tokens: dict[str, Counters] = {}
-        # Keyed by the counter itself: one flat dict, not one per token (~200 B a token).
+        # api -> token id -> counter: the request path counts with one ``next`` (the guard
+        # holds ``uses``); one counter per token and API for the recorder's life (bounded by
+        # the tokens that exist), so a recompiled token keeps counting where it was.
+        self.uses = Uses()
+        # The value each counter had when last read, keyed by the counter itself.
         self._read: dict[count[int], int] = {}
         self.flush_errors = 0
-
-    def counters_for(self, token_id: str) -> Counters:
-        """The token's allowed-request counters per API: ``next(counters[api])`` counts one.
-
-        One set per token id for the recorder's life (bounded by the tokens that exist), so
-        a recompiled token keeps counting where it was."""
-        with self._lock:
-            got = self._tokens.get(token_id)
-            if got is None:
-                got = self._tokens[token_id] = Counters()
-            return got
 
     def note_used(self, token_id: str, api: str = "") -> None:
         """Count an allowed request of ``token_id`` to ``api`` (written with the next batch)."""
@@ -141,56 +147,51 @@ class UsageRecorder:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write the uses noted since the last flush in one ``record_usage`` call now."""
+        """Write the uses noted since the last flush now: ``record_usage`` and ``add_usage``
+        calls of at most ``FLUSH_CHUNK`` tokens and rows each (one of each unless more
+        tokens were used), so a flush's own memory does not grow with the number of tokens
+        in use. (What a failed flush left is written first, as it was kept: whole.)"""
         with self._lock:
             counts, self._counts = self._counts, {}
             batch, self._failed = self._failed, {}
             rows, self._failed_rows = self._failed_rows, {}
+            apis = list(self.uses.items())
         now = datetime.now(UTC)
         hour = now.replace(minute=0, second=0, microsecond=0)
-        with self._lock:
-            tokens = list(self._tokens.items())
-        read = self._read
-        for token_id, per_api in tokens:
-            if not per_api:
-                continue
-            for api, counter in list(per_api.items()):  # a request may add one meanwhile
-                # Reading a count is a next(): the read itself is remembered as one more.
-                value = next(counter)
-                used, read[counter] = value - read.get(counter, 0), value + 1
-                if used:
-                    batch[token_id] = now
-                    key = (token_id, hour, api, "")
-                    rows[key] = rows.get(key, 0) + used
         for (token_id, api, code), counter in counts.items():
             if not code:
                 batch[token_id] = now
             key = (token_id, hour, api, code)
             rows[key] = rows.get(key, 0) + next(counter)
-        failed = False
-        if batch:
-            try:
-                await self._sink.record_usage(batch)
-            except Exception as exc:
-                logger.warning("could not record token usage (%s); will retry", exc)
-                failed = True
-                with self._lock:
-                    self.flush_errors += 1
-                    for token_id, at in batch.items():
-                        newer = self._failed.get(token_id)
-                        if newer is None or newer < at:
-                            self._failed[token_id] = at
-        sink = self._counts_sink
-        if sink is None or not rows:
-            return
-        try:
-            await sink.add_usage([UsageRow(t, h, a, c, n) for (t, h, a, c), n in rows.items()])
-        except Exception as exc:
-            logger.warning("could not record request counts (%s); will retry", exc)
+        read = self._read
+        failures: list[tuple[str, Exception]] = []
+        wrote_rows = False
+        for api, per_token in apis:
+            for token_id in list(per_token):  # walked across the writes: others may add
+                # Reading a count is a next(): the read itself is remembered as one more.
+                counter = per_token[token_id]
+                value = next(counter)
+                used, read[counter] = value - read.get(counter, 0), value + 1
+                if not used:
+                    continue
+                if len(rows) >= FLUSH_CHUNK or len(batch) >= FLUSH_CHUNK:
+                    wrote_rows |= await self._write(batch, rows, failures)
+                    batch, rows = {}, {}
+                batch[token_id] = now
+                key = (token_id, hour, api, "")
+                rows[key] = rows.get(key, 0) + used
+        wrote_rows |= await self._write(batch, rows, failures)
+        first: dict[str, Exception] = {}
+        for what, exc in failures:
+            first.setdefault(what, exc)
+        for what, exc in first.items():  # one warning of each kind a flush
+            logger.warning("could not record %s (%s); will retry", what, exc)
+        if failures:
             with self._lock:
-                self.flush_errors += 0 if failed else 1  # one error per failed flush
-                for key, n in rows.items():
-                    self._failed_rows[key] = self._failed_rows.get(key, 0) + n
+                self.flush_errors += 1  # one error per failed flush
+            return
+        sink = self._counts_sink
+        if sink is None or not wrote_rows:
             return
         if self._pruned_at is None or now - self._pruned_at >= timedelta(hours=1):
             self._pruned_at = now
@@ -198,3 +199,35 @@ class UsageRecorder:
                 await sink.prune_usage(now - self.retention)
             except Exception as exc:
                 logger.warning("could not prune old request counts (%s)", exc)
+
+    async def _write(
+        self,
+        batch: dict[str, datetime],
+        rows: dict[tuple[str, datetime, str, str], int],
+        failures: list[tuple[str, Exception]],
+    ) -> bool:
+        """Write one chunk: ``last_used_at`` and the counts. What fails is kept for the next
+        flush (newest time per token, counts added) and noted in ``failures``; whether any
+        counts were written."""
+        if batch:
+            try:
+                await self._sink.record_usage(batch)
+            except Exception as exc:
+                failures.append(("token usage", exc))
+                with self._lock:
+                    for token_id, at in batch.items():
+                        newer = self._failed.get(token_id)
+                        if newer is None or newer < at:
+                            self._failed[token_id] = at
+        sink = self._counts_sink
+        if sink is None or not rows:
+            return False
+        try:
+            await sink.add_usage([UsageRow(t, h, a, c, n) for (t, h, a, c), n in rows.items()])
+        except Exception as exc:
+            failures.append(("request counts", exc))
+            with self._lock:
+                for key, n in rows.items():
+                    self._failed_rows[key] = self._failed_rows.get(key, 0) + n
+            return False
+        return True

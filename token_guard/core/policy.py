@@ -96,9 +96,6 @@ class CompiledToken:
     grants: Mapping[str, ConnectionGrants]
     #: The token's rules per API (``Limits.by_api``); None: no limits, nothing to count.
     limits: Mapping[str, tuple[LimitRule, ...]] | None = None
-    #: Allowed-request counters per API (``next`` counts one), set by the guard's usage
-    #: recorder when it compiles the token; None when compiled elsewhere.
-    uses: Mapping[str, Any] | None = None
 
 
 class Policy:
