@@ -519,7 +519,7 @@ class Guard:
             if compiled.limits is not None:
                 return self._charge(method, raw_path, query_string,
                                     _with(what, origin, referer), compiled)
-            counter = self._uses[what.api][record.id]  # see usage.Uses
+            counter = self._uses[what.api][record.id]  # see usage.TokenCounters
             next(counter)
             # Not stored: a path ending in a digit (a tile's z/x/y: a map asks for each tile
             # once, so the entry would only cost), a long query string, two Authorizations.

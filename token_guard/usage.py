@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Protocol, runtime_checkable
 
+from token_guard.core.facts import API_NAMES
 from token_guard.core.records import UsageRow
 
 __all__ = ["UsageRecorder", "UsageSink"]
@@ -57,25 +58,16 @@ FLUSH_CHUNK = 1000
 
 
 class TokenCounters(dict[str, "count[int]"]):
-    """One API's allowed-request counters by token id, each made on its first use."""
+    """One API's allowed-request counters by token id, each made on its first use.
+
+    ``UsageRecorder.uses`` holds one per API: ``next(uses[api][token_id])`` counts one,
+    from any thread. One flat dict per API rather than a dict per token: a dict costs ~190
+    bytes however few keys it holds, and a cached token calls one or two APIs."""
 
     __slots__ = ()
 
     def __missing__(self, token_id: str) -> count[int]:
         return self.setdefault(token_id, count())  # setdefault: two threads get one counter
-
-
-class Uses(dict[str, TokenCounters]):
-    """Allowed-request counters: ``next(uses[api][token_id])`` counts one, from any thread.
-
-    One flat dict per API rather than a dict per token: a dict costs ~190 bytes however few
-    keys it holds, and a cached token calls one or two APIs (~190 B a cached token saved).
-    """
-
-    __slots__ = ()
-
-    def __missing__(self, api: str) -> TokenCounters:
-        return self.setdefault(api, TokenCounters())
 
 
 class UsageRecorder:
@@ -97,7 +89,9 @@ class UsageRecorder:
         # api -> token id -> counter: the request path counts with one ``next`` (the guard
         # holds ``uses``); one counter per token and API for the recorder's life (bounded by
         # the tokens that exist), so a recompiled token keeps counting where it was.
-        self.uses = Uses()
+        # A plain dict (its subscript is the interpreter's fastest): an allowed request's API
+        # is one of API_NAMES, as every token's allowed_apis are.
+        self.uses: dict[str, TokenCounters] = {api: TokenCounters() for api in API_NAMES}
         # The value each counter had when last read, keyed by the counter itself.
         self._read: dict[count[int], int] = {}
         self.flush_errors = 0
