@@ -173,3 +173,31 @@ async def test_a_flush_of_many_tokens_writes_in_bounded_chunks_and_loses_nothing
     expected[ids[0], "maps", "source_not_granted"] = 1
     assert written == expected
     assert {t for batch in sink.batches for t in batch} == set(ids)
+
+
+async def test_close_during_a_flush_writes_what_the_cancelled_write_held() -> None:
+    """close() cancels a flush stuck in its last_used_at write, then flushes: that chunk's
+    last uses and counts are written then, once."""
+    import asyncio
+
+    sink = ChunkSink(fail_calls=set())
+    gate = asyncio.Event()
+    stuck = asyncio.Event()
+    write_used = sink.record_usage
+
+    async def first_call_hangs(last_used: Mapping[str, datetime]) -> None:
+        if sink.calls["used"] == 0:
+            sink.calls["used"] += 1
+            stuck.set()
+            await gate.wait()  # never set: the write hangs until cancelled
+        await write_used(last_used)
+
+    sink.record_usage = first_call_hangs  # type: ignore[method-assign]
+    recorder = UsageRecorder(sink, interval=0.01)
+    for _ in range(3):
+        next(recorder.uses["maps"]["tok_a"])
+    recorder.start()
+    await asyncio.wait_for(stuck.wait(), 5)
+    await recorder.close()
+    assert [set(b) for b in sink.batches] == [{"tok_a"}]
+    assert sink.row_calls == [[("tok_a", "maps", "", 3)]]

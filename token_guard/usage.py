@@ -201,27 +201,39 @@ class UsageRecorder:
         failures: list[tuple[str, Exception]],
     ) -> bool:
         """Write one chunk: ``last_used_at`` and the counts. What fails is kept for the next
-        flush (newest time per token, counts added) and noted in ``failures``; whether any
-        counts were written."""
+        flush (newest time per token, counts added) and noted in ``failures``; so is a chunk
+        whose ``last_used_at`` write a cancellation interrupts (``close`` cancels a flush in
+        progress, then flushes). Whether any counts were written."""
         if batch:
             try:
                 await self._sink.record_usage(batch)
-            except Exception as exc:
+            except BaseException as exc:
+                self._keep(batch, {})
+                if not isinstance(exc, Exception):
+                    self._keep({}, rows)
+                    raise
                 failures.append(("token usage", exc))
-                with self._lock:
-                    for token_id, at in batch.items():
-                        newer = self._failed.get(token_id)
-                        if newer is None or newer < at:
-                            self._failed[token_id] = at
         sink = self._counts_sink
         if sink is None or not rows:
             return False
         try:
             await sink.add_usage([UsageRow(t, h, a, c, n) for (t, h, a, c), n in rows.items()])
         except Exception as exc:
+            self._keep({}, rows)
             failures.append(("request counts", exc))
-            with self._lock:
-                for key, n in rows.items():
-                    self._failed_rows[key] = self._failed_rows.get(key, 0) + n
             return False
+        # Cancelled here, the counts are not kept: they are added, not set, and a store's
+        # write goes on in its thread (they would be counted twice).
         return True
+
+    def _keep(
+        self, batch: Mapping[str, datetime], rows: Mapping[tuple[str, datetime, str, str], int]
+    ) -> None:
+        """Keep what was not written for the next flush."""
+        with self._lock:
+            for token_id, at in batch.items():
+                newer = self._failed.get(token_id)
+                if newer is None or newer < at:
+                    self._failed[token_id] = at
+            for key, n in rows.items():
+                self._failed_rows[key] = self._failed_rows.get(key, 0) + n
