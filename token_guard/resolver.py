@@ -216,10 +216,11 @@ class _Positives:
 
     A plain structure rather than a ``TTLCache``: that keeps each key in four structures (its
     data and size dicts, its own ``OrderedDict`` of links, a link object with an expiry
-    float) and the resolver mirrored it in a fifth for lock-free hits: ~330 bytes a cached
-    token where these two keep ~130. With hits read from the mirror, the ``TTLCache``'s LRU
-    order was the order of writes anyway. The hits read a plain dict because a ``get`` on
-    an ``OrderedDict`` costs ~330 instructions more (callgrind).
+    float) and the resolver mirrored it in a fifth for lock-free hits; these two keep it in
+    two (~150 B a cached token less at the traffic benchmark's peak). With hits read from
+    the mirror, the ``TTLCache``'s LRU order was the order of writes anyway. The hits read a
+    plain dict because a ``get`` on an ``OrderedDict`` costs ~330 instructions more
+    (callgrind).
     """
 
     __slots__ = ("_clock", "_maxsize", "_on_drop", "_order", "_soonest", "dropped_for_space",
