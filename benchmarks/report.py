@@ -38,7 +38,7 @@ class Budget:
     @classmethod
     def quick(cls) -> Budget:
         """CI: every row, smaller tables and fewer rounds; well under three minutes."""
-        return cls("quick", 7, 0.08, 2, 4, 300, 500, 500, 100_000, 10_000,
+        return cls("quick", 7, 0.08, 2, 3, 300, 500, 500, 100_000, 10_000,
                    5_000, 10_000, 10, traffic_tokens=400)
 
     @classmethod
