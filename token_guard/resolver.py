@@ -51,7 +51,7 @@ racing between threads could corrupt them. The hit path takes no lock: it reads 
 positive entries' dict (``_hot``), one ``get``, atomic under the GIL; a hit
 reads an entry that a concurrent eviction may remove a moment later, which is the same as
 the request having arrived a moment earlier. Refusals are read the same way
-(one ``OrderedDict.get``). The ``misses`` and ``store_lookups`` counters, which only the
+(one ``dict.get``). The ``misses`` and ``store_lookups`` counters, which only the
 loop's thread writes, are counted without the lock; the others under it.
 
 Usage: ``note_used`` hands the token id to a ``usage.UsageRecorder``, which writes
@@ -93,6 +93,7 @@ logger = logging.getLogger("token_guard.resolver")
 
 T = TypeVar("T")
 R = TypeVar("R")
+E = TypeVar("E")  # an entry of _Expiring
 # What the breaker's probe looks up on a store without ``ping()``: no secret hashes to it.
 _PROBE_HASH = "0" * 64
 # Change events remembered by token id (see Resolver._recent): a lookup overlapping more
@@ -203,24 +204,25 @@ class _Negative(NamedTuple):
     expires: float  # the resolver's clock
 
 
-class _Positives:
-    """The positive cache: token -> ``_Positive``, at most ``maxsize``, each kept until its
-    own ``stale_until`` (never more than ``ttl + stale_window`` after it was written).
+class _Expiring(Generic[E]):
+    """token -> entry, at most ``maxsize``, each kept until its own expiry (given with it),
+    in the order they were written: the shared mechanism of both caches.
 
-    Entries are kept in the order they were written, so the front is the oldest: a write
-    first drops, from the front, the entries whose stale window has ended (an entry behind
-    a longer-lived one waits for it, unusable meanwhile: every read checks its times), then,
-    when full, the oldest. ``on_drop`` hears of each. ``entries`` is a plain dict read by the
-    hit path without a lock (one ``get``, atomic under the GIL); the order is an
-    ``OrderedDict`` of the same keys. The writes are made under the resolver's lock.
+    A write first drops, from the front (the oldest), the entries that have expired (one
+    behind a longer-lived entry waits for it, unusable meanwhile: every read checks its
+    times), then, when full, the oldest; ``on_drop`` hears of each. ``entries`` is a plain
+    dict read without a lock (one ``get``, atomic under the GIL; a ``get`` on an
+    ``OrderedDict`` costs ~330 instructions more under callgrind); the order is an
+    ``OrderedDict`` of the same keys to their expiry times. Writes are made under the
+    resolver's lock.
 
-    A plain structure rather than a ``TTLCache``: that keeps each key in four structures (its
+    A plain structure rather than a ``TTLCache``: that kept each key in four structures (its
     data and size dicts, its own ``OrderedDict`` of links, a link object with an expiry
-    float) and the resolver mirrored it in a fifth for lock-free hits; these two keep it in
-    two (~150 B a cached token less at the traffic benchmark's peak). With hits read from
-    the mirror, the ``TTLCache``'s LRU order was the order of writes anyway. The hits read a
-    plain dict because a ``get`` on an ``OrderedDict`` costs ~330 instructions more
-    (callgrind).
+    float), and the resolver mirrored positive entries in a fifth for lock-free hits; these
+    two keep it in two (~150 B a cached token less at the traffic benchmark's peak). With
+    hits read from the mirror, the ``TTLCache``'s LRU order was the order of writes anyway.
+    A flood of made-up tokens writes one refusal a request, and the ``TTLCache`` read and
+    write cost about 30 k instructions.
     """
 
     __slots__ = ("_clock", "_maxsize", "_on_drop", "_order", "_soonest", "dropped_for_space",
@@ -229,35 +231,24 @@ class _Positives:
     def __init__(
         self, maxsize: int, clock: Callable[[], float], on_drop: Callable[[str, Any], None]
     ) -> None:
-        self.entries: dict[str, _Positive[Any]] = {}
-        self._order: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.entries: dict[str, E] = {}
+        self._order: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._maxsize = maxsize
         self._clock = clock
         self._on_drop = on_drop
-        self._soonest = math.inf  # no entry at the front ends before this
+        self._soonest = math.inf  # no entry at the front expires before this
         self.dropped_for_space = 0
 
-    def get(self, token: str) -> _Positive[Any] | None:
-        """``token``'s entry, however old (the caller checks its times), or None."""
-        return self.entries.get(token)
-
     def holds(self, token: str) -> bool:
-        """Whether ``token`` has an entry, however old."""
+        """Whether ``token`` has an entry, expired or not."""
         return token in self.entries
 
     def __len__(self) -> int:
         self._expire(self._clock())
         return len(self.entries)
 
-    def items(self) -> list[tuple[str, _Positive[Any]]]:
-        """The entries whose stale window has not ended, oldest first."""
-        self._expire(self._clock())
-        entries = self.entries
-        return [(token, entries[token]) for token in self._order]
-
-    def put(self, token: str, entry: _Positive[Any]) -> None:
-        """Remember ``entry`` for ``token``, newest."""
-        now = self._clock()
+    def _write(self, token: str, entry: E, expires: float, now: float) -> None:
+        """Remember ``entry`` for ``token`` until ``expires``, newest."""
         if now >= self._soonest:
             self._expire(now)
         entries, order = self.entries, self._order
@@ -269,19 +260,17 @@ class _Positives:
                 value = entries.pop(key)
                 self.dropped_for_space += 1
                 self._on_drop(key, value)
-            order[token] = None
+        order[token] = expires
         entries[token] = entry
-        if len(entries) == 1:
-            self._soonest = entry.stale_until
+        if expires < self._soonest:
+            self._soonest = expires
 
-    def replace(self, token: str, entry: _Positive[Any]) -> None:
-        """Rewrite ``token``'s entry where it stands (it keeps its place in the order)."""
-        self.entries[token] = entry
-
-    def pop(self, token: str) -> _Positive[Any] | None:
+    def _forget(self, token: str) -> E | None:
         """Forget ``token``'s entry (``on_drop`` is not told); it, if there was one."""
-        self._order.pop(token, None)
-        return self.entries.pop(token, None)
+        entry = self.entries.pop(token, None)
+        if entry is not None:
+            del self._order[token]
+        return entry
 
     def clear(self) -> None:
         self.entries.clear()
@@ -291,46 +280,68 @@ class _Positives:
     def _expire(self, now: float) -> None:
         entries, order = self.entries, self._order
         while order:
-            token = next(iter(order))
-            entry = entries[token]
-            if now < entry.stale_until:
-                self._soonest = entry.stale_until
+            token, expires = next(iter(order.items()))
+            if now < expires:
+                self._soonest = expires
                 return
             del order[token]
-            del entries[token]
-            self._on_drop(token, entry)
+            self._on_drop(token, entries.pop(token))
         self._soonest = math.inf
 
 
-class _Refusals:
+class _Positives(_Expiring[_Positive[Any]]):
+    """The positive cache: token -> ``_Positive``, at most ``maxsize``, each kept until its
+    own ``stale_until`` (never more than ``ttl + stale_window`` after it was written)."""
+
+    __slots__ = ()
+
+    def __init__(
+        self, maxsize: int, clock: Callable[[], float], on_drop: Callable[[str, Any], None]
+    ) -> None:
+        super().__init__(maxsize, clock, on_drop)
+
+    def get(self, token: str) -> _Positive[Any] | None:
+        """``token``'s entry, however old (the caller checks its times), or None."""
+        return self.entries.get(token)
+
+    def items(self) -> list[tuple[str, _Positive[Any]]]:
+        """The entries whose stale window has not ended, oldest first."""
+        self._expire(self._clock())
+        entries = self.entries
+        return [(token, entries[token]) for token in self._order]
+
+    def put(self, token: str, entry: _Positive[Any]) -> None:
+        """Remember ``entry`` for ``token``, newest."""
+        self._write(token, entry, entry.stale_until, self._clock())
+
+    def replace(self, token: str, entry: _Positive[Any]) -> None:
+        """Rewrite ``token``'s entry where it stands (its place and expiry kept: the same
+        ``stale_until``)."""
+        self.entries[token] = entry
+
+    def pop(self, token: str) -> _Positive[Any] | None:
+        """Forget ``token``'s entry (``on_drop`` is not told); it, if there was one."""
+        return self._forget(token)
+
+
+class _Refusals(_Expiring[_Negative]):
     """The negative cache: token -> ``_Negative`` for ``ttl`` seconds, at most ``maxsize``.
 
-    Every entry lives as long, so the order of insertion is the order of expiry: an insert
-    first drops the expired entries from the front, then, when full, the oldest. ``on_drop``
-    hears of each, as with ``_Positives``. ``get`` takes no lock (one
-    ``OrderedDict.get``, atomic under the GIL); the writes are made under the resolver's.
-    A plain structure rather than a ``TTLCache``: a flood of made-up tokens writes one
-    entry a request, and the ``TTLCache`` read and write cost about 30 k instructions.
-    """
+    Every entry lives as long, so the order of writing is the order of expiry, and the
+    oldest dropped when full is also the one nearest its expiry."""
 
-    __slots__ = ("_clock", "_entries", "_maxsize", "_on_drop", "_soonest", "_ttl",
-                 "dropped_for_space")
+    __slots__ = ("_ttl",)
 
     def __init__(
         self, maxsize: int, ttl: float, clock: Callable[[], float],
         on_drop: Callable[[str, Any], None],
     ) -> None:
-        self._entries: collections.OrderedDict[str, _Negative] = collections.OrderedDict()
-        self._maxsize = maxsize
+        super().__init__(maxsize, clock, on_drop)
         self._ttl = ttl
-        self._clock = clock
-        self._on_drop = on_drop
-        self._soonest = math.inf  # no entry expires before this
-        self.dropped_for_space = 0
 
     def get(self, token: str) -> _Negative | None:
         """The unexpired refusal of ``token``, or None."""
-        entry = self._entries.get(token)
+        entry = self.entries.get(token)
         if entry is not None and self._clock() < entry.expires:
             return entry
         return None
@@ -338,45 +349,16 @@ class _Refusals:
     def __contains__(self, token: str) -> bool:
         return self.get(token) is not None
 
-    def __len__(self) -> int:
-        self._expire(self._clock())
-        return len(self._entries)
-
     def put(self, token: str, denial: Denial, token_id: str | None) -> None:
         """Remember the refusal of ``token`` for ``ttl`` seconds from now."""
         now = self._clock()
-        if now >= self._soonest:
-            self._expire(now)
-        entries = self._entries
-        if entries.pop(token, None) is None:  # a new entry (a repeated one goes last)
-            while len(entries) >= self._maxsize:
-                key, value = entries.popitem(last=False)
-                self.dropped_for_space += 1
-                self._on_drop(key, value)
         expires = now + self._ttl
-        entries[token] = _Negative(denial, token_id, expires)
-        if expires < self._soonest:
-            self._soonest = expires
+        self._write(token, _Negative(denial, token_id, expires), expires, now)
 
     def pop(self, token: str) -> _Negative | None:
         """Forget ``token``'s refusal (``on_drop`` is not told); it, if unexpired."""
-        entry = self._entries.pop(token, None)
+        entry = self._forget(token)
         return entry if entry is not None and self._clock() < entry.expires else None
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._soonest = math.inf
-
-    def _expire(self, now: float) -> None:
-        entries = self._entries
-        while entries:
-            token, entry = next(iter(entries.items()))
-            if now < entry.expires:
-                self._soonest = entry.expires
-                return
-            del entries[token]
-            self._on_drop(token, entry)
-        self._soonest = math.inf
 
 
 def _indexed(keys: str | list[str] | None) -> tuple[str, ...] | list[str]:
